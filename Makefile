@@ -1,0 +1,29 @@
+# hilserl: one command to set up, one to test, one to run the main job (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Headless rendering, localhost-only discovery, and FastDDS large-data transport for 640x480 images.
+export MUJOCO_GL ?= osmesa
+export PYOPENGL_PLATFORM ?= osmesa
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA?max_msg_size=4MB
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup test train eval bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q test
+
+train: setup
+	$(VENV)/bin/hilserl train
+
+eval: setup
+	$(VENV)/bin/hilserl eval
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,387 @@
+"""Typed, frozen configuration per concern, loaded from YAML and validated on construction.
+
+Every error names the field (dotted path) and the bad value. The full `TrainConfig` is saved
+beside every checkpoint and episode so a run can always be explained afterwards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Tuple
+
+import yaml
+
+from hilserl.conventions import ACTION_NAMES
+
+# Output range of each policy squashing function: the action bounds must equal it.
+SQUASH_RANGES = {'tanh': (-1.0, 1.0)}
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the field and the value."""
+
+
+def _require(condition: bool, field_path: str, value, why: str):
+    if not condition:
+        raise ConfigError(f'{field_path}={value!r}: {why}')
+
+
+def _finite(name, value):
+    _require(isinstance(value, (int, float)) and math.isfinite(value), name, value,
+             'must be a finite number')
+
+
+def _positive(name, value):
+    _finite(name, value)
+    _require(value > 0, name, value, 'must be > 0')
+
+
+def _unit_interval(name, value, closed_low=True):
+    _finite(name, value)
+    ok = (0.0 <= value <= 1.0) if closed_low else (0.0 < value <= 1.0)
+    _require(ok, name, value, 'must be in [0, 1]' if closed_low else 'must be in (0, 1]')
+
+
+@dataclass(frozen=True)
+class ActionConfig:
+    """End-effector delta action [dx, dy, dz, gripper], each in [low, high]."""
+    names: Tuple[str, ...] = ACTION_NAMES
+    low: Tuple[float, ...] = (-1.0, -1.0, -1.0, -1.0)
+    high: Tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    ee_step_m: Tuple[float, float, float] = (0.02, 0.02, 0.02)  # metres per step at action 1
+    gripper_mode: str = 'continuous'       # continuous | discrete (close/stay/open critic)
+    gripper_step_rad: float = 0.35         # gripper joint change per step at action +-1
+
+    def __post_init__(self):
+        n = len(self.names)
+        _require(n >= 1, 'action.names', self.names, 'needs at least one dimension')
+        _require(len(self.low) == n, 'action.low', self.low, f'needs {n} values (one per name)')
+        _require(len(self.high) == n, 'action.high', self.high, f'needs {n} values (one per name)')
+        for i, (lo, hi) in enumerate(zip(self.low, self.high)):
+            _finite(f'action.low[{i}]', lo)
+            _finite(f'action.high[{i}]', hi)
+            _require(lo < hi, f'action.low[{i}]', lo, f'must be < action.high[{i}]={hi}')
+        _require(len(self.ee_step_m) == 3, 'action.ee_step_m', self.ee_step_m, 'needs 3 values')
+        for i, step in enumerate(self.ee_step_m):
+            _positive(f'action.ee_step_m[{i}]', step)
+            _require(step <= 0.05, f'action.ee_step_m[{i}]', step,
+                     'more than 5 cm per step is unsafe for the SO-101')
+        _require(self.gripper_mode in ('continuous', 'discrete'), 'action.gripper_mode',
+                 self.gripper_mode, "must be 'continuous' or 'discrete'")
+        _positive('action.gripper_step_rad', self.gripper_step_rad)
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Camera frame and the policy view: crop [top, left, height, width] then resize."""
+    width_px: int = 640
+    height_px: int = 480
+    crop_tlhw_px: Tuple[int, int, int, int] = (0, 80, 480, 480)
+    resize_hw_px: Tuple[int, int] = (128, 128)
+
+    def __post_init__(self):
+        _require(self.width_px > 0 and self.height_px > 0, 'image.width_px/height_px',
+                 (self.width_px, self.height_px), 'must be positive')
+        _require(len(self.crop_tlhw_px) == 4, 'image.crop_tlhw_px', self.crop_tlhw_px,
+                 'needs [top, left, height, width]')
+        top, left, h, w = self.crop_tlhw_px
+        _require(top >= 0 and left >= 0 and h > 0 and w > 0, 'image.crop_tlhw_px',
+                 self.crop_tlhw_px, 'top/left must be >= 0 and height/width > 0')
+        _require(top + h <= self.height_px and left + w <= self.width_px, 'image.crop_tlhw_px',
+                 self.crop_tlhw_px,
+                 f'crop leaves the {self.width_px}x{self.height_px} frame')
+        _require(len(self.resize_hw_px) == 2 and all(v > 0 for v in self.resize_hw_px),
+                 'image.resize_hw_px', self.resize_hw_px, 'needs two positive sizes')
+
+
+STATE_FEATURE_DIMS = {'joint_pos': 6, 'joint_vel': 6, 'ee_xyz': 3, 'ee_euler': 3,
+                      'gripper_pos': 1}
+
+
+@dataclass(frozen=True)
+class ObservationConfig:
+    """Proprioceptive state layout (seed: joint_pos 6 + joint_vel 6 + ee_xyz 3 + ee_euler 3)."""
+    state_features: Tuple[str, ...] = ('joint_pos', 'joint_vel', 'ee_xyz', 'ee_euler')
+    n_obs_steps: int = 1
+    max_staleness_s: float = 0.25  # an older observation pauses the policy
+
+    def __post_init__(self):
+        for name in self.state_features:
+            _require(name in STATE_FEATURE_DIMS, 'observation.state_features', name,
+                     f'unknown feature; choose from {sorted(STATE_FEATURE_DIMS)}')
+        _require(len(set(self.state_features)) == len(self.state_features),
+                 'observation.state_features', self.state_features, 'has duplicates')
+        _require(isinstance(self.n_obs_steps, int) and 1 <= self.n_obs_steps <= 8,
+                 'observation.n_obs_steps', self.n_obs_steps, 'must be an integer in [1, 8]')
+        _positive('observation.max_staleness_s', self.max_staleness_s)
+
+    @property
+    def state_dim(self) -> int:
+        return sum(STATE_FEATURE_DIMS[f] for f in self.state_features)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Episode, reset, workspace and reward shaping of the grasp-and-lift task."""
+    control_rate_hz: float = 10.0
+    episode_time_s: float = 10.0
+    reset_tcp_xyz_m: Tuple[float, float, float] = (0.25, 0.0, 0.07)
+    random_ee_reset: bool = True
+    random_ee_range_xy_m: float = 0.03
+    workspace_min_m: Tuple[float, float, float] = (0.10, -0.15, 0.01)
+    workspace_max_m: Tuple[float, float, float] = (0.35, 0.15, 0.25)
+    lift_height_m: float = 0.03           # success: cube this far above the table while grasped
+    success_reward: float = 10.0
+    step_penalty: float = 0.05
+    success_frames_to_end: int = 1         # consecutive success frames that end the episode
+    min_steps_before_success: int = 0
+
+    def __post_init__(self):
+        _positive('task.control_rate_hz', self.control_rate_hz)
+        _require(self.control_rate_hz <= 100, 'task.control_rate_hz', self.control_rate_hz,
+                 'must be <= 100 Hz')
+        _positive('task.episode_time_s', self.episode_time_s)
+        for name in ('reset_tcp_xyz_m', 'workspace_min_m', 'workspace_max_m'):
+            value = getattr(self, name)
+            _require(len(value) == 3, f'task.{name}', value, 'needs 3 values (x, y, z)')
+            for i, v in enumerate(value):
+                _finite(f'task.{name}[{i}]', v)
+        for i in range(3):
+            lo, hi = self.workspace_min_m[i], self.workspace_max_m[i]
+            _require(lo < hi, f'task.workspace_min_m[{i}]', lo,
+                     f'must be < task.workspace_max_m[{i}]={hi}')
+            r = self.reset_tcp_xyz_m[i]
+            _require(lo <= r <= hi, f'task.reset_tcp_xyz_m[{i}]', r,
+                     f'must lie inside the workspace [{lo}, {hi}]')
+        _finite('task.random_ee_range_xy_m', self.random_ee_range_xy_m)
+        _require(0 <= self.random_ee_range_xy_m <= 0.1, 'task.random_ee_range_xy_m',
+                 self.random_ee_range_xy_m, 'must be in [0, 0.1] m')
+        _positive('task.lift_height_m', self.lift_height_m)
+        _finite('task.success_reward', self.success_reward)
+        _finite('task.step_penalty', self.step_penalty)
+        _require(self.success_frames_to_end >= 1, 'task.success_frames_to_end',
+                 self.success_frames_to_end, 'must be >= 1')
+        _require(self.min_steps_before_success >= 0, 'task.min_steps_before_success',
+                 self.min_steps_before_success, 'must be >= 0')
+
+    @property
+    def max_episode_steps(self) -> int:
+        return int(round(self.episode_time_s * self.control_rate_hz))
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """SAC + DrQ + RLPD. RLPD is configuration: online_ratio, LayerNorm critics, subsampling."""
+    batch_size: int = 256
+    online_ratio: float = 0.5              # fraction of each batch from the online buffer
+    utd_ratio: int = 20                    # critic updates per actor update
+    discount: float = 0.97
+    tau: float = 0.005
+    temperature_init: float = 0.01
+    target_entropy: Optional[float] = None  # None -> -dim(A)/2
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    temperature_lr: float = 3e-4
+    num_critics: int = 2
+    num_subsample_critics: Optional[int] = None
+    critic_layer_norm: bool = True
+    hidden_dims: Tuple[int, ...] = (256, 256)
+    latent_dim: int = 256
+    grad_clip_norm: float = 40.0
+    squash: str = 'tanh'
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+    use_augmentation: bool = True
+    augmentation_pad: int = 4
+    encoder: str = 'resnet10'              # resnet10 | small_conv
+    freeze_encoder: bool = True
+    pretrained_encoder_path: Optional[str] = None
+    online_buffer_capacity: int = 200_000
+    offline_buffer_capacity: int = 5_000
+    learning_starts: int = 100
+    weight_push_period_s: float = 2.0
+    checkpoint_every_steps: int = 500
+
+    def __post_init__(self):
+        _require(self.batch_size >= 2, 'sac.batch_size', self.batch_size, 'must be >= 2')
+        _unit_interval('sac.online_ratio', self.online_ratio)
+        _require(isinstance(self.utd_ratio, int) and self.utd_ratio >= 1, 'sac.utd_ratio',
+                 self.utd_ratio, 'must be an integer >= 1')
+        _finite('sac.discount', self.discount)
+        _require(0 < self.discount < 1, 'sac.discount', self.discount, 'must be in (0, 1)')
+        _unit_interval('sac.tau', self.tau, closed_low=False)
+        _positive('sac.temperature_init', self.temperature_init)
+        if self.target_entropy is not None:
+            _finite('sac.target_entropy', self.target_entropy)
+        for name in ('actor_lr', 'critic_lr', 'temperature_lr', 'grad_clip_norm',
+                     'weight_push_period_s'):
+            _positive(f'sac.{name}', getattr(self, name))
+        _require(self.num_critics >= 1, 'sac.num_critics', self.num_critics, 'must be >= 1')
+        if self.num_subsample_critics is not None:
+            _require(1 <= self.num_subsample_critics <= self.num_critics,
+                     'sac.num_subsample_critics', self.num_subsample_critics,
+                     f'must be in [1, num_critics={self.num_critics}]')
+        _require(len(self.hidden_dims) >= 1 and all(h > 0 for h in self.hidden_dims),
+                 'sac.hidden_dims', self.hidden_dims, 'needs positive layer sizes')
+        _require(self.latent_dim > 0, 'sac.latent_dim', self.latent_dim, 'must be > 0')
+        _require(self.squash in SQUASH_RANGES, 'sac.squash', self.squash,
+                 f'choose from {sorted(SQUASH_RANGES)}')
+        _require(self.log_std_min < self.log_std_max, 'sac.log_std_min', self.log_std_min,
+                 f'must be < sac.log_std_max={self.log_std_max}')
+        _require(0 <= self.augmentation_pad <= 16, 'sac.augmentation_pad',
+                 self.augmentation_pad, 'must be in [0, 16] px')
+        _require(self.encoder in ('resnet10', 'small_conv'), 'sac.encoder', self.encoder,
+                 "must be 'resnet10' or 'small_conv'")
+        for name in ('online_buffer_capacity', 'offline_buffer_capacity'):
+            _require(getattr(self, name) >= 1, f'sac.{name}', getattr(self, name),
+                     'must be >= 1')
+        _require(self.learning_starts >= 0, 'sac.learning_starts', self.learning_starts,
+                 'must be >= 0')
+        _require(self.checkpoint_every_steps >= 1, 'sac.checkpoint_every_steps',
+                 self.checkpoint_every_steps, 'must be >= 1')
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides the hardware (robot YAML)."""
+    action: ActionConfig = field(default_factory=ActionConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    observation: ObservationConfig = field(default_factory=ObservationConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    seed: int = 0
+
+    def __post_init__(self):
+        # The seed's bug: gripper bounds [0, 2] while tanh outputs [-1, 1] -> refuse it here.
+        squash_low, squash_high = SQUASH_RANGES[self.sac.squash]
+        for i, name in enumerate(self.action.names):
+            lo, hi = self.action.low[i], self.action.high[i]
+            if (lo, hi) != (squash_low, squash_high):
+                raise ConfigError(
+                    f'action bounds for {name!r} are [{lo:g}, {hi:g}] but the policy\'s '
+                    f'{self.sac.squash} squashing outputs [{squash_low:g}, {squash_high:g}]; '
+                    'they must be equal (scale in the driver, not in the action space)')
+        _require(tuple(self.action.names) == ACTION_NAMES, 'action.names', self.action.names,
+                 f'the SO-101 driver expects {ACTION_NAMES}')
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short stable hash of the configuration (stored in episode metadata)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _coerce(tp, value, path: str):
+    """Convert a YAML value to the annotated type, or raise ConfigError naming `path`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(inner, value, path)
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f'{path}={value!r}: must be a list')
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f'{path}[{i}]') for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f'{path}={value!r}: needs {len(args)} values')
+        return tuple(_coerce(a, v, f'{path}[{i}]') for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f'{path}={value!r}: must be true or false')
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f'{path}={value!r}: must be an integer')
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f'{path}={value!r}: must be a number')
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f'{path}={value!r}: must be a string')
+        return value
+    return value
+
+
+def from_dict(cls, data, path: str = ''):
+    """Build dataclass `cls` from a mapping; unknown keys are errors, missing keys default."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f'{path or cls.__name__}={data!r}: must be a mapping')
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        where = path or 'top level'
+        raise ConfigError(f'{where}: unknown keys {unknown}; known: {sorted(fields)}')
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f'{path}.{name}' if path else name)
+    return cls(**kwargs)
+
+
+def load_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'config file {str(path)!r} does not exist')
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f'config file {str(path)!r} is not valid YAML: {exc}') from None
+    return data or {}
+
+
+def load_train_config(path=None, overrides: Optional[dict] = None) -> TrainConfig:
+    """Load a TrainConfig from YAML (None -> defaults), applying nested `overrides`."""
+    data = load_yaml(path) if path is not None else {}
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return from_dict(TrainConfig, data)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def save_config(config, path) -> None:
+    """Write a config dataclass as YAML atomically (tmp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + '.tmp')
+    with open(tmp, 'w') as f:
+        yaml.safe_dump(_plain(dataclasses.asdict(config)), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

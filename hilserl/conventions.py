@@ -1,0 +1,92 @@
+"""Topic names, frames and QoS classes of the whole suite, in one place.
+
+Topic names are relative so a launch `namespace` (e.g. two arms) applies to all of them.
+QoS is described here as plain data; `hilserl.base_node.qos_profile()` turns it into rclpy's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+JOINT_NAMES = ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll',
+               'gripper')
+ARM_JOINT_NAMES = JOINT_NAMES[:5]
+ACTION_NAMES = ('dx', 'dy', 'dz', 'gripper')
+
+
+class Topics:
+    """Relative topic names (never start with '/')."""
+    JOINT_STATES = 'joint_states'
+    TCP_POSE = 'tcp_pose'                    # geometry_msgs/PoseStamped, in BASE_FRAME
+    EE_ACTION = 'action'                     # std_msgs/Float32MultiArray [dx, dy, dz, gripper] in [-1, 1]
+    EXECUTED_ACTION = 'executed_action'      # std_msgs/Float32MultiArray: what the driver was sent
+    ACTION_SOURCE = 'action_source'          # std_msgs/String: 'policy' | 'human'
+    JOINT_COMMAND = 'joint_position_controller/commands'  # std_msgs/Float64MultiArray (ros2_control style)
+    HUMAN_ACTION = 'teleop/action'           # std_msgs/Float32MultiArray from the human device
+    INTERVENTION = 'intervention'            # std_msgs/Bool
+    EPISODE_LABEL = 'teleop/episode_label'   # std_msgs/String: success | failure | rerecord
+    IMAGE_RAW = 'gripper_cam/image_raw'      # sensor_msgs/Image, full frame
+    IMAGE_CROP = 'gripper_cam/image_crop'    # sensor_msgs/Image, policy view (crop + resize)
+    SUCCESS_PROBABILITY = 'reward_classifier/probability'  # std_msgs/Float32
+    SUCCESS = 'reward_classifier/success'    # std_msgs/Bool (debounced)
+    REWARD = 'reward'                        # std_msgs/Float32
+    TRANSITIONS = 'transitions'              # std_msgs/UInt8MultiArray (serialised transition)
+    POLICY_WEIGHTS = 'policy_weights'        # std_msgs/UInt8MultiArray (latched)
+    EPISODE_EVENTS = 'episode/events'        # std_msgs/String (JSON)
+    EPISODE_MARKERS = 'episode/markers'      # visualization_msgs/MarkerArray
+    DIAGNOSTICS = 'diagnostics'              # diagnostic_msgs/DiagnosticArray
+
+
+class Frames:
+    """REP-103 frames (x forward, y left, z up) matching the URDF link names."""
+    BASE = 'base_link'
+    TCP = 'gripper_frame_link'
+    CAMERA_OPTICAL = 'gripper_cam_optical_frame'
+
+
+@dataclass(frozen=True)
+class QosSpec:
+    reliable: bool
+    depth: int
+    transient_local: bool = False
+
+
+class Qos:
+    """QoS classes: sensor data is best effort and shallow; anything that must not be lost is
+    reliable; the latest policy weights are latched for late-joining actors."""
+    SENSOR_DATA = QosSpec(reliable=False, depth=5)
+    STATE = QosSpec(reliable=True, depth=10)
+    COMMAND = QosSpec(reliable=True, depth=10)
+    EVENT = QosSpec(reliable=True, depth=100)
+    TRANSITIONS = QosSpec(reliable=True, depth=1000)
+    LATCHED = QosSpec(reliable=True, depth=1, transient_local=True)
+
+
+TOPIC_QOS = {
+    Topics.JOINT_STATES: Qos.STATE,
+    Topics.TCP_POSE: Qos.STATE,
+    Topics.EE_ACTION: Qos.COMMAND,
+    Topics.EXECUTED_ACTION: Qos.EVENT,
+    Topics.ACTION_SOURCE: Qos.EVENT,
+    Topics.JOINT_COMMAND: Qos.COMMAND,
+    Topics.HUMAN_ACTION: Qos.COMMAND,
+    Topics.INTERVENTION: Qos.COMMAND,
+    Topics.EPISODE_LABEL: Qos.EVENT,
+    Topics.IMAGE_RAW: Qos.SENSOR_DATA,
+    Topics.IMAGE_CROP: Qos.SENSOR_DATA,
+    Topics.SUCCESS_PROBABILITY: Qos.EVENT,
+    Topics.SUCCESS: Qos.COMMAND,
+    Topics.REWARD: Qos.COMMAND,
+    Topics.TRANSITIONS: Qos.TRANSITIONS,
+    Topics.POLICY_WEIGHTS: Qos.LATCHED,
+    Topics.EPISODE_EVENTS: Qos.EVENT,
+    Topics.EPISODE_MARKERS: Qos.STATE,
+    Topics.DIAGNOSTICS: Qos.STATE,
+}
+
+
+def qos_for(topic: str) -> QosSpec:
+    """QoS class of a suite topic (KeyError names the topic if it is not one of ours)."""
+    try:
+        return TOPIC_QOS[topic]
+    except KeyError:
+        raise KeyError(f'{topic!r} is not a hilserl topic; known: {sorted(TOPIC_QOS)}') from None

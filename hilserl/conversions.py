@@ -1,0 +1,198 @@
+"""numpy <-> ROS message conversions without cv_bridge.
+
+Readers are duck-typed: they accept rclpy messages and `rosbags` messages alike, so the same code
+serves live nodes and recorded bags. Writers import the message module lazily (no rclpy needed).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+# encoding -> (channels, dtype)
+IMAGE_ENCODINGS = {
+    'rgb8': (3, np.uint8),
+    'bgr8': (3, np.uint8),
+    'rgba8': (4, np.uint8),
+    'bgra8': (4, np.uint8),
+    'mono8': (1, np.uint8),
+    'mono16': (1, np.uint16),
+    '32FC1': (1, np.float32),
+}
+
+
+class ConversionError(ValueError):
+    """A message that cannot be turned into a valid array (or the reverse)."""
+
+
+def image_to_array(msg) -> np.ndarray:
+    """sensor_msgs/Image -> (H, W, C) array (a view on the message buffer when possible).
+
+    Row padding (``step`` larger than ``width * channels * itemsize``) is honoured.
+    """
+    encoding = msg.encoding
+    if encoding not in IMAGE_ENCODINGS:
+        raise ConversionError(
+            f'unsupported image encoding {encoding!r}; supported: {sorted(IMAGE_ENCODINGS)}')
+    channels, dtype = IMAGE_ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = width * channels * itemsize
+    if height <= 0 or width <= 0:
+        raise ConversionError(f'image has no pixels: {width}x{height}')
+    if step < row_bytes:
+        raise ConversionError(
+            f'image step {step} is smaller than width*channels*bytes = {row_bytes}')
+    buffer = np.frombuffer(msg.data, dtype=np.uint8)
+    if buffer.size != step * height:
+        raise ConversionError(
+            f'image data has {buffer.size} bytes, expected step*height = {step}*{height} = '
+            f'{step * height} ({width}x{height} {encoding})')
+    rows = buffer.reshape(height, step)[:, :row_bytes]
+    big_endian = bool(getattr(msg, 'is_bigendian', 0))
+    out_dtype = np.dtype(dtype).newbyteorder('>' if big_endian else '<') if itemsize > 1 \
+        else np.dtype(dtype)
+    array = rows.view(out_dtype) if rows.flags['C_CONTIGUOUS'] else \
+        np.ascontiguousarray(rows).view(out_dtype)
+    return array.reshape(height, width, channels)
+
+
+def array_to_image(array: np.ndarray, encoding: str, stamp=None, frame_id: str = '',
+                   msg_type=None):
+    """(H, W, C) or (H, W) array -> sensor_msgs/Image with a dense step."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise ConversionError(
+            f'unsupported image encoding {encoding!r}; supported: {sorted(IMAGE_ENCODINGS)}')
+    channels, dtype = IMAGE_ENCODINGS[encoding]
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] != channels:
+        raise ConversionError(
+            f'{encoding} needs an (H, W, {channels}) array, got shape {array.shape}')
+    if array.dtype != dtype:
+        raise ConversionError(f'{encoding} needs dtype {np.dtype(dtype).name}, got {array.dtype}')
+    if msg_type is None:
+        from sensor_msgs.msg import Image as msg_type
+    msg = msg_type()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(array.shape[1] * channels * array.dtype.itemsize)
+    msg.data = np.ascontiguousarray(array).tobytes()
+    return msg
+
+
+def to_rgb(array: np.ndarray, encoding: str) -> np.ndarray:
+    """Any supported 8-bit colour/mono image -> (H, W, 3) uint8 RGB."""
+    if encoding == 'rgb8':
+        return array
+    if encoding == 'bgr8':
+        return array[:, :, ::-1]
+    if encoding in ('rgba8',):
+        return array[:, :, :3]
+    if encoding in ('bgra8',):
+        return array[:, :, 2::-1]
+    if encoding == 'mono8':
+        return np.repeat(array, 3, axis=2)
+    raise ConversionError(f'cannot convert {encoding!r} to rgb8')
+
+
+def joint_state_to_arrays(msg, joint_names: Sequence[str]):
+    """sensor_msgs/JointState -> (position, velocity, effort) in ``joint_names`` order.
+
+    Missing velocity/effort come back as zeros; a missing joint or a non-finite position raises.
+    """
+    names = list(msg.name)
+    position = np.asarray(msg.position, dtype=np.float64)
+    if len(position) != len(names):
+        raise ConversionError(
+            f'JointState has {len(names)} names but {len(position)} positions')
+    index = {name: i for i, name in enumerate(names)}
+    missing = [n for n in joint_names if n not in index]
+    if missing:
+        raise ConversionError(f'JointState lacks joints {missing} (has {names})')
+    order = [index[n] for n in joint_names]
+
+    def field(values, label):
+        values = np.asarray(values, dtype=np.float64)
+        if values.size == 0:
+            return np.zeros(len(joint_names))
+        if values.size != len(names):
+            raise ConversionError(
+                f'JointState has {len(names)} names but {values.size} {label} values')
+        return values[order]
+
+    pos = position[order]
+    if not np.all(np.isfinite(pos)):
+        raise ConversionError(f'JointState has non-finite positions: {pos.tolist()}')
+    return pos, field(msg.velocity, 'velocity'), field(msg.effort, 'effort')
+
+
+def arrays_to_joint_state(joint_names: Sequence[str], position, velocity=None, effort=None,
+                          stamp=None, msg_type=None):
+    """Arrays -> sensor_msgs/JointState; velocity and effort are always filled (see bag notes)."""
+    n = len(joint_names)
+    position = np.asarray(position, dtype=np.float64)
+    velocity = np.zeros(n) if velocity is None else np.asarray(velocity, dtype=np.float64)
+    effort = np.zeros(n) if effort is None else np.asarray(effort, dtype=np.float64)
+    for label, values in (('position', position), ('velocity', velocity), ('effort', effort)):
+        if values.shape != (n,):
+            raise ConversionError(f'{label} has shape {values.shape}, expected ({n},)')
+    if msg_type is None:
+        from sensor_msgs.msg import JointState as msg_type
+    msg = msg_type()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.name = list(joint_names)
+    msg.position = position.tolist()
+    msg.velocity = velocity.tolist()
+    msg.effort = effort.tolist()
+    return msg
+
+
+def action_from_msg(msg, action_dim: int) -> np.ndarray:
+    """std_msgs/Float32MultiArray (or any ``.data`` sequence) -> validated action vector.
+
+    Wrong length and NaN/Inf raise: an invalid action is never clipped into a valid one.
+    """
+    action = np.asarray(msg.data, dtype=np.float64)
+    if action.shape != (action_dim,):
+        raise ConversionError(f'action has {action.size} values, expected {action_dim}')
+    if not np.all(np.isfinite(action)):
+        raise ConversionError(f'action has non-finite values: {action.tolist()}')
+    return action
+
+
+def action_to_msg(action, msg_type=None):
+    """Action vector -> std_msgs/Float32MultiArray."""
+    action = np.asarray(action, dtype=np.float32).reshape(-1)
+    if not np.all(np.isfinite(action)):
+        raise ConversionError(f'refusing to publish non-finite action {action.tolist()}')
+    if msg_type is None:
+        from std_msgs.msg import Float32MultiArray as msg_type
+    msg = msg_type()
+    msg.data = action.tolist()
+    return msg
+
+
+def stamp_to_seconds(stamp) -> float:
+    """builtin_interfaces/Time -> float seconds."""
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def seconds_to_stamp(seconds: float, msg_type=None):
+    """float seconds -> builtin_interfaces/Time."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConversionError(f'cannot stamp {seconds} s')
+    if msg_type is None:
+        from builtin_interfaces.msg import Time as msg_type
+    sec = int(math.floor(seconds))
+    nanosec = int(round((seconds - sec) * 1e9))
+    if nanosec >= 1_000_000_000:
+        sec, nanosec = sec + 1, nanosec - 1_000_000_000
+    return msg_type(sec=sec, nanosec=nanosec)

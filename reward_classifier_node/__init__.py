@@ -1,0 +1,1 @@
+"""Reward classifier: image success model, training/evaluation CLIs, and node."""

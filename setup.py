@@ -1,0 +1,44 @@
+"""ament_python package `hilserl` (colcon on a ROS 2 distro, or `pip install -e .` in .venv)."""
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'hilserl'
+
+
+def tree(src_dir):
+    """data_files entries installing every file below src_dir under share/hilserl/src_dir."""
+    entries = []
+    for root, _dirs, files in os.walk(src_dir):
+        if files:
+            entries.append((os.path.join('share', PACKAGE, root),
+                            [os.path.join(root, f) for f in files]))
+    return entries
+
+
+# One console script per node, plus the `hilserl` command for machines without a ROS 2 distro.
+NODE_SCRIPTS = [
+]
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*', 'bench', 'scripts']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        ('share/' + PACKAGE, ['package.xml']),
+        ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py') + glob('launch/*.py')),
+        ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.rviz')),
+    ] + tree('urdf'),
+    install_requires=['setuptools'],
+    extras_require={'test': ['pytest']},
+    zip_safe=True,
+    maintainer='hilserl maintainers',
+    maintainer_email='maintainers@hilserl.invalid',
+    description='HIL-SERL for the SO-101 arm on ROS 2',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': NODE_SCRIPTS + ['hilserl = hilserl.cli:main'],
+    },
+)

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hilserl.config import (ConfigError, TrainConfig, load_train_config, save_config)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / 'config'
+
+
+def test_shipped_train_yaml_is_the_seed_configuration():
+    cfg = load_train_config(CONFIG_DIR / 'train.yaml')
+    assert cfg.action.names == ('dx', 'dy', 'dz', 'gripper')
+    assert cfg.action.low == (-1.0,) * 4 and cfg.action.high == (1.0,) * 4
+    assert cfg.image.crop_tlhw_px == (0, 80, 480, 480) and cfg.image.resize_hw_px == (128, 128)
+    assert cfg.observation.state_dim == 18 and cfg.observation.n_obs_steps == 1
+    assert cfg.sac.utd_ratio == 20 and cfg.sac.discount == 0.97
+    assert cfg.sac.temperature_init == 0.01 and cfg.sac.augmentation_pad == 4
+    assert cfg.task.random_ee_reset and cfg.task.random_ee_range_xy_m == 0.03
+    assert cfg.task.max_episode_steps == 100
+
+
+def test_every_yaml_value_has_a_comment():
+    for line in (CONFIG_DIR / 'train.yaml').read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith('#') or stripped.endswith(':'):
+            continue
+        if stripped.split(':')[0] in ('critic_lr', 'temperature_lr', 'log_std_max'):
+            continue  # grouped with the commented line above
+        assert '#' in stripped, f'value without a unit/explanation comment: {line!r}'
+
+
+def test_gripper_range_mismatch_with_tanh_is_refused(tmp_path):
+    path = tmp_path / 'bad.yaml'
+    path.write_text(yaml.safe_dump({'action': {'low': [-1, -1, -1, 0], 'high': [1, 1, 1, 2]}}))
+    with pytest.raises(ConfigError) as info:
+        load_train_config(path)
+    message = str(info.value)
+    assert "'gripper'" in message and '[0, 2]' in message and '[-1, 1]' in message
+    assert 'tanh' in message
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'sac': {'discount': 1.5}}, r'sac\.discount=1\.5'),
+    ({'sac': {'utd_ratio': 0}}, r'sac\.utd_ratio=0'),
+    ({'sac': {'utd_ratio': 2.5}}, r'sac\.utd_ratio=2\.5'),
+    ({'sac': {'bogus': 1}}, r"unknown keys \['bogus'\]"),
+    ({'image': {'crop_tlhw_px': [0, 200, 480, 480]}}, 'leaves the 640x480 frame'),
+    ({'task': {'reset_tcp_xyz_m': [0.5, 0, 0.07]}}, r'task\.reset_tcp_xyz_m\[0\]=0\.5'),
+    ({'action': {'ee_step_m': [0.02, 0.02, 0.2]}}, 'unsafe'),
+    ({'task': {'random_ee_reset': 'yes'}}, 'true or false'),
+    ({'observation': {'state_features': ['joint_pos', 'torque']}}, 'unknown feature'),
+    ({'action': {'low': [-1, -1, -1, float('nan')]}}, 'finite'),
+])
+def test_bad_values_name_field_and_value(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_train_config(None, overrides)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match='does not exist'):
+        load_train_config(tmp_path / 'nope.yaml')
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_train_config(CONFIG_DIR / 'train.yaml', {'sac': {'utd_ratio': 4}})
+    save_config(cfg, tmp_path / 'config.yaml')
+    again = load_train_config(tmp_path / 'config.yaml')
+    assert again == cfg and again.digest() == cfg.digest()
+    assert TrainConfig().digest() != cfg.digest()
