@@ -138,6 +138,7 @@ class TaskConfig:
     reset_tcp_xyz_m: Tuple[float, float, float] = (0.25, 0.0, 0.07)
     random_ee_reset: bool = True
     random_ee_range_xy_m: float = 0.03
+    reset_gripper_rad: float = 0.7        # gripper opening at reset
     workspace_min_m: Tuple[float, float, float] = (0.10, -0.15, 0.01)
     workspace_max_m: Tuple[float, float, float] = (0.35, 0.15, 0.25)
     lift_height_m: float = 0.03           # success: cube this far above the table while grasped
@@ -166,6 +167,7 @@ class TaskConfig:
         _finite('task.random_ee_range_xy_m', self.random_ee_range_xy_m)
         _require(0 <= self.random_ee_range_xy_m <= 0.1, 'task.random_ee_range_xy_m',
                  self.random_ee_range_xy_m, 'must be in [0, 0.1] m')
+        _finite('task.reset_gripper_rad', self.reset_gripper_rad)
         _positive('task.lift_height_m', self.lift_height_m)
         _finite('task.success_reward', self.success_reward)
         _finite('task.step_penalty', self.step_penalty)

@@ -225,7 +225,7 @@ class SO101Kinematics:
     def ik_position(self, target_xyz, q_start, *, hold_approach: Optional[np.ndarray] = None,
                     approach_weight_m: float = 0.05, active: Sequence[int] = (0, 1, 2, 3),
                     tolerance_m: float = 2e-4, max_iterations: int = 60,
-                    restarts: int = 4, seed: int = 0) -> IkResult:
+                    restarts: int = 40, seed: int = 0) -> IkResult:
         """Damped least squares position IK within joint limits.
 
         With `hold_approach` (unit vector in base), a first pass also steers the TCP approach
@@ -279,6 +279,8 @@ class SO101Kinematics:
             lam2 = damping ** 2
             dq = rows.T @ np.linalg.solve(rows @ rows.T + lam2 * np.eye(len(task)), task)
             step = np.max(np.abs(dq))
+            if step < 1e-6:  # converged to the weighted compromise
+                break
             if step > max_step_rad:
                 dq *= max_step_rad / step
             q[cols] = np.clip(q[cols] + dq, self.lower[cols], self.upper[cols])

@@ -1,0 +1,35 @@
+"""Grasp-and-lift episode bookkeeping: reward shaping, termination, truncation."""
+from __future__ import annotations
+
+from typing import Tuple
+
+from hilserl.config import TaskConfig
+
+
+class RewardTracker:
+    """Per-step reward and episode end from a success signal (classifier or ground truth).
+
+    `terminated` (success held for `success_frames_to_end` frames) is separate from
+    `truncated` (time limit): only the former stops bootstrapping.
+    """
+
+    def __init__(self, config: TaskConfig):
+        self.cfg = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = 0
+        self.success_streak = 0
+        self.episode_return = 0.0
+        self.succeeded = False
+
+    def step(self, success: bool) -> Tuple[float, bool, bool]:
+        self.steps += 1
+        counted = bool(success) and self.steps > self.cfg.min_steps_before_success
+        self.success_streak = self.success_streak + 1 if counted else 0
+        reward = self.cfg.success_reward if counted else -self.cfg.step_penalty
+        self.episode_return += reward
+        terminated = self.success_streak >= self.cfg.success_frames_to_end
+        self.succeeded |= terminated
+        truncated = not terminated and self.steps >= self.cfg.max_episode_steps
+        return reward, terminated, truncated
