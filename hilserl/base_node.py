@@ -57,3 +57,38 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def declare(node, name: str, default, description: str, **descriptor_kwargs):
+    """Declare one parameter with a descriptor and return its value."""
+    node.declare_parameter(name, default, describe(description, **descriptor_kwargs))
+    return node.get_parameter(name).value
+
+
+def diagnostic_array(entries, stamp, hardware_id: str = ''):
+    """hilserl DiagnosticEntry list -> diagnostic_msgs/DiagnosticArray."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    msg = DiagnosticArray()
+    msg.header.stamp = stamp
+    for entry in entries:
+        status = DiagnosticStatus(level=bytes([entry.level]), name=entry.name,
+                                  message=entry.message, hardware_id=hardware_id)
+        status.values = [KeyValue(key=k, value=v) for k, v in entry.values.items()]
+        msg.status.append(status)
+    return msg
+
+
+def pose_stamped(pose_4x4, frame_id: str, stamp):
+    """4x4 homogeneous transform -> geometry_msgs/PoseStamped."""
+    from geometry_msgs.msg import PoseStamped
+
+    from hilserl.kinematics import matrix_to_quaternion_xyzw
+    msg = PoseStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = \
+        (float(v) for v in pose_4x4[:3, 3])
+    q = matrix_to_quaternion_xyzw(pose_4x4[:3, :3])
+    msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z, \
+        msg.pose.orientation.w = (float(v) for v in q)
+    return msg

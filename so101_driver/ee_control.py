@@ -98,3 +98,19 @@ class EEController:
         self._reference = goal
         return EEStep(goal, target, bool(np.any(desired != target)), result.position_error_m,
                       limited)
+
+
+# Joint configuration with the TCP top-down at (0.25, 0, 0.07) m: the IK seed for home poses.
+TOP_DOWN_SEED_RAD = np.array([0.0, 0.2408, -0.2763, 1.6063, 0.0])
+
+
+def home_joint_goal(kin: SO101Kinematics, tcp_xyz_m, gripper_rad: float,
+                    random_xy_range_m: float = 0.0,
+                    rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Six joint goals with the TCP top-down at `tcp_xyz_m` (+ uniform xy offset), gripper set."""
+    target = np.array(tcp_xyz_m, dtype=np.float64)
+    if random_xy_range_m > 0:
+        rng = rng if rng is not None else np.random.default_rng()
+        target[:2] += rng.uniform(-random_xy_range_m, random_xy_range_m, size=2)
+    result = kin.ik_position(target, TOP_DOWN_SEED_RAD, hold_approach=np.array([0, 0, -1.0]))
+    return np.append(result.q, gripper_rad)

@@ -15,12 +15,12 @@ from hilserl.image_ops import crop_resize
 from hilserl.kinematics import SO101Kinematics
 from hilserl.observation import build_state
 from hilserl.task import RewardTracker
-from so101_driver.ee_control import EEControlConfig, EEController
+from so101_driver.ee_control import (TOP_DOWN_SEED_RAD, EEControlConfig, EEController,
+                                     home_joint_goal)
 from so101_driver.mujoco_scene import SceneConfig
 from so101_driver.sim_backend import SimBackend
 
-# Joint configuration with the TCP top-down at (0.25, 0, 0.07) m: IK seed for resets.
-TOP_DOWN_SEED_RAD = np.array([0.0, 0.2408, -0.2763, 1.6063, 0.0])
+__all__ = ['SimEnv', 'Observation', 'reset_joint_goal', 'TOP_DOWN_SEED_RAD']
 
 
 @dataclass
@@ -40,12 +40,8 @@ def ee_control_config(cfg: TrainConfig) -> EEControlConfig:
 
 def reset_joint_goal(kin: SO101Kinematics, cfg: TrainConfig, rng: np.random.Generator):
     """Home pose for an episode: reset TCP (+ random xy offset), top-down, gripper open."""
-    target = np.array(cfg.task.reset_tcp_xyz_m, dtype=np.float64)
-    if cfg.task.random_ee_reset:
-        target[:2] += rng.uniform(-cfg.task.random_ee_range_xy_m, cfg.task.random_ee_range_xy_m,
-                                  size=2)
-    result = kin.ik_position(target, TOP_DOWN_SEED_RAD, hold_approach=np.array([0, 0, -1.0]))
-    return np.append(result.q, cfg.task.reset_gripper_rad)
+    offset = cfg.task.random_ee_range_xy_m if cfg.task.random_ee_reset else 0.0
+    return home_joint_goal(kin, cfg.task.reset_tcp_xyz_m, cfg.task.reset_gripper_rad, offset, rng)
 
 
 class SimEnv:

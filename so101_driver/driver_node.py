@@ -1,0 +1,253 @@
+"""so101_driver node: the SO-101 arm (Feetech hardware or MuJoCo simulation) on ROS 2.
+
+Subscribes  action (std_msgs/Float32MultiArray [dx, dy, dz, gripper] in [-1, 1]),
+            joint_position_controller/commands (std_msgs/Float64MultiArray, 6 joint goals, rad).
+Publishes   joint_states, tcp_pose (PoseStamped in base_link), diagnostics, driver/ready (Bool);
+            in simulation also sim/cube_pose (PoseStamped) and sim/success (Bool, ground truth).
+Services    reset (std_srvs/Trigger), torque (std_srvs/SetBool), estop (std_srvs/SetBool).
+"""
+from __future__ import annotations
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+from hilserl.base_node import declare, diagnostic_array, pose_stamped, qos_profile, spin_node
+from hilserl.conventions import JOINT_NAMES, Frames, Qos, Topics
+from hilserl.conversions import arrays_to_joint_state
+from hilserl.kinematics import SO101Kinematics
+from so101_driver.backend import BackendError
+from so101_driver.driver_core import DriverConfig, DriverCore
+from so101_driver.ee_control import EEControlConfig
+
+SIM_CUBE_POSE = 'sim/cube_pose'
+SIM_SUCCESS = 'sim/success'
+DRIVER_READY = 'driver/ready'
+
+
+class DriverNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('so101_driver', **kwargs)
+        backend_name = declare(self, 'backend', 'sim', 'sim (MuJoCo) or hardware (Feetech bus)',
+                               read_only=True)
+        port = declare(self, 'port', '/dev/ttyACM0', 'serial port of the Feetech bus',
+                       read_only=True)
+        baudrate = declare(self, 'baudrate', 1_000_000, 'bus baud rate',
+                           int_range=(9600, 1_000_000), read_only=True)
+        calibration_file = declare(self, 'calibration_file', '',
+                                   'LeRobot SO-101 calibration JSON (hardware)', read_only=True)
+        self.rate_hz = declare(self, 'publish_rate_hz', 100.0,
+                               'joint_states rate and control tick (Hz)',
+                               float_range=(1.0, 500.0), read_only=True)
+        health_period_s = declare(self, 'health_period_s', 1.0,
+                                  'temperature/voltage read and diagnostics period (s)',
+                                  float_range=(0.1, 60.0), read_only=True)
+        ee = EEControlConfig(
+            ee_step_m=tuple(declare(self, 'ee_step_m', [0.02, 0.02, 0.02],
+                                    'metres per action unit along x, y, z', read_only=True)),
+            gripper_step_rad=declare(self, 'gripper_step_rad', 0.35,
+                                     'gripper change per action unit (rad)',
+                                     float_range=(0.01, 1.0), read_only=True),
+            workspace_min_m=tuple(declare(self, 'workspace_min_m', [0.10, -0.15, 0.01],
+                                          'TCP box lower corner in base_link (m)',
+                                          read_only=True)),
+            workspace_max_m=tuple(declare(self, 'workspace_max_m', [0.35, 0.15, 0.25],
+                                          'TCP box upper corner in base_link (m)',
+                                          read_only=True)),
+        )
+        self.config = DriverConfig(
+            ee=ee,
+            command_timeout_s=declare(self, 'command_timeout_s', 0.5,
+                                      'hold position when no valid command arrives for this '
+                                      'long (s)', float_range=(0.05, 10.0), read_only=True),
+            max_joint_velocity_rad_s=declare(self, 'max_joint_velocity_rad_s', 3.0,
+                                             'slew limit of joint goals (rad/s)',
+                                             float_range=(0.1, 6.0), read_only=True),
+            reset_velocity_rad_s=declare(self, 'reset_velocity_rad_s', 0.8,
+                                         'joint speed while going home (rad/s)',
+                                         float_range=(0.1, 3.0), read_only=True),
+            reset_tcp_xyz_m=tuple(declare(self, 'reset_tcp_xyz_m', [0.25, 0.0, 0.07],
+                                          'home TCP position in base_link (m)',
+                                          read_only=True)),
+            reset_gripper_rad=declare(self, 'reset_gripper_rad', 0.7, 'gripper at home (rad)',
+                                      float_range=(-0.17, 1.74), read_only=True),
+            random_ee_reset=declare(self, 'random_ee_reset', True,
+                                    'randomise the home TCP in x/y on reset', read_only=True),
+            random_ee_range_xy_m=declare(self, 'random_ee_range_xy_m', 0.03,
+                                         '+- range of the reset randomisation (m)',
+                                         float_range=(0.0, 0.1), read_only=True),
+        )
+        self.cube_range_m = declare(self, 'cube_spawn_range_xy_m', 0.04,
+                                    'sim: +- cube placement range around the home TCP (m)',
+                                    float_range=(0.0, 0.1), read_only=True)
+        seed = declare(self, 'seed', 0, 'random seed of resets', int_range=(0, 2**31 - 1),
+                       read_only=True)
+        self.torque_off_on_shutdown = declare(self, 'torque_off_on_shutdown', False,
+                                              'drop torque at shutdown (the arm falls!)',
+                                              read_only=True)
+        self.kin = SO101Kinematics()
+        self.bus = None
+        self.sim = None
+        if backend_name == 'sim':
+            from so101_driver.sim_backend import SimBackend
+            self.sim = SimBackend()
+            backend = self.sim
+        elif backend_name == 'hardware':
+            backend = self._hardware_backend(port, baudrate, calibration_file)
+        else:
+            raise ValueError(f"backend={backend_name!r}: must be 'sim' or 'hardware'")
+        self.core = DriverCore(backend, self.config, self.kin, seed=seed)
+        self.rng = np.random.default_rng(seed)
+        if self.sim is not None:
+            self._sim_reset()
+
+        self.joint_pub = self.create_publisher(JointState, Topics.JOINT_STATES,
+                                               qos_profile(Topics.JOINT_STATES))
+        self.tcp_pub = self.create_publisher(PoseStamped, Topics.TCP_POSE,
+                                             qos_profile(Topics.TCP_POSE))
+        self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
+                                              qos_profile(Topics.DIAGNOSTICS))
+        self.ready_pub = self.create_publisher(Bool, DRIVER_READY, qos_profile(Qos.LATCHED))
+        if self.sim is not None:
+            self.cube_pub = self.create_publisher(PoseStamped, SIM_CUBE_POSE,
+                                                  qos_profile(Qos.STATE))
+            self.success_pub = self.create_publisher(Bool, SIM_SUCCESS, qos_profile(Qos.STATE))
+        self.create_subscription(Float32MultiArray, Topics.EE_ACTION, self._on_action,
+                                 qos_profile(Topics.EE_ACTION))
+        self.create_subscription(Float64MultiArray, Topics.JOINT_COMMAND, self._on_joint_command,
+                                 qos_profile(Topics.JOINT_COMMAND))
+        self.create_service(Trigger, 'reset', self._on_reset)
+        self.create_service(SetBool, 'torque', self._on_torque)
+        self.create_service(SetBool, 'estop', self._on_estop)
+        self._last_ready = None
+        self._health = None
+        self.create_timer(1.0 / self.rate_hz, self._tick)
+        self.create_timer(health_period_s, self._publish_diagnostics)
+        self.get_logger().info(f'so101_driver up: backend={backend_name}, '
+                               f'{self.rate_hz:g} Hz, watchdog {self.config.command_timeout_s} s')
+
+    def _hardware_backend(self, port, baudrate, calibration_file):
+        from so101_driver.calibration import load_calibration
+        from so101_driver.feetech_bus import FeetechBus
+        from so101_driver.hardware_backend import HardwareBackend
+        if not calibration_file:
+            raise ValueError('backend=hardware needs the calibration_file parameter '
+                             '(a LeRobot SO-101 calibration JSON)')
+        calibration = load_calibration(calibration_file)
+        self.bus = FeetechBus(port, baudrate)
+        backend = HardwareBackend(self.bus, calibration,
+                                  torque_off_on_close=self.torque_off_on_shutdown)
+        backend.connect()
+        return backend
+
+    # --- callbacks --------------------------------------------------------------------------
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_action(self, msg: Float32MultiArray):
+        ok, reason = self.core.ee_action(msg.data, self._now_s())
+        if not ok:
+            self.get_logger().warning(f'EE action rejected: {reason}', throttle_duration_sec=2.0)
+
+    def _on_joint_command(self, msg: Float64MultiArray):
+        ok, reason = self.core.joint_command(msg.data, self._now_s())
+        if not ok:
+            self.get_logger().warning(f'joint command rejected: {reason}',
+                                      throttle_duration_sec=2.0)
+
+    def _sim_reset(self):
+        """Simulation: teleport home and re-place the cube (the human's job on hardware)."""
+        home = self.core.begin_reset()
+        center = np.asarray(self.config.reset_tcp_xyz_m[:2])
+        cube = center + self.rng.uniform(-self.cube_range_m, self.cube_range_m, size=2)
+        self.sim.reset(home, cube, cube_yaw_rad=self.rng.uniform(-0.5, 0.5))
+        self.sim.step(0.2)
+        self.core.written = home.copy()
+        self.core.target = home.copy()
+        self.core.mode = 'idle'
+        self.core.controller.reset()
+        return home
+
+    def _on_reset(self, request, response):
+        try:
+            home = self._sim_reset() if self.sim is not None else self.core.begin_reset()
+        except (RuntimeError, BackendError) as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        response.success = True
+        response.message = f'going home: {np.round(home, 3).tolist()} rad'
+        return response
+
+    def _on_torque(self, request, response):
+        try:
+            self.core.set_torque(request.data)
+        except BackendError as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        self.get_logger().warning(f'torque {"ON" if request.data else "OFF"} by request')
+        response.success, response.message = True, f'torque {"on" if request.data else "off"}'
+        return response
+
+    def _on_estop(self, request, response):
+        self.core.set_estop(request.data)
+        state = 'ENGAGED: holding, commands refused' if request.data else 'cleared'
+        self.get_logger().warning(f'emergency stop {state}')
+        response.success, response.message = True, f'emergency stop {state}'
+        return response
+
+    def _tick(self):
+        dt = 1.0 / self.rate_hz
+        if self.sim is not None:
+            self.sim.step(dt)
+        reading = self.core.tick(self._now_s(), dt)
+        stamp = self.get_clock().now().to_msg()
+        if reading is not None:
+            self.joint_pub.publish(arrays_to_joint_state(JOINT_NAMES, reading.position,
+                                                         reading.velocity, reading.effort,
+                                                         stamp=stamp))
+            self.tcp_pub.publish(pose_stamped(self.kin.fk(reading.position[:5]), Frames.BASE,
+                                              stamp))
+        if self.sim is not None:
+            task = self.sim.task_state()
+            pose = np.eye(4)
+            pose[:3, 3] = task.cube_xyz_m
+            msg = pose_stamped(pose, Frames.BASE, stamp)
+            w, x, y, z = task.cube_quat_wxyz
+            msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z, \
+                msg.pose.orientation.w = float(x), float(y), float(z), float(w)
+            self.cube_pub.publish(msg)
+            self.success_pub.publish(Bool(data=bool(task.lifted)))
+        ready = self.core.ready
+        if ready != self._last_ready:
+            self.ready_pub.publish(Bool(data=ready))
+            self._last_ready = ready
+
+    def _publish_diagnostics(self):
+        health = None
+        read_health = getattr(self.core.backend, 'read_health', None)
+        if read_health is not None:
+            try:
+                health = read_health()
+            except BackendError as exc:
+                self.core.last_error = str(exc)
+        entries = self.core.diagnostics(health, self.bus.stats if self.bus else None)
+        self.diag_pub.publish(diagnostic_array(entries, self.get_clock().now().to_msg(),
+                                               hardware_id='so101'))
+        if entries[0].level >= 2:
+            self.get_logger().error(entries[0].message, throttle_duration_sec=5.0)
+
+    def close(self):
+        self.core.backend.close()
+
+
+def main(args=None):
+    return spin_node(DriverNode, args=args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,135 @@
+"""`ArmBackend` for a real SO-101 on a Feetech bus (or the simulated pty bus in tests)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+
+from hilserl.conventions import JOINT_NAMES
+from so101_driver.backend import ArmBackend, BackendError, JointReading
+from so101_driver.calibration import (DEGREES_PER_TICK, MotorCalibration, rad_to_ticks,
+                                      ticks_to_rad)
+from so101_driver.feetech_bus import (GRIPPER_SETTINGS, BusError, FeetechBus, ServoSettings)
+from so101_driver.sts_protocol import MODEL_NUMBER_STS3215
+
+STATE_REGISTERS = ('present_position', 'present_speed', 'present_load')
+HEALTH_REGISTERS = ('present_voltage', 'present_temperature', 'status')
+
+
+@dataclass(frozen=True)
+class ServoHealth:
+    voltage_v: float
+    temperature_c: int
+    status: int
+
+
+class HardwareBackend(ArmBackend):
+    def __init__(self, bus: FeetechBus, calibration: Mapping[str, MotorCalibration],
+                 arm_settings: ServoSettings = ServoSettings(),
+                 gripper_settings: ServoSettings = GRIPPER_SETTINGS,
+                 torque_off_on_close: bool = False):
+        self.bus = bus
+        self.calibration = dict(calibration)
+        self.ids = [self.calibration[n].id for n in JOINT_NAMES]
+        self.arm_settings = arm_settings
+        self.gripper_settings = gripper_settings
+        self.torque_off_on_close = torque_off_on_close
+        self._torque = False
+
+    def connect(self) -> None:
+        """Open, check every servo, configure, seed goals from measured positions, torque on."""
+        try:
+            if not self.bus.is_open:
+                self.bus.open()
+            for name, servo_id in zip(JOINT_NAMES, self.ids):
+                model = self.bus.ping(servo_id)
+                if model != MODEL_NUMBER_STS3215:
+                    raise BackendError(f'{name} (id {servo_id}) is model {model}, expected '
+                                       f'STS3215 ({MODEL_NUMBER_STS3215})')
+            for name, servo_id in zip(JOINT_NAMES, self.ids):
+                settings = self.gripper_settings if name == 'gripper' else self.arm_settings
+                self.bus.configure(servo_id, settings)
+                self._sync_calibration(servo_id, self.calibration[name])
+            # Never command a position before knowing where the arm is (arms snap otherwise).
+            present = self.bus.sync_read('present_position', self.ids, ['present_position'])
+            self.bus.sync_write('goal_position',
+                                {i: present[i]['present_position'] for i in self.ids})
+        except BusError as exc:
+            raise BackendError(f'cannot bring up the arm on {self.bus.port_name}: {exc}') from exc
+        self.set_torque(True)
+
+    def _sync_calibration(self, servo_id: int, cal: MotorCalibration):
+        """Write homing offset and position limits to EEPROM only where they differ."""
+        wanted = {'homing_offset': cal.homing_offset, 'min_position_limit': cal.range_min,
+                  'max_position_limit': cal.range_max}
+        stale = {k: v for k, v in wanted.items() if self.bus.read(servo_id, k) != v}
+        if stale:
+            self.bus.write(servo_id, 'lock', 0)
+            try:
+                for key, value in stale.items():
+                    self.bus.write(servo_id, key, value)
+            finally:
+                self.bus.write(servo_id, 'lock', 1)
+
+    def read(self) -> JointReading:
+        try:
+            raw = self.bus.sync_read('present_position', self.ids, STATE_REGISTERS)
+        except BusError as exc:
+            raise BackendError(str(exc)) from exc
+        position = np.empty(6)
+        velocity = np.empty(6)
+        effort = np.empty(6)
+        for k, (name, servo_id) in enumerate(zip(JOINT_NAMES, self.ids)):
+            cal = self.calibration[name]
+            values = raw[servo_id]
+            position[k] = ticks_to_rad(name, values['present_position'], cal)
+            sign = -1.0 if cal.drive_mode else 1.0
+            velocity[k] = sign * math.radians(values['present_speed'] * DEGREES_PER_TICK)
+            effort[k] = sign * values['present_load'] / 1000.0  # fraction of max torque
+        return JointReading(position, velocity, effort, time.monotonic())
+
+    def read_health(self) -> Dict[str, ServoHealth]:
+        try:
+            raw = self.bus.sync_read('present_voltage', self.ids, HEALTH_REGISTERS)
+        except BusError as exc:
+            raise BackendError(str(exc)) from exc
+        return {name: ServoHealth(raw[i]['present_voltage'] / 10.0,
+                                  raw[i]['present_temperature'], raw[i]['status'])
+                for name, i in zip(JOINT_NAMES, self.ids)}
+
+    def write_goal(self, position_rad) -> None:
+        goal = np.asarray(position_rad, dtype=np.float64)
+        if goal.shape != (6,) or not np.all(np.isfinite(goal)):
+            raise ValueError(f'joint goal must be 6 finite values, got {goal}')
+        ticks = {self.calibration[n].id: rad_to_ticks(n, goal[k], self.calibration[n])
+                 for k, n in enumerate(JOINT_NAMES)}
+        try:
+            self.bus.sync_write('goal_position', ticks)
+        except BusError as exc:
+            raise BackendError(str(exc)) from exc
+
+    def set_torque(self, enabled: bool) -> None:
+        try:
+            if enabled:
+                present = self.bus.sync_read('present_position', self.ids, ['present_position'])
+                self.bus.sync_write('goal_position',
+                                    {i: present[i]['present_position'] for i in self.ids})
+            self.bus.sync_write('torque_enable', {i: int(enabled) for i in self.ids})
+        except BusError as exc:
+            raise BackendError(f'torque {"on" if enabled else "off"} failed: {exc}') from exc
+        self._torque = bool(enabled)
+
+    @property
+    def torque_enabled(self) -> bool:
+        return self._torque
+
+    def close(self) -> None:
+        if self.torque_off_on_close and self.bus.is_open:
+            try:
+                self.set_torque(False)
+            except BackendError:
+                pass
+        self.bus.close()
