@@ -19,6 +19,7 @@ def tree(src_dir):
 
 # One console script per node, plus the `hilserl` command for machines without a ROS 2 distro.
 NODE_SCRIPTS = [
+    'so101_driver = so101_driver.driver_node:main',
 ]
 
 setup(
