@@ -20,6 +20,7 @@ def tree(src_dir):
 # One console script per node, plus the `hilserl` command for machines without a ROS 2 distro.
 NODE_SCRIPTS = [
     'so101_driver = so101_driver.driver_node:main',
+    'gripper_camera = so101_driver.camera_node:main',
 ]
 
 setup(

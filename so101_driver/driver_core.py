@@ -13,7 +13,7 @@ from hilserl.kinematics import SO101Kinematics
 from so101_driver.backend import ArmBackend, BackendError, JointReading
 from so101_driver.ee_control import EEControlConfig, EEController, home_joint_goal
 
-OK, WARN, ERROR, STALE = 0, 1, 2, 3  # diagnostic_msgs/DiagnosticStatus levels
+from hilserl.diagnostics import ERROR, OK, STALE, WARN, DiagnosticEntry  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,6 @@ class DriverConfig:
                              '[0, 0.1] m')
         if self.temperature_warn_c >= self.temperature_error_c:
             raise ValueError('temperature_warn_c must be below temperature_error_c')
-
-
-@dataclass(frozen=True)
-class DiagnosticEntry:
-    name: str
-    level: int
-    message: str
-    values: Dict[str, str]
 
 
 class DriverCore:

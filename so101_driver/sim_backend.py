@@ -112,6 +112,7 @@ class SimBackend(ArmBackend):
         if cube_quat_wxyz is not None:
             d.qpos[self._cube_qpos + 3:self._cube_qpos + 7] = cube_quat_wxyz
         self._mj.mj_kinematics(self.model, d)
+        self._mj.mj_camlight(self.model, d)  # camera poses follow the bodies
 
     def tcp_xyz(self) -> np.ndarray:
         return self.data.site_xpos[self._tcp_site].copy()

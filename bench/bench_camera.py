@@ -1,0 +1,31 @@
+"""Per-frame cost of the camera path at 640x480: validation, crop + resize to 128x128, and the
+numpy <-> sensor_msgs/Image conversions (target: crop + resize well under 2 ms)."""
+import time
+
+import common  # noqa: F401
+import numpy as np
+
+from hilserl.camera import frame_problem
+from hilserl.conversions import array_to_image, image_to_array
+from hilserl.image_ops import crop_resize
+
+
+def per_call_ms(fn, n=500):
+    fn()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def main():
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
+    msg = array_to_image(frame, 'rgb8')
+    print(f'crop [0,80,480,480] + resize 128x128 : {per_call_ms(lambda: crop_resize(frame, (0, 80, 480, 480), (128, 128))):.3f} ms')
+    print(f'blank/shape check                    : {per_call_ms(lambda: frame_problem(frame, (480, 640), 2.0)):.3f} ms')
+    print(f'array -> Image (640x480 rgb8)        : {per_call_ms(lambda: array_to_image(frame, "rgb8")):.3f} ms')
+    print(f'Image -> array (640x480 rgb8)        : {per_call_ms(lambda: image_to_array(msg)):.3f} ms')
+
+
+if __name__ == '__main__':
+    main()

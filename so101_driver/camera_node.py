@@ -1,0 +1,155 @@
+"""gripper_camera node: the gripper camera (OpenCV device, or MuJoCo render in simulation).
+
+Publishes gripper_cam/image_raw (full frame, rgb8, sensor-data QoS, stamped at capture),
+gripper_cam/image_crop (policy view: crop [top, left, height, width] then resize) and diagnostics.
+Blank, frozen and failed frames are never published; the device is reopened with backoff.
+In simulation it renders the published state (joint_states + sim/cube_pose), so it works in its
+own process like a real camera.
+"""
+from __future__ import annotations
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+
+from hilserl.base_node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.camera import CameraConfig, CameraSupervisor, OpenCVSource
+from hilserl.config import ImageConfig
+from hilserl.conventions import JOINT_NAMES, Frames, Qos, Topics
+from hilserl.conversions import ConversionError, array_to_image, joint_state_to_arrays
+from hilserl.diagnostics import DiagnosticEntry
+from hilserl.image_ops import crop_resize
+
+SIM_CUBE_POSE = 'sim/cube_pose'
+
+
+class SimRenderSource:
+    """Renders the MuJoCo gripper camera at the most recently published arm/cube state."""
+
+    def __init__(self):
+        from so101_driver.sim_backend import SimBackend
+        self.sim = SimBackend()
+        self.joints = None
+        self.cube_xyz = None
+        self.cube_quat = None
+
+    def open(self) -> bool:
+        return True
+
+    def read(self):
+        if self.joints is None:
+            return None  # no state yet: a failed read, not a made-up picture
+        self.sim.set_state(self.joints, self.cube_xyz, self.cube_quat)
+        return self.sim.render()
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+class CameraNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('gripper_camera', **kwargs)
+        backend = declare(self, 'backend', 'sim', 'opencv (a real camera) or sim (MuJoCo)',
+                          read_only=True)
+        self.cam_cfg = CameraConfig(
+            device=str(declare(self, 'device', '/dev/video0', 'device path or index',
+                               read_only=True)),
+            width_px=declare(self, 'width_px', 640, 'frame width (px)', int_range=(16, 4096),
+                             read_only=True),
+            height_px=declare(self, 'height_px', 480, 'frame height (px)',
+                              int_range=(16, 4096), read_only=True),
+            fps=declare(self, 'fps', 30.0, 'capture and publish rate (Hz)',
+                        float_range=(1.0, 120.0), read_only=True),
+            fourcc=declare(self, 'fourcc', 'MJPG', 'capture pixel format', read_only=True),
+            blank_std_threshold=declare(self, 'blank_std_threshold', 2.0,
+                                        'frames with a lower pixel std are blank',
+                                        float_range=(0.0, 50.0), read_only=True),
+            frozen_frames_limit=0 if backend == 'sim' else declare(
+                self, 'frozen_frames_limit', 5,
+                'identical consecutive frames that mean a frozen stream (0 = off)',
+                int_range=(0, 1000), read_only=True),
+            max_consecutive_failures=declare(self, 'max_consecutive_failures', 3,
+                                             'bad frames before reopening the device',
+                                             int_range=(1, 100), read_only=True),
+            max_backoff_s=declare(self, 'max_backoff_s', 8.0, 'longest reopen delay (s)',
+                                  float_range=(0.5, 60.0), read_only=True),
+        )
+        self.image_cfg = ImageConfig(
+            width_px=self.cam_cfg.width_px, height_px=self.cam_cfg.height_px,
+            crop_tlhw_px=tuple(declare(self, 'crop_tlhw_px', [0, 80, 480, 480],
+                                       'policy crop [top, left, height, width] (px)',
+                                       read_only=True)),
+            resize_hw_px=tuple(declare(self, 'resize_hw_px', [128, 128],
+                                       'policy view [height, width] (px)', read_only=True)))
+        if backend == 'sim':
+            self.source = SimRenderSource()
+            self.create_subscription(JointState, Topics.JOINT_STATES, self._on_joints,
+                                     qos_profile(Topics.JOINT_STATES))
+            self.create_subscription(PoseStamped, SIM_CUBE_POSE, self._on_cube,
+                                     qos_profile(Qos.STATE))
+        elif backend == 'opencv':
+            self.source = OpenCVSource(self.cam_cfg)
+        else:
+            raise ValueError(f"backend={backend!r}: must be 'opencv' or 'sim'")
+        self.supervisor = CameraSupervisor(self.source, self.cam_cfg)
+        self.raw_pub = self.create_publisher(Image, Topics.IMAGE_RAW, qos_profile(Topics.IMAGE_RAW))
+        self.crop_pub = self.create_publisher(Image, Topics.IMAGE_CROP,
+                                              qos_profile(Topics.IMAGE_CROP))
+        self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
+                                              qos_profile(Topics.DIAGNOSTICS))
+        self.create_timer(1.0 / self.cam_cfg.fps, self._capture)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(f'gripper_camera up: backend={backend}, '
+                               f'{self.cam_cfg.width_px}x{self.cam_cfg.height_px} @ '
+                               f'{self.cam_cfg.fps:g} Hz, crop {self.image_cfg.crop_tlhw_px} -> '
+                               f'{self.image_cfg.resize_hw_px}')
+
+    def _on_joints(self, msg):
+        try:
+            self.source.joints, _, _ = joint_state_to_arrays(msg, JOINT_NAMES)
+        except ConversionError as exc:
+            self.get_logger().warning(f'ignoring joint state: {exc}', throttle_duration_sec=5.0)
+
+    def _on_cube(self, msg):
+        p, o = msg.pose.position, msg.pose.orientation
+        self.source.cube_xyz = np.array([p.x, p.y, p.z])
+        self.source.cube_quat = np.array([o.w, o.x, o.y, o.z])
+
+    def _capture(self):
+        stamp = self.get_clock().now().to_msg()  # capture time
+        frame = self.supervisor.poll()
+        if frame is None:
+            level, message = self.supervisor.status()
+            self.get_logger().warning(f'no valid frame: {message}', throttle_duration_sec=5.0)
+            return
+        self.raw_pub.publish(array_to_image(frame, 'rgb8', stamp, Frames.CAMERA_OPTICAL))
+        view = crop_resize(frame, self.image_cfg.crop_tlhw_px, self.image_cfg.resize_hw_px)
+        self.crop_pub.publish(array_to_image(view, 'rgb8', stamp, Frames.CAMERA_OPTICAL))
+
+    def _publish_diagnostics(self):
+        level, message = self.supervisor.status()
+        values = {k: str(v) for k, v in vars(self.supervisor.counters).items()}
+        values['last_problem'] = self.supervisor.last_problem
+        self.diag_pub.publish(diagnostic_array(
+            [DiagnosticEntry('gripper_camera', level, message, values)],
+            self.get_clock().now().to_msg(), hardware_id=self.cam_cfg.device))
+
+    def close(self):
+        self.supervisor.close()
+        close = getattr(self.source, 'close', None)
+        if close:
+            close()
+
+
+def main(args=None):
+    return spin_node(CameraNode, args=args)
+
+
+if __name__ == '__main__':
+    main()
