@@ -21,6 +21,7 @@ def tree(src_dir):
 NODE_SCRIPTS = [
     'so101_driver = so101_driver.driver_node:main',
     'gripper_camera = so101_driver.camera_node:main',
+    'teleop = so101_driver.teleop_node:main',
 ]
 
 setup(

@@ -7,7 +7,7 @@ exponential backoff, and reports what happened through counters and a status lev
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 import numpy as np

@@ -18,8 +18,7 @@ class Topics:
     JOINT_STATES = 'joint_states'
     TCP_POSE = 'tcp_pose'                    # geometry_msgs/PoseStamped, in BASE_FRAME
     EE_ACTION = 'action'                     # std_msgs/Float32MultiArray [dx, dy, dz, gripper] in [-1, 1]
-    EXECUTED_ACTION = 'executed_action'      # std_msgs/Float32MultiArray: what the driver was sent
-    ACTION_SOURCE = 'action_source'          # std_msgs/String: 'policy' | 'human'
+    POLICY_ACTION = 'policy/action'          # std_msgs/Float32MultiArray: the policy's proposal
     JOINT_COMMAND = 'joint_position_controller/commands'  # std_msgs/Float64MultiArray (ros2_control style)
     HUMAN_ACTION = 'teleop/action'           # std_msgs/Float32MultiArray from the human device
     INTERVENTION = 'intervention'            # std_msgs/Bool
@@ -34,6 +33,17 @@ class Topics:
     EPISODE_EVENTS = 'episode/events'        # std_msgs/String (JSON)
     EPISODE_MARKERS = 'episode/markers'      # visualization_msgs/MarkerArray
     DIAGNOSTICS = 'diagnostics'              # diagnostic_msgs/DiagnosticArray
+    DRIVER_READY = 'driver/ready'            # std_msgs/Bool (latched)
+    SIM_CUBE_POSE = 'sim/cube_pose'          # geometry_msgs/PoseStamped, simulation ground truth
+    SIM_GRASPED = 'sim/grasped'              # std_msgs/Bool, simulation ground truth
+    SIM_SUCCESS = 'sim/success'              # std_msgs/Bool, simulation ground truth (lifted)
+
+
+class ActionSource:
+    """Label carried in Float32MultiArray.layout.dim[0].label of every action message, so the
+    source travels with the exact action (no second topic to synchronise)."""
+    POLICY = 'policy'
+    HUMAN = 'human'
 
 
 class Frames:
@@ -65,8 +75,7 @@ TOPIC_QOS = {
     Topics.JOINT_STATES: Qos.STATE,
     Topics.TCP_POSE: Qos.STATE,
     Topics.EE_ACTION: Qos.COMMAND,
-    Topics.EXECUTED_ACTION: Qos.EVENT,
-    Topics.ACTION_SOURCE: Qos.EVENT,
+    Topics.POLICY_ACTION: Qos.COMMAND,
     Topics.JOINT_COMMAND: Qos.COMMAND,
     Topics.HUMAN_ACTION: Qos.COMMAND,
     Topics.INTERVENTION: Qos.COMMAND,
@@ -81,6 +90,10 @@ TOPIC_QOS = {
     Topics.EPISODE_EVENTS: Qos.EVENT,
     Topics.EPISODE_MARKERS: Qos.STATE,
     Topics.DIAGNOSTICS: Qos.STATE,
+    Topics.DRIVER_READY: Qos.LATCHED,
+    Topics.SIM_CUBE_POSE: Qos.STATE,
+    Topics.SIM_GRASPED: Qos.STATE,
+    Topics.SIM_SUCCESS: Qos.STATE,
 }
 
 

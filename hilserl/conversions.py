@@ -168,8 +168,8 @@ def action_from_msg(msg, action_dim: int) -> np.ndarray:
     return action
 
 
-def action_to_msg(action, msg_type=None):
-    """Action vector -> std_msgs/Float32MultiArray."""
+def action_to_msg(action, source: str = '', msg_type=None):
+    """Action vector -> std_msgs/Float32MultiArray, its source in layout.dim[0].label."""
     action = np.asarray(action, dtype=np.float32).reshape(-1)
     if not np.all(np.isfinite(action)):
         raise ConversionError(f'refusing to publish non-finite action {action.tolist()}')
@@ -177,7 +177,16 @@ def action_to_msg(action, msg_type=None):
         from std_msgs.msg import Float32MultiArray as msg_type
     msg = msg_type()
     msg.data = action.tolist()
+    if source:
+        from std_msgs.msg import MultiArrayDimension
+        msg.layout.dim = [MultiArrayDimension(label=source, size=action.size, stride=action.size)]
     return msg
+
+
+def action_source(msg) -> str:
+    """The source label of an action message ('' if none)."""
+    dims = getattr(msg.layout, 'dim', None) or []
+    return dims[0].label if dims else ''
 
 
 def stamp_to_seconds(stamp) -> float:

@@ -9,7 +9,6 @@ own process like a real camera.
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -18,12 +17,11 @@ from sensor_msgs.msg import Image, JointState
 from hilserl.base_node import declare, diagnostic_array, qos_profile, spin_node
 from hilserl.camera import CameraConfig, CameraSupervisor, OpenCVSource
 from hilserl.config import ImageConfig
-from hilserl.conventions import JOINT_NAMES, Frames, Qos, Topics
+from hilserl.conventions import JOINT_NAMES, Frames, Topics
 from hilserl.conversions import ConversionError, array_to_image, joint_state_to_arrays
 from hilserl.diagnostics import DiagnosticEntry
 from hilserl.image_ops import crop_resize
 
-SIM_CUBE_POSE = 'sim/cube_pose'
 
 
 class SimRenderSource:
@@ -91,8 +89,8 @@ class CameraNode(Node):
             self.source = SimRenderSource()
             self.create_subscription(JointState, Topics.JOINT_STATES, self._on_joints,
                                      qos_profile(Topics.JOINT_STATES))
-            self.create_subscription(PoseStamped, SIM_CUBE_POSE, self._on_cube,
-                                     qos_profile(Qos.STATE))
+            self.create_subscription(PoseStamped, Topics.SIM_CUBE_POSE, self._on_cube,
+                                     qos_profile(Topics.SIM_CUBE_POSE))
         elif backend == 'opencv':
             self.source = OpenCVSource(self.cam_cfg)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from hilserl.kinematics import SO101Kinematics
 from so101_driver.backend import ArmBackend, BackendError, JointReading
 from so101_driver.ee_control import EEControlConfig, EEController, home_joint_goal
 
-from hilserl.diagnostics import ERROR, OK, STALE, WARN, DiagnosticEntry  # noqa: F401
+from hilserl.diagnostics import ERROR, OK, WARN, DiagnosticEntry
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,13 @@
 Subscribes  action (std_msgs/Float32MultiArray [dx, dy, dz, gripper] in [-1, 1]),
             joint_position_controller/commands (std_msgs/Float64MultiArray, 6 joint goals, rad).
 Publishes   joint_states, tcp_pose (PoseStamped in base_link), diagnostics, driver/ready (Bool);
-            in simulation also sim/cube_pose (PoseStamped) and sim/success (Bool, ground truth).
+            in simulation also sim/cube_pose (PoseStamped), sim/grasped and sim/success (Bool, ground
+            truth).
 Services    reset (std_srvs/Trigger), torque (std_srvs/SetBool), estop (std_srvs/SetBool).
 """
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -18,16 +18,16 @@ from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from hilserl.base_node import declare, diagnostic_array, pose_stamped, qos_profile, spin_node
-from hilserl.conventions import JOINT_NAMES, Frames, Qos, Topics
+from hilserl.conventions import JOINT_NAMES, Frames, Topics
 from hilserl.conversions import arrays_to_joint_state
 from hilserl.kinematics import SO101Kinematics
 from so101_driver.backend import BackendError
 from so101_driver.driver_core import DriverConfig, DriverCore
 from so101_driver.ee_control import EEControlConfig
 
-SIM_CUBE_POSE = 'sim/cube_pose'
-SIM_SUCCESS = 'sim/success'
-DRIVER_READY = 'driver/ready'
+
+
+
 
 
 class DriverNode(Node):
@@ -112,11 +112,15 @@ class DriverNode(Node):
                                              qos_profile(Topics.TCP_POSE))
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
                                               qos_profile(Topics.DIAGNOSTICS))
-        self.ready_pub = self.create_publisher(Bool, DRIVER_READY, qos_profile(Qos.LATCHED))
+        self.ready_pub = self.create_publisher(Bool, Topics.DRIVER_READY,
+                                               qos_profile(Topics.DRIVER_READY))
         if self.sim is not None:
-            self.cube_pub = self.create_publisher(PoseStamped, SIM_CUBE_POSE,
-                                                  qos_profile(Qos.STATE))
-            self.success_pub = self.create_publisher(Bool, SIM_SUCCESS, qos_profile(Qos.STATE))
+            self.cube_pub = self.create_publisher(PoseStamped, Topics.SIM_CUBE_POSE,
+                                                  qos_profile(Topics.SIM_CUBE_POSE))
+            self.grasped_pub = self.create_publisher(Bool, Topics.SIM_GRASPED,
+                                                     qos_profile(Topics.SIM_GRASPED))
+            self.success_pub = self.create_publisher(Bool, Topics.SIM_SUCCESS,
+                                                     qos_profile(Topics.SIM_SUCCESS))
         self.create_subscription(Float32MultiArray, Topics.EE_ACTION, self._on_action,
                                  qos_profile(Topics.EE_ACTION))
         self.create_subscription(Float64MultiArray, Topics.JOINT_COMMAND, self._on_joint_command,
@@ -221,6 +225,7 @@ class DriverNode(Node):
             msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z, \
                 msg.pose.orientation.w = float(x), float(y), float(z), float(w)
             self.cube_pub.publish(msg)
+            self.grasped_pub.publish(Bool(data=bool(task.grasped)))
             self.success_pub.publish(Bool(data=bool(task.lifted)))
         ready = self.core.ready
         if ready != self._last_ready:

@@ -5,7 +5,6 @@ simulated arm and `hilserl.kinematics` cannot disagree. Actuators mimic STS3215 
 """
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path

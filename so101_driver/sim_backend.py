@@ -8,7 +8,7 @@ import numpy as np
 
 from hilserl.conventions import JOINT_NAMES
 from so101_driver.backend import ArmBackend, JointReading, TaskState
-from so101_driver.mujoco_scene import CAMERA_NAME, CUBE_BODY, TCP_SITE, SceneConfig, load_model
+from so101_driver.mujoco_scene import CAMERA_NAME, TCP_SITE, SceneConfig, load_model
 
 
 class SimBackend(ArmBackend):

@@ -1,5 +1,4 @@
 """Only modules named *node.py may import rclpy: import every other module with rclpy blocked."""
-import importlib
 import pkgutil
 import subprocess
 import sys

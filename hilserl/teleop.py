@@ -1,0 +1,197 @@
+"""Human devices -> actions in the policy's space ([dx, dy, dz, gripper] in [-1, 1]),
+an intervention flag, and episode labels. Pure: nodes feed device events and publish results.
+
+Keyboard (works in a terminal over SSH; terminals repeat held keys, so a key counts as held for
+`hold_s` after its last repeat):
+    w / s   +x / -x (forward / back)      a / d   +y / -y (left / right)
+    r / f   +z / -z (up / down)           q / e   close / open the gripper
+    space or i   toggle intervention (human takes / returns control)
+    k   episode success     j or ESC   episode failure     u or LEFT arrow   re-record episode
+Gamepad (SDL layout): left stick = x/y, right stick vertical = z, LB/RB = close/open,
+    hold A = intervene, B = success, X = failure, Y = re-record.
+Leader arm: its TCP motion (FK) per control step becomes the EE delta; its gripper change maps
+to -1/0/+1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hilserl.kinematics import SO101Kinematics
+
+LABEL_SUCCESS, LABEL_FAILURE, LABEL_RERECORD = 'success', 'failure', 'rerecord'
+
+
+@dataclass(frozen=True)
+class TeleopOutput:
+    action: np.ndarray            # (4,) float32 in [-1, 1]
+    intervention: bool
+    label: Optional[str] = None   # one-shot episode label
+
+
+KEY_AXES: Dict[str, Tuple[int, float]] = {
+    'w': (0, 1.0), 's': (0, -1.0), 'a': (1, 1.0), 'd': (1, -1.0),
+    'r': (2, 1.0), 'f': (2, -1.0), 'q': (3, -1.0), 'e': (3, 1.0),
+}
+KEY_LABELS = {'k': LABEL_SUCCESS, 'j': LABEL_FAILURE, 'esc': LABEL_FAILURE,
+              'u': LABEL_RERECORD, 'left': LABEL_RERECORD}
+TOGGLE_KEYS = {' ', 'i'}
+ESCAPE_SEQUENCES = {'\x1b[D': 'left', '\x1b[C': 'right', '\x1b[A': 'up', '\x1b[B': 'down',
+                    '\x1b': 'esc'}
+
+
+def parse_terminal_keys(text: str) -> Sequence[str]:
+    """Raw terminal bytes -> key names (arrow escape sequences recognised)."""
+    keys, i = [], 0
+    while i < len(text):
+        if text[i] == '\x1b':
+            for seq in sorted(ESCAPE_SEQUENCES, key=len, reverse=True):
+                if text.startswith(seq, i):
+                    keys.append(ESCAPE_SEQUENCES[seq])
+                    i += len(seq)
+                    break
+        else:
+            keys.append(text[i].lower())
+            i += 1
+    return keys
+
+
+class KeyboardTeleop:
+    def __init__(self, hold_s: float = 0.15):
+        self.hold_s = hold_s
+        self.intervention = False
+        self._last_seen: Dict[str, float] = {}
+        self._pending_label: Optional[str] = None
+
+    def feed(self, key: str, now_s: float) -> None:
+        if key in TOGGLE_KEYS:
+            self.intervention = not self.intervention
+        elif key in KEY_LABELS:
+            self._pending_label = KEY_LABELS[key]
+            self.intervention = False  # an ended episode hands control back
+        elif key in KEY_AXES:
+            self._last_seen[key] = now_s
+
+    def output(self, now_s: float) -> TeleopOutput:
+        action = np.zeros(4, dtype=np.float32)
+        for key, seen in self._last_seen.items():
+            if now_s - seen <= self.hold_s:
+                axis, sign = KEY_AXES[key]
+                action[axis] += sign
+        label, self._pending_label = self._pending_label, None
+        return TeleopOutput(np.clip(action, -1, 1), self.intervention, label)
+
+
+@dataclass(frozen=True)
+class GamepadLayout:
+    axis_x: int = 1        # left stick vertical (up = -1 on SDL) -> forward
+    axis_y: int = 0        # left stick horizontal -> left/right
+    axis_z: int = 4        # right stick vertical
+    button_intervene: int = 0
+    button_success: int = 1
+    button_failure: int = 2
+    button_rerecord: int = 3
+    button_close: int = 4
+    button_open: int = 5
+    deadzone: float = 0.15
+
+
+class GamepadTeleop:
+    def __init__(self, layout: GamepadLayout = GamepadLayout()):
+        self.layout = layout
+        self._previous_buttons: Tuple[int, ...] = ()
+
+    def _axis(self, axes, index, sign):
+        value = axes[index] if index < len(axes) else 0.0
+        if abs(value) < self.layout.deadzone:
+            return 0.0
+        # Rescale past the deadzone so small deflections are still fine control.
+        scaled = (abs(value) - self.layout.deadzone) / (1 - self.layout.deadzone)
+        return sign * float(np.copysign(scaled, value))
+
+    def output(self, axes: Sequence[float], buttons: Sequence[int]) -> TeleopOutput:
+        lay = self.layout
+        pressed = lambda b: b < len(buttons) and bool(buttons[b])  # noqa: E731
+        rising = lambda b: pressed(b) and not (  # noqa: E731
+            b < len(self._previous_buttons) and self._previous_buttons[b])
+        action = np.array([self._axis(axes, lay.axis_x, -1.0), self._axis(axes, lay.axis_y, -1.0),
+                           self._axis(axes, lay.axis_z, -1.0),
+                           float(pressed(lay.button_open)) - float(pressed(lay.button_close))],
+                          dtype=np.float32)
+        label = None
+        if rising(lay.button_success):
+            label = LABEL_SUCCESS
+        elif rising(lay.button_failure):
+            label = LABEL_FAILURE
+        elif rising(lay.button_rerecord):
+            label = LABEL_RERECORD
+        self._previous_buttons = tuple(buttons)
+        return TeleopOutput(np.clip(action, -1, 1), pressed(lay.button_intervene), label)
+
+
+class LeaderArmTeleop:
+    """A second SO-101 moved by hand: TCP deltas between control steps become actions."""
+
+    def __init__(self, kinematics: SO101Kinematics, ee_step_m=(0.02, 0.02, 0.02),
+                 gripper_threshold_rad: float = 0.05, auto_intervene_m: float = 0.004):
+        self.kin = kinematics
+        self.ee_step_m = np.asarray(ee_step_m, dtype=np.float64)
+        self.gripper_threshold_rad = gripper_threshold_rad
+        self.auto_intervene_m = auto_intervene_m
+        self._previous: Optional[np.ndarray] = None
+
+    def output(self, leader_rad, intervention_toggle: bool = False) -> TeleopOutput:
+        q = np.asarray(leader_rad, dtype=np.float64)
+        if self._previous is None:
+            self._previous = q
+            return TeleopOutput(np.zeros(4, np.float32), intervention_toggle)
+        delta = self.kin.fk(q[:5])[:3, 3] - self.kin.fk(self._previous[:5])[:3, 3]
+        grip_change = q[5] - self._previous[5]
+        gripper = 0.0
+        if grip_change > self.gripper_threshold_rad:
+            gripper = 1.0
+        elif grip_change < -self.gripper_threshold_rad:
+            gripper = -1.0
+        self._previous = q
+        moving = np.linalg.norm(delta) > self.auto_intervene_m or gripper != 0.0
+        action = np.append(np.clip(delta / self.ee_step_m, -1, 1), gripper).astype(np.float32)
+        return TeleopOutput(action, intervention_toggle or moving)
+
+
+@dataclass(frozen=True)
+class SimHumanConfig:
+    deviation_threshold: float = 0.6     # max |policy - expert| over the action that counts
+    patience_steps: int = 3              # consecutive deviating steps before taking over
+    stall_s: float = 1.0                 # no policy action this long -> take over
+    min_intervention_steps: int = 15     # once in control, keep it this many steps
+
+
+class SimHumanTeleop:
+    """The scripted expert as the human: intervenes when the policy deviates or stalls."""
+
+    def __init__(self, config: SimHumanConfig = SimHumanConfig()):
+        self.cfg = config
+        self.reset()
+
+    def reset(self):
+        self._deviating = 0
+        self._remaining = 0
+        self.intervention = False
+
+    def output(self, expert_action, policy_action, policy_age_s: Optional[float]
+               ) -> TeleopOutput:
+        expert = np.asarray(expert_action, dtype=np.float32)
+        stalled = policy_age_s is None or policy_age_s > self.cfg.stall_s
+        if not stalled:
+            deviation = float(np.max(np.abs(np.asarray(policy_action) - expert)))
+            self._deviating = self._deviating + 1 if deviation > self.cfg.deviation_threshold \
+                else 0
+        if self._remaining > 0:
+            self._remaining -= 1
+        elif stalled or self._deviating >= self.cfg.patience_steps:
+            self._remaining = self.cfg.min_intervention_steps - 1
+            self._deviating = 0
+        self.intervention = self._remaining > 0 or stalled
+        return TeleopOutput(np.clip(expert, -1, 1), self.intervention)
