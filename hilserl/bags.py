@@ -1,0 +1,240 @@
+"""Episode bags: rosbag2 (MCAP, zstd-compressed chunks) written and read with `rosbags`.
+
+Layout of one episode:  <run>/episodes/episode_000123/
+    bag/metadata.yaml, bag/bag_0.mcap   (plays with `ros2 bag play .../bag`)
+    episode.json                        (success, return, length, interventions, config digest...)
+Live nodes hand over the CDR bytes they received; offline tools (simulated demos) build
+messages with the helpers below. Both go through `EpisodeWriter`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hilserl.conventions import Topics
+
+TYPESTORE_NAME = 'ros2_kilted'
+
+# Topic -> ROS type recorded for every episode (relative names, like the live graph).
+EPISODE_TOPICS: Dict[str, str] = {
+    Topics.IMAGE_CROP: 'sensor_msgs/msg/Image',
+    Topics.JOINT_STATES: 'sensor_msgs/msg/JointState',
+    Topics.TCP_POSE: 'geometry_msgs/msg/PoseStamped',
+    Topics.EE_ACTION: 'std_msgs/msg/Float32MultiArray',
+    Topics.POLICY_ACTION: 'std_msgs/msg/Float32MultiArray',
+    Topics.HUMAN_ACTION: 'std_msgs/msg/Float32MultiArray',
+    Topics.INTERVENTION: 'std_msgs/msg/Bool',
+    Topics.REWARD: 'std_msgs/msg/Float32',
+    Topics.SUCCESS_PROBABILITY: 'std_msgs/msg/Float32',
+    Topics.EPISODE_EVENTS: 'std_msgs/msg/String',
+    Topics.EPISODE_LABEL: 'std_msgs/msg/String',
+    Topics.SIM_SUCCESS: 'std_msgs/msg/Bool',
+    Topics.SIM_CUBE_POSE: 'geometry_msgs/msg/PoseStamped',
+}
+
+
+def typestore():
+    from rosbags.typesys import Stores, get_typestore
+    return get_typestore(Stores(TYPESTORE_NAME))
+
+
+def bag_topic(topic: str) -> str:
+    """Bags store absolute names; the live graph uses relative names under a namespace."""
+    return topic if topic.startswith('/') else '/' + topic
+
+
+class EpisodeWriter:
+    """One rosbag2 per episode. Connections are added lazily for the topics actually used."""
+
+    def __init__(self, episode_dir, topics: Optional[Dict[str, str]] = None,
+                 compress: bool = True):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2.writer import CompressionFormat, CompressionMode
+        self.dir = Path(episode_dir)
+        self.dir.mkdir(parents=True, exist_ok=False)
+        self.topics = dict(EPISODE_TOPICS if topics is None else topics)
+        self.store = typestore()
+        self._writer = Writer(self.dir / 'bag', version=9, storage_plugin=StoragePlugin.MCAP)
+        if compress:
+            self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+        self._writer.open()
+        self._connections = {}
+        self.counts: Dict[str, int] = {}
+        self.closed = False
+
+    def _connection(self, topic: str):
+        if topic not in self._connections:
+            if topic not in self.topics:
+                raise KeyError(f'topic {topic!r} is not recorded; known {sorted(self.topics)}')
+            self._connections[topic] = self._writer.add_connection(
+                bag_topic(topic), self.topics[topic], typestore=self.store)
+        return self._connections[topic]
+
+    def write(self, topic: str, msg, stamp_ns: int) -> None:
+        """Serialise a rosbags message and write it."""
+        data = self.store.serialize_cdr(msg, self.topics[topic])
+        self.write_cdr(topic, data, stamp_ns)
+
+    def write_cdr(self, topic: str, data: bytes, stamp_ns: int) -> None:
+        self._writer.write(self._connection(topic), int(stamp_ns), bytes(data))
+        self.counts[topic] = self.counts.get(topic, 0) + 1
+
+    def close(self, metadata: Optional[dict] = None) -> Path:
+        if not self.closed:
+            self._writer.close()
+            self.closed = True
+        if metadata is not None:
+            write_json_atomic(self.dir / 'episode.json', metadata)
+        return self.dir
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = Path(str(path) + '.tmp')
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# --- message builders (rosbags types) ---------------------------------------------------------
+
+class MessageFactory:
+    def __init__(self, store=None):
+        self.store = store or typestore()
+        t = self.store.types
+        self._Time = t['builtin_interfaces/msg/Time']
+        self._Header = t['std_msgs/msg/Header']
+        self._Image = t['sensor_msgs/msg/Image']
+        self._Bool = t['std_msgs/msg/Bool']
+        self._String = t['std_msgs/msg/String']
+        self._Float32 = t['std_msgs/msg/Float32']
+        self._F32Array = t['std_msgs/msg/Float32MultiArray']
+        self._Layout = t['std_msgs/msg/MultiArrayLayout']
+        self._Dim = t['std_msgs/msg/MultiArrayDimension']
+        self._JointState = t['sensor_msgs/msg/JointState']
+        self._PoseStamped = t['geometry_msgs/msg/PoseStamped']
+        self._Pose = t['geometry_msgs/msg/Pose']
+        self._Point = t['geometry_msgs/msg/Point']
+        self._Quaternion = t['geometry_msgs/msg/Quaternion']
+
+    def header(self, stamp_ns: int, frame_id: str = ''):
+        return self._Header(stamp=self._Time(sec=int(stamp_ns // 1_000_000_000),
+                                             nanosec=int(stamp_ns % 1_000_000_000)),
+                            frame_id=frame_id)
+
+    def image(self, array: np.ndarray, stamp_ns: int, frame_id: str, encoding: str = 'rgb8'):
+        array = np.ascontiguousarray(array)
+        h, w = array.shape[:2]
+        channels = array.shape[2] if array.ndim == 3 else 1
+        return self._Image(header=self.header(stamp_ns, frame_id), height=h, width=w,
+                           encoding=encoding, is_bigendian=0, step=w * channels,
+                           data=array.reshape(-1).view(np.uint8))
+
+    def boolean(self, value: bool):
+        return self._Bool(data=bool(value))
+
+    def string(self, value: str):
+        return self._String(data=str(value))
+
+    def float32(self, value: float):
+        return self._Float32(data=float(value))
+
+    def action(self, values, source: str = ''):
+        values = np.asarray(values, dtype=np.float32)
+        dims = [self._Dim(label=source, size=values.size, stride=values.size)] if source else []
+        return self._F32Array(layout=self._Layout(dim=dims, data_offset=0), data=values)
+
+    def joint_state(self, names, position, velocity, effort, stamp_ns: int):
+        return self._JointState(header=self.header(stamp_ns), name=list(names),
+                                position=np.asarray(position, np.float64),
+                                velocity=np.asarray(velocity, np.float64),
+                                effort=np.asarray(effort, np.float64))
+
+    def pose(self, xyz, quat_xyzw, stamp_ns: int, frame_id: str):
+        x, y, z = (float(v) for v in xyz)
+        qx, qy, qz, qw = (float(v) for v in quat_xyzw)
+        return self._PoseStamped(header=self.header(stamp_ns, frame_id), pose=self._Pose(
+            position=self._Point(x=x, y=y, z=z),
+            orientation=self._Quaternion(x=qx, y=qy, z=qz, w=qw)))
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+@dataclass
+class EpisodeData:
+    path: Path
+    metadata: dict
+    messages: Dict[str, List[Tuple[int, object]]]   # topic -> [(stamp_ns, msg)]
+
+
+def read_episode(episode_dir, topics: Optional[Iterable[str]] = None) -> EpisodeData:
+    """Messages of one episode (selected topics), in time order."""
+    from rosbags.highlevel import AnyReader
+    episode_dir = Path(episode_dir)
+    bag = episode_dir / 'bag'
+    if not (bag / 'metadata.yaml').is_file():
+        raise FileNotFoundError(f'{episode_dir} has no readable bag (bag/metadata.yaml missing)')
+    meta_path = episode_dir / 'episode.json'
+    metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    wanted = None if topics is None else {bag_topic(t) for t in topics}
+    messages: Dict[str, List[Tuple[int, object]]] = {}
+    with AnyReader([bag], default_typestore=typestore()) as reader:
+        connections = [c for c in reader.connections if wanted is None or c.topic in wanted]
+        for connection, stamp, raw in reader.messages(connections=connections):
+            msg = reader.deserialize(raw, connection.msgtype)
+            messages.setdefault(connection.topic.lstrip('/'), []).append((stamp, msg))
+    return EpisodeData(episode_dir, metadata, messages)
+
+
+def list_episodes(root) -> List[Path]:
+    """Episode directories under `root` (a run, an episodes/ folder, or one episode)."""
+    root = Path(root)
+    if (root / 'bag').is_dir():
+        return [root]
+    if not root.exists():
+        raise FileNotFoundError(f'{root} does not exist')
+    found = sorted(p.parent for p in root.glob('**/bag/metadata.yaml'))
+    return [p.parent if p.name == 'bag' else p for p in found]
+
+
+def image_msg_to_array(msg) -> np.ndarray:
+    from hilserl.conversions import image_to_array
+    return image_to_array(msg)
+
+
+def labelled_frames(episode: EpisodeData, topic: str = Topics.IMAGE_CROP,
+                    label_source: str = 'key', frames_before_label: int = 0
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images uint8 (N, H, W, 3), labels (N,) {0,1}, stamps_ns (N,)) of one episode.
+
+    label_source 'key': the episode's success label (teleop key) marks the success moment;
+    the frame at the label, the `frames_before_label` frames before it (for a human who presses
+    late) and every frame after it are positive.
+    label_source 'ground_truth': the simulator's per-frame sim/success.
+    """
+    frames = episode.messages.get(topic, [])
+    if not frames:
+        return (np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    stamps = np.array([s for s, _ in frames], dtype=np.int64)
+    images = np.stack([image_msg_to_array(m) for _, m in frames])
+    labels = np.zeros(len(frames), dtype=np.int64)
+    if label_source == 'key':
+        success_times = [s for s, m in episode.messages.get(Topics.EPISODE_LABEL, [])
+                         if m.data == 'success']
+        if success_times:
+            first_positive = int(np.searchsorted(stamps, success_times[0], side='right')) - 1 \
+                - frames_before_label
+            labels[max(first_positive, 0):] = 1
+    elif label_source == 'ground_truth':
+        truth = episode.messages.get(Topics.SIM_SUCCESS, [])
+        if truth:
+            truth_stamps = np.array([s for s, _ in truth])
+            values = np.array([m.data for _, m in truth], dtype=bool)
+            index = np.clip(np.searchsorted(truth_stamps, stamps, side='right') - 1, 0, None)
+            labels = values[index].astype(np.int64)
+    else:
+        raise ValueError(f"label_source={label_source!r}: 'key' or 'ground_truth'")
+    return images, labels, stamps
