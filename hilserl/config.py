@@ -190,6 +190,7 @@ class SACConfig:
     discount: float = 0.97
     tau: float = 0.005
     temperature_init: float = 0.01
+    use_backup_entropy: bool = False       # subtract alpha * log_prob in the TD target
     target_entropy: Optional[float] = None  # None -> -dim(A)/2
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
@@ -213,8 +214,12 @@ class SACConfig:
     learning_starts: int = 100
     weight_push_period_s: float = 2.0
     checkpoint_every_steps: int = 500
+    device: str = 'auto'                   # auto (CUDA when present) | cpu | cuda | cuda:N
 
     def __post_init__(self):
+        _require(self.device == 'auto' or self.device == 'cpu' or
+                 self.device.startswith('cuda'), 'sac.device', self.device,
+                 "must be 'auto', 'cpu' or 'cuda[:N]'")
         _require(self.batch_size >= 2, 'sac.batch_size', self.batch_size, 'must be >= 2')
         _unit_interval('sac.online_ratio', self.online_ratio)
         _require(isinstance(self.utd_ratio, int) and self.utd_ratio >= 1, 'sac.utd_ratio',

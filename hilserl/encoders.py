@@ -1,0 +1,177 @@
+"""Image encoders shared by the reward classifier and the SAC policy (torch, ROS-free).
+
+`resnet10`: a ResNet with one basic block per stage (64-128-256-512), the HIL-SERL encoder.
+Parameter names follow the Hugging Face `ResNetModel` layout so locally downloaded pretrained
+weights (config.json + model.safetensors, e.g. a ResNet-10 from the hub) load directly.
+`small_conv`: four strided 3x3 convolutions, cheap enough to train from scratch on a CPU.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Tuple
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageNormalizer(nn.Module):
+    """uint8 (B, 3, H, W) or float in [0, 255] -> ImageNet-normalised float."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+
+class _ConvNorm(nn.Module):
+    """Conv + BatchNorm (+ ReLU) with HF ResNet names: convolution / normalization."""
+
+    def __init__(self, cin, cout, kernel, stride, activation=True):
+        super().__init__()
+        self.convolution = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False)
+        self.normalization = nn.BatchNorm2d(cout)
+        self.activation = nn.ReLU() if activation else nn.Identity()
+
+    def forward(self, x):
+        return self.activation(self.normalization(self.convolution(x)))
+
+
+class _BasicLayer(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.shortcut = _ConvNorm(cin, cout, 1, stride, activation=False) \
+            if (cin != cout or stride != 1) else nn.Identity()
+        self.layer = nn.Sequential(_ConvNorm(cin, cout, 3, stride), _ConvNorm(cout, cout, 3, 1,
+                                                                              activation=False))
+        self.activation = nn.ReLU()
+
+    def forward(self, x):
+        return self.activation(self.layer(x) + self.shortcut(x))
+
+
+class _Stage(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.layers = nn.Sequential(_BasicLayer(cin, cout, stride))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class _Embedder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embedder = _ConvNorm(3, 64, 7, 2)
+        self.pooler = nn.MaxPool2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.pooler(self.embedder(x))
+
+
+class _Stages(nn.Module):
+    def __init__(self, widths):
+        super().__init__()
+        stages, cin = [], 64
+        for i, width in enumerate(widths):
+            stages.append(_Stage(cin, width, 1 if i == 0 else 2))
+            cin = width
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x):
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+class ResNet10(nn.Module):
+    """(B, 3, H, W) normalised -> (B, 512, H/32, W/32) feature map."""
+
+    def __init__(self, widths: Tuple[int, ...] = (64, 128, 256, 512)):
+        super().__init__()
+        self.embedder = _Embedder()
+        self.encoder = _Stages(widths)
+        self.out_channels = widths[-1]
+
+    def forward(self, x):
+        return self.encoder(self.embedder(x))
+
+
+class SmallConv(nn.Module):
+    """(B, 3, H, W) normalised -> (B, 32, ~H/8, ~W/8) feature map."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, channels, 3, 2), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, 2), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, 2), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, 1), nn.ReLU())
+        self.out_channels = channels
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def build_encoder(name: str) -> nn.Module:
+    if name == 'resnet10':
+        return ResNet10()
+    if name == 'small_conv':
+        return SmallConv()
+    raise ValueError(f"encoder {name!r}: choose 'resnet10' or 'small_conv'")
+
+
+def feature_shape(encoder: nn.Module, image_hw: Tuple[int, int]) -> Tuple[int, int, int]:
+    with torch.no_grad():
+        was_training = encoder.training
+        encoder.eval()
+        out = encoder(torch.zeros(1, 3, *image_hw))
+        encoder.train(was_training)
+    return tuple(out.shape[1:])
+
+
+def load_pretrained_resnet10(encoder: ResNet10, directory) -> str:
+    """Load HF-format weights (model.safetensors, keys optionally prefixed 'resnet.' or
+    'model.'); returns a one-line report. Raises with the mismatching keys if they do not fit."""
+    from safetensors.torch import load_file
+    directory = Path(directory)
+    weights_path = directory / 'model.safetensors'
+    if not weights_path.is_file():
+        raise FileNotFoundError(f'no model.safetensors in {directory} (download the pretrained '
+                                'encoder once where you are online, then point here)')
+    state = load_file(str(weights_path))
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in ('resnet.', 'model.', 'encoder_model.'):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        cleaned[key] = value
+    own = encoder.state_dict()
+    usable = {k: v for k, v in cleaned.items() if k in own and own[k].shape == v.shape}
+    missing = sorted(set(own) - set(usable))
+    if missing:
+        raise ValueError(f'{weights_path}: {len(missing)} encoder tensors missing or mis-shaped, '
+                         f'e.g. {missing[:5]}')
+    encoder.load_state_dict(usable)
+    config = directory / 'config.json'
+    name = json.loads(config.read_text()).get('_name_or_path', directory.name) \
+        if config.is_file() else directory.name
+    return f'loaded pretrained ResNet-10 weights from {name} ({len(usable)} tensors)'
+
+
+class SpatialEmbedding(nn.Module):
+    """Learned per-channel spatial weighting (HIL-SERL's image embedding) -> (B, C * features)."""
+
+    def __init__(self, channels: int, height: int, width: int, num_features: int = 8):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(channels, height, width, num_features) * 0.02)
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        out = torch.einsum('bchw,chwf->bcf', fmap, self.kernel)
+        return out.flatten(1)

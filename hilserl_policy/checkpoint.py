@@ -1,0 +1,123 @@
+"""Checkpoints: checkpoints/<step:06d>/pretrained_model (config.json + model.safetensors) and
+checkpoints/<step:06d>/training_state (optimisers, temperature, step, RNG, replay buffers).
+
+Written into `<step>.tmp` and renamed, then `checkpoints/last` is replaced atomically: a crash at
+any moment leaves the previous checkpoint intact and `latest_checkpoint()` never sees a partial
+one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from hilserl.config import TrainConfig, from_dict
+from hilserl_policy.replay import ReplayBuffer
+from hilserl_policy.sac import SAC
+
+
+def build_agent(cfg: TrainConfig, image_hw=None, device: Optional[str] = None) -> SAC:
+    hw = tuple(image_hw or cfg.image.resize_hw_px)
+    image_shape = (3 * cfg.observation.n_obs_steps, *hw)
+    return SAC(cfg.sac, image_shape, cfg.observation.state_dim, cfg.action.dim,
+               discrete_gripper=cfg.action.gripper_mode == 'discrete',
+               device=device or cfg.sac.device, seed=cfg.seed)
+
+
+def save_checkpoint(run_dir, agent: SAC, cfg: TrainConfig, online: Optional[ReplayBuffer] = None,
+                    offline: Optional[ReplayBuffer] = None, extra: Optional[dict] = None) -> Path:
+    from safetensors.torch import save_file
+    root = Path(run_dir) / 'checkpoints'
+    final = root / f'{agent.step:06d}'
+    tmp = root / f'{agent.step:06d}.tmp'
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model_dir, state_dir = tmp / 'pretrained_model', tmp / 'training_state'
+    model_dir.mkdir(parents=True)
+    state_dir.mkdir()
+    config = {'train_config': cfg.to_dict(), 'image_shape': list(agent.image_shape),
+              'state_dim': agent.state_dim, 'action_dim': agent.action_dim,
+              'step': agent.step, 'backbone_digest': agent.backbone_digest()}
+    (model_dir / 'config.json').write_text(json.dumps(config, indent=2))
+    save_file({k: v.detach().cpu().contiguous() for k, v in agent.state_dict().items()},
+              str(model_dir / 'model.safetensors'))
+    torch.save({'critic_opt': agent.critic_opt.state_dict(),
+                'actor_opt': agent.actor_opt.state_dict(),
+                'temperature_opt': agent.temperature_opt.state_dict(),
+                'grasp_opt': agent.grasp_opt.state_dict() if agent.grasp_opt else None,
+                'generator': agent.generator.get_state(),
+                'rng': agent.rng.bit_generator.state}, state_dir / 'optimizers.pt')
+    (state_dir / 'state.json').write_text(json.dumps({'step': agent.step, **(extra or {})}))
+    for name, buffer in (('online', online), ('offline', offline)):
+        if buffer is not None:
+            buffer.save(state_dir / f'{name}_buffer.npz')
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    marker = root / 'last.tmp'
+    marker.write_text(final.name)
+    os.replace(marker, root / 'last')
+    return final
+
+
+def latest_checkpoint(run_dir) -> Optional[Path]:
+    root = Path(run_dir) / 'checkpoints'
+    marker = root / 'last'
+    if marker.is_file():
+        path = root / marker.read_text().strip()
+        if (path / 'pretrained_model' / 'model.safetensors').is_file():
+            return path
+    done = sorted(p for p in root.glob('[0-9]*') if p.is_dir() and not p.name.endswith('.tmp')
+                  and (p / 'pretrained_model' / 'model.safetensors').is_file())
+    return done[-1] if done else None
+
+
+def load_pretrained(model_dir, device: Optional[str] = None) -> Tuple[SAC, TrainConfig]:
+    """A `pretrained_model` directory (or a checkpoint directory holding one) -> agent."""
+    from safetensors.torch import load_file
+    model_dir = Path(model_dir)
+    if (model_dir / 'pretrained_model').is_dir():
+        model_dir = model_dir / 'pretrained_model'
+    config_path = model_dir / 'config.json'
+    if not config_path.is_file():
+        raise FileNotFoundError(f'{model_dir} is not a policy checkpoint (no config.json)')
+    meta = json.loads(config_path.read_text())
+    cfg = from_dict(TrainConfig, meta['train_config'])
+    # the weights replace the encoder: do not require the pretrained directory again
+    cfg = _without_pretrained_path(cfg)
+    agent = build_agent(cfg, meta['image_shape'][1:], device)
+    agent.load_state_dict(load_file(str(model_dir / 'model.safetensors')))
+    agent.step = int(meta['step'])
+    return agent, cfg
+
+
+def _without_pretrained_path(cfg: TrainConfig) -> TrainConfig:
+    import dataclasses
+    return dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, pretrained_encoder_path=None))
+
+
+def resume(checkpoint_dir, device: Optional[str] = None
+           ) -> Tuple[SAC, TrainConfig, Optional[ReplayBuffer], Optional[ReplayBuffer], dict]:
+    """Restore agent, optimisers, RNG and buffers: training continues where it stopped."""
+    checkpoint_dir = Path(checkpoint_dir)
+    agent, cfg = load_pretrained(checkpoint_dir / 'pretrained_model', device)
+    state_dir = checkpoint_dir / 'training_state'
+    opt = torch.load(state_dir / 'optimizers.pt', weights_only=False)
+    agent.critic_opt.load_state_dict(opt['critic_opt'])
+    agent.actor_opt.load_state_dict(opt['actor_opt'])
+    agent.temperature_opt.load_state_dict(opt['temperature_opt'])
+    if agent.grasp_opt is not None and opt['grasp_opt'] is not None:
+        agent.grasp_opt.load_state_dict(opt['grasp_opt'])
+    agent.generator.set_state(opt['generator'])
+    agent.rng.bit_generator.state = opt['rng']
+    state = json.loads((state_dir / 'state.json').read_text())
+    buffers = []
+    for name, capacity in (('online', cfg.sac.online_buffer_capacity),
+                           ('offline', cfg.sac.offline_buffer_capacity)):
+        path = state_dir / f'{name}_buffer.npz'
+        buffers.append(ReplayBuffer.load(path, capacity) if path.is_file() else None)
+    return agent, cfg, buffers[0], buffers[1], state

@@ -1,0 +1,184 @@
+"""Replay buffers with uint8 images, bounded capacity, thread safety and save/load.
+
+Memory: each transition costs one uint8 image (3 * n_obs_steps * H * W bytes; 49,152 B at
+128x128, n_obs_steps 1) plus 2 * state_dim * 4 + action_dim * 4 + 8 bytes. The next image is
+not stored twice: inside an episode it is the next slot's image (the actor streams transitions
+in order); only where the stream breaks (episode end, a gap) is it kept separately, in an array
+whose untouched pages cost no memory. `RLPD` mixes the online and offline buffers 50/50.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+KEYS = ('image', 'state', 'action', 'reward', 'next_image', 'next_state', 'terminated',
+        'truncated', 'intervention')
+
+
+@dataclass(frozen=True)
+class Transition:
+    image: np.ndarray        # (C, H, W) uint8, C = 3 * n_obs_steps
+    state: np.ndarray        # (D,) float32
+    action: np.ndarray       # (A,) float32 in [-1, 1]: the executed action (human's if intervening)
+    reward: float
+    next_image: np.ndarray
+    next_state: np.ndarray
+    terminated: bool         # task ended (success): no bootstrap
+    truncated: bool          # time limit / reset: bootstrap, but the episode ends here
+    intervention: bool       # the human chose this action
+
+    def validate(self, image_shape, state_dim, action_dim) -> None:
+        if self.image.shape != tuple(image_shape) or self.image.dtype != np.uint8:
+            raise ValueError(f'image {self.image.shape} {self.image.dtype}: expected '
+                             f'{tuple(image_shape)} uint8')
+        if self.next_image.shape != tuple(image_shape) or self.next_image.dtype != np.uint8:
+            raise ValueError(f'next_image {self.next_image.shape} {self.next_image.dtype}: '
+                             f'expected {tuple(image_shape)} uint8')
+        for name, value, size in (('state', self.state, state_dim),
+                                  ('next_state', self.next_state, state_dim),
+                                  ('action', self.action, action_dim)):
+            if np.shape(value) != (size,):
+                raise ValueError(f'{name} has shape {np.shape(value)}, expected ({size},)')
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f'{name} is not finite: {value}')
+        if not np.isfinite(self.reward):
+            raise ValueError(f'reward is not finite: {self.reward}')
+        if np.any(np.abs(self.action) > 1.0 + 1e-6):
+            raise ValueError(f'action {self.action} leaves [-1, 1]')
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int, image_shape, state_dim: int, action_dim: int):
+        if capacity < 1:
+            raise ValueError(f'capacity={capacity}: must be >= 1')
+        self.capacity = int(capacity)
+        self.image_shape = tuple(image_shape)
+        self.state_dim, self.action_dim = state_dim, action_dim
+        c = self.capacity
+        self.images = np.zeros((c, *self.image_shape), np.uint8)
+        self.next_images = np.zeros((c, *self.image_shape), np.uint8)  # only at stream breaks
+        self.next_stored = np.zeros(c, bool)
+        self.states = np.zeros((c, state_dim), np.float32)
+        self.next_states = np.zeros((c, state_dim), np.float32)
+        self.actions = np.zeros((c, action_dim), np.float32)
+        self.rewards = np.zeros(c, np.float32)
+        self.terminated = np.zeros(c, bool)
+        self.truncated = np.zeros(c, bool)
+        self.interventions = np.zeros(c, bool)
+        self.size = 0
+        self.cursor = 0            # next slot to write
+        self.total_added = 0
+        self._pending_next: Optional[np.ndarray] = None  # next image of the newest transition
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def bytes_per_transition(self) -> int:
+        return int(np.prod(self.image_shape)) + 4 * (2 * self.state_dim + self.action_dim) + 4 + 3
+
+    def add(self, t: Transition) -> None:
+        t.validate(self.image_shape, self.state_dim, self.action_dim)
+        with self._lock:
+            newest = (self.cursor - 1) % self.capacity
+            if self._pending_next is not None:
+                # The newest transition's next image is implicit only if this obs continues it.
+                continues = (not (self.terminated[newest] or self.truncated[newest])
+                             and np.array_equal(self._pending_next, t.image))
+                if not continues:
+                    self.next_images[newest] = self._pending_next
+                    self.next_stored[newest] = True
+            i = self.cursor
+            self.images[i] = t.image
+            self.next_stored[i] = False
+            self.states[i] = t.state
+            self.next_states[i] = t.next_state
+            self.actions[i] = t.action
+            self.rewards[i] = t.reward
+            self.terminated[i] = t.terminated
+            self.truncated[i] = t.truncated
+            self.interventions[i] = t.intervention
+            self._pending_next = np.array(t.next_image, copy=True)
+            self.cursor = (i + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+            self.total_added += 1
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+        with self._lock:
+            if self.size == 0:
+                raise ValueError('cannot sample from an empty replay buffer')
+            idx = rng.integers(0, self.size, size=batch_size)
+            return self._gather(idx)
+
+    def _gather(self, idx: np.ndarray) -> Dict[str, np.ndarray]:
+        newest = (self.cursor - 1) % self.capacity
+        next_images = self.images[(idx + 1) % self.capacity]
+        stored = self.next_stored[idx]
+        if stored.any():
+            next_images[stored] = self.next_images[idx[stored]]
+        is_newest = idx == newest
+        if is_newest.any():
+            next_images[is_newest] = self._pending_next
+        return {'image': self.images[idx], 'state': self.states[idx],
+                'action': self.actions[idx], 'reward': self.rewards[idx],
+                'next_image': next_images, 'next_state': self.next_states[idx],
+                'terminated': self.terminated[idx], 'truncated': self.truncated[idx],
+                'intervention': self.interventions[idx]}
+
+    def all(self) -> Dict[str, np.ndarray]:
+        """Every stored transition (oldest first); for tests and conversions."""
+        with self._lock:
+            order = (np.arange(self.size) + (self.cursor - self.size)) % self.capacity
+            return self._gather(order)
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the filled part as an .npz atomically (tmp + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.all()
+        tmp = path.with_name(path.name + '.tmp.npz')
+        np.savez(tmp, capacity=self.capacity, total_added=self.total_added, **data)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, capacity: Optional[int] = None) -> 'ReplayBuffer':
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f'replay buffer file {path} does not exist')
+        with np.load(path) as data:
+            images = data['image']
+            buffer = cls(int(capacity or data['capacity']), images.shape[1:],
+                         data['state'].shape[1], data['action'].shape[1])
+            for i in range(len(images)):
+                buffer.add(Transition(images[i], data['state'][i], data['action'][i],
+                                      float(data['reward'][i]), data['next_image'][i],
+                                      data['next_state'][i], bool(data['terminated'][i]),
+                                      bool(data['truncated'][i]), bool(data['intervention'][i])))
+            buffer.total_added = int(data['total_added'])
+        return buffer
+
+
+def sample_mixed(online: ReplayBuffer, offline: Optional[ReplayBuffer], batch_size: int,
+                 online_ratio: float, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """RLPD: round(batch * online_ratio) online + the rest offline (all online if the offline
+    buffer is empty or absent, all offline if the online one is)."""
+    n_online = int(round(batch_size * online_ratio))
+    if offline is None or len(offline) == 0:
+        n_online = batch_size
+    elif len(online) == 0:
+        n_online = 0
+    parts = []
+    if n_online:
+        parts.append(online.sample(n_online, rng))
+    if batch_size - n_online:
+        parts.append(offline.sample(batch_size - n_online, rng))
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,119 @@
+"""Success classifier: image encoder + small MLP head -> success logit, one or more views.
+
+Checkpoints are directories: config.json (ClassifierConfig, threshold, metrics) and
+model.safetensors, written to a temporary directory and renamed into place (atomic).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from hilserl.encoders import (ImageNormalizer, SpatialEmbedding, build_encoder, feature_shape,
+                              load_pretrained_resnet10)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    encoder: str = 'small_conv'              # small_conv (from scratch) | resnet10
+    freeze_encoder: bool = False             # True with pretrained ResNet-10 weights
+    pretrained_encoder_path: Optional[str] = None
+    image_hw_px: Tuple[int, int] = (128, 128)
+    num_views: int = 1                       # camera views, each encoded by the shared encoder
+    hidden_dim: int = 256
+    dropout: float = 0.1
+    spatial_features: int = 8
+
+    def __post_init__(self):
+        if self.encoder not in ('small_conv', 'resnet10'):
+            raise ValueError(f"encoder={self.encoder!r}: 'small_conv' or 'resnet10'")
+        if self.num_views < 1:
+            raise ValueError(f'num_views={self.num_views}: must be >= 1')
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f'dropout={self.dropout}: must be in [0, 1)')
+        if self.freeze_encoder and self.encoder == 'resnet10' and not self.pretrained_encoder_path:
+            raise ValueError('freeze_encoder with resnet10 needs pretrained_encoder_path: a frozen '
+                             'random encoder cannot learn')
+
+
+class RewardClassifier(nn.Module):
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = config
+        self.normalize = ImageNormalizer()
+        self.encoder = build_encoder(config.encoder)
+        self.load_report = 'encoder trained from scratch (no pretrained weights given)'
+        if config.pretrained_encoder_path:
+            if config.encoder != 'resnet10':
+                raise ValueError('pretrained_encoder_path is for the resnet10 encoder')
+            self.load_report = load_pretrained_resnet10(self.encoder,
+                                                        config.pretrained_encoder_path)
+        if config.freeze_encoder:
+            for p in self.encoder.parameters():
+                p.requires_grad_(False)
+        channels, h, w = feature_shape(self.encoder, config.image_hw_px)
+        self.embed = SpatialEmbedding(channels, h, w, config.spatial_features)
+        width = channels * config.spatial_features * config.num_views
+        self.head = nn.Sequential(
+            nn.Linear(width, config.hidden_dim), nn.Dropout(config.dropout),
+            nn.LayerNorm(config.hidden_dim), nn.ReLU(), nn.Linear(config.hidden_dim, 1))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()  # frozen BatchNorm statistics stay frozen
+        return self
+
+    def forward(self, *views: torch.Tensor) -> torch.Tensor:
+        """views: (B, 3, H, W) uint8 or float 0..255, one tensor per view -> (B,) logits."""
+        if len(views) != self.config.num_views:
+            raise ValueError(f'expected {self.config.num_views} views, got {len(views)}')
+        feats = [self.embed(self.encoder(self.normalize(v))) for v in views]
+        return self.head(torch.cat(feats, dim=1)).squeeze(1)
+
+
+def save_classifier(model: RewardClassifier, directory, threshold: float, metrics: dict) -> Path:
+    from safetensors.torch import save_file
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + '.tmp')
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              str(tmp / 'model.safetensors'))
+    config = dataclasses.asdict(model.config)
+    config['pretrained_encoder_path'] = None  # the weights are inside model.safetensors now
+    (tmp / 'config.json').write_text(json.dumps(
+        {'classifier': config, 'threshold': threshold, 'metrics': metrics}, indent=2))
+    if directory.exists():
+        old = directory.with_name(directory.name + '.old')
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, directory)
+    return directory
+
+
+def load_classifier(directory) -> Tuple[RewardClassifier, float, dict]:
+    from safetensors.torch import load_file
+    directory = Path(directory)
+    config_path = directory / 'config.json'
+    if not config_path.is_file():
+        raise FileNotFoundError(f'{directory} is not a classifier checkpoint (no config.json)')
+    data = json.loads(config_path.read_text())
+    fields = data['classifier']
+    fields['image_hw_px'] = tuple(fields['image_hw_px'])
+    model = RewardClassifier(ClassifierConfig(**fields))
+    model.load_state_dict(load_file(str(directory / 'model.safetensors')))
+    model.eval()
+    return model, float(data['threshold']), data.get('metrics', {})

@@ -1,0 +1,208 @@
+"""Train the success classifier from recorded episodes (CPU is enough).
+
+Split by episode (never by frame), random-shift + brightness/contrast augmentation, class
+imbalance handled with a positive-class weight, decision threshold chosen on validation to keep
+the false-positive rate at or below a target, best epoch saved.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hilserl.bags import labelled_frames, list_episodes, read_episode
+from hilserl.conventions import Topics
+from reward_classifier_node.model import ClassifierConfig, RewardClassifier, save_classifier
+
+
+@dataclass(frozen=True)
+class TrainClassifierConfig:
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.02
+    val_fraction: float = 0.2
+    target_fpr: float = 0.01
+    min_threshold: float = 0.5           # never accept below this even if FPR would allow
+    label_source: str = 'key'            # key (teleop label) | ground_truth (simulation)
+    frames_before_label: int = 0
+    augmentation_pad: int = 4
+    seed: int = 0
+    max_minutes: float = 10.0
+    num_threads: int = 2
+
+    def __post_init__(self):
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f'val_fraction={self.val_fraction}: must be in (0, 1)')
+        if not 0 <= self.target_fpr < 1:
+            raise ValueError(f'target_fpr={self.target_fpr}: must be in [0, 1)')
+        if self.label_source not in ('key', 'ground_truth'):
+            raise ValueError(f"label_source={self.label_source!r}: 'key' or 'ground_truth'")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError('epochs must be >= 1 and batch_size >= 2')
+
+
+@dataclass
+class EpisodeFrames:
+    name: str
+    images: np.ndarray    # (N, H, W, 3) uint8
+    labels: np.ndarray    # (N,) int
+
+
+def load_frames(root, label_source: str = 'key', frames_before_label: int = 0,
+                topic: str = Topics.IMAGE_CROP) -> List[EpisodeFrames]:
+    episodes = []
+    for path in list_episodes(root):
+        data = read_episode(path, [topic, Topics.EPISODE_LABEL, Topics.SIM_SUCCESS])
+        images, labels, _ = labelled_frames(data, topic, label_source, frames_before_label)
+        if len(images):
+            episodes.append(EpisodeFrames(path.name, images, labels))
+    if not episodes:
+        raise FileNotFoundError(f'no episodes with {topic} frames under {root}')
+    return episodes
+
+
+def split_by_episode(episodes: Sequence[EpisodeFrames], val_fraction: float, seed: int
+                     ) -> Tuple[List[EpisodeFrames], List[EpisodeFrames]]:
+    """Whole episodes go to one side; successes and failures are split separately so both
+    sides see both outcomes."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for group in ([e for e in episodes if e.labels.any()], [e for e in episodes
+                                                            if not e.labels.any()]):
+        order = rng.permutation(len(group))
+        n_val = int(round(len(group) * val_fraction))
+        if len(group) >= 2:
+            n_val = min(max(n_val, 1), len(group) - 1)
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    return train, val
+
+
+def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float: random shift by up to `pad` px, brightness/contrast jitter."""
+    x = images.float()
+    b, _, h, w = x.shape
+    if pad > 0:
+        x = F.pad(x, (pad, pad, pad, pad), mode='replicate')
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+        rows = (torch.arange(h).view(1, h) + dy.view(b, 1))
+        cols = (torch.arange(w).view(1, w) + dx.view(b, 1))
+        x = x[torch.arange(b).view(b, 1, 1), :, rows.view(b, h, 1), cols.view(b, 1, w)]
+        x = x.permute(0, 3, 1, 2)
+    brightness = 1 + (torch.rand(b, 1, 1, 1, generator=generator) - 0.5) * 0.4
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = 1 + (torch.rand(b, 1, 1, 1, generator=generator) - 0.5) * 0.4
+    return ((x - mean) * contrast + mean * brightness).clamp(0, 255)
+
+
+@torch.inference_mode()
+def predict_proba(model: RewardClassifier, images: np.ndarray, batch_size: int = 256
+                  ) -> np.ndarray:
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
+        out.append(torch.sigmoid(model(chunk)).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def choose_threshold(probs: np.ndarray, labels: np.ndarray, target_fpr: float,
+                     min_threshold: float = 0.5) -> float:
+    """Lowest threshold whose false-positive rate on these frames is <= target_fpr."""
+    negatives = np.sort(probs[labels == 0])[::-1]
+    allowed = int(math.floor(target_fpr * len(negatives)))
+    if len(negatives) == 0 or allowed >= len(negatives):
+        return float(min_threshold)
+    threshold = float(np.nextafter(negatives[allowed], np.inf))
+    return float(min(max(threshold, min_threshold), 1.0))
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> Dict:
+    predicted = probs >= threshold
+    positive = labels == 1
+    tp = int(np.sum(predicted & positive))
+    fp = int(np.sum(predicted & ~positive))
+    tn = int(np.sum(~predicted & ~positive))
+    fn = int(np.sum(~predicted & positive))
+    n = max(len(labels), 1)
+    return {'accuracy': (tp + tn) / n, 'precision': tp / max(tp + fp, 1),
+            'recall': tp / max(tp + fn, 1), 'false_positive_rate': fp / max(fp + tn, 1),
+            'tp': tp, 'fp': fp, 'tn': tn, 'fn': fn, 'threshold': threshold, 'frames': len(labels)}
+
+
+def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = ClassifierConfig(),
+                     cfg: TrainClassifierConfig = TrainClassifierConfig(),
+                     progress: Callable[[str], None] = print,
+                     episodes: Optional[List[EpisodeFrames]] = None) -> Dict:
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.num_threads)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    episodes = episodes if episodes is not None else \
+        load_frames(episode_root, cfg.label_source, cfg.frames_before_label)
+    train_eps, val_eps = split_by_episode(episodes, cfg.val_fraction, cfg.seed)
+    if not val_eps or not train_eps:
+        raise ValueError(f'need at least 2 episodes to split by episode, got {len(episodes)}')
+    x_train = np.concatenate([e.images for e in train_eps])
+    y_train = np.concatenate([e.labels for e in train_eps])
+    x_val = np.concatenate([e.images for e in val_eps])
+    y_val = np.concatenate([e.labels for e in val_eps])
+    n_pos, n_neg = int(y_train.sum()), int(len(y_train) - y_train.sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f'training frames need both classes (positives {n_pos}, negatives '
+                         f'{n_neg}); record successful and failed episodes')
+    progress(f'episodes: {len(train_eps)} train / {len(val_eps)} validation; frames: '
+             f'{len(y_train)} train ({n_pos} positive) / {len(y_val)} validation '
+             f'({int(y_val.sum())} positive)')
+    model = RewardClassifier(model_cfg)
+    progress(model.load_report)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pos_weight = torch.tensor(n_neg / n_pos)  # class imbalance
+    images = torch.from_numpy(x_train).permute(0, 3, 1, 2).contiguous()
+    targets = torch.from_numpy(y_train).float()
+    best, history = None, []
+    started = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(targets), generator=generator)
+        losses = []
+        for start in range(0, len(order), cfg.batch_size):
+            index = order[start:start + cfg.batch_size]
+            logits = model(augment(images[index], cfg.augmentation_pad, generator))
+            loss = F.binary_cross_entropy_with_logits(logits, targets[index],
+                                                      pos_weight=pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        probs = predict_proba(model, x_val)
+        threshold = choose_threshold(probs, y_val, cfg.target_fpr, cfg.min_threshold)
+        metrics = classification_metrics(probs, y_val, threshold)
+        metrics.update(epoch=epoch, train_loss=float(np.mean(losses)))
+        history.append(metrics)
+        elapsed = time.perf_counter() - started
+        progress(f'epoch {epoch:3d}/{cfg.epochs}  loss {metrics["train_loss"]:.4f}  val acc '
+                 f'{metrics["accuracy"]:.4f}  precision {metrics["precision"]:.3f}  recall '
+                 f'{metrics["recall"]:.3f}  FPR {metrics["false_positive_rate"]:.4f}  '
+                 f'threshold {threshold:.3f}  [{elapsed:.0f} s]')
+        if best is None or (metrics['accuracy'], metrics['recall']) > \
+                (best['accuracy'], best['recall']):
+            best = dict(metrics)
+            save_classifier(model, Path(output_dir), threshold, {
+                'validation': best, 'train_episodes': [e.name for e in train_eps],
+                'validation_episodes': [e.name for e in val_eps],
+                'training_config': cfg.__dict__})
+        if elapsed > cfg.max_minutes * 60:
+            progress(f'stopping: time budget of {cfg.max_minutes} min reached')
+            break
+    progress(f'best epoch {best["epoch"]}: val accuracy {best["accuracy"]:.4f}, FPR '
+             f'{best["false_positive_rate"]:.4f}, recall {best["recall"]:.3f} -> {output_dir}')
+    return {'best': best, 'history': history, 'output_dir': str(output_dir)}

@@ -1,0 +1,268 @@
+"""SAC core, drqv2/LeRobot-style unit tests on a tiny configuration (32x32 images)."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from hilserl.config import SACConfig, TrainConfig, ActionConfig, ImageConfig
+from hilserl_policy.augment import random_shift, replicate_pad
+from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, load_pretrained, resume,
+                                       save_checkpoint)
+from hilserl_policy.learner import Learner
+from hilserl_policy.replay import ReplayBuffer, Transition, sample_mixed
+from hilserl_policy.sac import SAC, polyak_update
+from hilserl_policy.transport import (decode_transition, decode_weights, encode_transition,
+                                      encode_weights)
+
+HW = (32, 32)
+SMALL = SACConfig(batch_size=16, utd_ratio=2, hidden_dims=(32, 32), latent_dim=16,
+                  encoder='small_conv', freeze_encoder=False, learning_starts=4,
+                  online_buffer_capacity=64, offline_buffer_capacity=64, device='cpu')
+
+
+def tiny_config(**sac):
+    return TrainConfig(image=ImageConfig(resize_hw_px=HW), sac=dataclasses.replace(SMALL, **sac))
+
+
+def transition(rng, intervention=False, terminated=False, image=None, reward=0.0):
+    image = rng.integers(0, 256, (3, *HW), dtype=np.uint8) if image is None else image
+    return Transition(image, rng.normal(size=18).astype(np.float32),
+                      rng.uniform(-1, 1, 4).astype(np.float32), reward,
+                      rng.integers(0, 256, (3, *HW), dtype=np.uint8),
+                      rng.normal(size=18).astype(np.float32), terminated, False, intervention)
+
+
+def filled_buffer(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    buffer = ReplayBuffer(64, (3, *HW), 18, 4)
+    for i in range(n):
+        buffer.add(transition(rng, terminated=(i % 10 == 9), reward=float(i % 10 == 9)))
+    return buffer, rng
+
+
+def make_agent(**sac):
+    return build_agent(tiny_config(**sac))
+
+
+def test_actions_are_in_bounds_with_the_right_shape():
+    agent = make_agent()
+    rng = np.random.default_rng(0)
+    for deterministic in (True, False):
+        for _ in range(20):
+            a = agent.act(rng.integers(0, 256, (3, *HW), dtype=np.uint8),
+                          rng.normal(size=18).astype(np.float32) * 10, deterministic)
+            assert a.shape == (4,) and a.dtype == np.float32
+            assert np.all(np.abs(a) <= 1.0)
+
+
+def test_deterministic_action_is_repeatable_and_stochastic_is_not():
+    agent = make_agent()
+    img = np.zeros((3, *HW), np.uint8)
+    s = np.zeros(18, np.float32)
+    assert np.array_equal(agent.act(img, s, True), agent.act(img, s, True))
+    assert not np.array_equal(agent.act(img, s, False), agent.act(img, s, False))
+
+
+def test_update_gives_finite_metrics_and_changes_the_critics():
+    agent = make_agent()
+    buffer, rng = filled_buffer()
+    before = [p.detach().clone() for p in agent.critic.parameters()]
+    metrics = agent.update(lambda: buffer.sample(16, rng))
+    for key in ('critic_loss', 'actor_loss', 'temperature_loss', 'alpha', 'q_mean', 'entropy'):
+        assert np.isfinite(metrics[key]), key
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.critic.parameters()))
+    assert agent.step == 1
+
+
+def test_target_update_is_polyak():
+    agent = make_agent()
+    target_before = [p.detach().clone() for p in agent.critic_target.parameters()]
+    with torch.no_grad():
+        for p in agent.critic.parameters():
+            p.add_(1.0)
+    polyak_update(agent.critic, agent.critic_target, 0.1)
+    for old, new, online in zip(target_before, agent.critic_target.parameters(),
+                                agent.critic.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
+
+
+def test_temperature_moves_toward_the_target_entropy():
+    agent = make_agent(temperature_lr=0.05)
+    emb = torch.zeros(64, agent.encoder.out_dim)
+    # entropy above target (log_prob low) -> alpha decreases; below -> increases
+    loss, _ = agent.temperature_loss(torch.full((64,), -agent.target_entropy - 5.0))
+    alpha0 = agent.alpha.item()
+    agent._optimise(agent.temperature_opt, loss, [agent.log_alpha])
+    assert agent.alpha.item() < alpha0
+    loss, _ = agent.temperature_loss(torch.full((64,), -agent.target_entropy + 5.0))
+    alpha1 = agent.alpha.item()
+    agent._optimise(agent.temperature_opt, loss, [agent.log_alpha])
+    assert agent.alpha.item() > alpha1
+    del emb
+
+
+def test_terminated_stops_bootstrapping_but_truncated_does_not():
+    agent = make_agent()
+    emb = torch.randn(8, agent.encoder.out_dim)
+    batch = {'reward': torch.ones(8), 'terminated': torch.tensor([1.0] * 4 + [0.0] * 4),
+             'action': torch.zeros(8, 4)}
+    with torch.no_grad():
+        agent.critic_target.net[-1].bias.fill_(100.0)  # large next-state value
+    _, m = agent.critic_loss(emb, emb, batch)
+    target = m['td_target_mean']
+    assert 1.0 < target < 1.0 + agent.cfg.discount * 101  # half bootstrapped, half not
+
+
+def test_augmentation_keeps_shape_and_dtype_and_is_identity_at_pad_zero():
+    x = torch.randint(0, 256, (5, 3, 16, 12), dtype=torch.uint8)
+    assert torch.equal(random_shift(x, 0), x)
+    y = random_shift(x, 4, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    centred = random_shift(x, 4, shifts=torch.full((5, 2), 4))
+    assert torch.equal(centred, x)
+    shifted = random_shift(x, 2, shifts=torch.tensor([[0, 2]] * 5))  # up 2 rows, same columns
+    assert torch.equal(shifted[:, :, 2:], x[:, :, :-2])
+    assert torch.equal(shifted[:, :, 0], x[:, :, 0])  # replicated edge
+    assert torch.equal(replicate_pad(x, 3).float(),
+                       torch.nn.functional.pad(x.float(), (3, 3, 3, 3), mode='replicate'))
+
+
+def test_checkpoint_round_trip_restores_identical_actions(tmp_path):
+    cfg = tiny_config()
+    agent = build_agent(cfg)
+    buffer, rng = filled_buffer()
+    agent.update(lambda: buffer.sample(16, rng))
+    path = save_checkpoint(tmp_path, agent, cfg, buffer, None)
+    assert path.name == '000001'
+    assert (path / 'pretrained_model' / 'config.json').is_file()
+    assert latest_checkpoint(tmp_path) == path
+    loaded, loaded_cfg = load_pretrained(path)
+    assert loaded_cfg == cfg
+    img = rng.integers(0, 256, (3, *HW), dtype=np.uint8)
+    state = rng.normal(size=18).astype(np.float32)
+    np.testing.assert_array_equal(agent.act(img, state, True), loaded.act(img, state, True))
+    resumed, _, online, offline, _ = resume(path)
+    assert resumed.step == 1 and len(online) == len(buffer) and offline is None
+    # optimiser state restored: the next update is identical on both
+    batch = buffer.sample(16, np.random.default_rng(5))
+    torch.manual_seed(0)  # the actor's sampling noise comes from the global generator
+    m1 = agent.update(lambda: batch)
+    torch.manual_seed(0)
+    m2 = resumed.update(lambda: batch)
+    assert m1['critic_loss'] == pytest.approx(m2['critic_loss'], rel=1e-5)
+
+
+def test_rlpd_sampling_is_50_50():
+    online, rng = filled_buffer()
+    offline = ReplayBuffer(64, (3, *HW), 18, 4)
+    for _ in range(10):
+        offline.add(transition(rng, intervention=True))
+    batch = sample_mixed(online, offline, 256, 0.5, rng)
+    assert len(batch['reward']) == 256
+    assert int(batch['intervention'].sum()) == 128
+    # with an empty offline buffer everything comes from the online one
+    empty = ReplayBuffer(8, (3, *HW), 18, 4)
+    assert not sample_mixed(online, empty, 32, 0.5, rng)['intervention'].any()
+
+
+def test_interventions_land_in_both_buffers(tmp_path):
+    learner = Learner(tiny_config(), tmp_path, resume_from_latest=False)
+    rng = np.random.default_rng(0)
+    learner.add(transition(rng, intervention=False))
+    learner.add(transition(rng, intervention=True))
+    assert len(learner.online) == 2 and len(learner.offline) == 1
+    assert learner.offline.all()['intervention'].all()
+    bad = dataclasses.replace(transition(rng), action=np.array([np.nan, 0, 0, 0], np.float32))
+    assert not learner.add(bad) and learner.rejected == 1
+
+
+def test_next_image_is_stored_once_inside_an_episode_and_kept_at_breaks():
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(8, (3, *HW), 18, 4)
+    frames = [rng.integers(0, 256, (3, *HW), dtype=np.uint8) for _ in range(12)]
+    expected_next = []
+    for i in range(11):
+        end = i in (4, 9)
+        nxt = frames[i + 1] if not end else rng.integers(0, 256, (3, *HW), dtype=np.uint8)
+        t = transition(rng, image=frames[i], terminated=end)
+        buffer.add(dataclasses.replace(t, next_image=nxt))
+        expected_next.append(nxt)
+    data = buffer.all()
+    assert len(data['reward']) == 8  # ring kept the newest 8
+    for got, want in zip(data['next_image'], expected_next[-8:]):
+        assert np.array_equal(got, want)
+    assert buffer.next_stored.sum() <= 2
+
+
+def test_buffer_save_load_round_trip(tmp_path):
+    buffer, _ = filled_buffer(20)
+    buffer.save(tmp_path / 'b.npz')
+    loaded = ReplayBuffer.load(tmp_path / 'b.npz')
+    a, b = buffer.all(), loaded.all()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(FileNotFoundError):
+        ReplayBuffer.load(tmp_path / 'missing.npz')
+
+
+def test_bad_transitions_are_refused():
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(8, (3, *HW), 18, 4)
+    with pytest.raises(ValueError, match='state'):
+        buffer.add(dataclasses.replace(transition(rng), state=np.zeros(5, np.float32)))
+    with pytest.raises(ValueError, match='leaves'):
+        buffer.add(dataclasses.replace(transition(rng), action=np.full(4, 2.0, np.float32)))
+    with pytest.raises(ValueError, match='image'):
+        buffer.add(dataclasses.replace(transition(rng), image=np.zeros((3, 8, 8), np.uint8)))
+
+
+def test_transition_and_weight_encodings_round_trip():
+    rng = np.random.default_rng(0)
+    t = transition(rng, intervention=True)
+    decoded, header = decode_transition(encode_transition(t, episode=3, step=7))
+    for field in dataclasses.fields(Transition):
+        np.testing.assert_array_equal(getattr(decoded, field.name), getattr(t, field.name))
+    assert header['episode'] == 3
+    with pytest.raises(ValueError):
+        decode_transition(b'garbage')
+    with pytest.raises(ValueError):
+        decode_transition(encode_transition(t)[:-10])
+    agent = make_agent()
+    state, meta = decode_weights(encode_weights(agent.policy_state(), {'step': 4}))
+    assert meta['step'] == '4'
+    other = make_agent()
+    other.load_policy_state(state)
+    img, s = np.zeros((3, *HW), np.uint8), np.zeros(18, np.float32)
+    np.testing.assert_array_equal(agent.act(img, s, True), other.act(img, s, True))
+
+
+def test_discrete_grasp_critic_picks_the_gripper():
+    cfg = TrainConfig(image=ImageConfig(resize_hw_px=HW), sac=SMALL,
+                      action=ActionConfig(gripper_mode='discrete'))
+    agent = build_agent(cfg)
+    assert agent.continuous_dim == 3
+    buffer, rng = filled_buffer()
+    metrics = agent.update(lambda: buffer.sample(16, rng))
+    assert np.isfinite(metrics['grasp_critic_loss'])
+    a = agent.act(np.zeros((3, *HW), np.uint8), np.zeros(18, np.float32), True)
+    assert a.shape == (4,) and a[3] in (-1.0, 0.0, 1.0)
+
+
+def test_subsampled_critic_targets_and_frozen_resnet_encoder_run():
+    agent = make_agent(num_critics=4, num_subsample_critics=2, encoder='resnet10',
+                       freeze_encoder=True)
+    buffer, rng = filled_buffer()
+    frozen = [p.detach().clone() for p in agent.backbone.parameters()]
+    agent.update(lambda: buffer.sample(16, rng))
+    assert all(torch.equal(a, b) for a, b in zip(frozen, agent.backbone.parameters()))
+    assert not any(k.startswith('backbone') for k in agent.policy_state())
+
+
+def test_device_auto_falls_back_to_cpu_and_bad_device_is_refused():
+    from hilserl_policy.sac import resolve_device
+    if not torch.cuda.is_available():
+        assert resolve_device('auto').type == 'cpu'
+        with pytest.raises(ValueError, match='CUDA'):
+            resolve_device('cuda')
+    assert isinstance(SAC, type)
