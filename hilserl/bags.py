@@ -35,6 +35,7 @@ EPISODE_TOPICS: Dict[str, str] = {
     Topics.EPISODE_LABEL: 'std_msgs/msg/String',
     Topics.SIM_SUCCESS: 'std_msgs/msg/Bool',
     Topics.SIM_CUBE_POSE: 'geometry_msgs/msg/PoseStamped',
+    Topics.TRANSITIONS: 'std_msgs/msg/UInt8MultiArray',
 }
 
 
@@ -112,6 +113,7 @@ class MessageFactory:
         self._String = t['std_msgs/msg/String']
         self._Float32 = t['std_msgs/msg/Float32']
         self._F32Array = t['std_msgs/msg/Float32MultiArray']
+        self._U8Array = t['std_msgs/msg/UInt8MultiArray']
         self._Layout = t['std_msgs/msg/MultiArrayLayout']
         self._Dim = t['std_msgs/msg/MultiArrayDimension']
         self._JointState = t['sensor_msgs/msg/JointState']
@@ -146,6 +148,10 @@ class MessageFactory:
         values = np.asarray(values, dtype=np.float32)
         dims = [self._Dim(label=source, size=values.size, stride=values.size)] if source else []
         return self._F32Array(layout=self._Layout(dim=dims, data_offset=0), data=values)
+
+    def bytes_array(self, payload: bytes):
+        return self._U8Array(layout=self._Layout(dim=[], data_offset=0),
+                             data=np.frombuffer(payload, np.uint8))
 
     def joint_state(self, names, position, velocity, effort, stamp_ns: int):
         return self._JointState(header=self.header(stamp_ns), name=list(names),

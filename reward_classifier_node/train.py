@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from hilserl.bags import labelled_frames, list_episodes, read_episode
 from hilserl.conventions import Topics
+from hilserl_policy.augment import random_shift
 from reward_classifier_node.model import ClassifierConfig, RewardClassifier, save_classifier
 
 
@@ -87,16 +88,8 @@ def split_by_episode(episodes: Sequence[EpisodeFrames], val_fraction: float, see
 
 def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float: random shift by up to `pad` px, brightness/contrast jitter."""
-    x = images.float()
-    b, _, h, w = x.shape
-    if pad > 0:
-        x = F.pad(x, (pad, pad, pad, pad), mode='replicate')
-        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-        rows = (torch.arange(h).view(1, h) + dy.view(b, 1))
-        cols = (torch.arange(w).view(1, w) + dx.view(b, 1))
-        x = x[torch.arange(b).view(b, 1, 1), :, rows.view(b, h, 1), cols.view(b, 1, w)]
-        x = x.permute(0, 3, 1, 2)
+    x = random_shift(images, pad, generator).float()
+    b = x.shape[0]
     brightness = 1 + (torch.rand(b, 1, 1, 1, generator=generator) - 0.5) * 0.4
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     contrast = 1 + (torch.rand(b, 1, 1, 1, generator=generator) - 0.5) * 0.4

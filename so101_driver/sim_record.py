@@ -19,6 +19,8 @@ from hilserl.config import TrainConfig
 from hilserl.conventions import JOINT_NAMES, ActionSource, Frames, Topics
 from hilserl.expert import ScriptedExpert
 from hilserl.kinematics import matrix_to_quaternion_xyzw
+from hilserl_policy.replay import Transition
+from hilserl_policy.transport import encode_transition
 from so101_driver.sim_env import SimEnv
 
 BEHAVIOURS = ('expert', 'noisy', 'random')
@@ -74,10 +76,16 @@ def record_episode(env: SimEnv, writer: EpisodeWriter, behaviour: str, rng: np.r
         action = np.clip(action, -1, 1).astype(np.float32)
         writer.write(Topics.EE_ACTION, factory.action(action, ActionSource.HUMAN), t_ns)
         writer.write(Topics.INTERVENTION, factory.boolean(True), t_ns)
+        prev = obs
         obs, reward, terminated, truncated, info = env.step(action)
         t_ns += dt_ns
         steps += 1
         writer.write(Topics.REWARD, factory.float32(reward), t_ns)
+        if success_step is None:  # the transitions end where the task does
+            transition = Transition(_chw(prev.image), prev.state, action, reward,
+                                    _chw(obs.image), obs.state, terminated, truncated, True)
+            writer.write(Topics.TRANSITIONS, factory.bytes_array(
+                encode_transition(transition, episode_index, steps)), t_ns)
         if success_step is None:
             episode_return += reward
         if terminated and success_step is None:
@@ -100,6 +108,10 @@ def record_episode(env: SimEnv, writer: EpisodeWriter, behaviour: str, rng: np.r
             'success_step': success_step, 'length': success_step or steps,
             'return': round(episode_return, 4), 'interventions': steps,
             'config_digest': env.cfg.digest(), 'source': 'sim'}
+
+
+def _chw(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
 def _write_observation(writer, factory, env, obs, task, t_ns):

@@ -1,0 +1,283 @@
+"""sac_actor node: runs the policy at the control rate and manages episodes.
+
+Subscribes  gripper_cam/image_crop, joint_states, intervention, teleop/action,
+            teleop/episode_label, the success topic (sim/success or reward_classifier/success),
+            policy_weights (latched, from the learner).
+Publishes   policy/action (the policy's proposal), action (what the driver executes: the human's
+            while intervening), transitions (to the learner), reward, episode/events (JSON).
+Calls       reset (std_srvs/Trigger, the driver) between episodes.
+"""
+from __future__ import annotations
+
+import array
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float32, Float32MultiArray, String, UInt8MultiArray
+from std_srvs.srv import Trigger
+
+from hilserl.base_node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.config import load_train_config
+from hilserl.conventions import JOINT_NAMES, ActionSource, Topics
+from hilserl.conversions import (ConversionError, action_from_msg, action_to_msg, image_to_array,
+                                 joint_state_to_arrays)
+from hilserl.diagnostics import OK, WARN, DiagnosticEntry
+from hilserl_policy.episode import EpisodeRunner, ObservationAssembler, StaleObservation
+from hilserl_policy.evaluation import EvalRecorder
+from hilserl_policy.transport import decode_weights, encode_transition
+
+SUCCESS_TOPICS = {'sim': Topics.SIM_SUCCESS, 'classifier': Topics.SUCCESS}
+
+
+class ActorNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('sac_actor', **kwargs)
+        config_file = declare(self, 'config_file', '', 'training YAML (empty: defaults)',
+                              read_only=True)
+        self.mode = declare(self, 'mode', 'train', 'train (stochastic, streams transitions) or '
+                            'eval (deterministic)', read_only=True)
+        checkpoint = declare(self, 'checkpoint', '', 'pretrained_model directory to start from '
+                             '(required in eval)', read_only=True)
+        success_source = declare(self, 'success_source', 'sim',
+                                 'sim (ground truth) or classifier', read_only=True)
+        self.num_episodes = declare(self, 'num_episodes', 0, 'stop after this many episodes '
+                                    '(0: never)', int_range=(0, 1_000_000), read_only=True)
+        self.output_dir = Path(declare(self, 'output_dir', 'outputs/eval',
+                                       'where eval writes eval_summary.json', read_only=True))
+        self.reset_settle_s = declare(self, 'reset_settle_s', 0.5, 'wait after a reset before '
+                                      'the episode starts (s)', float_range=(0.0, 10.0),
+                                      read_only=True)
+        self.reset_timeout_s = declare(self, 'reset_timeout_s', 15.0, 'give up on a reset after '
+                                       'this long and retry (s)', float_range=(1.0, 120.0),
+                                       read_only=True)
+        device = declare(self, 'device', 'cpu', 'torch device: auto | cpu | cuda[:N]',
+                         read_only=True)
+        if self.mode not in ('train', 'eval'):
+            raise ValueError(f"mode={self.mode!r}: must be 'train' or 'eval'")
+        if success_source not in SUCCESS_TOPICS:
+            raise ValueError(f'success_source={success_source!r}: one of {list(SUCCESS_TOPICS)}')
+        self.cfg = load_train_config(config_file or None)
+        import torch
+        torch.set_num_threads(1)  # the learner owns the other core
+        from hilserl_policy.checkpoint import build_agent, load_pretrained
+        if checkpoint:
+            self.agent, _ = load_pretrained(checkpoint, device)
+            self.get_logger().info(f'policy from {checkpoint} (step {self.agent.step})')
+        elif self.mode == 'eval':
+            raise ValueError('mode=eval needs the checkpoint parameter')
+        else:
+            self.agent = build_agent(self.cfg, device=device)
+        self.backbone_digest = self.agent.backbone_digest()
+        self.deterministic = self.mode == 'eval'
+        self.assembler = ObservationAssembler(self.cfg)
+        self.runner = EpisodeRunner(self.cfg, lambda image, state: self.agent.act(
+            image, state, self.deterministic))
+        self.evaluation = EvalRecorder() if self.mode == 'eval' else None
+        self.phase = 'need_reset'
+        self.phase_since = time.monotonic()
+        self.reset_future = None
+        self.success = False
+        self.intervention = False
+        self.human_action: Optional[np.ndarray] = None
+        self.label: Optional[str] = None
+        self.weights_step = self.agent.step
+        self.counters = {'stale_ticks': 0, 'bad_messages': 0, 'weights_loaded': 0,
+                         'weights_rejected': 0, 'reset_failures': 0}
+        self.stale_reason = ''
+        self.finished = False
+
+        self.create_subscription(Image, Topics.IMAGE_CROP, self._on_image,
+                                 qos_profile(Topics.IMAGE_CROP))
+        self.create_subscription(JointState, Topics.JOINT_STATES, self._on_joints,
+                                 qos_profile(Topics.JOINT_STATES))
+        self.create_subscription(Bool, Topics.INTERVENTION, self._on_intervention,
+                                 qos_profile(Topics.INTERVENTION))
+        self.create_subscription(Float32MultiArray, Topics.HUMAN_ACTION, self._on_human,
+                                 qos_profile(Topics.HUMAN_ACTION))
+        self.create_subscription(String, Topics.EPISODE_LABEL, self._on_label,
+                                 qos_profile(Topics.EPISODE_LABEL))
+        success_topic = SUCCESS_TOPICS[success_source]
+        self.create_subscription(Bool, success_topic, self._on_success, qos_profile(success_topic))
+        if self.mode == 'train':
+            self.create_subscription(UInt8MultiArray, Topics.POLICY_WEIGHTS, self._on_weights,
+                                     qos_profile(Topics.POLICY_WEIGHTS))
+            self.transition_pub = self.create_publisher(UInt8MultiArray, Topics.TRANSITIONS,
+                                                        qos_profile(Topics.TRANSITIONS))
+        self.policy_pub = self.create_publisher(Float32MultiArray, Topics.POLICY_ACTION,
+                                                qos_profile(Topics.POLICY_ACTION))
+        self.action_pub = self.create_publisher(Float32MultiArray, Topics.EE_ACTION,
+                                                qos_profile(Topics.EE_ACTION))
+        self.reward_pub = self.create_publisher(Float32, Topics.REWARD, qos_profile(Topics.REWARD))
+        self.event_pub = self.create_publisher(String, Topics.EPISODE_EVENTS,
+                                               qos_profile(Topics.EPISODE_EVENTS))
+        self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
+                                              qos_profile(Topics.DIAGNOSTICS))
+        self.reset_client = self.create_client(Trigger, 'reset')
+        self.create_timer(1.0 / self.cfg.task.control_rate_hz, self._tick)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(
+            f'sac_actor up: mode={self.mode}, {self.cfg.task.control_rate_hz:g} Hz, success '
+            f'from {success_topic}, {self.cfg.task.max_episode_steps} steps per episode')
+
+    # --- inputs -------------------------------------------------------------------------------
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _bad(self, what: str, exc: Exception) -> None:
+        self.counters['bad_messages'] += 1
+        self.get_logger().warning(f'ignored {what}: {exc}', throttle_duration_sec=2.0)
+
+    def _on_image(self, msg: Image):
+        try:
+            self.assembler.set_image(np.array(image_to_array(msg)), self._now_s())
+        except (ConversionError, ValueError) as exc:
+            self._bad('image', exc)
+
+    def _on_joints(self, msg: JointState):
+        try:
+            position, velocity, _ = joint_state_to_arrays(msg, JOINT_NAMES)
+            self.assembler.set_joints(position, velocity, self._now_s())
+        except ConversionError as exc:
+            self._bad('joint_states', exc)
+
+    def _on_intervention(self, msg: Bool):
+        self.intervention = bool(msg.data)
+
+    def _on_human(self, msg: Float32MultiArray):
+        try:
+            self.human_action = action_from_msg(msg, self.cfg.action.dim)
+        except ConversionError as exc:
+            self.human_action = None
+            self._bad('teleop action', exc)
+
+    def _on_label(self, msg: String):
+        if msg.data in ('success', 'failure', 'rerecord'):
+            self.label = msg.data
+        else:
+            self._bad('episode label', ValueError(repr(msg.data)))
+
+    def _on_success(self, msg: Bool):
+        self.success = bool(msg.data)
+
+    def _on_weights(self, msg: UInt8MultiArray):
+        try:
+            state, meta = decode_weights(bytes(msg.data))
+            if meta.get('backbone_digest', self.backbone_digest) != self.backbone_digest:
+                raise ValueError('the learner\'s frozen image encoder differs from this actor\'s '
+                                 '(same seed and pretrained_encoder_path on both?)')
+            self.agent.load_policy_state(state)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            self.counters['weights_rejected'] += 1
+            self.get_logger().error(f'policy weights rejected: {exc}', throttle_duration_sec=5.0)
+            return
+        self.weights_step = int(meta.get('step', -1))
+        self.counters['weights_loaded'] += 1
+
+    # --- control loop -------------------------------------------------------------------------
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.phase_since = time.monotonic()
+
+    def _tick(self):
+        if self.finished:
+            return
+        if self.phase == 'need_reset':
+            if self.reset_client.service_is_ready():
+                self.reset_future = self.reset_client.call_async(Trigger.Request())
+                self._set_phase('resetting')
+            return
+        if self.phase == 'resetting':
+            waited = time.monotonic() - self.phase_since
+            if self.reset_future is not None and self.reset_future.done():
+                response = self.reset_future.result()
+                self.reset_future = None
+                if not response.success:
+                    self.counters['reset_failures'] += 1
+                    self.get_logger().error(f'reset refused: {response.message}',
+                                            throttle_duration_sec=5.0)
+                    self._set_phase('need_reset')
+                    return
+                self._set_phase('settling')
+            elif waited > self.reset_timeout_s:
+                self.counters['reset_failures'] += 1
+                self.get_logger().error('reset timed out; retrying')
+                self._set_phase('need_reset')
+            return
+        if self.phase == 'settling':
+            if time.monotonic() - self.phase_since < self.reset_settle_s:
+                return
+            self.assembler.reset()
+            self.label = None
+            self.success = False
+            self._publish_event(self.runner.start())
+            self._set_phase('running')
+        self._step()
+
+    def _step(self):
+        try:
+            image, state = self.assembler.observe(self._now_s())
+        except StaleObservation as exc:
+            # the driver's watchdog holds the arm while we publish nothing
+            self.counters['stale_ticks'] += 1
+            self.stale_reason = str(exc)
+            self.get_logger().warning(f'policy paused: {exc}', throttle_duration_sec=2.0)
+            return
+        label, self.label = self.label, None
+        result = self.runner.step(image, state, self.success, self.human_action,
+                                  self.intervention, label)
+        if result.transition is not None:
+            if self.mode == 'train':
+                payload = encode_transition(result.transition, self.runner.episode_index,
+                                            self.runner.stats.steps)
+                self.transition_pub.publish(UInt8MultiArray(data=array.array('B', payload)))
+            self.reward_pub.publish(Float32(data=float(result.reward)))
+        for event in result.events:
+            self._publish_event(event)
+        if result.ended:
+            self._episode_ended()
+            return
+        self.policy_pub.publish(action_to_msg(result.policy_action, ActionSource.POLICY))
+        source = ActionSource.HUMAN if result.intervention else ActionSource.POLICY
+        self.action_pub.publish(action_to_msg(result.executed_action, source))
+
+    def _episode_ended(self):
+        stats = self.runner.stats
+        if self.evaluation is not None:
+            self.evaluation.add(stats)
+        done = self.runner.episode_index + 1
+        if self.num_episodes and done >= self.num_episodes:
+            self.finished = True
+            if self.evaluation is not None:
+                path = self.evaluation.write(self.output_dir, {
+                    'checkpoint_step': self.agent.step})
+                print(self.evaluation.table(), flush=True)
+                self.get_logger().info(f'eval summary written to {path}')
+            self._publish_event(json.dumps({'event': 'finished', 'episodes': done}))
+            return
+        self._set_phase('need_reset')
+
+    def _publish_event(self, text: str) -> None:
+        self.event_pub.publish(String(data=text))
+
+    def _publish_diagnostics(self):
+        level = WARN if self.phase == 'running' and self.stale_reason else OK
+        values = {k: str(v) for k, v in self.counters.items()}
+        values.update(phase=self.phase, episode=str(self.runner.episode_index),
+                      weights_step=str(self.weights_step), last_stale=self.stale_reason)
+        entry = DiagnosticEntry('sac_actor', level, f'{self.phase}', values)
+        self.stale_reason = ''
+        self.diag_pub.publish(diagnostic_array([entry], self.get_clock().now().to_msg()))
+
+
+def main(args=None):
+    return spin_node(ActorNode, args=args)
+
+
+if __name__ == '__main__':
+    main()

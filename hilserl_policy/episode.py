@@ -1,0 +1,165 @@
+"""The actor's episode logic without ROS: observation assembly with a staleness limit and frame
+stacking, who acts (policy or human), reward/termination, transitions and episode events.
+
+`sac_actor_node` feeds it messages and publishes what `EpisodeRunner.step()` returns.
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, List, Optional, Tuple
+
+import numpy as np
+
+from hilserl.config import TrainConfig
+from hilserl.kinematics import SO101Kinematics
+from hilserl.observation import build_state
+from hilserl.task import RewardTracker
+from hilserl_policy.replay import Transition
+
+
+class StaleObservation(Exception):
+    """The newest image or joint state is too old (or missing) to act on."""
+
+
+class ObservationAssembler:
+    """Latest policy view + joint state -> (stacked CHW uint8 image, state), or StaleObservation."""
+
+    def __init__(self, cfg: TrainConfig, kinematics: Optional[SO101Kinematics] = None):
+        self.cfg = cfg
+        self.kin = kinematics or SO101Kinematics()
+        self.image: Optional[np.ndarray] = None
+        self.image_stamp_s = -np.inf
+        self.joints: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self.joints_stamp_s = -np.inf
+        self.frames: Deque[np.ndarray] = deque(maxlen=cfg.observation.n_obs_steps)
+
+    def set_image(self, image_hwc: np.ndarray, stamp_s: float) -> None:
+        expected = (*self.cfg.image.resize_hw_px, 3)
+        if image_hwc.shape != expected or image_hwc.dtype != np.uint8:
+            raise ValueError(f'policy image is {image_hwc.shape} {image_hwc.dtype}, expected '
+                             f'{expected} uint8 (check the camera crop/resize parameters)')
+        self.image = image_hwc
+        self.image_stamp_s = stamp_s
+
+    def set_joints(self, position_rad, velocity_rad_s, stamp_s: float) -> None:
+        self.joints = (np.asarray(position_rad, np.float64), np.asarray(velocity_rad_s,
+                                                                        np.float64))
+        self.joints_stamp_s = stamp_s
+
+    def reset(self) -> None:
+        self.frames.clear()
+
+    def observe(self, now_s: float) -> Tuple[np.ndarray, np.ndarray]:
+        limit = self.cfg.observation.max_staleness_s
+        if self.image is None or self.joints is None:
+            raise StaleObservation('waiting for the first image and joint state')
+        for name, stamp in (('image', self.image_stamp_s), ('joint_states', self.joints_stamp_s)):
+            age = now_s - stamp
+            if age > limit:
+                raise StaleObservation(f'{name} is {age:.2f} s old (limit {limit} s)')
+        state = build_state(self.cfg.observation.state_features, self.joints[0], self.joints[1],
+                            self.kin)
+        frame = np.ascontiguousarray(self.image.transpose(2, 0, 1))
+        self.frames.append(frame)
+        while len(self.frames) < self.frames.maxlen:  # episode start: repeat the first frame
+            self.frames.appendleft(frame)
+        return np.concatenate(list(self.frames), axis=0), state
+
+
+@dataclass
+class EpisodeStats:
+    episode: int
+    steps: int = 0
+    episode_return: float = 0.0
+    interventions: int = 0
+    success: bool = False
+    outcome: str = 'running'          # running | success | failure | timeout | rerecord
+
+    def event(self, name: str, **extra) -> str:
+        data = {'event': name, 'episode': self.episode, 'steps': self.steps,
+                'return': round(self.episode_return, 4), 'interventions': self.interventions,
+                'success': self.success, 'outcome': self.outcome}
+        data.update(extra)
+        return json.dumps(data)
+
+
+@dataclass
+class StepResult:
+    policy_action: Optional[np.ndarray] = None
+    executed_action: Optional[np.ndarray] = None
+    intervention: bool = False
+    transition: Optional[Transition] = None
+    reward: Optional[float] = None
+    ended: bool = False
+    events: List[str] = field(default_factory=list)
+
+
+class EpisodeRunner:
+    """One control step: close the previous transition, decide the episode's fate, act."""
+
+    def __init__(self, cfg: TrainConfig, policy: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+        self.cfg = cfg
+        self.policy = policy
+        self.tracker = RewardTracker(cfg.task)
+        self.stats: Optional[EpisodeStats] = None
+        self.episode_index = -1
+        self._pending: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = None
+
+    @property
+    def running(self) -> bool:
+        return self.stats is not None and self.stats.outcome == 'running'
+
+    def start(self, episode_index: Optional[int] = None) -> str:
+        self.episode_index = self.episode_index + 1 if episode_index is None else episode_index
+        self.tracker.reset()
+        self._pending = None
+        self.stats = EpisodeStats(self.episode_index)
+        return self.stats.event('start')
+
+    def step(self, image: np.ndarray, state: np.ndarray, success: bool,
+             human_action: Optional[np.ndarray], intervention: bool,
+             label: Optional[str] = None) -> StepResult:
+        """`success`: classifier/ground-truth success now; `label`: the human's key, if any."""
+        result = StepResult()
+        stats = self.stats
+        if stats is None or stats.outcome != 'running':
+            raise RuntimeError('step() outside an episode: call start() first')
+        if self._pending is not None:
+            prev_image, prev_state, prev_action, prev_intervention = self._pending
+            reward, terminated, truncated = self.tracker.step(success or label == 'success')
+            if label == 'success':
+                terminated, truncated = True, False
+            elif label in ('failure', 'rerecord') and not terminated:
+                truncated = True
+            stats.steps += 1
+            stats.episode_return += reward
+            stats.interventions += int(prev_intervention)
+            result.reward = reward
+            result.transition = Transition(prev_image, prev_state, prev_action, reward, image,
+                                           state, terminated, truncated, prev_intervention)
+            if terminated or truncated:
+                stats.success = terminated
+                stats.outcome = ('success' if terminated else label if label else 'timeout')
+                result.ended = True
+                result.events.append(stats.event('end'))
+                self._pending = None
+                return result
+        policy_action = np.clip(np.asarray(self.policy(image, state), np.float32), -1, 1)
+        executed = policy_action
+        if intervention and human_action is not None:
+            executed = np.clip(np.asarray(human_action, np.float32), -1, 1)
+        result.policy_action = policy_action
+        result.executed_action = executed
+        result.intervention = bool(intervention and human_action is not None)
+        self._pending = (image, state, executed, result.intervention)
+        return result
+
+    def abort(self, reason: str) -> Optional[str]:
+        """End the running episode without a transition (e.g. driver fault)."""
+        if not self.running:
+            return None
+        self.stats.outcome = 'aborted'
+        self._pending = None
+        return self.stats.event('end', reason=reason)
