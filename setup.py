@@ -22,6 +22,11 @@ NODE_SCRIPTS = [
     'so101_driver = so101_driver.driver_node:main',
     'gripper_camera = so101_driver.camera_node:main',
     'teleop = so101_driver.teleop_node:main',
+    'reward_classifier = reward_classifier_node.classifier_node:main',
+    'sac_actor = hilserl_policy.actor_node:main',
+    'sac_learner = hilserl_policy.learner_node:main',
+    'episode_recorder = hilserl_policy.recorder_node:main',
+    'bag_replay = hilserl_policy.replay_node:main',
 ]
 
 setup(

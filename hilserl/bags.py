@@ -244,3 +244,35 @@ def labelled_frames(episode: EpisodeData, topic: str = Topics.IMAGE_CROP,
     else:
         raise ValueError(f"label_source={label_source!r}: 'key' or 'ground_truth'")
     return images, labels, stamps
+
+
+def bag_summary(path) -> str:
+    """Human-readable summary of an episode (or a bare bag directory)."""
+    from rosbags.highlevel import AnyReader
+    path = Path(path)
+    episode_dir = path.parent if path.name == 'bag' else path
+    bag = episode_dir / 'bag' if (episode_dir / 'bag').is_dir() else path
+    if not (bag / 'metadata.yaml').is_file():
+        raise FileNotFoundError(f'{path} holds no rosbag2 (metadata.yaml missing)')
+    lines = [f'bag: {bag}']
+    with AnyReader([bag], default_typestore=typestore()) as reader:
+        duration_s = (reader.end_time - reader.start_time) * 1e-9 if reader.message_count else 0
+        lines.append(f'messages: {reader.message_count}   duration: {duration_s:.2f} s')
+        for c in sorted(reader.connections, key=lambda c: c.topic):
+            lines.append(f'  {c.topic:<36} {c.msgtype:<34} {c.msgcount}')
+    meta = episode_dir / 'episode.json'
+    if meta.is_file():
+        lines.append('episode: ' + meta.read_text().replace('\n', ' '))
+    return '\n'.join(lines)
+
+
+def iter_raw_messages(path) -> Iterator[Tuple[str, str, int, bytes]]:
+    """(topic, msgtype, stamp_ns, cdr bytes) of a bag in time order (replay)."""
+    from rosbags.highlevel import AnyReader
+    path = Path(path)
+    bag = path / 'bag' if (path / 'bag').is_dir() else path
+    if not (bag / 'metadata.yaml').is_file():
+        raise FileNotFoundError(f'{path} holds no rosbag2 (metadata.yaml missing)')
+    with AnyReader([bag], default_typestore=typestore()) as reader:
+        for connection, stamp, raw in reader.messages():
+            yield connection.topic.lstrip('/'), connection.msgtype, stamp, raw

@@ -46,7 +46,9 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         node = node_factory()
         executor = executor or SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        # a node that sets `finished` (e.g. the actor after its last eval episode) ends the process
+        while rclpy.ok() and not getattr(node, 'finished', False):
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

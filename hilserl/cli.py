@@ -1,36 +1,253 @@
-"""The `hilserl` command: runs the suite's graphs and tools on machines without a ROS 2 distro."""
+"""The `hilserl` command: the suite's graphs and tools on machines without a ROS 2 distro.
+
+  hilserl train                 simulated HIL-SERL: driver, camera, simulated human, actor,
+                                learner, recorder (each its own process, as `ros2 launch` would)
+  hilserl eval --checkpoint D   deterministic policy for N episodes; prints the success table
+  hilserl record                simulated demonstrations / classifier data as episode bags
+  hilserl replay BAG            republish a bag with its original timing
+  hilserl bag-info BAG          topics, counts, duration and episode metadata
+  hilserl train-classifier      success classifier from episode bags
+  hilserl eval-classifier       per-episode table: first predicted vs labelled success
+  hilserl config                validate a training config and print it resolved
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
+from pathlib import Path
 
 from hilserl.config import ConfigError, load_train_config
 
+_EPISODE_END = re.compile(r'episode (\d+) ended')
+
 
 def _cmd_config(args) -> int:
-    try:
-        cfg = load_train_config(args.config)
-    except ConfigError as exc:
-        print(f'hilserl: invalid config: {exc}', file=sys.stderr)
-        return 2
+    cfg = load_train_config(args.config)
     print(json.dumps(cfg.to_dict(), indent=2))
     print(f'# config digest {cfg.digest()}', file=sys.stderr)
     return 0
 
 
+# --- graphs --------------------------------------------------------------------------------------
+
+def _add_graph_arguments(parser, mode: str) -> None:
+    from hilserl.graph import LAUNCH_ARGUMENTS
+    for name, default, description in LAUNCH_ARGUMENTS:
+        if mode == 'eval' and name in ('demo_dir', 'device'):
+            continue
+        flag = '--' + name.replace('_', '-')
+        if name in ('record', 'rviz'):
+            parser.add_argument(flag, default=default, choices=('true', 'false'), help=description)
+        elif name == 'num_episodes':
+            parser.add_argument('--episodes', '--num-episodes', dest='num_episodes', type=int,
+                                default=int(default), help=description)
+        else:
+            parser.add_argument(flag, default=default, help=description)
+    parser.add_argument('--max-minutes', type=float, default=None,
+                        help='stop the whole graph after this long')
+    parser.add_argument('--domain-id', type=int, default=None,
+                        help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
+    if mode == 'train':
+        parser.add_argument('--demos', type=int, default=10,
+                            help='sim: record this many scripted-expert demos into '
+                                 '<run_dir>/demos first when --demo-dir is not given (0: none)')
+
+
+def _graph_args(args, mode: str):
+    from hilserl.graph import GraphArgs
+    values = {name: getattr(args, name) for name in GraphArgs.__dataclass_fields__
+              if hasattr(args, name)}
+    values['record'] = args.record == 'true'
+    values['rviz'] = args.rviz == 'true'
+    return GraphArgs(mode=mode, **values)
+
+
+def _run_graph(args, mode: str) -> int:
+    from hilserl.graph import build_graph
+    from hilserl.process_graph import ProcessGraph
+    graph_args = _graph_args(args, mode)
+    cfg = load_train_config(graph_args.config_path())
+    run_dir = Path(graph_args.run_dir)
+    if mode == 'train' and graph_args.backend == 'sim' and not graph_args.demo_dir and \
+            args.demos > 0:
+        demo_root = run_dir / 'demos'
+        if not demo_root.exists():
+            from so101_driver.sim_record import record_episodes
+            print(f'hilserl: recording {args.demos} scripted-expert demos in {demo_root}',
+                  flush=True)
+            record_episodes(demo_root, args.demos, mix='expert:1', seed=cfg.seed + 7, cfg=cfg,
+                            progress=lambda m: print(
+                                f'  demo {m["episode"] + 1}/{args.demos}: '
+                                f'{"success" if m["success"] else "failure"} in {m["length"]} '
+                                f'steps', flush=True))
+        import dataclasses
+        graph_args = dataclasses.replace(graph_args, demo_dir=str(demo_root))
+    if graph_args.rviz:
+        print('hilserl: rviz needs a ROS 2 distro (ros2 launch hilserl ...); ignored here',
+              file=sys.stderr)
+    nodes = build_graph(graph_args, cfg)
+    episodes_seen = set()
+
+    def output(line: str) -> None:
+        print(line, flush=True)
+        match = _EPISODE_END.search(line)
+        if match:
+            episodes_seen.add(int(match.group(1)))
+
+    graph = ProcessGraph(nodes, run_dir / 'params' / mode, graph_args.namespace, output=output,
+                         domain_id=args.domain_id)
+    print(f'hilserl {mode}: {", ".join(n.name for n in nodes)} (backend {graph_args.backend}, '
+          f'run {run_dir}); Ctrl-C stops', flush=True)
+    started = time.monotonic()
+    graph.start()
+    timeout = args.max_minutes * 60 if args.max_minutes else None
+    reason = graph.wait(lambda g: 'sac_actor' in g.exited(), timeout)
+    codes = graph.stop()
+    print(f'hilserl {mode}: stopped ({reason}) after {time.monotonic() - started:.0f} s; '
+          f'exit codes {codes}', flush=True)
+    failed = {n: c for n, c in codes.items() if c not in (0, None, -2)}
+    return 1 if failed or reason.startswith('node exited') else 0
+
+
+def _cmd_train(args) -> int:
+    return _run_graph(args, 'train')
+
+
+def _cmd_eval(args) -> int:
+    return _run_graph(args, 'eval')
+
+
+# --- bags --------------------------------------------------------------------------------------
+
+def _cmd_record(args) -> int:
+    from so101_driver.sim_record import record_episodes
+    cfg = load_train_config(args.config)
+    started = time.monotonic()
+
+    def progress(meta):
+        print(f'episode {meta["episode"] + 1}/{args.episodes} ({meta["behaviour"]}): '
+              f'{"success" if meta["success"] else "failure"}, {meta["length"]} steps, '
+              f'{meta["wall_time_s"]:.1f} s', flush=True)
+
+    metas = record_episodes(args.output, args.episodes, args.mix, args.seed, cfg,
+                            progress=progress)
+    successes = sum(m['success'] for m in metas)
+    print(f'{len(metas)} episodes ({successes} successful) in {Path(args.output) / "episodes"} '
+          f'[{time.monotonic() - started:.0f} s]')
+    return 0
+
+
+def _cmd_bag_info(args) -> int:
+    from hilserl.bags import bag_summary
+    print(bag_summary(args.bag))
+    return 0
+
+
+def _cmd_replay(args) -> int:
+    from hilserl_policy.replay_node import main as replay_main
+    ros_args = ['--ros-args', '-p', f'bag:={Path(args.bag).resolve()}', '-p',
+                f'rate:={args.rate}', '-p', f'loop:={"true" if args.loop else "false"}']
+    return replay_main(['hilserl_replay'] + ros_args)
+
+
+# --- classifier ----------------------------------------------------------------------------------
+
+def _cmd_train_classifier(args) -> int:
+    from reward_classifier_node.model import ClassifierConfig
+    from reward_classifier_node.train import TrainClassifierConfig, train_classifier
+    model_cfg = ClassifierConfig(encoder=args.encoder,
+                                 freeze_encoder=bool(args.pretrained_encoder),
+                                 pretrained_encoder_path=args.pretrained_encoder or None)
+    cfg = TrainClassifierConfig(epochs=args.epochs, label_source=args.label_source,
+                                frames_before_label=args.frames_before_label,
+                                target_fpr=args.target_fpr, max_minutes=args.max_minutes,
+                                seed=args.seed)
+    result = train_classifier(args.episodes, args.output, model_cfg, cfg,
+                              progress=lambda line: print(line, flush=True))
+    best = result['best']
+    print(json.dumps({k: best[k] for k in ('accuracy', 'precision', 'recall',
+                                           'false_positive_rate', 'threshold', 'epoch')}))
+    return 0
+
+
+def _cmd_eval_classifier(args) -> int:
+    from reward_classifier_node.evaluate import evaluate_episodes, format_table
+    rows = evaluate_episodes(args.model, args.episodes, args.label_source, args.debounce,
+                             args.threshold)
+    print(format_table(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='hilserl', description=__doc__)
+    parser = argparse.ArgumentParser(prog='hilserl', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
+
     p = sub.add_parser('config', help='validate a training config and print it resolved')
     p.add_argument('--config', default=None, help='YAML file (default: built-in defaults)')
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser('train', help='run the training graph (default: simulated arm)')
+    _add_graph_arguments(p, 'train')
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser('eval', help='evaluate a checkpoint for N episodes')
+    _add_graph_arguments(p, 'eval')
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser('record', help='record simulated episodes as bags (scripted expert)')
+    p.add_argument('--output', default='outputs/sim_episodes', help='run directory')
+    p.add_argument('--episodes', type=int, default=20)
+    p.add_argument('--mix', default='expert:0.6,noisy:0.3,random:0.1',
+                   help='behaviour weights: expert, noisy, random')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--config', default=None, help='training YAML (task, image crop)')
+    p.set_defaults(func=_cmd_record)
+
+    p = sub.add_parser('replay', help='republish a bag with its original timing')
+    p.add_argument('bag', help='episode directory or its bag/ folder')
+    p.add_argument('--rate', type=float, default=1.0, help='speed factor')
+    p.add_argument('--loop', action='store_true')
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser('bag-info', help='summarise an episode bag')
+    p.add_argument('bag')
+    p.set_defaults(func=_cmd_bag_info)
+
+    p = sub.add_parser('train-classifier', help='train the success classifier from bags')
+    p.add_argument('--episodes', required=True, help='directory holding episode bags')
+    p.add_argument('--output', default='outputs/classifier', help='checkpoint directory')
+    p.add_argument('--encoder', default='small_conv', choices=('small_conv', 'resnet10'))
+    p.add_argument('--pretrained-encoder', default='',
+                   help='local ResNet-10 directory (model.safetensors); frozen when given')
+    p.add_argument('--epochs', type=int, default=12)
+    p.add_argument('--label-source', default='key', choices=('key', 'ground_truth'))
+    p.add_argument('--frames-before-label', type=int, default=0)
+    p.add_argument('--target-fpr', type=float, default=0.01)
+    p.add_argument('--max-minutes', type=float, default=10.0)
+    p.add_argument('--seed', type=int, default=0)
+    p.set_defaults(func=_cmd_train_classifier)
+
+    p = sub.add_parser('eval-classifier', help='per-episode success table of a classifier')
+    p.add_argument('--model', required=True)
+    p.add_argument('--episodes', required=True)
+    p.add_argument('--label-source', default='key', choices=('key', 'ground_truth'))
+    p.add_argument('--debounce', type=int, default=3)
+    p.add_argument('--threshold', type=float, default=0.0, help="0: the checkpoint's")
+    p.set_defaults(func=_cmd_eval_classifier)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f'hilserl {args.command}: {exc}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

@@ -13,18 +13,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-URDF_PATH = Path(__file__).resolve().parents[1] / 'urdf' / 'so101.urdf'
-
+from hilserl.paths import share_path
 
 def default_urdf_path() -> Path:
     """The SO-101 URDF: the source tree copy, else the installed share/hilserl copy."""
-    if URDF_PATH.is_file():
-        return URDF_PATH
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory('hilserl')) / 'urdf' / 'so101.urdf'
-    except Exception:  # noqa: BLE001 - no ament index: report the path we looked at
-        raise FileNotFoundError(f'SO-101 URDF not found at {URDF_PATH}') from None
+    return share_path('urdf', 'so101.urdf')
 
 
 def rpy_to_matrix(rpy: Sequence[float]) -> np.ndarray:

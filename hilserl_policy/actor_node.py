@@ -168,7 +168,8 @@ class ActorNode(Node):
     def _on_weights(self, msg: UInt8MultiArray):
         try:
             state, meta = decode_weights(bytes(msg.data))
-            if meta.get('backbone_digest', self.backbone_digest) != self.backbone_digest:
+            frozen_digest = meta.get('backbone_digest')
+            if frozen_digest and frozen_digest != self.backbone_digest:
                 raise ValueError('the learner\'s frozen image encoder differs from this actor\'s '
                                  '(same seed and pretrained_encoder_path on both?)')
             self.agent.load_policy_state(state)
@@ -188,6 +189,10 @@ class ActorNode(Node):
         if self.finished:
             return
         if self.phase == 'need_reset':
+            if self.mode == 'train' and self.transition_pub.get_subscription_count() == 0:
+                # transitions are volatile: do not start before the learner listens
+                self.stale_reason = 'waiting for the learner to subscribe to transitions'
+                return
             if self.reset_client.service_is_ready():
                 self.reset_future = self.reset_client.call_async(Trigger.Request())
                 self._set_phase('resetting')
@@ -248,6 +253,10 @@ class ActorNode(Node):
 
     def _episode_ended(self):
         stats = self.runner.stats
+        self.get_logger().info(
+            f'episode {stats.episode} ended: {stats.outcome.upper()}, {stats.steps} steps, return '
+            f'{stats.episode_return:.2f}, {stats.interventions} intervention steps (policy '
+            f'weights step {self.weights_step})')
         if self.evaluation is not None:
             self.evaluation.add(stats)
         done = self.runner.episode_index + 1

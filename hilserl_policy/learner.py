@@ -122,5 +122,8 @@ class Learner:
 
     def policy_weights(self):
         with self.lock:
-            return self.agent.policy_state(), {'step': self.agent.step,
-                                               'backbone_digest': self.agent.backbone_digest()}
+            state = self.agent.policy_state()
+            meta = {'step': self.agent.step}
+            if self.cfg.sac.freeze_encoder:  # not sent: the actor must hold the same one
+                meta['backbone_digest'] = self.agent.backbone_digest()
+            return state, meta

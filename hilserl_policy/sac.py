@@ -232,11 +232,16 @@ class SAC(nn.Module):
             modules[name].load_state_dict(part)
 
     def backbone_digest(self) -> str:
+        if self.cfg.freeze_encoder and getattr(self, '_frozen_digest', None):
+            return self._frozen_digest
         h = hashlib.sha256()
         for key, value in sorted(self.backbone.state_dict().items()):
             h.update(key.encode())
             h.update(value.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        digest = h.hexdigest()[:16]
+        if self.cfg.freeze_encoder:
+            self._frozen_digest = digest  # frozen weights never change: hash once
+        return digest
 
 
 @torch.no_grad()

@@ -1,0 +1,150 @@
+"""The train and eval graphs, described once in plain Python.
+
+`build_graph()` returns the nodes (executable, module, parameters, parameter files) for a mode
+and a set of `GraphArgs`. The launch files turn them into launch_ros `Node` actions (and add
+robot_state_publisher and rviz2, which exist only with a distro); the `hilserl`
+command runs each as its own process with the same parameters (`hilserl.process_graph`).
+Nothing here imports rclpy or launch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from hilserl.config import TrainConfig, load_train_config
+from hilserl.paths import share_path
+
+BACKENDS = ('sim', 'hardware')
+TELEOP_DEVICES = ('sim', 'keyboard', 'gamepad', 'leader', 'none')
+SUCCESS_SOURCES = ('sim', 'classifier')
+
+# name, default, description: shared by the launch files and the `hilserl` command
+LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
+    ('backend', 'sim', 'sim (MuJoCo) or hardware (Feetech bus + camera)'),
+    ('config', '', 'training YAML (empty: config/train.yaml)'),
+    ('robot_config', '', 'robot parameters YAML (empty: config/sim_robot.yaml for sim, '
+                         'config/so101_follower.yaml for hardware)'),
+    ('checkpoint', '', 'pretrained_model directory (eval: required; train: start from it)'),
+    ('record', 'true', 'record every episode as a rosbag2 (MCAP)'),
+    ('rviz', 'false', 'start RViz with config/hilserl.rviz'),
+    ('teleop', 'sim', 'human device: sim | keyboard | gamepad | leader | none'),
+    ('num_episodes', '0', 'stop after this many episodes (0: train forever; eval default 10)'),
+    ('namespace', '', 'namespace for every node and topic (e.g. one arm of several)'),
+    ('run_dir', 'outputs/run', 'checkpoints, metrics and episode bags go here'),
+    ('success_source', 'sim', 'sim (ground truth) or classifier (reward_classifier node)'),
+    ('classifier_model', '', 'classifier checkpoint directory (success_source:=classifier)'),
+    ('demo_dir', '', 'episode bags whose transitions seed the offline buffer'),
+    ('device', 'auto', 'torch device for the learner: auto | cpu | cuda[:N]'),
+)
+
+
+@dataclass(frozen=True)
+class GraphArgs:
+    mode: str = 'train'
+    backend: str = 'sim'
+    config: str = ''
+    robot_config: str = ''
+    checkpoint: str = ''
+    record: bool = True
+    rviz: bool = False
+    teleop: str = 'sim'
+    num_episodes: int = 0
+    namespace: str = ''
+    run_dir: str = 'outputs/run'
+    success_source: str = 'sim'
+    classifier_model: str = ''
+    demo_dir: str = ''
+    device: str = 'auto'
+
+    def __post_init__(self):
+        checks = [(self.mode in ('train', 'eval'), 'mode', "'train' or 'eval'"),
+                  (self.backend in BACKENDS, 'backend', f'one of {BACKENDS}'),
+                  (self.teleop in TELEOP_DEVICES, 'teleop', f'one of {TELEOP_DEVICES}'),
+                  (self.success_source in SUCCESS_SOURCES, 'success_source',
+                   f'one of {SUCCESS_SOURCES}'),
+                  (self.num_episodes >= 0, 'num_episodes', '>= 0'),
+                  (not self.namespace.startswith('/') or len(self.namespace) > 1, 'namespace',
+                   'a name such as arm1')]
+        for ok, name, expected in checks:
+            if not ok:
+                raise ValueError(f'{name}={getattr(self, name)!r}: must be {expected}')
+        if self.mode == 'eval' and not self.checkpoint:
+            raise ValueError('eval needs checkpoint (a pretrained_model directory)')
+        if self.success_source == 'classifier' and not self.classifier_model:
+            raise ValueError('success_source=classifier needs classifier_model')
+        if self.backend == 'sim' and self.success_source == 'sim':
+            return
+        if self.success_source == 'sim':
+            raise ValueError('success_source=sim needs backend=sim (no ground truth on hardware)')
+
+    def config_path(self) -> Path:
+        return Path(self.config) if self.config else share_path('config', 'train.yaml')
+
+    def robot_config_path(self) -> Path:
+        if self.robot_config:
+            return Path(self.robot_config)
+        name = 'sim_robot.yaml' if self.backend == 'sim' else 'so101_follower.yaml'
+        return share_path('config', name)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str                      # node name (also the console script / launch executable)
+    module: str                    # python -m target on machines without a distro
+    parameters: Dict[str, object] = field(default_factory=dict)
+    parameter_files: Tuple[str, ...] = ()
+    needs_terminal: bool = False   # reads keys from the terminal (keyboard / leader teleop)
+
+    @property
+    def executable(self) -> str:
+        return self.name
+
+
+def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[NodeSpec]:
+    cfg = cfg or load_train_config(args.config_path())
+    config_file = str(args.config_path().resolve())
+    robot_file = str(args.robot_config_path().resolve())
+    task, act = cfg.task, cfg.action
+    eval_mode = args.mode == 'eval'
+    nodes = [
+        NodeSpec('so101_driver', 'so101_driver.driver_node', {
+            # the task's geometry comes from the training config, the hardware from the robot file
+            'ee_step_m': list(act.ee_step_m), 'gripper_step_rad': act.gripper_step_rad,
+            'workspace_min_m': list(task.workspace_min_m),
+            'workspace_max_m': list(task.workspace_max_m),
+            'reset_tcp_xyz_m': list(task.reset_tcp_xyz_m),
+            'reset_gripper_rad': task.reset_gripper_rad,
+            'random_ee_reset': task.random_ee_reset,
+            'random_ee_range_xy_m': task.random_ee_range_xy_m,
+            'seed': cfg.seed + (1000 if eval_mode else 0)}, (robot_file,)),
+        NodeSpec('gripper_camera', 'so101_driver.camera_node', {
+            'crop_tlhw_px': list(cfg.image.crop_tlhw_px),
+            'resize_hw_px': list(cfg.image.resize_hw_px)}, (robot_file,)),
+        NodeSpec('teleop', 'so101_driver.teleop_node', {
+            'device': args.teleop, 'control_rate_hz': task.control_rate_hz,
+            'ee_step_m': list(act.ee_step_m)},
+            needs_terminal=args.teleop in ('keyboard', 'leader')),
+    ]
+    if args.success_source == 'classifier':
+        nodes.append(NodeSpec('reward_classifier', 'reward_classifier_node.classifier_node', {
+            'model_dir': str(Path(args.classifier_model).resolve()),
+            'success_reward': task.success_reward, 'step_penalty': task.step_penalty}))
+    run_dir = Path(args.run_dir).resolve()
+    nodes.append(NodeSpec('sac_actor', 'hilserl_policy.actor_node', {
+        'config_file': config_file, 'mode': args.mode,
+        'checkpoint': str(Path(args.checkpoint).resolve()) if args.checkpoint else '',
+        'success_source': args.success_source,
+        'num_episodes': args.num_episodes or (10 if eval_mode else 0),
+        'output_dir': str(run_dir / ('eval' if eval_mode else 'train')),
+        'device': 'cpu'}))
+    if not eval_mode:
+        nodes.append(NodeSpec('sac_learner', 'hilserl_policy.learner_node', {
+            'config_file': config_file, 'run_dir': str(run_dir),
+            'demo_dir': str(Path(args.demo_dir).resolve()) if args.demo_dir else '',
+            'device': args.device}))
+    if args.record:
+        nodes.append(NodeSpec('episode_recorder', 'hilserl_policy.recorder_node', {
+            'run_dir': str(run_dir / 'eval') if eval_mode else str(run_dir),
+            'config_digest': cfg.digest()}))
+    return nodes

@@ -1,0 +1,121 @@
+"""Run a graph (hilserl.graph) with one process per node, as `ros2 launch` would, on machines
+without a ROS 2 distro. Output lines are prefixed with the node name; Ctrl-C (or the end of an
+eval, or a time limit) sends SIGINT to every node, then SIGTERM/SIGKILL to stragglers.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import yaml
+
+from hilserl.graph import NodeSpec
+
+# Every node process gets these unless the caller's environment already sets them.
+NODE_ENVIRONMENT = {
+    'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA?max_msg_size=4MB',  # 640x480 images over DDS
+    'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+    'MUJOCO_GL': 'osmesa',
+    'PYOPENGL_PLATFORM': 'osmesa',
+    'OMP_NUM_THREADS': '1',
+    'PYTHONUNBUFFERED': '1',
+}
+
+
+def node_command(spec: NodeSpec, params_dir: Path, namespace: str = '') -> List[str]:
+    params_dir.mkdir(parents=True, exist_ok=True)
+    generated = params_dir / f'{spec.name}.yaml'
+    generated.write_text(yaml.safe_dump({spec.name: {'ros__parameters': spec.parameters}}))
+    cmd = [sys.executable, '-m', spec.module, '--ros-args', '-r', f'__node:={spec.name}']
+    if namespace:
+        cmd += ['-r', f'__ns:=/{namespace.strip("/")}']
+    for path in spec.parameter_files:
+        cmd += ['--params-file', str(path)]
+    cmd += ['--params-file', str(generated)]  # last wins: the graph's values override the robot's
+    return cmd
+
+
+class ProcessGraph:
+    def __init__(self, nodes: Sequence[NodeSpec], params_dir, namespace: str = '',
+                 env: Optional[Dict[str, str]] = None, output: Callable[[str], None] = print,
+                 domain_id: Optional[int] = None):
+        self.nodes = list(nodes)
+        self.params_dir = Path(params_dir)
+        self.namespace = namespace
+        self.env = dict(os.environ if env is None else env)
+        for key, value in NODE_ENVIRONMENT.items():
+            self.env.setdefault(key, value)
+        if domain_id is not None:
+            self.env['ROS_DOMAIN_ID'] = str(domain_id)
+        self.output = output
+        self.processes: Dict[str, subprocess.Popen] = {}
+        self._threads: List[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for spec in self.nodes:
+            # Other nodes get their own session, so Ctrl-C reaches them only through stop();
+            # a keyboard teleop keeps the terminal (and gets Ctrl-C directly, which it handles).
+            terminal = spec.needs_terminal and sys.stdin.isatty()
+            proc = subprocess.Popen(node_command(spec, self.params_dir, self.namespace),
+                                    env=self.env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT,
+                                    stdin=None if terminal else subprocess.DEVNULL,
+                                    text=True, bufsize=1, start_new_session=not terminal)
+            self.processes[spec.name] = proc
+            thread = threading.Thread(target=self._pump, args=(spec.name, proc), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _pump(self, name: str, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with self._lock:
+                self.output(f'[{name}] {line.rstrip()}')
+
+    def exited(self) -> Dict[str, int]:
+        return {name: p.returncode for name, p in self.processes.items()
+                if p.poll() is not None}
+
+    def wait(self, until: Callable[['ProcessGraph'], bool], timeout_s: Optional[float] = None,
+             poll_s: float = 0.2) -> str:
+        """Block until `until(self)` is true, a node dies, Ctrl-C, or the timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while True:
+                if until(self):
+                    return 'done'
+                died = {n: c for n, c in self.exited().items() if c != 0}
+                if died:
+                    return f'node exited with an error: {died}'
+                if deadline is not None and time.monotonic() > deadline:
+                    return 'time limit reached'
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            return 'interrupted'
+
+    def stop(self, grace_s: float = 30.0) -> Dict[str, int]:
+        """SIGINT everyone (nodes close cleanly: bags, checkpoints), then escalate."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + grace_s
+        for name, proc in self.processes.items():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                self.output(f'[{name}] did not stop in {grace_s:.0f} s: terminating')
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        return {name: p.returncode for name, p in self.processes.items()}

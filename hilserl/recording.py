@@ -1,0 +1,83 @@
+"""Episode recording without ROS: one bag per episode, opened on the actor's `start` event and
+closed (with episode.json) shortly after its `end` event, so late messages of the episode land.
+
+Messages between episodes (resets) are not recorded. Ctrl-C closes the open bag cleanly.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from hilserl.bags import EPISODE_TOPICS, EpisodeWriter
+from hilserl.conventions import Topics
+
+
+class EpisodeRecorder:
+    def __init__(self, run_dir, topics: Optional[Dict[str, str]] = None,
+                 close_delay_ns: int = 500_000_000, compress: bool = True,
+                 extra_metadata: Optional[dict] = None,
+                 log: Callable[[str], None] = lambda text: None):
+        self.root = Path(run_dir) / 'episodes'
+        self.topics = dict(EPISODE_TOPICS if topics is None else topics)
+        self.close_delay_ns = close_delay_ns
+        self.compress = compress
+        self.extra = dict(extra_metadata or {})
+        self.log = log
+        self.writer: Optional[EpisodeWriter] = None
+        self.pending_metadata: Optional[dict] = None
+        self.close_at_ns: Optional[int] = None
+        self.episodes_written = 0
+        self.dropped = 0            # messages outside an episode or unparseable events
+
+    def _episode_dir(self, index: int) -> Path:
+        path = self.root / f'episode_{index:06d}'
+        suffix = 0
+        while path.exists():  # a resumed run may reuse an index: never overwrite a bag
+            suffix += 1
+            path = self.root / f'episode_{index:06d}_{suffix}'
+        return path
+
+    def on_event(self, text: str, now_ns: int) -> None:
+        try:
+            event = json.loads(text)
+        except json.JSONDecodeError:
+            self.dropped += 1
+            return
+        kind = event.get('event')
+        if kind == 'start':
+            self.finish()  # a start without an end (actor restarted): close the old one
+            self.writer = EpisodeWriter(self._episode_dir(int(event.get('episode', 0))),
+                                        self.topics, compress=self.compress)
+            self.log(f'recording {self.writer.dir}')
+        if self.writer is not None:
+            self.on_message(Topics.EPISODE_EVENTS, text, now_ns, serialized=False)
+        if kind == 'end' and self.writer is not None:
+            self.pending_metadata = {**self.extra, **event}
+            self.close_at_ns = now_ns + self.close_delay_ns
+
+    def on_message(self, topic: str, data, stamp_ns: int, serialized: bool = True) -> None:
+        if self.writer is None:
+            self.dropped += 1
+            return
+        if serialized:
+            self.writer.write_cdr(topic, data, stamp_ns)
+        else:
+            self.writer.write(topic, self.writer.store.types['std_msgs/msg/String'](data=data),
+                              stamp_ns)
+
+    def poll(self, now_ns: int) -> None:
+        if self.close_at_ns is not None and now_ns >= self.close_at_ns:
+            self.finish()
+
+    def finish(self) -> Optional[Path]:
+        """Close the open bag (with metadata when the episode ended); returns its directory."""
+        if self.writer is None:
+            return None
+        metadata = self.pending_metadata or {**self.extra, 'outcome': 'interrupted'}
+        metadata['counts'] = dict(self.writer.counts)
+        path = self.writer.close(metadata)
+        self.writer, self.pending_metadata, self.close_at_ns = None, None, None
+        self.episodes_written += 1
+        self.log(f'episode bag closed: {path} ({metadata.get("outcome")})')
+        return path

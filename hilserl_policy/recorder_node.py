@@ -1,0 +1,70 @@
+"""episode_recorder node: one rosbag2 (MCAP, zstd chunks) per episode under
+<run_dir>/episodes/episode_NNNNNN/bag, with episode.json beside it.
+
+Subscribes (raw CDR, so bytes go to disk untouched) to every topic in hilserl.bags.EPISODE_TOPICS
+and episode/events; optionally gripper_cam/image_raw (large).
+"""
+from __future__ import annotations
+
+import importlib
+
+from rclpy.node import Node
+from std_msgs.msg import String
+
+from hilserl.bags import EPISODE_TOPICS
+from hilserl.base_node import declare, qos_profile, spin_node
+from hilserl.conventions import Topics
+from hilserl.recording import EpisodeRecorder
+
+
+def _msg_class(type_name: str):
+    package, _, name = type_name.split('/')
+    return getattr(importlib.import_module(f'{package}.msg'), name)
+
+
+class RecorderNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('episode_recorder', **kwargs)
+        run_dir = declare(self, 'run_dir', 'outputs/run', 'episodes are written under '
+                          '<run_dir>/episodes', read_only=True)
+        record_raw = declare(self, 'record_raw_image', False, 'also record the 640x480 '
+                             'gripper_cam/image_raw (about 9 MB/s at 10 Hz)', read_only=True)
+        compress = declare(self, 'compress', True, 'zstd-compress MCAP chunks', read_only=True)
+        config_digest = declare(self, 'config_digest', '', 'training config digest stored in '
+                                'episode.json', read_only=True)
+        topics = dict(EPISODE_TOPICS)
+        if record_raw:
+            topics[Topics.IMAGE_RAW] = 'sensor_msgs/msg/Image'
+        self.recorder = EpisodeRecorder(run_dir, topics, compress=compress,
+                                        extra_metadata={'config_digest': config_digest},
+                                        log=self.get_logger().info)
+        for topic, type_name in topics.items():
+            if topic == Topics.EPISODE_EVENTS:
+                continue
+            self.create_subscription(_msg_class(type_name), topic,
+                                     lambda data, topic=topic: self._on_raw(topic, data),
+                                     qos_profile(topic), raw=True)
+        self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
+                                 qos_profile(Topics.EPISODE_EVENTS))
+        self.create_timer(0.1, lambda: self.recorder.poll(self._now_ns()))
+        self.get_logger().info(f'episode_recorder up: {len(topics)} topics -> {run_dir}/episodes')
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_raw(self, topic: str, data: bytes):
+        self.recorder.on_message(topic, data, self._now_ns())
+
+    def _on_event(self, msg: String):
+        self.recorder.on_event(msg.data, self._now_ns())
+
+    def close(self):
+        self.recorder.finish()
+
+
+def main(args=None):
+    return spin_node(RecorderNode, args=args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,101 @@
+"""reward_classifier node: success probability from the policy view.
+
+Subscribes  gripper_cam/image_crop (sensor_msgs/Image).
+Publishes   reward_classifier/probability (Float32), reward_classifier/success (Bool, after
+            `debounce_frames` consecutive frames at or above `threshold`),
+            reward_classifier/reward (Float32: success_reward or -step_penalty), diagnostics.
+`threshold` can be changed at runtime (validated to lie in (0, 1)).
+"""
+from __future__ import annotations
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, Float32
+
+from hilserl.base_node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.conventions import Topics
+from hilserl.conversions import ConversionError, image_to_array
+from hilserl.diagnostics import OK, WARN, DiagnosticEntry
+from reward_classifier_node.inference import SuccessDetector
+from reward_classifier_node.model import load_classifier
+
+REWARD_TOPIC = 'reward_classifier/reward'
+
+
+class ClassifierNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__('reward_classifier', **kwargs)
+        model_dir = declare(self, 'model_dir', '', 'classifier checkpoint directory '
+                            '(config.json + model.safetensors)', read_only=True)
+        threshold = declare(self, 'threshold', 0.0, 'success threshold in (0, 1); 0 uses the '
+                            "checkpoint's validated threshold", float_range=(0.0, 1.0))
+        debounce = declare(self, 'debounce_frames', 3, 'consecutive frames above threshold '
+                           'before success is reported', int_range=(1, 100), read_only=True)
+        self.success_reward = declare(self, 'success_reward', 10.0, 'reward on success',
+                                      read_only=True)
+        self.step_penalty = declare(self, 'step_penalty', 0.05, 'penalty otherwise',
+                                    read_only=True)
+        if not model_dir:
+            raise ValueError('reward_classifier needs model_dir (train one with '
+                             '`hilserl train-classifier`)')
+        import torch
+        torch.set_num_threads(1)
+        model, saved_threshold, _ = load_classifier(model_dir)
+        self.detector = SuccessDetector(model, threshold or saved_threshold, debounce)
+        self.bad_frames = 0
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self.prob_pub = self.create_publisher(Float32, Topics.SUCCESS_PROBABILITY,
+                                              qos_profile(Topics.SUCCESS_PROBABILITY))
+        self.success_pub = self.create_publisher(Bool, Topics.SUCCESS, qos_profile(Topics.SUCCESS))
+        self.reward_pub = self.create_publisher(Float32, REWARD_TOPIC, qos_profile(Topics.REWARD))
+        self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
+                                              qos_profile(Topics.DIAGNOSTICS))
+        self.create_subscription(Image, Topics.IMAGE_CROP, self._on_image,
+                                 qos_profile(Topics.IMAGE_CROP))
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(f'reward_classifier up: {model_dir}, threshold '
+                               f'{self.detector.threshold:.3f}, debounce {debounce}')
+
+    def _on_parameters(self, params):
+        for p in params:
+            if p.name == 'threshold':
+                try:
+                    self.detector.set_threshold(p.value if p.value else self.detector.threshold)
+                except ValueError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _on_image(self, msg: Image):
+        try:
+            view = image_to_array(msg)
+            if view.shape[2] != 3:
+                raise ConversionError(f'expected an rgb image, got {msg.encoding}')
+        except ConversionError as exc:
+            self.bad_frames += 1
+            self.get_logger().warning(f'frame ignored: {exc}', throttle_duration_sec=2.0)
+            return
+        prob, success = self.detector.update([view])
+        self.prob_pub.publish(Float32(data=prob))
+        self.success_pub.publish(Bool(data=success))
+        self.reward_pub.publish(Float32(data=self.success_reward if success
+                                        else -self.step_penalty))
+
+    def _publish_diagnostics(self):
+        p50, p99 = self.detector.latency_ms(0.5), self.detector.latency_ms(0.99)
+        values = {'threshold': f'{self.detector.threshold:.3f}', 'bad_frames': str(self.bad_frames),
+                  'latency_p50_ms': f'{p50:.2f}' if p50 else '',
+                  'latency_p99_ms': f'{p99:.2f}' if p99 else ''}
+        level = WARN if self.bad_frames else OK
+        self.diag_pub.publish(diagnostic_array(
+            [DiagnosticEntry('reward_classifier', level, 'running', values)],
+            self.get_clock().now().to_msg()))
+
+
+def main(args=None):
+    return spin_node(ClassifierNode, args=args)
+
+
+if __name__ == '__main__':
+    main()
