@@ -94,3 +94,19 @@ def pose_stamped(pose_4x4, frame_id: str, stamp):
     msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z, \
         msg.pose.orientation.w = (float(v) for v in q)
     return msg
+
+
+def marker(marker_id: int, marker_type: int, frame_id: str, stamp, ns: str,
+           position_m=(0.0, 0.0, 0.0), scale_m=(0.01, 0.01, 0.01),
+           rgba=(1.0, 1.0, 1.0, 1.0), text: str = ''):
+    """visualization_msgs/Marker (ADD) with an identity orientation."""
+    from visualization_msgs.msg import Marker
+    m = Marker()
+    m.header.frame_id, m.header.stamp = frame_id, stamp
+    m.ns, m.id, m.type, m.action = ns, marker_id, marker_type, Marker.ADD
+    m.pose.position.x, m.pose.position.y, m.pose.position.z = (float(v) for v in position_m)
+    m.pose.orientation.w = 1.0
+    m.scale.x, m.scale.y, m.scale.z = (float(v) for v in scale_m)
+    m.color.r, m.color.g, m.color.b, m.color.a = (float(v) for v in rgba)
+    m.text = text
+    return m

@@ -31,7 +31,8 @@ class Topics:
     TRANSITIONS = 'transitions'              # std_msgs/UInt8MultiArray (serialised transition)
     POLICY_WEIGHTS = 'policy_weights'        # std_msgs/UInt8MultiArray (latched)
     EPISODE_EVENTS = 'episode/events'        # std_msgs/String (JSON)
-    EPISODE_MARKERS = 'episode/markers'      # visualization_msgs/MarkerArray
+    EPISODE_MARKERS = 'episode/markers'      # visualization_msgs/MarkerArray (status text)
+    DRIVER_MARKERS = 'driver/markers'        # visualization_msgs/MarkerArray (workspace, target)
     DIAGNOSTICS = 'diagnostics'              # diagnostic_msgs/DiagnosticArray
     DRIVER_READY = 'driver/ready'            # std_msgs/Bool (latched)
     SIM_CUBE_POSE = 'sim/cube_pose'          # geometry_msgs/PoseStamped, simulation ground truth
@@ -89,6 +90,7 @@ TOPIC_QOS = {
     Topics.POLICY_WEIGHTS: Qos.LATCHED,
     Topics.EPISODE_EVENTS: Qos.EVENT,
     Topics.EPISODE_MARKERS: Qos.STATE,
+    Topics.DRIVER_MARKERS: Qos.STATE,
     Topics.DIAGNOSTICS: Qos.STATE,
     Topics.DRIVER_READY: Qos.LATCHED,
     Topics.SIM_CUBE_POSE: Qos.STATE,

@@ -21,10 +21,11 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32, Float32MultiArray, String, UInt8MultiArray
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.base_node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.base_node import declare, diagnostic_array, marker, qos_profile, spin_node
 from hilserl.config import load_train_config
-from hilserl.conventions import JOINT_NAMES, ActionSource, Topics
+from hilserl.conventions import JOINT_NAMES, ActionSource, Frames, Topics
 from hilserl.conversions import (ConversionError, action_from_msg, action_to_msg, image_to_array,
                                  joint_state_to_arrays)
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry
@@ -118,6 +119,11 @@ class ActorNode(Node):
                                                qos_profile(Topics.EPISODE_EVENTS))
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
                                               qos_profile(Topics.DIAGNOSTICS))
+        self.marker_pub = self.create_publisher(MarkerArray, Topics.EPISODE_MARKERS,
+                                                qos_profile(Topics.EPISODE_MARKERS))
+        self.probability = float('nan')
+        self.create_subscription(Float32, Topics.SUCCESS_PROBABILITY, self._on_probability,
+                                 qos_profile(Topics.SUCCESS_PROBABILITY))
         self.reset_client = self.create_client(Trigger, 'reset')
         self.create_timer(1.0 / self.cfg.task.control_rate_hz, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -164,6 +170,22 @@ class ActorNode(Node):
 
     def _on_success(self, msg: Bool):
         self.success = bool(msg.data)
+
+    def _on_probability(self, msg: Float32):
+        self.probability = float(msg.data)
+
+    def _publish_status(self, control: str):
+        stats = self.runner.stats
+        if stats is None:
+            return
+        text = (f'episode {stats.episode}  step {stats.steps}  return {stats.episode_return:.2f}'
+                f'\nsuccess p {self.probability:.2f}  control: {control}  [{self.phase}]')
+        markers = MarkerArray()
+        markers.markers.append(marker(0, Marker.TEXT_VIEW_FACING, Frames.BASE,
+                                      self.get_clock().now().to_msg(), 'episode_status',
+                                      (0.2, 0.0, 0.35), (0.0, 0.0, 0.025),
+                                      (1.0, 1.0, 1.0, 1.0), text))
+        self.marker_pub.publish(markers)
 
     def _on_weights(self, msg: UInt8MultiArray):
         try:
@@ -250,6 +272,7 @@ class ActorNode(Node):
         self.policy_pub.publish(action_to_msg(result.policy_action, ActionSource.POLICY))
         source = ActionSource.HUMAN if result.intervention else ActionSource.POLICY
         self.action_pub.publish(action_to_msg(result.executed_action, source))
+        self._publish_status(source)
 
     def _episode_ended(self):
         stats = self.runner.stats

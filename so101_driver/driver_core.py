@@ -56,6 +56,7 @@ class DriverCore:
         self._lo = np.append(self.kin.lower, self.kin.gripper_limits[0])
         self._hi = np.append(self.kin.upper, self.kin.gripper_limits[1])
         self.mode = 'idle'
+        self.tcp_target_m = None   # last commanded TCP position (after workspace clamping)
         self.reading: Optional[JointReading] = None
         self.target: Optional[np.ndarray] = None
         self.written: Optional[np.ndarray] = None
@@ -98,6 +99,7 @@ class DriverCore:
         step = self.controller.step(self.reading.position, action)
         self.counters['workspace_clamps'] += step.clamped_to_workspace
         self.target = step.joint_goal_rad
+        self.tcp_target_m = step.tcp_target_m
         self.mode = 'ee'
         self.last_command_s = now_s
         return True, ''

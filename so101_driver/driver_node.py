@@ -16,8 +16,10 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
+from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.base_node import declare, diagnostic_array, pose_stamped, qos_profile, spin_node
+from hilserl.base_node import (declare, diagnostic_array, marker, pose_stamped, qos_profile,
+                               spin_node)
 from hilserl.conventions import JOINT_NAMES, Frames, Topics
 from hilserl.conversions import arrays_to_joint_state
 from hilserl.kinematics import SO101Kinematics
@@ -132,6 +134,9 @@ class DriverNode(Node):
         self._health = None
         self.create_timer(1.0 / self.rate_hz, self._tick)
         self.create_timer(health_period_s, self._publish_diagnostics)
+        self.marker_pub = self.create_publisher(MarkerArray, Topics.DRIVER_MARKERS,
+                                                qos_profile(Topics.DRIVER_MARKERS))
+        self.create_timer(0.2, self._publish_markers)
         self.get_logger().info(f'so101_driver up: backend={backend_name}, '
                                f'{self.rate_hz:g} Hz, watchdog {self.config.command_timeout_s} s')
 
@@ -245,6 +250,20 @@ class DriverNode(Node):
                                                hardware_id='so101'))
         if entries[0].level >= 2:
             self.get_logger().error(entries[0].message, throttle_duration_sec=5.0)
+
+    def _publish_markers(self):
+        """Workspace box and the commanded TCP target, for RViz."""
+        stamp = self.get_clock().now().to_msg()
+        lo = np.asarray(self.config.ee.workspace_min_m)
+        hi = np.asarray(self.config.ee.workspace_max_m)
+        markers = MarkerArray()
+        markers.markers.append(marker(0, Marker.CUBE, Frames.BASE, stamp, 'workspace',
+                                      (lo + hi) / 2, hi - lo, (0.2, 0.6, 1.0, 0.15)))
+        if self.core.tcp_target_m is not None:
+            markers.markers.append(marker(1, Marker.SPHERE, Frames.BASE, stamp, 'tcp_target',
+                                          self.core.tcp_target_m, (0.015,) * 3,
+                                          (1.0, 0.4, 0.0, 0.9)))
+        self.marker_pub.publish(markers)
 
     def close(self):
         self.core.backend.close()
