@@ -208,6 +208,9 @@ class SACConfig:
     augmentation_pad: int = 4
     encoder: str = 'resnet10'              # resnet10 | small_conv
     freeze_encoder: bool = True
+    # Frozen encoder only: features of this many random shifts per stored image are computed
+    # once, at insertion, and each update samples one of them (0: encode every batch).
+    feature_cache_shifts: int = 0
     pretrained_encoder_path: Optional[str] = None
     online_buffer_capacity: int = 200_000
     offline_buffer_capacity: int = 5_000
@@ -249,6 +252,12 @@ class SACConfig:
                  self.augmentation_pad, 'must be in [0, 16] px')
         _require(self.encoder in ('resnet10', 'small_conv'), 'sac.encoder', self.encoder,
                  "must be 'resnet10' or 'small_conv'")
+        _require(isinstance(self.feature_cache_shifts, int) and
+                 0 <= self.feature_cache_shifts <= 16, 'sac.feature_cache_shifts',
+                 self.feature_cache_shifts, 'must be an integer in [0, 16]')
+        _require(self.feature_cache_shifts == 0 or self.freeze_encoder,
+                 'sac.feature_cache_shifts', self.feature_cache_shifts,
+                 'needs freeze_encoder: true (a trained encoder changes its features)')
         for name in ('online_buffer_capacity', 'offline_buffer_capacity'):
             _require(getattr(self, name) >= 1, f'sac.{name}', getattr(self, name),
                      'must be >= 1')

@@ -119,5 +119,7 @@ def resume(checkpoint_dir, device: Optional[str] = None
     for name, capacity in (('online', cfg.sac.online_buffer_capacity),
                            ('offline', cfg.sac.offline_buffer_capacity)):
         path = state_dir / f'{name}_buffer.npz'
-        buffers.append(ReplayBuffer.load(path, capacity) if path.is_file() else None)
+        featurizer = agent.featurize if cfg.sac.feature_cache_shifts else None
+        buffers.append(ReplayBuffer.load(path, capacity, featurizer) if path.is_file()
+                       else None)
     return agent, cfg, buffers[0], buffers[1], state

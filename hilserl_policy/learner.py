@@ -62,10 +62,11 @@ class Learner:
         else:
             self.agent = build_agent(cfg, image_hw, device)
         s, a = cfg.observation.state_dim, cfg.action.dim
+        featurizer = self.agent.featurize if cfg.sac.feature_cache_shifts else None
         self.online = self.online or ReplayBuffer(cfg.sac.online_buffer_capacity, image_shape,
-                                                  s, a)
+                                                  s, a, featurizer)
         self.offline = self.offline or ReplayBuffer(cfg.sac.offline_buffer_capacity,
-                                                    image_shape, s, a)
+                                                    image_shape, s, a, featurizer)
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.metrics_log = MetricsLog(self.run_dir / 'metrics.csv')
         self.lock = threading.Lock()  # agent parameters: update vs. weight export/checkpoint

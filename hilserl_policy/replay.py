@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -53,7 +53,12 @@ class Transition:
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int, image_shape, state_dim: int, action_dim: int):
+    """`featurizer` (optional): uint8 images (N, C, H, W) -> float16 features (N, K, ...); when
+    given, every stored image (and every separately kept next image) gets its features once,
+    and samples carry `features` / `next_features` instead of needing the encoder."""
+
+    def __init__(self, capacity: int, image_shape, state_dim: int, action_dim: int,
+                 featurizer: Optional[Callable[[np.ndarray], np.ndarray]] = None):
         if capacity < 1:
             raise ValueError(f'capacity={capacity}: must be >= 1')
         self.capacity = int(capacity)
@@ -74,6 +79,9 @@ class ReplayBuffer:
         self.cursor = 0            # next slot to write
         self.total_added = 0
         self._pending_next: Optional[np.ndarray] = None  # next image of the newest transition
+        self.featurizer = featurizer
+        self.features = self.next_features = None  # allocated at the first add
+        self._pending_next_features = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -85,6 +93,12 @@ class ReplayBuffer:
 
     def add(self, t: Transition) -> None:
         t.validate(self.image_shape, self.state_dim, self.action_dim)
+        features = None
+        if self.featurizer is not None:  # outside the lock: sampling goes on meanwhile
+            features = self.featurizer(t.image[None])[0]
+            if self.features is None:
+                self.features = np.zeros((self.capacity, *features.shape), np.float16)
+                self.next_features = np.zeros_like(self.features)
         with self._lock:
             newest = (self.cursor - 1) % self.capacity
             if self._pending_next is not None:
@@ -94,6 +108,8 @@ class ReplayBuffer:
                 if not continues:
                     self.next_images[newest] = self._pending_next
                     self.next_stored[newest] = True
+                    if features is not None:
+                        self.next_features[newest] = self._pending_features()
             i = self.cursor
             self.images[i] = t.image
             self.next_stored[i] = False
@@ -105,9 +121,17 @@ class ReplayBuffer:
             self.truncated[i] = t.truncated
             self.interventions[i] = t.intervention
             self._pending_next = np.array(t.next_image, copy=True)
+            if features is not None:
+                self.features[i] = features
+            self._pending_next_features = None  # computed only if needed (stream break, sample)
             self.cursor = (i + 1) % self.capacity
             self.size = min(self.size + 1, self.capacity)
             self.total_added += 1
+
+    def _pending_features(self) -> np.ndarray:
+        if self._pending_next_features is None:
+            self._pending_next_features = self.featurizer(self._pending_next[None])[0]
+        return self._pending_next_features
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
         with self._lock:
@@ -125,7 +149,15 @@ class ReplayBuffer:
         is_newest = idx == newest
         if is_newest.any():
             next_images[is_newest] = self._pending_next
-        return {'image': self.images[idx], 'state': self.states[idx],
+        extra = {}
+        if self.features is not None:
+            next_features = self.features[(idx + 1) % self.capacity]
+            if stored.any():
+                next_features[stored] = self.next_features[idx[stored]]
+            if is_newest.any():
+                next_features[is_newest] = self._pending_features()
+            extra = {'features': self.features[idx], 'next_features': next_features}
+        return {**extra, 'image': self.images[idx], 'state': self.states[idx],
                 'action': self.actions[idx], 'reward': self.rewards[idx],
                 'next_image': next_images, 'next_state': self.next_states[idx],
                 'terminated': self.terminated[idx], 'truncated': self.truncated[idx],
@@ -142,20 +174,21 @@ class ReplayBuffer:
         """Write the filled part as an .npz atomically (tmp + rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.all()
+        data = {k: v for k, v in self.all().items() if k not in ('features', 'next_features')}
         tmp = path.with_name(path.name + '.tmp.npz')
         np.savez(tmp, capacity=self.capacity, total_added=self.total_added, **data)
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path, capacity: Optional[int] = None) -> 'ReplayBuffer':
+    def load(cls, path, capacity: Optional[int] = None, featurizer=None) -> 'ReplayBuffer':
+        """Features are not saved: a featurizer recomputes them while loading."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f'replay buffer file {path} does not exist')
         with np.load(path) as data:
             images = data['image']
             buffer = cls(int(capacity or data['capacity']), images.shape[1:],
-                         data['state'].shape[1], data['action'].shape[1])
+                         data['state'].shape[1], data['action'].shape[1], featurizer)
             for i in range(len(images)):
                 buffer.add(Transition(images[i], data['state'][i], data['action'][i],
                                       float(data['reward'][i]), data['next_image'][i],

@@ -73,6 +73,8 @@ class SAC(nn.Module):
         self.grasp_opt = (torch.optim.Adam(self.grasp_critic.parameters(), lr=cfg.critic_lr)
                           if discrete_gripper else None)
         self.generator = torch.Generator().manual_seed(seed)
+        # the feature cache is filled from another thread than the update: its own generator
+        self.cache_generator = torch.Generator().manual_seed(seed + 1)
         self.rng = np.random.default_rng(seed)
         self.step = 0  # optimisation steps (one actor update each)
 
@@ -149,14 +151,36 @@ class SAC(nn.Module):
         out = {}
         for key, value in batch.items():
             tensor = torch.as_tensor(value, device=self.device)
-            if key not in ('image', 'next_image'):
+            if key not in ('image', 'next_image', 'features', 'next_features'):
                 tensor = tensor.float()
             out[key] = tensor
         return out
 
+    @torch.inference_mode()
+    def featurize(self, images: np.ndarray) -> np.ndarray:
+        """Feature cache: uint8 (N, C, H, W) -> float16 (N, K, frames, c, h, w), the frozen
+        backbone's features of K random shifts of each image (K = feature_cache_shifts; one
+        unshifted view when augmentation is off)."""
+        k = self.cfg.feature_cache_shifts
+        x = torch.as_tensor(images, device=self.device)
+        n = x.shape[0]
+        x = x.repeat_interleave(k, dim=0)
+        if self.cfg.use_augmentation:
+            x = random_shift(x, self.cfg.augmentation_pad, self.cache_generator)
+        fmaps = self.backbone(x)
+        return fmaps.reshape(n, k, *fmaps.shape[1:]).to(torch.float16).cpu().numpy()
+
+    def _pick_cached(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, K, ...) cached features -> (B, ...): one random shift per sample."""
+        pick = torch.randint(0, features.shape[1], (features.shape[0],),
+                             generator=self.generator).to(self.device)
+        return features[torch.arange(features.shape[0], device=self.device), pick].float()
+
     def encode_batch(self, batch: Dict[str, torch.Tensor], augment: bool = True
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Augmented obs and next_obs (independent shifts) -> backbone feature maps."""
+        if 'features' in batch:  # feature cache: the backbone already ran at insertion
+            return self._pick_cached(batch['features']), self._pick_cached(batch['next_features'])
         images, next_images = batch['image'], batch['next_image']
         if augment and self.cfg.use_augmentation:
             pad = self.cfg.augmentation_pad

@@ -266,3 +266,69 @@ def test_device_auto_falls_back_to_cpu_and_bad_device_is_refused():
         with pytest.raises(ValueError, match='CUDA'):
             resolve_device('cuda')
     assert isinstance(SAC, type)
+
+
+# --- fast path: feature cache (exactness guards) -------------------------------------------------
+
+def cached_agent(**sac):
+    return make_agent(encoder='small_conv', freeze_encoder=True, feature_cache_shifts=3, **sac)
+
+
+def test_cached_features_are_the_backbone_on_shifted_images():
+    agent = cached_agent()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1, 3, *HW), dtype=np.uint8)
+    cached = agent.featurize(image)[0]                      # (K, frames, c, h, w) float16
+    assert cached.shape[0] == 3 and cached.dtype == np.float16
+    pad = agent.cfg.augmentation_pad
+    shifts = torch.tensor([(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)])
+    every_shift = random_shift(torch.from_numpy(image).repeat(len(shifts), 1, 1, 1), pad,
+                               shifts=shifts)
+    with torch.no_grad():
+        reference = agent.backbone(every_shift).numpy()
+    for k in range(3):  # each cached view is the backbone's output for one of the 81 shifts
+        errors = np.abs(reference - cached[k].astype(np.float32)).reshape(len(shifts), -1)
+        assert errors.max(axis=1).min() < 2e-3 * max(1.0, np.abs(reference).max())
+
+
+def test_cached_and_direct_paths_give_the_same_loss_and_gradients():
+    agent = cached_agent(use_augmentation=False)
+    buffer = ReplayBuffer(64, (3, *HW), 18, 4, featurizer=agent.featurize)
+    rng = np.random.default_rng(1)
+    for i in range(30):
+        buffer.add(transition(rng, terminated=(i % 10 == 9)))
+    batch = agent.to_tensors(buffer.sample(16, np.random.default_rng(2)))
+    direct = {k: v for k, v in batch.items() if k not in ('features', 'next_features')}
+    results = []
+    for b in (batch, direct):
+        torch.manual_seed(0)
+        fmaps, next_fmaps = agent.encode_batch(b)
+        emb = agent.encoder(fmaps, b['state'])
+        with torch.no_grad():
+            next_emb = agent.encoder(next_fmaps, b['next_state'])
+        loss, _ = agent.critic_loss(emb, next_emb, b)
+        agent.critic_opt.zero_grad()
+        loss.backward()
+        grads = [p.grad.clone() for p in agent.critic.parameters()]
+        results.append((loss.item(), grads))
+    # the only difference is the float16 storage of the cached features
+    assert results[0][0] == pytest.approx(results[1][0], rel=2e-3)
+    for g_cached, g_direct in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(g_cached, g_direct, rtol=2e-2, atol=2e-3)
+
+
+def test_feature_cache_follows_next_images_across_episode_breaks():
+    agent = cached_agent(use_augmentation=False)
+    buffer = ReplayBuffer(8, (3, *HW), 18, 4, featurizer=agent.featurize)
+    rng = np.random.default_rng(3)
+    for i in range(11):
+        buffer.add(transition(rng, terminated=(i in (4, 9))))
+    data = buffer.all()
+    for next_image, next_features in zip(data['next_image'], data['next_features']):
+        np.testing.assert_array_equal(agent.featurize(next_image[None])[0], next_features)
+
+
+def test_feature_cache_needs_a_frozen_encoder():
+    from hilserl.config import ConfigError
+    with pytest.raises(ConfigError, match='freeze_encoder'):
+        SACConfig(freeze_encoder=False, feature_cache_shifts=2)
