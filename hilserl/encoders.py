@@ -3,7 +3,7 @@
 `resnet10`: a ResNet with one basic block per stage (64-128-256-512), the HIL-SERL encoder.
 Parameter names follow the Hugging Face `ResNetModel` layout so locally downloaded pretrained
 weights (config.json + model.safetensors, e.g. a ResNet-10 from the hub) load directly.
-`small_conv`: four strided 3x3 convolutions, cheap enough to train from scratch on a CPU.
+`small_conv`: a patchify stem and three 3x3 convolutions, cheap enough to train on a CPU.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,7 +28,8 @@ class ImageNormalizer(nn.Module):
         self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
+        # one fused pass that keeps the input's memory format (channels_last stays so)
+        return torch.addcmul(-self.mean / self.std, images.float(), 1.0 / self.std)
 
 
 class _ConvNorm(nn.Module):
@@ -104,19 +106,39 @@ class ResNet10(nn.Module):
 
 
 class SmallConv(nn.Module):
-    """(B, 3, H, W) normalised -> (B, 32, ~H/8, ~W/8) feature map."""
+    """(B, 3, H, W) raw pixels 0..255 -> (B, 32, H/16, W/16) feature map.
+
+    A 4x4 stride-4 "patchify" stem, then strided 3x3 convolutions: the size of LeRobot's small
+    encoder (~29k parameters) at about a third of the compute, because no layer runs at full
+    resolution. The ImageNet normalisation is folded into the stem (exact: the stem has no
+    padding), which saves a full-resolution float pass per image."""
+
+    raw_pixel_input = True
 
     def __init__(self, channels: int = 32):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, channels, 3, 2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, 2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, 2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, 1), nn.ReLU())
+        self.stem = nn.Conv2d(3, channels, 4, 4)
+        self.net = nn.Sequential(  # in-place ReLUs: one copy fewer per layer
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, 2, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, 2, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, 1, 1), nn.ReLU(inplace=True))
+        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
         self.out_channels = channels
 
     def forward(self, x):
-        return self.net(x)
+        # conv(W, (x - m) / s) == conv(W / s, x) + (b - sum(W * m / s))
+        weight = self.stem.weight / self.std
+        bias = self.stem.bias - (self.stem.weight * (self.mean / self.std)).sum((1, 2, 3))
+        return self.net(F.conv2d(x, weight, bias, stride=4))
+
+
+def network_input(net: nn.Module, normalizer: ImageNormalizer, images: torch.Tensor
+                  ) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> the float input `net` expects, channels_last (faster convs)."""
+    x = images.contiguous(memory_format=torch.channels_last)
+    return x.float() if getattr(net, 'raw_pixel_input', False) else normalizer(x)
 
 
 def build_encoder(name: str) -> nn.Module:

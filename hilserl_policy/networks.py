@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from hilserl.encoders import (ImageNormalizer, SpatialEmbedding, build_encoder, feature_shape,
-                              load_pretrained_resnet10)
+                              load_pretrained_resnet10, network_input)
 
 
 class Backbone(nn.Module):
@@ -43,8 +43,7 @@ class Backbone(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b, c, h, w = images.shape
         frames = c // 3
-        x = self.normalize(images.reshape(b * frames, 3, h, w)).contiguous(
-            memory_format=torch.channels_last)
+        x = network_input(self.net, self.normalize, images.reshape(b * frames, 3, h, w))
         if self.frozen:
             with torch.no_grad():
                 fmap = self.net(x)

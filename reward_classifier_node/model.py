@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from hilserl.encoders import (ImageNormalizer, SpatialEmbedding, build_encoder, feature_shape,
-                              load_pretrained_resnet10)
+                              load_pretrained_resnet10, network_input)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ class RewardClassifier(nn.Module):
         """views: (B, 3, H, W) uint8 or float 0..255, one tensor per view -> (B,) logits."""
         if len(views) != self.config.num_views:
             raise ValueError(f'expected {self.config.num_views} views, got {len(views)}')
-        feats = [self.embed(self.encoder(self.normalize(v))) for v in views]
+        feats = [self.embed(self.encoder(network_input(self.encoder, self.normalize, v)))
+                 for v in views]
         return self.head(torch.cat(feats, dim=1)).squeeze(1)
 
 

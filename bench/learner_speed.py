@@ -1,0 +1,146 @@
+"""Learner and actor speed at the seed configuration, against LeRobot 0.6.1's anchor numbers.
+
+Seed configuration: batch 256 (128 online + 128 offline), 3x128x128 images, 18-d state, 4-d
+action, UTD 20, 2 critics, hidden [256, 256], latent 256, DrQ pad 4, 5,000 transitions per
+buffer. One optimisation step = 20 critic updates + actor + temperature.
+Each encoder runs in its own process so peak RSS is its own. Prints one table.
+
+  python bench/learner_speed.py [--device auto|cpu|cuda] [--steps 3] [--cache-shifts 2]
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import common  # noqa: F401
+import numpy as np
+
+# LeRobot 0.6.1, same CPU class (2 cores, torch 2 threads): from the issue.
+ANCHOR = {
+    'resnet10': {'step_s': 88.3, 'updates_per_s': 0.23, 'actor_p50_ms': 8.3,
+                 'actor_p99_ms': 10.3, 'rss_gib': 4.0},
+    'small_conv': {'step_s': 24.9, 'updates_per_s': 0.80, 'actor_p50_ms': 1.7,
+                   'actor_p99_ms': 2.4, 'rss_gib': 3.4},
+}
+LABELS = {'resnet10': 'frozen ResNet-10 (feature cache)', 'small_conv': 'small conv (trained)'}
+
+
+def fill(buffer, n, rng, episode_steps=100):
+    from hilserl_policy.replay import Transition
+    image = rng.integers(0, 256, (3, 128, 128), dtype=np.uint8)
+    for i in range(n):
+        end = (i + 1) % episode_steps == 0
+        next_image = rng.integers(0, 256, (3, 128, 128), dtype=np.uint8)
+        buffer.add(Transition(image, rng.normal(size=18).astype(np.float32),
+                              rng.uniform(-1, 1, 4).astype(np.float32), float(rng.normal()),
+                              next_image, rng.normal(size=18).astype(np.float32), end, False,
+                              bool(rng.random() < 0.2)))
+        image = rng.integers(0, 256, (3, 128, 128), dtype=np.uint8) if end else next_image
+
+
+def child(args) -> dict:
+    import torch
+    torch.set_num_threads(args.threads)
+    from hilserl.config import SACConfig, TrainConfig
+    from hilserl_policy.checkpoint import build_agent
+    from hilserl_policy.replay import ReplayBuffer, sample_mixed
+    frozen = args.encoder == 'resnet10'
+    sac = SACConfig(encoder=args.encoder, freeze_encoder=frozen,
+                    feature_cache_shifts=args.cache_shifts if frozen else 0,
+                    batch_size=256, utd_ratio=20, device=args.device,
+                    online_buffer_capacity=args.transitions,
+                    offline_buffer_capacity=args.transitions)
+    agent = build_agent(TrainConfig(sac=sac))
+    featurizer = agent.featurize if sac.feature_cache_shifts else None
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    online = ReplayBuffer(args.transitions, (3, 128, 128), 18, 4, featurizer)
+    offline = ReplayBuffer(args.transitions, (3, 128, 128), 18, 4, featurizer)
+    fill(online, args.transitions, rng)
+    fill(offline, args.transitions, rng)
+    fill_s = time.perf_counter() - started
+    sample = lambda: sample_mixed(online, offline, 256, 0.5, rng)  # noqa: E731
+    agent.update(sample)  # warm-up (allocations, first-call costs)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        agent.update(sample)
+        if agent.device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+    # actor: one observation -> action, at the actor node's thread count
+    torch.set_num_threads(args.actor_threads)
+    image = rng.integers(0, 256, (3, 128, 128), dtype=np.uint8)
+    state = rng.normal(size=18).astype(np.float32)
+    for _ in range(20):
+        agent.act(image, state, False)
+    latencies = []
+    for _ in range(args.actor_iterations):
+        t0 = time.perf_counter()
+        agent.act(image, state, False)
+        latencies.append(time.perf_counter() - t0)
+    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {'encoder': args.encoder, 'step_s': step_s, 'updates_per_s': 20 / step_s,
+            'actor_p50_ms': float(np.percentile(latencies, 50) * 1e3),
+            'actor_p99_ms': float(np.percentile(latencies, 99) * 1e3),
+            'rss_gib': rss_gib, 'fill_s': fill_s, 'device': str(agent.device),
+            'cache_shifts': sac.feature_cache_shifts}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', default='cpu', help='auto | cpu | cuda[:N]')
+    parser.add_argument('--steps', type=int, default=3, help='timed optimisation steps')
+    parser.add_argument('--cache-shifts', type=int, default=2,
+                        help='feature_cache_shifts for the frozen ResNet-10')
+    parser.add_argument('--transitions', type=int, default=5000, help='per buffer')
+    parser.add_argument('--threads', type=int, default=2, help='torch threads (learner)')
+    parser.add_argument('--actor-threads', type=int, default=1,
+                        help='torch threads while timing the actor (the actor node uses 1)')
+    parser.add_argument('--actor-iterations', type=int, default=300)
+    parser.add_argument('--encoders', default='resnet10,small_conv')
+    parser.add_argument('--encoder', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.encoder:
+        print(json.dumps(child(args)))
+        return
+    rows = []
+    for encoder in args.encoders.split(','):
+        cmd = [sys.executable, __file__, '--encoder', encoder] + [
+            a for a in sys.argv[1:] if not a.startswith('--encoders')]
+        print(f'# running {encoder} ...', file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                             env={**os.environ, 'OMP_NUM_THREADS': str(args.threads)})
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f'learner/actor speed, {rows[0]["device"]}, torch threads {args.threads} (actor '
+          f'{args.actor_threads}), {args.transitions} transitions per buffer, median of '
+          f'{args.steps} steps')
+    header = (f'| {"encoder":<34} | {"s / optimisation step":>22} | {"critic updates/s":>17} | '
+              f'{"actor p50 / p99 ms":>19} | {"peak RSS GiB":>13} |')
+    print(header)
+    print('|' + '|'.join('-' * (len(c)) for c in header.split('|')[1:-1]) + '|')
+    for r in rows:
+        a = ANCHOR[r['encoder']]
+        ratio = lambda ours, theirs, lower=True: (theirs / ours if lower else ours / theirs)  # noqa
+        print(f'| {LABELS[r["encoder"]]:<34} | {r["step_s"]:8.2f} ({ratio(r["step_s"], a["step_s"]):5.1f}x)'
+              f'{"":>5} | {r["updates_per_s"]:6.2f} ({ratio(r["updates_per_s"], a["updates_per_s"], False):5.1f}x) | '
+              f'{r["actor_p50_ms"]:5.2f} / {r["actor_p99_ms"]:5.2f} '
+              f'({ratio(r["actor_p99_ms"], a["actor_p99_ms"]):4.1f}x) | '
+              f'{r["rss_gib"]:5.2f} ({ratio(r["rss_gib"], a["rss_gib"]):4.1f}x) |')
+    print('ratios: LeRobot 0.6.1 anchor / ours (higher is better); anchor: ' + '; '.join(
+        f'{LABELS[k]}: {v["step_s"]} s/step, {v["actor_p99_ms"]} ms p99, {v["rss_gib"]} GiB'
+        for k, v in ANCHOR.items()))
+    for r in rows:
+        if r['cache_shifts']:
+            print(f'{LABELS[r["encoder"]]}: {r["cache_shifts"]} cached shifts per image; filling '
+                  f'2 x {args.transitions} transitions (encoder at insertion) took '
+                  f'{r["fill_s"]:.0f} s')
+
+
+if __name__ == '__main__':
+    main()
