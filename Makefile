@@ -8,7 +8,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA?max_msg_size=4MB
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test train eval bench clean
+.PHONY: setup test train eval bench bench-learner learn clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,10 +20,16 @@ train: setup
 	$(VENV)/bin/hilserl train
 
 eval: setup
-	$(VENV)/bin/hilserl eval
+	$(VENV)/bin/hilserl eval --checkpoint $(CHECKPOINT)
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+bench-learner: setup
+	$(PY) bench/learner_speed.py
+
+learn: setup
+	$(PY) bench/learn_sim.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

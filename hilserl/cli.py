@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # headless MuJoCo rendering for the commands that simulate in this process (record, demos)
+    os.environ.setdefault('MUJOCO_GL', 'osmesa')
+    os.environ.setdefault('PYOPENGL_PLATFORM', 'osmesa')
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -59,6 +59,9 @@ class ActorNode(Node):
                                        read_only=True)
         device = declare(self, 'device', 'cpu', 'torch device: auto | cpu | cuda[:N]',
                          read_only=True)
+        self.learner_node_name = declare(self, 'learner_node_name', 'sac_learner',
+                                         'train: episodes start once this node subscribes to '
+                                         'the transitions', read_only=True)
         if self.mode not in ('train', 'eval'):
             raise ValueError(f"mode={self.mode!r}: must be 'train' or 'eval'")
         if success_source not in SUCCESS_TOPICS:
@@ -203,6 +206,12 @@ class ActorNode(Node):
         self.counters['weights_loaded'] += 1
 
     # --- control loop -------------------------------------------------------------------------
+    def _learner_listening(self) -> bool:
+        """A sac_learner (not just the recorder) subscribes to the transitions."""
+        return any(info.node_name == self.learner_node_name
+                   for info in self.get_subscriptions_info_by_topic(
+                       self.transition_pub.topic_name))
+
     def _set_phase(self, phase: str) -> None:
         self.phase = phase
         self.phase_since = time.monotonic()
@@ -211,7 +220,7 @@ class ActorNode(Node):
         if self.finished:
             return
         if self.phase == 'need_reset':
-            if self.mode == 'train' and self.transition_pub.get_subscription_count() == 0:
+            if self.mode == 'train' and not self._learner_listening():
                 # transitions are volatile: do not start before the learner listens
                 self.stale_reason = 'waiting for the learner to subscribe to transitions'
                 return

@@ -42,7 +42,8 @@ def decode_transition(data) -> Tuple[Transition, dict]:
             size = int(np.prod(shape)) * dt.itemsize
             if offset + size > len(data):
                 raise ValueError('truncated transition payload')
-            arrays.append(np.frombuffer(data[offset:offset + size], dt).reshape(shape))
+            # a copy: the message buffer is read-only and short-lived
+            arrays.append(np.frombuffer(data[offset:offset + size], dt).reshape(shape).copy())
             offset += size
         if offset != len(data) or len(arrays) != len(_ARRAYS):
             raise ValueError('transition payload size mismatch')
