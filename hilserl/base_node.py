@@ -51,6 +51,10 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001
+        if rclpy.ok():
+            raise
+        # a callback raced the SIGINT shutdown (published on a closed context): a clean exit
     finally:
         if node is not None:
             close = getattr(node, 'close', None)
