@@ -114,3 +114,10 @@ def marker(marker_id: int, marker_type: int, frame_id: str, stamp, ns: str,
     m.color.r, m.color.g, m.color.b, m.color.a = (float(v) for v in rgba)
     m.text = text
     return m
+
+
+def message_class(type_name: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class."""
+    import importlib
+    package, _, name = type_name.split('/')
+    return getattr(importlib.import_module(f'{package}.msg'), name)

@@ -6,20 +6,15 @@ and episode/events; optionally gripper_cam/image_raw (large).
 """
 from __future__ import annotations
 
-import importlib
 
 from rclpy.node import Node
 from std_msgs.msg import String
 
 from hilserl.bags import EPISODE_TOPICS
-from hilserl.base_node import declare, qos_profile, spin_node
+from hilserl.base_node import declare, message_class, qos_profile, spin_node
 from hilserl.conventions import Topics
 from hilserl.recording import EpisodeRecorder
 
-
-def _msg_class(type_name: str):
-    package, _, name = type_name.split('/')
-    return getattr(importlib.import_module(f'{package}.msg'), name)
 
 
 class RecorderNode(Node):
@@ -41,7 +36,7 @@ class RecorderNode(Node):
         for topic, type_name in topics.items():
             if topic == Topics.EPISODE_EVENTS:
                 continue
-            self.create_subscription(_msg_class(type_name), topic,
+            self.create_subscription(message_class(type_name), topic,
                                      lambda data, topic=topic: self._on_raw(topic, data),
                                      qos_profile(topic), raw=True)
         self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,

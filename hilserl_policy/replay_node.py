@@ -4,20 +4,15 @@ applies; each topic gets the suite's QoS for it.
 """
 from __future__ import annotations
 
-import importlib
 import time
 
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 
-from hilserl.base_node import declare, qos_profile, spin_node
+from hilserl.base_node import declare, message_class, qos_profile, spin_node
 from hilserl.bags import iter_raw_messages
 from hilserl.conventions import TOPIC_QOS, Qos
 
-
-def _msg_class(type_name: str):
-    package, _, name = type_name.split('/')
-    return getattr(importlib.import_module(f'{package}.msg'), name)
 
 
 class ReplayNode(Node):
@@ -35,7 +30,7 @@ class ReplayNode(Node):
         self.publishers_by_topic = {}
         for topic, msgtype, _, _ in self.messages:
             if topic not in self.publishers_by_topic:
-                cls = _msg_class(msgtype)
+                cls = message_class(msgtype)
                 qos = qos_profile(TOPIC_QOS.get(topic, Qos.STATE))
                 self.publishers_by_topic[topic] = (cls, self.create_publisher(cls, topic, qos))
         self.index = 0
