@@ -143,7 +143,7 @@ class LearnerNode(Node):
         self.thread.join(timeout=120)
         if self.learner.agent.step > 0:
             path = self.learner.checkpoint()
-            self.get_logger().info(f'final checkpoint {path}')
+            print(f'[sac_learner] final checkpoint {path}', flush=True)  # context may be gone
 
 
 def main(args=None):

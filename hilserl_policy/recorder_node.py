@@ -54,6 +54,8 @@ class RecorderNode(Node):
         self.recorder.on_event(msg.data, self._now_ns())
 
     def close(self):
+        # after Ctrl-C the context is gone: log to the console only, not to /rosout
+        self.recorder.log = lambda text: print(f'[episode_recorder] {text}', flush=True)
         self.recorder.finish()
 
 
