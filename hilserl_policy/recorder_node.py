@@ -12,7 +12,7 @@ from std_msgs.msg import String
 
 from hilserl.bags import EPISODE_TOPICS
 from hilserl.base_node import declare, message_class, qos_profile, spin_node
-from hilserl.conventions import Topics
+from hilserl.conventions import TOPIC_QOS, Qos, Topics
 from hilserl.recording import EpisodeRecorder
 
 
@@ -27,9 +27,19 @@ class RecorderNode(Node):
         compress = declare(self, 'compress', True, 'zstd-compress MCAP chunks', read_only=True)
         config_digest = declare(self, 'config_digest', '', 'training config digest stored in '
                                 'episode.json', read_only=True)
+        record_tf = declare(self, 'record_tf', True, 'also record tf and tf_static when '
+                            'tf2_msgs is installed (a ROS 2 distro)', read_only=True)
         topics = dict(EPISODE_TOPICS)
         if record_raw:
             topics[Topics.IMAGE_RAW] = 'sensor_msgs/msg/Image'
+        if record_tf:
+            try:
+                message_class('tf2_msgs/msg/TFMessage')
+                topics.update({'tf': 'tf2_msgs/msg/TFMessage',
+                               'tf_static': 'tf2_msgs/msg/TFMessage'})
+            except ImportError:
+                self.get_logger().warning('tf2_msgs is not installed: tf is not recorded '
+                                          '(tcp_pose and joint_states are)')
         self.recorder = EpisodeRecorder(run_dir, topics, compress=compress,
                                         extra_metadata={'config_digest': config_digest},
                                         log=self.get_logger().info)
@@ -38,11 +48,17 @@ class RecorderNode(Node):
                 continue
             self.create_subscription(message_class(type_name), topic,
                                      lambda data, topic=topic: self._on_raw(topic, data),
-                                     qos_profile(topic), raw=True)
+                                     self._qos(topic), raw=True)
         self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
                                  qos_profile(Topics.EPISODE_EVENTS))
         self.create_timer(0.1, lambda: self.recorder.poll(self._now_ns()))
         self.get_logger().info(f'episode_recorder up: {len(topics)} topics -> {run_dir}/episodes')
+
+    @staticmethod
+    def _qos(topic: str):
+        if topic == 'tf_static':  # latched by robot_state_publisher
+            return qos_profile(Qos.LATCHED)
+        return qos_profile(TOPIC_QOS.get(topic, Qos.STATE))
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
