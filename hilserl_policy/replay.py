@@ -133,33 +133,38 @@ class ReplayBuffer:
             self._pending_next_features = self.featurizer(self._pending_next[None])[0]
         return self._pending_next_features
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    def sample(self, batch_size: int, rng: np.random.Generator,
+               images: Optional[bool] = None) -> Dict[str, np.ndarray]:
+        """`images`: include pixels (default: only when there are no cached features, since an
+        update then never looks at them)."""
         with self._lock:
             if self.size == 0:
                 raise ValueError('cannot sample from an empty replay buffer')
             idx = rng.integers(0, self.size, size=batch_size)
-            return self._gather(idx)
+            return self._gather(idx, images=self.features is None if images is None else images)
 
-    def _gather(self, idx: np.ndarray) -> Dict[str, np.ndarray]:
+    def _gather(self, idx: np.ndarray, images: bool = True) -> Dict[str, np.ndarray]:
         newest = (self.cursor - 1) % self.capacity
-        next_images = self.images[(idx + 1) % self.capacity]
         stored = self.next_stored[idx]
-        if stored.any():
-            next_images[stored] = self.next_images[idx[stored]]
         is_newest = idx == newest
-        if is_newest.any():
-            next_images[is_newest] = self._pending_next
         extra = {}
+        if images:
+            next_images = self.images[(idx + 1) % self.capacity]
+            if stored.any():
+                next_images[stored] = self.next_images[idx[stored]]
+            if is_newest.any():
+                next_images[is_newest] = self._pending_next
+            extra = {'image': self.images[idx], 'next_image': next_images}
         if self.features is not None:
             next_features = self.features[(idx + 1) % self.capacity]
             if stored.any():
                 next_features[stored] = self.next_features[idx[stored]]
             if is_newest.any():
                 next_features[is_newest] = self._pending_features()
-            extra = {'features': self.features[idx], 'next_features': next_features}
-        return {**extra, 'image': self.images[idx], 'state': self.states[idx],
+            extra.update(features=self.features[idx], next_features=next_features)
+        return {**extra, 'state': self.states[idx],
                 'action': self.actions[idx], 'reward': self.rewards[idx],
-                'next_image': next_images, 'next_state': self.next_states[idx],
+                'next_state': self.next_states[idx],
                 'terminated': self.terminated[idx], 'truncated': self.truncated[idx],
                 'intervention': self.interventions[idx]}
 

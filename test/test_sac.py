@@ -297,7 +297,8 @@ def test_cached_and_direct_paths_give_the_same_loss_and_gradients():
     rng = np.random.default_rng(1)
     for i in range(30):
         buffer.add(transition(rng, terminated=(i % 10 == 9)))
-    batch = agent.to_tensors(buffer.sample(16, np.random.default_rng(2)))
+    assert 'image' not in buffer.sample(4, np.random.default_rng(2))  # pixels not copied
+    batch = agent.to_tensors(buffer.sample(16, np.random.default_rng(2), images=True))
     direct = {k: v for k, v in batch.items() if k not in ('features', 'next_features')}
     results = []
     for b in (batch, direct):
