@@ -10,7 +10,6 @@ from __future__ import annotations
 import array
 import json
 import threading
-import time
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray

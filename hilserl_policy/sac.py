@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 import torch
