@@ -132,6 +132,7 @@ class DriverNode(Node):
         self.create_service(SetBool, 'estop', self._on_estop)
         self._last_ready = None
         self._health = None
+        self._last_tick_s = None
         self.create_timer(1.0 / self.rate_hz, self._tick)
         self.create_timer(health_period_s, self._publish_diagnostics)
         self.marker_pub = self.create_publisher(MarkerArray, Topics.DRIVER_MARKERS,
@@ -210,10 +211,16 @@ class DriverNode(Node):
         return response
 
     def _tick(self):
-        dt = 1.0 / self.rate_hz
+        # Advance by the time that really passed (a late tick on a busy CPU must not slow the
+        # simulated world down against the 10 Hz policy), capped so a stall cannot jump.
+        now_s = self._now_s()
+        nominal = 1.0 / self.rate_hz
+        dt = nominal if self._last_tick_s is None else \
+            min(max(now_s - self._last_tick_s, 0.0), 5 * nominal)
+        self._last_tick_s = now_s
         if self.sim is not None:
             self.sim.step(dt)
-        reading = self.core.tick(self._now_s(), dt)
+        reading = self.core.tick(now_s, dt)
         stamp = self.get_clock().now().to_msg()
         if reading is not None:
             self.joint_pub.publish(arrays_to_joint_state(JOINT_NAMES, reading.position,
