@@ -333,3 +333,21 @@ def test_feature_cache_needs_a_frozen_encoder():
     from hilserl.config import ConfigError
     with pytest.raises(ConfigError, match='freeze_encoder'):
         SACConfig(freeze_encoder=False, feature_cache_shifts=2)
+
+
+def test_learner_resumes_from_its_last_checkpoint(tmp_path):
+    cfg = tiny_config(checkpoint_every_steps=2)
+    learner = Learner(cfg, tmp_path)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        learner.add(transition(rng, intervention=(i % 3 == 0), terminated=(i == 11)))
+    assert learner.ready()
+    for _ in range(3):
+        learner.train_step()  # checkpoint at step 2, then one more step
+    assert (tmp_path / 'metrics.csv').read_text().count('\n') == 4
+    crashed_step = learner.agent.step
+    resumed = Learner(cfg, tmp_path)  # after a crash: the last complete checkpoint
+    assert resumed.resumed_from.name == '000002' and resumed.agent.step == 2 < crashed_step
+    assert len(resumed.online) == 12 and len(resumed.offline) == 4
+    resumed.train_step()
+    assert resumed.agent.step == 3
