@@ -52,7 +52,8 @@ class ActorNode(Node):
         self.output_dir = Path(declare(self, 'output_dir', 'outputs/eval',
                                        'where eval writes eval_summary.json', read_only=True))
         self.reset_settle_s = declare(self, 'reset_settle_s', 0.5, 'wait after a reset before '
-                                      'the episode starts (s)', float_range=(0.0, 10.0),
+                                      'the episode starts (s); on hardware, time for the human '
+                                      'to re-place the cube', float_range=(0.0, 60.0),
                                       read_only=True)
         self.reset_timeout_s = declare(self, 'reset_timeout_s', 15.0, 'give up on a reset after '
                                        'this long and retry (s)', float_range=(1.0, 120.0),
@@ -106,6 +107,9 @@ class ActorNode(Node):
                                  qos_profile(Topics.HUMAN_ACTION))
         self.create_subscription(String, Topics.EPISODE_LABEL, self._on_label,
                                  qos_profile(Topics.EPISODE_LABEL))
+        self.driver_ready = False
+        self.create_subscription(Bool, Topics.DRIVER_READY, self._on_driver_ready,
+                                 qos_profile(Topics.DRIVER_READY))
         success_topic = SUCCESS_TOPICS[success_source]
         self.create_subscription(Bool, success_topic, self._on_success, qos_profile(success_topic))
         if self.mode == 'train':
@@ -170,6 +174,9 @@ class ActorNode(Node):
             self.label = msg.data
         else:
             self._bad('episode label', ValueError(repr(msg.data)))
+
+    def _on_driver_ready(self, msg: Bool):
+        self.driver_ready = bool(msg.data)
 
     def _on_success(self, msg: Bool):
         self.success = bool(msg.data)
@@ -246,7 +253,9 @@ class ActorNode(Node):
                 self._set_phase('need_reset')
             return
         if self.phase == 'settling':
-            if time.monotonic() - self.phase_since < self.reset_settle_s:
+            # on hardware the arm drives home after the reset call returns: wait for `ready`
+            if time.monotonic() - self.phase_since < self.reset_settle_s or \
+                    not self.driver_ready:
                 return
             self.assembler.reset()
             self.label = None
