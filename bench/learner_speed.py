@@ -100,8 +100,9 @@ def main():
                         help='feature_cache_shifts for the frozen ResNet-10')
     parser.add_argument('--transitions', type=int, default=5000, help='per buffer')
     parser.add_argument('--threads', type=int, default=2, help='torch threads (learner)')
-    parser.add_argument('--actor-threads', type=int, default=1,
-                        help='torch threads while timing the actor (the actor node uses 1)')
+    parser.add_argument('--actor-threads', type=int, default=2,
+                        help='torch threads while timing the actor (as the anchor; the actor '
+                             'node uses 1 beside a learner)')
     parser.add_argument('--actor-iterations', type=int, default=300)
     parser.add_argument('--encoders', default='resnet10,small_conv')
     parser.add_argument('--encoder', help=argparse.SUPPRESS)
@@ -111,8 +112,10 @@ def main():
         return
     rows = []
     for encoder in args.encoders.split(','):
-        cmd = [sys.executable, __file__, '--encoder', encoder] + [
-            a for a in sys.argv[1:] if not a.startswith('--encoders')]
+        cmd = [sys.executable, __file__, '--encoder', encoder]
+        for name in ('device', 'steps', 'cache_shifts', 'transitions', 'threads',
+                     'actor_threads', 'actor_iterations'):
+            cmd += ['--' + name.replace('_', '-'), str(getattr(args, name))]
         print(f'# running {encoder} ...', file=sys.stderr, flush=True)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                              env={**os.environ, 'OMP_NUM_THREADS': str(args.threads)})

@@ -98,7 +98,8 @@ class ReplayBuffer:
             features = self.featurizer(t.image[None])[0]
             if self.features is None:
                 self.features = np.zeros((self.capacity, *features.shape), np.float16)
-                self.next_features = np.zeros_like(self.features)
+                # np.zeros (calloc): untouched pages cost no memory; zeros_like would write them
+                self.next_features = np.zeros(self.features.shape, np.float16)
         with self._lock:
             newest = (self.cursor - 1) % self.capacity
             if self._pending_next is not None:
