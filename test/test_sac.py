@@ -351,3 +351,14 @@ def test_learner_resumes_from_its_last_checkpoint(tmp_path):
     assert len(resumed.online) == 12 and len(resumed.offline) == 4
     resumed.train_step()
     assert resumed.agent.step == 3
+
+
+def test_actor_log_prob_matches_torch_distributions():
+    agent = make_agent()
+    emb = torch.randn(64, agent.encoder.out_dim)
+    torch.manual_seed(3)
+    action, log_prob = agent.actor.sample(emb)
+    dist = agent.actor.distribution(emb)
+    raw = torch.atanh(action.clamp(-1 + 1e-6, 1 - 1e-6))
+    expected = (dist.log_prob(raw) - torch.log(1 - action.pow(2) + 1e-12)).sum(-1)
+    torch.testing.assert_close(log_prob, expected, rtol=1e-3, atol=1e-2)
