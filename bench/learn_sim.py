@@ -89,6 +89,24 @@ def plot(rows, path):
     cv2.imwrite(str(path), img)
 
 
+def evaluate_checkpoint(path, episodes: int, seed: int) -> None:
+    """Deterministic policy, no human, fresh seeds: success rate of a saved checkpoint."""
+    from hilserl_policy.checkpoint import load_pretrained
+    agent, cfg = load_pretrained(path)
+
+    class Holder:  # run_episode reads learner.agent
+        pass
+    holder = Holder()
+    holder.agent = agent
+    env = SimEnv(cfg, render=True, seed=seed)
+    results = [run_episode(env, holder, ScriptedExpert(), deterministic=True, add=False)
+               for _ in range(episodes)]
+    successes = sum(r[0] for r in results)
+    print(json.dumps({'checkpoint': str(path), 'episodes': episodes, 'successes': successes,
+                      'success_rate': successes / episodes,
+                      'mean_steps': float(np.mean([r[1] for r in results]))}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,8 +120,13 @@ def main():
     parser.add_argument('--eval-episodes', type=int, default=10)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--evaluate', metavar='CHECKPOINT', default=None,
+                        help='only evaluate this checkpoint for --eval-episodes episodes')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.evaluate:
+        evaluate_checkpoint(args.evaluate, args.eval_episodes, args.seed + 20_000)
+        return
     cfg = load_train_config(args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
