@@ -16,8 +16,9 @@ setup:
 test: setup
 	$(PY) -m pytest -q test
 
+# The simulated main job uses the configuration that learned the task on a CPU (README).
 train: setup
-	$(VENV)/bin/hilserl train
+	$(VENV)/bin/hilserl train --config config/sim_learn_conv.yaml
 
 eval: setup
 	$(VENV)/bin/hilserl eval --checkpoint $(CHECKPOINT)
