@@ -1,11 +1,15 @@
 """Episode recording without ROS: one bag per episode, opened on the actor's `start` event and
 closed (with episode.json) shortly after its `end` event, so late messages of the episode land.
 
-Messages between episodes (resets) are not recorded. Ctrl-C closes the open bag cleanly.
+Messages between episodes (resets) are not recorded, except a short pre-roll: messages that
+arrived up to `preroll_ns` before the `start` event are written when it comes, because topics
+are delivered independently and an episode's first messages may be handled before its `start`.
+Ctrl-C closes the open bag cleanly.
 """
 from __future__ import annotations
 
 import json
+from collections import deque
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -15,12 +19,15 @@ from hilserl.conventions import Topics
 
 class EpisodeRecorder:
     def __init__(self, run_dir, topics: Optional[Dict[str, str]] = None,
-                 close_delay_ns: int = 500_000_000, compress: bool = True,
+                 close_delay_ns: int = 500_000_000, preroll_ns: int = 300_000_000,
+                 compress: bool = True,
                  extra_metadata: Optional[dict] = None,
                  log: Callable[[str], None] = lambda text: None):
         self.root = Path(run_dir) / 'episodes'
         self.topics = dict(EPISODE_TOPICS if topics is None else topics)
         self.close_delay_ns = close_delay_ns
+        self.preroll_ns = preroll_ns
+        self._preroll = deque()   # (topic, data, stamp_ns) received while no bag is open
         self.compress = compress
         self.extra = dict(extra_metadata or {})
         self.log = log
@@ -50,6 +57,10 @@ class EpisodeRecorder:
             self.writer = EpisodeWriter(self._episode_dir(int(event.get('episode', 0))),
                                         self.topics, compress=self.compress)
             self.log(f'recording {self.writer.dir}')
+            for topic, data, stamp in self._preroll:
+                if stamp >= now_ns - self.preroll_ns:
+                    self.writer.write_cdr(topic, data, stamp)
+            self._preroll.clear()
         if self.writer is not None:
             self.on_message(Topics.EPISODE_EVENTS, text, now_ns, serialized=False)
         if kind == 'end' and self.writer is not None:
@@ -58,7 +69,13 @@ class EpisodeRecorder:
 
     def on_message(self, topic: str, data, stamp_ns: int, serialized: bool = True) -> None:
         if self.writer is None:
-            self.dropped += 1
+            if serialized:
+                self._preroll.append((topic, bytes(data), stamp_ns))
+                while self._preroll and self._preroll[0][2] < stamp_ns - self.preroll_ns:
+                    self._preroll.popleft()
+                    self.dropped += 1
+            else:
+                self.dropped += 1
             return
         if serialized:
             self.writer.write_cdr(topic, data, stamp_ns)

@@ -43,14 +43,16 @@ class RecorderNode(Node):
         self.recorder = EpisodeRecorder(run_dir, topics, compress=compress,
                                         extra_metadata={'config_digest': config_digest},
                                         log=self.get_logger().info)
+        # events first: when an episode's start and its first messages are ready together, the
+        # executor serves subscriptions in creation order
+        self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
+                                 qos_profile(Topics.EPISODE_EVENTS))
         for topic, type_name in topics.items():
             if topic == Topics.EPISODE_EVENTS:
                 continue
             self.create_subscription(message_class(type_name), topic,
                                      lambda data, topic=topic: self._on_raw(topic, data),
                                      self._qos(topic), raw=True)
-        self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
-                                 qos_profile(Topics.EPISODE_EVENTS))
         self.create_timer(0.1, lambda: self.recorder.poll(self._now_ns()))
         self.get_logger().info(f'episode_recorder up: {len(topics)} topics -> {run_dir}/episodes')
 

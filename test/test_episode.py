@@ -87,20 +87,27 @@ def test_recorder_keeps_episodes_and_an_interrupted_bag_is_readable(tmp_path):
     recorder = EpisodeRecorder(tmp_path, close_delay_ns=100)
     cdr = lambda msg, t: store.serialize_cdr(msg, t)  # noqa: E731
     recorder.on_message(Topics.REWARD, cdr(factory.float32(1.0), 'std_msgs/msg/Float32'), 1)
-    assert recorder.dropped == 1  # outside an episode
-    recorder.on_event(json.dumps({'event': 'start', 'episode': 0}), 10)
-    recorder.on_message(Topics.REWARD, cdr(factory.float32(-0.05), 'std_msgs/msg/Float32'), 20)
+    recorder.on_message(Topics.REWARD, cdr(factory.float32(2.0), 'std_msgs/msg/Float32'),
+                        10 ** 9)
+    assert recorder.dropped == 1  # outside an episode and older than the pre-roll
+    # an episode's first message handled just before its start event is kept (pre-roll)
+    recorder.on_message(Topics.REWARD, cdr(factory.float32(-0.05), 'std_msgs/msg/Float32'),
+                        2 * 10 ** 9)
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0}), 2 * 10 ** 9 + 10)
+    recorder.on_message(Topics.REWARD, cdr(factory.float32(-0.05), 'std_msgs/msg/Float32'),
+                        2 * 10 ** 9 + 20)
     recorder.on_event(json.dumps({'event': 'end', 'episode': 0, 'success': True,
-                                  'outcome': 'success'}), 30)
-    recorder.poll(200)
-    recorder.on_event(json.dumps({'event': 'start', 'episode': 1}), 300)
-    recorder.on_message(Topics.REWARD, cdr(factory.float32(-0.05), 'std_msgs/msg/Float32'), 310)
+                                  'outcome': 'success'}), 2 * 10 ** 9 + 30)
+    recorder.poll(3 * 10 ** 9)
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 1}), 4 * 10 ** 9)
+    recorder.on_message(Topics.REWARD, cdr(factory.float32(-0.05), 'std_msgs/msg/Float32'),
+                        4 * 10 ** 9 + 10)
     recorder.finish()  # Ctrl-C mid-episode
     first = read_episode(tmp_path / 'episodes' / 'episode_000000')
-    assert first.metadata['outcome'] == 'success' and len(first.messages[Topics.REWARD]) == 1
+    assert first.metadata['outcome'] == 'success' and len(first.messages[Topics.REWARD]) == 2
     second = read_episode(tmp_path / 'episodes' / 'episode_000001')
     assert second.metadata['outcome'] == 'interrupted'
     assert len(second.messages[Topics.REWARD]) == 1
-    recorder.on_event(json.dumps({'event': 'start', 'episode': 0}), 400)  # resumed run
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0}), 5 * 10 ** 9)  # resumed run
     assert recorder.writer.dir.name == 'episode_000000_1'
     recorder.finish()
