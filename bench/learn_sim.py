@@ -14,6 +14,7 @@ import csv
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import common  # noqa: F401
 import cv2
@@ -94,13 +95,9 @@ def evaluate_checkpoint(path, episodes: int, seed: int) -> None:
     """Deterministic policy, no human, fresh seeds: success rate of a saved checkpoint."""
     from hilserl_policy.checkpoint import load_pretrained
     agent, cfg = load_pretrained(path)
-
-    class Holder:  # run_episode reads learner.agent
-        pass
-    holder = Holder()
-    holder.agent = agent
     env = SimEnv(cfg, render=True, seed=seed)
-    results = [run_episode(env, holder, ScriptedExpert(), deterministic=True, add=False)
+    acting_only = SimpleNamespace(agent=agent)  # run_episode reads learner.agent only
+    results = [run_episode(env, acting_only, ScriptedExpert(), deterministic=True, add=False)
                for _ in range(episodes)]
     successes = sum(r[0] for r in results)
     print(json.dumps({'checkpoint': str(path), 'episodes': episodes, 'successes': successes,

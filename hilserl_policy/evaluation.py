@@ -1,10 +1,10 @@
 """Evaluation bookkeeping: the seed's per-episode table and a JSON summary."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import List, Optional
+
+from hilserl.bags import write_json_atomic
 
 
 class EvalRecorder:
@@ -40,7 +40,5 @@ class EvalRecorder:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         path = output_dir / 'eval_summary.json'
-        tmp = path.with_name(path.name + '.tmp')
-        tmp.write_text(json.dumps({**self.summary(), **(extra or {})}, indent=2))
-        os.replace(tmp, path)
+        write_json_atomic(path, {**self.summary(), **(extra or {})})
         return path
