@@ -23,6 +23,8 @@ from pathlib import Path
 from hilserl.config import ConfigError, load_train_config
 
 _EPISODE_END = re.compile(r'episode (\d+) ended')
+_BAG_CLOSE_WAIT_S = 15.0
+_BAG_CLOSED = re.compile(r'episode bag closed: .*episode_(\d+) ')
 
 
 def _cmd_config(args) -> int:
@@ -90,13 +92,14 @@ def _run_graph(args, mode: str) -> int:
         print('hilserl: rviz needs a ROS 2 distro (ros2 launch hilserl ...); ignored here',
               file=sys.stderr)
     nodes = build_graph(graph_args, cfg)
-    episodes_seen = set()
+    episodes_ended, bags_closed = set(), set()
 
     def output(line: str) -> None:
         print(line, flush=True)
-        match = _EPISODE_END.search(line)
-        if match:
-            episodes_seen.add(int(match.group(1)))
+        for pattern, seen in ((_EPISODE_END, episodes_ended), (_BAG_CLOSED, bags_closed)):
+            match = pattern.search(line)
+            if match:
+                seen.add(int(match.group(1)))
 
     graph = ProcessGraph(nodes, run_dir / 'params' / mode, graph_args.namespace, output=output,
                          domain_id=args.domain_id)
@@ -106,6 +109,10 @@ def _run_graph(args, mode: str) -> int:
     graph.start()
     timeout = args.max_minutes * 60 if args.max_minutes else None
     reason = graph.wait(lambda g: 'sac_actor' in g.exited(), timeout)
+    if reason == 'done' and graph_args.record:
+        # The actor's last `end` event may still be in flight to the recorder: let it close
+        # that bag with its outcome rather than as `interrupted`.
+        graph.wait(lambda g: len(bags_closed) >= len(episodes_ended), _BAG_CLOSE_WAIT_S)
     codes = graph.stop()
     print(f'hilserl {mode}: stopped ({reason}) after {time.monotonic() - started:.0f} s; '
           f'exit codes {codes}', flush=True)
