@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import warnings
 from typing import Callable, Dict, Tuple
 
 import numpy as np
@@ -76,6 +77,8 @@ class SAC(nn.Module):
         # the feature cache is filled from another thread than the update: its own generator
         self.cache_generator = torch.Generator().manual_seed(seed + 1)
         self.rng = np.random.default_rng(seed)
+        self.act_rng = np.random.default_rng(seed + 2)  # acting noise, apart from the updates
+        self._acting_programs: Dict[tuple, nn.Module] = {}
         self.step = 0  # optimisation steps (one actor update each)
 
     @property
@@ -85,18 +88,65 @@ class SAC(nn.Module):
     # --- acting -------------------------------------------------------------------------------
     @torch.inference_mode()
     def act(self, image: np.ndarray, state: np.ndarray, deterministic: bool) -> np.ndarray:
-        """One observation ((C, H, W) uint8, (D,) float32) -> action (A,) float32 in [-1, 1]."""
+        """One observation ((C, H, W) uint8, (D,) float32) -> action (A,) float32 in [-1, 1].
+
+        Runs a traced graph of backbone -> encoder -> actor head (see `acting_program`): at
+        batch 1 the per-module Python overhead is most of the cost. Sampling happens in numpy
+        on the few outputs, for the same reason."""
         images = torch.as_tensor(image, device=self.device).unsqueeze(0)
         states = torch.as_tensor(state, dtype=torch.float32, device=self.device).unsqueeze(0)
-        emb = self.encoder(self.backbone(images), states)
-        if deterministic:
-            action = self.actor.deterministic(emb)
-        else:
-            action, _ = self.actor.sample(emb)
+        mean, log_std, grasp_q = (t[0].float().cpu().numpy()
+                                  for t in self.acting_program(images, states)(images, states))
+        raw = mean if deterministic else (
+            mean + self.act_rng.standard_normal(mean.shape) * np.exp(log_std))
+        action = np.tanh(raw).astype(np.float32)
         if self.discrete_gripper:
-            index = self.grasp_critic(emb).argmax(-1)
-            action = torch.cat([action, GraspCritic.to_value(index).unsqueeze(-1)], dim=-1)
-        return action[0].float().cpu().numpy()
+            value = GraspCritic.to_value(torch.tensor(int(grasp_q.argmax()))).item()
+            action = np.append(action, np.float32(value))
+        return action
+
+    def acting_program(self, images: torch.Tensor, states: torch.Tensor
+                       ) -> Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, ...]]:
+        """The acting graph for these input shapes, traced once: (images, states) -> (mean,
+        log_std, grasp Q). The traced heads (and a trained backbone) share parameters and
+        buffers with this module, so weights loaded in place (`load_policy_state`, an optimiser
+        step) are used at once; a frozen backbone is also frozen into constants (BatchNorm
+        folded into the convolutions) and rebuilt when its weights are replaced."""
+        key = (tuple(images.shape), tuple(states.shape))
+        program = self._acting_programs.get(key)
+        if program is None:
+            try:
+                backbone, heads = self._trace_acting_program(images, states)
+            except Exception as error:  # e.g. a torch without TorchScript: same maths, slower
+                warnings.warn(f'acting graph not traced ({error}); acting module by module')
+                backbone = self.backbone
+                heads = _ActingHeads(self.encoder, self.actor, self.grasp_critic)
+            program = lambda x, s: heads(backbone(x), s)  # noqa: E731
+            self._acting_programs[key] = program
+        return program
+
+    def _trace_acting_program(self, images: torch.Tensor, states: torch.Tensor):
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()  # acting uses BatchNorm running statistics, even for a trained backbone
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                # torch 2.13 marks TorchScript deprecated; it is still the cheapest way to run
+                # a small graph at batch 1 (torch.compile costs a long compile per weight set)
+                warnings.simplefilter('ignore', torch.jit.TracerWarning)
+                warnings.simplefilter('ignore', DeprecationWarning)
+                backbone = torch.jit.trace(self.backbone, images, check_trace=False)
+                if self.cfg.freeze_encoder:
+                    backbone = torch.jit.freeze(backbone)
+                heads = _ActingHeads(self.encoder, self.actor, self.grasp_critic)
+                heads = torch.jit.trace(heads, (self.backbone(images), states), check_trace=False)
+                return backbone, heads
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._acting_programs.clear()  # a frozen backbone's constants may be replaced
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- losses -------------------------------------------------------------------------------
     def critic_loss(self, emb, next_emb, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -254,6 +304,8 @@ class SAC(nn.Module):
             grouped.setdefault(name, {})[rest] = value
         for name, part in grouped.items():
             modules[name].load_state_dict(part)
+        if 'backbone' in grouped:
+            self._acting_programs.clear()
 
     def backbone_digest(self) -> str:
         if self.cfg.freeze_encoder and getattr(self, '_frozen_digest', None):
@@ -266,6 +318,20 @@ class SAC(nn.Module):
         if self.cfg.freeze_encoder:
             self._frozen_digest = digest  # frozen weights never change: hash once
         return digest
+
+
+class _ActingHeads(nn.Module):
+    """Feature maps + state -> (mean, log_std, grasp Q): the traceable acting head."""
+
+    def __init__(self, encoder: nn.Module, actor: TanhGaussianActor, grasp_critic):
+        super().__init__()
+        self.encoder, self.actor, self.grasp_critic = encoder, actor, grasp_critic
+
+    def forward(self, fmaps: torch.Tensor, states: torch.Tensor):
+        emb = self.encoder(fmaps, states)
+        mean, log_std = self.actor.mean_log_std(emb)
+        grasp_q = self.grasp_critic(emb) if self.grasp_critic is not None else mean[:, :0]
+        return mean, log_std, grasp_q
 
 
 @torch.no_grad()

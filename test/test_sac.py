@@ -362,3 +362,40 @@ def test_actor_log_prob_matches_torch_distributions():
     raw = torch.atanh(action.clamp(-1 + 1e-6, 1 - 1e-6))
     expected = (dist.log_prob(raw) - torch.log(1 - action.pow(2) + 1e-12)).sum(-1)
     torch.testing.assert_close(log_prob, expected, rtol=1e-3, atol=1e-2)
+
+
+def module_path_action(agent, image, state):
+    """The straightforward acting path, module by module, in eval mode."""
+    agent.eval()
+    with torch.no_grad():
+        emb = agent.encoder(agent.backbone(torch.as_tensor(image).unsqueeze(0)),
+                            torch.as_tensor(state).unsqueeze(0))
+        action = agent.actor.deterministic(emb)[0].numpy()
+    agent.train()
+    return action
+
+
+@pytest.mark.parametrize('encoder,frozen', [('small_conv', False), ('resnet10', False),
+                                            ('resnet10', True)])
+def test_traced_acting_path_equals_the_module_path_after_weight_loads(encoder, frozen):
+    agent = make_agent(encoder=encoder, freeze_encoder=frozen)
+    donor = build_agent(dataclasses.replace(tiny_config(encoder=encoder, freeze_encoder=frozen),
+                                            seed=11))
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (3, *HW), dtype=np.uint8)
+    state = rng.normal(size=18).astype(np.float32)
+    first = agent.act(image, state, True)  # traces the acting program
+    np.testing.assert_allclose(first, module_path_action(agent, image, state), atol=1e-5)
+    # weights pushed by the learner are loaded in place: the traced program must follow them
+    agent.load_policy_state(donor.policy_state())
+    if not frozen:  # a trained backbone's BatchNorm statistics change in place too
+        with torch.no_grad():
+            agent.backbone.net.apply(lambda m: m.running_mean.add_(0.3)
+                                     if isinstance(m, torch.nn.BatchNorm2d) else None)
+    after = agent.act(image, state, True)
+    np.testing.assert_allclose(after, module_path_action(agent, image, state), atol=1e-5)
+    assert not np.allclose(first, after)
+    # a whole checkpoint load (a frozen backbone included) is followed as well
+    agent.load_state_dict(donor.state_dict())
+    np.testing.assert_allclose(agent.act(image, state, True),
+                               module_path_action(agent, image, state), atol=1e-5)
