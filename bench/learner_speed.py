@@ -6,6 +6,7 @@ buffer. One optimisation step = 20 critic updates + actor + temperature.
 Each encoder runs in its own process so peak RSS is its own. Prints one table.
 
   python bench/learner_speed.py [--device auto|cpu|cuda] [--steps 3] [--cache-shifts 2]
+                                [--replay-images file|memory]
 """
 import argparse
 import json
@@ -13,6 +14,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import common  # noqa: F401
@@ -52,13 +54,18 @@ def child(args) -> dict:
                     feature_cache_shifts=args.cache_shifts if frozen else 0,
                     batch_size=256, utd_ratio=20, device=args.device,
                     online_buffer_capacity=args.transitions,
+                    replay_image_storage=args.replay_images,
                     offline_buffer_capacity=args.transitions)
     agent = build_agent(TrainConfig(sac=sac))
     featurizer = agent.featurize if sac.feature_cache_shifts else None
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    online = ReplayBuffer(args.transitions, (3, 128, 128), 18, 4, featurizer)
-    offline = ReplayBuffer(args.transitions, (3, 128, 128), 18, 4, featurizer)
+    image_dir = None
+    if args.replay_images == 'file':  # as the learner (sac.replay_image_storage: file)
+        scratch = tempfile.TemporaryDirectory(prefix='learner_speed_')  # removed at exit
+        image_dir = scratch.name
+    online = ReplayBuffer(args.transitions, (3, 128, 128), 18, 4, featurizer, image_dir)
+    offline = ReplayBuffer(args.transitions, (3, 128, 128), 18, 4, featurizer, image_dir)
     fill(online, args.transitions, rng)
     fill(offline, args.transitions, rng)
     fill_s = time.perf_counter() - started
@@ -88,7 +95,7 @@ def child(args) -> dict:
             'actor_p50_ms': float(np.percentile(latencies, 50) * 1e3),
             'actor_p99_ms': float(np.percentile(latencies, 99) * 1e3),
             'rss_gib': rss_gib, 'fill_s': fill_s, 'device': str(agent.device),
-            'cache_shifts': sac.feature_cache_shifts}
+            'cache_shifts': sac.feature_cache_shifts, 'replay_images': args.replay_images}
 
 
 def main():
@@ -104,6 +111,9 @@ def main():
                         help='torch threads while timing the actor (as the anchor; the actor '
                              'node uses 1 beside a learner)')
     parser.add_argument('--actor-iterations', type=int, default=300)
+    parser.add_argument('--replay-images', choices=('file', 'memory'), default='file',
+                        help="replay image storage (sac.replay_image_storage): 'file' keeps "
+                             'the pixels in the page cache, outside the learner process')
     parser.add_argument('--encoders', default='resnet10,small_conv')
     parser.add_argument('--encoder', help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -114,7 +124,7 @@ def main():
     for encoder in args.encoders.split(','):
         cmd = [sys.executable, __file__, '--encoder', encoder]
         for name in ('device', 'steps', 'cache_shifts', 'transitions', 'threads',
-                     'actor_threads', 'actor_iterations'):
+                     'actor_threads', 'actor_iterations', 'replay_images'):
             cmd += ['--' + name.replace('_', '-'), str(getattr(args, name))]
         print(f'# running {encoder} ...', file=sys.stderr, flush=True)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True,
@@ -122,7 +132,7 @@ def main():
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f'learner/actor speed, {rows[0]["device"]}, torch threads {args.threads} (actor '
           f'{args.actor_threads}), {args.transitions} transitions per buffer, median of '
-          f'{args.steps} steps')
+          f'{args.steps} steps, replay images in {args.replay_images}')
     header = (f'| {"encoder":<34} | {"s / optimisation step":>22} | {"critic updates/s":>17} | '
               f'{"actor p50 / p99 ms":>19} | {"peak RSS GiB":>13} |')
     print(header)

@@ -214,6 +214,10 @@ class SACConfig:
     pretrained_encoder_path: Optional[str] = None
     online_buffer_capacity: int = 200_000
     offline_buffer_capacity: int = 5_000
+    # Where the learner's replay images live: 'file' (an unnamed temporary file in the run
+    # directory, read back with pread: the OS page cache holds the pixels, not the learner
+    # process; freed at exit, even after a crash) or 'memory' (numpy arrays in the process).
+    replay_image_storage: str = 'file'
     learning_starts: int = 100
     weight_push_period_s: float = 2.0
     checkpoint_every_steps: int = 500
@@ -258,6 +262,8 @@ class SACConfig:
         _require(self.feature_cache_shifts == 0 or self.freeze_encoder,
                  'sac.feature_cache_shifts', self.feature_cache_shifts,
                  'needs freeze_encoder: true (a trained encoder changes its features)')
+        _require(self.replay_image_storage in ('file', 'memory'), 'sac.replay_image_storage',
+                 self.replay_image_storage, "must be 'file' or 'memory'")
         for name in ('online_buffer_capacity', 'offline_buffer_capacity'):
             _require(getattr(self, name) >= 1, f'sac.{name}', getattr(self, name),
                      'must be >= 1')

@@ -100,9 +100,10 @@ def _without_pretrained_path(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, pretrained_encoder_path=None))
 
 
-def resume(checkpoint_dir, device: Optional[str] = None
+def resume(checkpoint_dir, device: Optional[str] = None, image_dir=None
            ) -> Tuple[SAC, TrainConfig, Optional[ReplayBuffer], Optional[ReplayBuffer], dict]:
-    """Restore agent, optimisers, RNG and buffers: training continues where it stopped."""
+    """Restore agent, optimisers, RNG and buffers: training continues where it stopped.
+    `image_dir`: keep the buffers' images in a file there (see replay.ImageStore)."""
     checkpoint_dir = Path(checkpoint_dir)
     agent, cfg = load_pretrained(checkpoint_dir / 'pretrained_model', device)
     state_dir = checkpoint_dir / 'training_state'
@@ -120,6 +121,6 @@ def resume(checkpoint_dir, device: Optional[str] = None
                            ('offline', cfg.sac.offline_buffer_capacity)):
         path = state_dir / f'{name}_buffer.npz'
         featurizer = agent.featurize if cfg.sac.feature_cache_shifts else None
-        buffers.append(ReplayBuffer.load(path, capacity, featurizer) if path.is_file()
-                       else None)
+        buffers.append(ReplayBuffer.load(path, capacity, featurizer, image_dir)
+                       if path.is_file() else None)
     return agent, cfg, buffers[0], buffers[1], state

@@ -56,17 +56,19 @@ class Learner:
         self.offline: Optional[ReplayBuffer] = None
         self.resumed_from = None
         checkpoint = latest_checkpoint(self.run_dir) if resume_from_latest else None
+        image_dir = (self.run_dir / 'replay' if cfg.sac.replay_image_storage == 'file'
+                     else None)
         if checkpoint is not None:
-            self.agent, _, self.online, self.offline, _ = resume(checkpoint, device)
+            self.agent, _, self.online, self.offline, _ = resume(checkpoint, device, image_dir)
             self.resumed_from = checkpoint
         else:
             self.agent = build_agent(cfg, image_hw, device)
         s, a = cfg.observation.state_dim, cfg.action.dim
         featurizer = self.agent.featurize if cfg.sac.feature_cache_shifts else None
         self.online = self.online or ReplayBuffer(cfg.sac.online_buffer_capacity, image_shape,
-                                                  s, a, featurizer)
+                                                  s, a, featurizer, image_dir)
         self.offline = self.offline or ReplayBuffer(cfg.sac.offline_buffer_capacity,
-                                                    image_shape, s, a, featurizer)
+                                                    image_shape, s, a, featurizer, image_dir)
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.metrics_log = MetricsLog(self.run_dir / 'metrics.csv')
         self.lock = threading.Lock()  # agent parameters: update vs. weight export/checkpoint

@@ -3,12 +3,14 @@
 Memory: each transition costs one uint8 image (3 * n_obs_steps * H * W bytes; 49,152 B at
 128x128, n_obs_steps 1) plus 2 * state_dim * 4 + action_dim * 4 + 8 bytes. The next image is
 not stored twice: inside an episode it is the next slot's image (the actor streams transitions
-in order); only where the stream breaks (episode end, a gap) is it kept separately, in an array
-whose untouched pages cost no memory. `RLPD` mixes the online and offline buffers 50/50.
+in order); only where the stream breaks (episode end, a gap) is it kept separately, in storage
+whose untouched pages cost nothing. Images live in process memory or, given `image_dir`, in an
+unnamed temporary file there (`ImageStore`). `RLPD` mixes the online and offline buffers 50/50.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,21 +54,73 @@ class Transition:
             raise ValueError(f'action {self.action} leaves [-1, 1]')
 
 
+class ImageStore:
+    """A fixed number of same-shaped uint8 images, indexed like an array (`store[i] = image`,
+    `store[index_array]`). In memory by default; given `directory`, in an unnamed temporary
+    file there, written with pwrite and read with preadv: the pixels then sit in the OS page
+    cache rather than in this process, and the file vanishes when the process ends, crash or
+    not. Unwritten slots cost nothing either way (calloc pages / a sparse file)."""
+
+    def __init__(self, capacity: int, shape, directory=None):
+        self.capacity, self.shape = int(capacity), tuple(shape)
+        self.item_bytes = int(np.prod(self.shape))
+        self._array: Optional[np.ndarray] = None
+        self._file = None
+        if directory is None:
+            self._array = np.zeros((self.capacity, *self.shape), np.uint8)
+        else:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            self._file = tempfile.TemporaryFile(dir=directory, prefix='replay_images_')
+            os.ftruncate(self._file.fileno(), self.capacity * self.item_bytes)
+
+    @property
+    def on_disk(self) -> bool:
+        return self._file is not None
+
+    def __setitem__(self, index: int, image: np.ndarray) -> None:
+        if self._array is not None:
+            self._array[index] = image
+            return
+        data = np.ascontiguousarray(image, np.uint8)
+        assert data.shape == self.shape, data.shape
+        os.pwrite(self._file.fileno(), data, int(index) * self.item_bytes)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if self._array is not None:
+            return self._array[index]
+        if np.ndim(index) == 0:
+            return self[np.asarray([index])][0]
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        out = np.empty((len(index), *self.shape), np.uint8)
+        fd = self._file.fileno()
+        for row, i in enumerate(index.tolist()):
+            if os.preadv(fd, [out[row]], i * self.item_bytes) != self.item_bytes:
+                raise IOError(f'replay image {i}: short read from the image file')
+        return out
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 class ReplayBuffer:
     """`featurizer` (optional): uint8 images (N, C, H, W) -> float16 features (N, K, ...); when
     given, every stored image (and every separately kept next image) gets its features once,
     and samples carry `features` / `next_features` instead of needing the encoder."""
 
     def __init__(self, capacity: int, image_shape, state_dim: int, action_dim: int,
-                 featurizer: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+                 featurizer: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                 image_dir=None):
         if capacity < 1:
             raise ValueError(f'capacity={capacity}: must be >= 1')
         self.capacity = int(capacity)
         self.image_shape = tuple(image_shape)
         self.state_dim, self.action_dim = state_dim, action_dim
         c = self.capacity
-        self.images = np.zeros((c, *self.image_shape), np.uint8)
-        self.next_images = np.zeros((c, *self.image_shape), np.uint8)  # only at stream breaks
+        self.images = ImageStore(c, self.image_shape, image_dir)
+        self.next_images = ImageStore(c, self.image_shape, image_dir)  # only at stream breaks
         self.next_stored = np.zeros(c, bool)
         self.states = np.zeros((c, state_dim), np.float32)
         self.next_states = np.zeros((c, state_dim), np.float32)
@@ -186,7 +240,8 @@ class ReplayBuffer:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path, capacity: Optional[int] = None, featurizer=None) -> 'ReplayBuffer':
+    def load(cls, path, capacity: Optional[int] = None, featurizer=None, image_dir=None
+             ) -> 'ReplayBuffer':
         """Features are not saved: a featurizer recomputes them while loading."""
         path = Path(path)
         if not path.is_file():
@@ -194,7 +249,8 @@ class ReplayBuffer:
         with np.load(path) as data:
             images = data['image']
             buffer = cls(int(capacity or data['capacity']), images.shape[1:],
-                         data['state'].shape[1], data['action'].shape[1], featurizer)
+                         data['state'].shape[1], data['action'].shape[1], featurizer,
+                         image_dir)
             for i in range(len(images)):
                 buffer.add(Transition(images[i], data['state'][i], data['action'][i],
                                       float(data['reward'][i]), data['next_image'][i],

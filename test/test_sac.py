@@ -177,9 +177,11 @@ def test_interventions_land_in_both_buffers(tmp_path):
     assert not learner.add(bad) and learner.rejected == 1
 
 
-def test_next_image_is_stored_once_inside_an_episode_and_kept_at_breaks():
+@pytest.mark.parametrize('on_disk', [False, True])
+def test_next_image_is_stored_once_inside_an_episode_and_kept_at_breaks(on_disk, tmp_path):
     rng = np.random.default_rng(0)
-    buffer = ReplayBuffer(8, (3, *HW), 18, 4)
+    buffer = ReplayBuffer(8, (3, *HW), 18, 4, image_dir=tmp_path if on_disk else None)
+    assert buffer.images.on_disk == on_disk
     frames = [rng.integers(0, 256, (3, *HW), dtype=np.uint8) for _ in range(12)]
     expected_next = []
     for i in range(11):
@@ -199,9 +201,19 @@ def test_buffer_save_load_round_trip(tmp_path):
     buffer, _ = filled_buffer(20)
     buffer.save(tmp_path / 'b.npz')
     loaded = ReplayBuffer.load(tmp_path / 'b.npz')
-    a, b = buffer.all(), loaded.all()
+    on_disk = ReplayBuffer.load(tmp_path / 'b.npz', image_dir=tmp_path / 'images')
+    assert on_disk.images.on_disk and not loaded.images.on_disk
+    a, b, c = buffer.all(), loaded.all(), on_disk.all()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_array_equal(a[key], c[key])
+    # the image file is unnamed: nothing is left behind in the directory
+    assert list((tmp_path / 'images').iterdir()) == []
+    rng = np.random.default_rng(5)
+    index = rng.integers(0, 20, 50)
+    np.testing.assert_array_equal(on_disk.sample(50, np.random.default_rng(5))['image'],
+                                  loaded.sample(50, np.random.default_rng(5))['image'])
+    assert on_disk.images[index].shape == (50, 3, *HW)
     with pytest.raises(FileNotFoundError):
         ReplayBuffer.load(tmp_path / 'missing.npz')
 
