@@ -46,6 +46,8 @@ def fill(buffer, n, rng, episode_steps=100):
 def child(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
+    from hilserl.allocator import retain_freed_memory
+    retain_freed_memory()  # as the Learner does
     from hilserl.config import SACConfig, TrainConfig
     from hilserl_policy.checkpoint import build_agent
     from hilserl_policy.replay import ReplayBuffer, sample_mixed

@@ -12,6 +12,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from hilserl.allocator import retain_freed_memory
 from hilserl.config import TrainConfig
 from hilserl_policy.checkpoint import build_agent, latest_checkpoint, resume, save_checkpoint
 from hilserl_policy.replay import ReplayBuffer, Transition, sample_mixed
@@ -50,6 +51,7 @@ class Learner:
                  device: Optional[str] = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        retain_freed_memory()  # batch tensors reuse freed memory: no page faults per update
         image_hw = tuple(cfg.image.resize_hw_px)
         image_shape = (3 * cfg.observation.n_obs_steps, *image_hw)
         self.online: Optional[ReplayBuffer] = None

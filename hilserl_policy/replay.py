@@ -55,19 +55,25 @@ class Transition:
 
 
 class ImageStore:
-    """A fixed number of same-shaped uint8 images, indexed like an array (`store[i] = image`,
-    `store[index_array]`). In memory by default; given `directory`, in an unnamed temporary
-    file there, written with pwrite and read with preadv: the pixels then sit in the OS page
-    cache rather than in this process, and the file vanishes when the process ends, crash or
-    not. Unwritten slots cost nothing either way (calloc pages / a sparse file)."""
+    """A fixed number of same-shaped (C, H, W) uint8 images, indexed like an array
+    (`store[i] = image`, `store[index_array]`). In memory by default; given `directory`, in an
+    unnamed temporary file there, written with pwrite and read with preadv: the pixels then sit
+    in the OS page cache rather than in this process, and the file vanishes when the process
+    ends, crash or not. Unwritten slots cost nothing either way (calloc pages / a sparse file).
+
+    Pixels are kept channels-last (H, W, C) and read back as (N, C, H, W) views with
+    channels-last strides: the convolutions want that layout, and converting a batch from
+    (C, H, W) costs more than the rest of the input pipeline."""
 
     def __init__(self, capacity: int, shape, directory=None):
         self.capacity, self.shape = int(capacity), tuple(shape)
+        c, h, w = self.shape
+        self.stored_shape = (h, w, c)
         self.item_bytes = int(np.prod(self.shape))
         self._array: Optional[np.ndarray] = None
         self._file = None
         if directory is None:
-            self._array = np.zeros((self.capacity, *self.shape), np.uint8)
+            self._array = np.zeros((self.capacity, *self.stored_shape), np.uint8)
         else:
             Path(directory).mkdir(parents=True, exist_ok=True)
             self._file = tempfile.TemporaryFile(dir=directory, prefix='replay_images_')
@@ -78,31 +84,39 @@ class ImageStore:
         return self._file is not None
 
     def __setitem__(self, index: int, image: np.ndarray) -> None:
+        assert image.shape == self.shape, image.shape
+        hwc = np.asarray(image, np.uint8).transpose(1, 2, 0)
         if self._array is not None:
-            self._array[index] = image
-            return
-        data = np.ascontiguousarray(image, np.uint8)
-        assert data.shape == self.shape, data.shape
-        os.pwrite(self._file.fileno(), data, int(index) * self.item_bytes)
+            self._array[index] = hwc
+        else:
+            os.pwrite(self._file.fileno(), np.ascontiguousarray(hwc), int(index) * self.item_bytes)
 
     def __getitem__(self, index) -> np.ndarray:
-        if self._array is not None:
-            return self._array[index]
         if np.ndim(index) == 0:
             return self[np.asarray([index])][0]
         index = np.asarray(index)
+        if self._array is not None:
+            return self._array[index].transpose(0, 3, 1, 2)
         if index.dtype == bool:
             index = np.flatnonzero(index)
-        out = np.empty((len(index), *self.shape), np.uint8)
+        out = np.empty((len(index), *self.stored_shape), np.uint8)
         fd = self._file.fileno()
         for row, i in enumerate(index.tolist()):
             if os.preadv(fd, [out[row]], i * self.item_bytes) != self.item_bytes:
                 raise IOError(f'replay image {i}: short read from the image file')
-        return out
+        return out.transpose(0, 3, 1, 2)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def concatenate_batches(arrays):
+    """np.concatenate that keeps channels-last image batches channels-last (a plain concatenate
+    would transpose them back to (N, C, H, W) memory order)."""
+    if arrays[0].ndim == 4:
+        return np.concatenate([a.transpose(0, 2, 3, 1) for a in arrays]).transpose(0, 3, 1, 2)
+    return np.concatenate(arrays)
 
 
 class ReplayBuffer:
@@ -276,4 +290,4 @@ def sample_mixed(online: ReplayBuffer, offline: Optional[ReplayBuffer], batch_si
         parts.append(offline.sample(batch_size - n_online, rng))
     if len(parts) == 1:
         return parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return {k: concatenate_batches([p[k] for p in parts]) for k in parts[0]}

@@ -128,6 +128,35 @@ def test_augmentation_keeps_shape_and_dtype_and_is_identity_at_pad_zero():
                        torch.nn.functional.pad(x.float(), (3, 3, 3, 3), mode='replicate'))
 
 
+def test_channels_last_batches_shift_to_the_same_pixels_and_stay_channels_last():
+    x = torch.randint(0, 256, (6, 3, 16, 12), dtype=torch.uint8)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    shifts = torch.randint(0, 9, (6, 2), generator=torch.Generator().manual_seed(1))
+    y, y_last = random_shift(x, 4, shifts=shifts), random_shift(x_last, 4, shifts=shifts)
+    assert torch.equal(y, y_last)
+    assert y_last.is_contiguous(memory_format=torch.channels_last) and y.is_contiguous()
+
+
+def test_sampled_image_batches_are_channels_last_views_of_the_stored_images(tmp_path):
+    online, rng = filled_buffer(20)
+    offline = ReplayBuffer(64, (3, *HW), 18, 4, image_dir=tmp_path)
+    for i in range(10):
+        offline.add(transition(rng, terminated=i == 9))
+    batch = sample_mixed(online, offline, 16, 0.5, np.random.default_rng(2))
+    assert batch['image'].shape == (16, 3, *HW)
+    assert torch.as_tensor(batch['image']).is_contiguous(memory_format=torch.channels_last)
+    replayed = np.random.default_rng(2)  # the same draws, one buffer at a time
+    expected = np.concatenate([online.sample(8, replayed)['image'],
+                               offline.sample(8, replayed)['image']])
+    np.testing.assert_array_equal(batch['image'], expected)
+
+
+def test_allocator_setting_applies_on_glibc():
+    import platform
+    from hilserl.allocator import retain_freed_memory
+    assert retain_freed_memory() == (platform.libc_ver()[0] == 'glibc')
+
+
 def test_checkpoint_round_trip_restores_identical_actions(tmp_path):
     cfg = tiny_config()
     agent = build_agent(cfg)
