@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -244,33 +245,91 @@ class ReplayBuffer:
             return self._gather(order)
 
     # --- persistence --------------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Write the filled part as an .npz atomically (tmp + rename)."""
+    def save(self, path, chunk: int = 256) -> None:
+        """Write the filled part (oldest first) as an .npz, atomically (tmp + rename).
+
+        Images are streamed in chunks, so saving never holds a second copy of the buffer in
+        memory, and a transition's next image is written only where it is not the following
+        transition's image (stream breaks): a file costs about one image per transition."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {k: v for k, v in self.all().items() if k not in ('features', 'next_features')}
         tmp = path.with_name(path.name + '.tmp.npz')
-        np.savez(tmp, capacity=self.capacity, total_added=self.total_added, **data)
+        with self._lock, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
+            order = (np.arange(self.size) + (self.cursor - self.size)) % self.capacity
+            small = self._gather(order, images=False)
+            arrays = {k: v for k, v in small.items() if k not in ('features', 'next_features')}
+            arrays.update(capacity=np.asarray(self.capacity),
+                          total_added=np.asarray(self.total_added),
+                          format_version=np.asarray(2))
+            for name, array in arrays.items():
+                with zf.open(f'{name}.npy', 'w', force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asarray(array))
+            breaks, break_images = [], []
+            with zf.open('image.npy', 'w', force_zip64=True) as f:
+                np.lib.format.write_array_header_2_0(f, {
+                    'descr': '|u1', 'fortran_order': False,
+                    'shape': (self.size, *self.image_shape)})
+                for first in range(0, self.size, chunk):
+                    rows = order[first:first + chunk + 1]  # one more: the next image's twin
+                    data = self._gather(rows, images=True)
+                    count = min(chunk, self.size - first)
+                    f.write(np.ascontiguousarray(data['image'][:count]).tobytes())
+                    for k in range(count):
+                        last = first + k == self.size - 1
+                        if last or not np.array_equal(data['next_image'][k], data['image'][k + 1]):
+                            breaks.append(first + k)
+                            break_images.append(np.ascontiguousarray(data['next_image'][k]))
+            extra = {'next_break_index': np.asarray(breaks, np.int64),
+                     'next_break_image': (np.stack(break_images) if break_images else
+                                          np.zeros((0, *self.image_shape), np.uint8))}
+            for name, array in extra.items():
+                with zf.open(f'{name}.npy', 'w', force_zip64=True) as f:
+                    np.lib.format.write_array(f, array)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path, capacity: Optional[int] = None, featurizer=None, image_dir=None
              ) -> 'ReplayBuffer':
-        """Features are not saved: a featurizer recomputes them while loading."""
+        """Read a saved buffer, streaming its images. Features are not saved: a featurizer
+        recomputes them while loading."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f'replay buffer file {path} does not exist')
         with np.load(path) as data:
-            images = data['image']
-            buffer = cls(int(capacity or data['capacity']), images.shape[1:],
-                         data['state'].shape[1], data['action'].shape[1], featurizer,
+            small = {k: data[k] for k in data.files if k not in ('image', 'next_image')}
+            if 'next_image' in data.files:  # format 1: every next image stored
+                next_images = data['next_image']
+                breaks = dict(enumerate(next_images))
+            else:
+                breaks = dict(zip(small['next_break_index'].tolist(),
+                                  small['next_break_image']))
+        with zipfile.ZipFile(path) as zf, zf.open('image.npy') as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, _ = read_header(f)
+            n, item_bytes = shape[0], int(np.prod(shape[1:]))
+            buffer = cls(int(capacity or small['capacity']), shape[1:],
+                         small['state'].shape[1], small['action'].shape[1], featurizer,
                          image_dir)
-            for i in range(len(images)):
-                buffer.add(Transition(images[i], data['state'][i], data['action'][i],
-                                      float(data['reward'][i]), data['next_image'][i],
-                                      data['next_state'][i], bool(data['terminated'][i]),
-                                      bool(data['truncated'][i]), bool(data['intervention'][i])))
-            buffer.total_added = int(data['total_added'])
+
+            def read_image():
+                raw = f.read(item_bytes)
+                if len(raw) != item_bytes:
+                    raise IOError(f'{path}: truncated image data')
+                return np.frombuffer(raw, np.uint8).reshape(shape[1:])
+
+            image = read_image() if n else None
+            for i in range(n):
+                following = read_image() if i + 1 < n else None
+                next_image = breaks[i] if i in breaks else following
+                buffer.add(Transition(image, small['state'][i], small['action'][i],
+                                      float(small['reward'][i]), next_image,
+                                      small['next_state'][i], bool(small['terminated'][i]),
+                                      bool(small['truncated'][i]),
+                                      bool(small['intervention'][i])))
+                image = following
+            buffer.total_added = int(small['total_added'])
         return buffer
 
 

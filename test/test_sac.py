@@ -243,6 +243,29 @@ def test_buffer_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(on_disk.sample(50, np.random.default_rng(5))['image'],
                                   loaded.sample(50, np.random.default_rng(5))['image'])
     assert on_disk.images[index].shape == (50, 3, *HW)
+
+
+def test_saved_buffer_stores_next_images_only_at_stream_breaks_and_reads_format_1(tmp_path):
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(32, (3, *HW), 18, 4)
+    frames = [rng.integers(0, 256, (3, *HW), dtype=np.uint8) for _ in range(41)]
+    for i in range(40):  # a stream of episodes of 10; the ring keeps the newest 32
+        end = i % 10 == 9
+        nxt = rng.integers(0, 256, (3, *HW), dtype=np.uint8) if end else frames[i + 1]
+        buffer.add(dataclasses.replace(transition(rng, image=frames[i], terminated=end),
+                                       next_image=nxt))
+    buffer.save(tmp_path / 'b.npz')
+    loaded = ReplayBuffer.load(tmp_path / 'b.npz')
+    for key, value in buffer.all().items():
+        np.testing.assert_array_equal(value, loaded.all()[key])
+    with np.load(tmp_path / 'b.npz') as data:
+        assert data['next_break_index'].tolist() == [1, 11, 21, 31]  # oldest kept: i = 8
+        assert data['image'].shape == (32, 3, *HW)
+    # the previous format (every next image stored) still loads
+    np.savez(tmp_path / 'old.npz', capacity=32, total_added=40, **buffer.all())
+    old = ReplayBuffer.load(tmp_path / 'old.npz')
+    for key, value in buffer.all().items():
+        np.testing.assert_array_equal(value, old.all()[key])
     with pytest.raises(FileNotFoundError):
         ReplayBuffer.load(tmp_path / 'missing.npz')
 
