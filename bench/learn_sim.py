@@ -11,6 +11,7 @@ no human. Writes <out>/learning_curve.csv, <out>/learning_curve.png and <out>/su
 """
 import argparse
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -118,6 +119,9 @@ def main():
     parser.add_argument('--eval-episodes', type=int, default=10)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--pretrained-encoder', metavar='DIR', default=None,
+                        help="sac.pretrained_encoder_path: e.g. a previous run's "
+                             'checkpoints/N/pretrained_model (config/sim_learn_cached.yaml)')
     parser.add_argument('--evaluate', metavar='CHECKPOINT', default=None,
                         help='only evaluate this checkpoint for --eval-episodes episodes')
     args = parser.parse_args()
@@ -126,6 +130,9 @@ def main():
         evaluate_checkpoint(args.evaluate, args.eval_episodes, args.seed + 20_000)
         return
     cfg = load_train_config(args.config)
+    if args.pretrained_encoder:
+        cfg = dataclasses.replace(cfg, sac=dataclasses.replace(
+            cfg.sac, pretrained_encoder_path=args.pretrained_encoder))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / 'config.yaml')

@@ -158,9 +158,12 @@ def feature_shape(encoder: nn.Module, image_hw: Tuple[int, int]) -> Tuple[int, i
     return tuple(out.shape[1:])
 
 
-def load_pretrained_resnet10(encoder: ResNet10, directory) -> str:
-    """Load HF-format weights (model.safetensors, keys optionally prefixed 'resnet.' or
-    'model.'); returns a one-line report. Raises with the mismatching keys if they do not fit."""
+def load_pretrained_encoder(encoder: nn.Module, directory) -> str:
+    """Load encoder weights from a directory's model.safetensors: Hugging Face format (keys
+    optionally prefixed 'resnet.', 'model.' or 'encoder_model.', e.g. a ResNet-10 from the hub)
+    or a hilserl policy checkpoint's `pretrained_model/` (keys 'backbone.net.*': reuse the
+    encoder a previous run trained). Returns a one-line report; raises with the mismatching
+    keys if they do not fit."""
     from safetensors.torch import load_file
     directory = Path(directory)
     weights_path = directory / 'model.safetensors'
@@ -170,7 +173,7 @@ def load_pretrained_resnet10(encoder: ResNet10, directory) -> str:
     state = load_file(str(weights_path))
     cleaned = {}
     for key, value in state.items():
-        for prefix in ('resnet.', 'model.', 'encoder_model.'):
+        for prefix in ('resnet.', 'model.', 'encoder_model.', 'backbone.net.'):
             if key.startswith(prefix):
                 key = key[len(prefix):]
         cleaned[key] = value
@@ -184,7 +187,8 @@ def load_pretrained_resnet10(encoder: ResNet10, directory) -> str:
     config = directory / 'config.json'
     name = json.loads(config.read_text()).get('_name_or_path', directory.name) \
         if config.is_file() else directory.name
-    return f'loaded pretrained ResNet-10 weights from {name} ({len(usable)} tensors)'
+    return (f'loaded pretrained {type(encoder).__name__} weights from {name} '
+            f'({len(usable)} tensors)')
 
 
 class SpatialEmbedding(nn.Module):

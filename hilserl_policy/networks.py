@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from hilserl.encoders import (ImageNormalizer, SpatialEmbedding, build_encoder, feature_shape,
-                              load_pretrained_resnet10, network_input)
+                              load_pretrained_encoder, network_input)
 
 
 class Backbone(nn.Module):
@@ -26,7 +26,7 @@ class Backbone(nn.Module):
         self.net = build_encoder(name)
         self.load_report = 'image encoder initialised at random'
         if pretrained_path:
-            self.load_report = load_pretrained_resnet10(self.net, pretrained_path)
+            self.load_report = load_pretrained_encoder(self.net, pretrained_path)
         self.frozen = frozen
         if frozen:
             self.net.requires_grad_(False)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from hilserl.encoders import (ImageNormalizer, SpatialEmbedding, build_encoder, feature_shape,
-                              load_pretrained_resnet10, network_input)
+                              load_pretrained_encoder, network_input)
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class RewardClassifier(nn.Module):
         if config.pretrained_encoder_path:
             if config.encoder != 'resnet10':
                 raise ValueError('pretrained_encoder_path is for the resnet10 encoder')
-            self.load_report = load_pretrained_resnet10(self.encoder,
+            self.load_report = load_pretrained_encoder(self.encoder,
                                                         config.pretrained_encoder_path)
         if config.freeze_encoder:
             for p in self.encoder.parameters():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hilserl.encoders import (ImageNormalizer, ResNet10, SmallConv, load_pretrained_resnet10,
+from hilserl.encoders import (ImageNormalizer, ResNet10, SmallConv, load_pretrained_encoder,
                               network_input)
 
 
@@ -27,7 +27,7 @@ def test_resnet10_loads_local_pretrained_weights(tmp_path):
               str(tmp_path / 'model.safetensors'))
     (tmp_path / 'config.json').write_text(json.dumps({'_name_or_path': 'local/resnet10'}))
     target = ResNet10()
-    report = load_pretrained_resnet10(target, tmp_path)
+    report = load_pretrained_encoder(target, tmp_path)
     assert 'local/resnet10' in report
     for (k, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), k
@@ -36,7 +36,7 @@ def test_resnet10_loads_local_pretrained_weights(tmp_path):
 def test_pretrained_loading_refuses_missing_or_wrong_weights(tmp_path):
     from safetensors.torch import save_file
     with pytest.raises(FileNotFoundError, match='model.safetensors'):
-        load_pretrained_resnet10(ResNet10(), tmp_path)
+        load_pretrained_encoder(ResNet10(), tmp_path)
     save_file({'unrelated.weight': torch.zeros(3)}, str(tmp_path / 'model.safetensors'))
     with pytest.raises(ValueError, match='missing'):
-        load_pretrained_resnet10(ResNet10(), tmp_path)
+        load_pretrained_encoder(ResNet10(), tmp_path)

@@ -463,3 +463,17 @@ def test_traced_acting_path_equals_the_module_path_after_weight_loads(encoder, f
     agent.load_state_dict(donor.state_dict())
     np.testing.assert_allclose(agent.act(image, state, True),
                                module_path_action(agent, image, state), atol=1e-5)
+
+
+def test_a_previous_runs_encoder_loads_frozen_from_its_checkpoint(tmp_path):
+    trained = make_agent(encoder='small_conv', freeze_encoder=False)
+    with torch.no_grad():
+        trained.backbone.net.stem.weight.add_(0.5)  # as if trained
+    path = save_checkpoint(tmp_path, trained, tiny_config(), None, None)
+    reused = make_agent(encoder='small_conv', freeze_encoder=True, feature_cache_shifts=2,
+                        pretrained_encoder_path=str(path / 'pretrained_model'))
+    assert 'SmallConv' in reused.backbone.load_report
+    for (key, a), b in zip(trained.backbone.net.state_dict().items(),
+                           reused.backbone.net.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert not any(p.requires_grad for p in reused.backbone.net.parameters())
