@@ -3,7 +3,8 @@
 Seed configuration: batch 256 (128 online + 128 offline), 3x128x128 images, 18-d state, 4-d
 action, UTD 20, 2 critics, hidden [256, 256], latent 256, DrQ pad 4, 5,000 transitions per
 buffer. One optimisation step = 20 critic updates + actor + temperature.
-Each encoder runs in its own process so peak RSS is its own. Prints one table.
+The learner and the actor of each encoder run in processes of their own (as the nodes do), so
+peak RSS is the learner's and the actor is timed without a learner's heap. Prints one table.
 
   python bench/learner_speed.py [--device auto|cpu|cuda] [--steps 3] [--cache-shifts 2]
                                 [--replay-images file|memory]
@@ -43,14 +44,11 @@ def fill(buffer, n, rng, episode_steps=100):
         image = rng.integers(0, 256, (3, 128, 128), dtype=np.uint8) if end else next_image
 
 
-def child(args) -> dict:
+def build(args):
     import torch
     torch.set_num_threads(args.threads)
-    from hilserl.allocator import retain_freed_memory
-    retain_freed_memory()  # as the Learner does
     from hilserl.config import SACConfig, TrainConfig
     from hilserl_policy.checkpoint import build_agent
-    from hilserl_policy.replay import ReplayBuffer, sample_mixed
     frozen = args.encoder == 'resnet10'
     sac = SACConfig(encoder=args.encoder, freeze_encoder=frozen,
                     feature_cache_shifts=args.cache_shifts if frozen else 0,
@@ -58,7 +56,15 @@ def child(args) -> dict:
                     online_buffer_capacity=args.transitions,
                     replay_image_storage=args.replay_images,
                     offline_buffer_capacity=args.transitions)
-    agent = build_agent(TrainConfig(sac=sac))
+    return build_agent(TrainConfig(sac=sac)), sac
+
+
+def learner_part(args) -> dict:
+    import torch
+    from hilserl.allocator import retain_freed_memory
+    from hilserl_policy.replay import ReplayBuffer, sample_mixed
+    retain_freed_memory()  # as the Learner does
+    agent, sac = build(args)
     featurizer = agent.featurize if sac.feature_cache_shifts else None
     rng = np.random.default_rng(0)
     started = time.perf_counter()
@@ -81,8 +87,18 @@ def child(args) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
-    # actor: one observation -> action, at the actor node's thread count
+    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {'encoder': args.encoder, 'step_s': step_s, 'updates_per_s': 20 / step_s,
+            'rss_gib': rss_gib, 'fill_s': fill_s, 'device': str(agent.device),
+            'cache_shifts': sac.feature_cache_shifts, 'replay_images': args.replay_images}
+
+
+def actor_part(args) -> dict:
+    """One observation -> stochastic action, in a process of its own as the actor node is."""
+    import torch
+    agent, _ = build(args)
     torch.set_num_threads(args.actor_threads)
+    rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (3, 128, 128), dtype=np.uint8)
     state = rng.normal(size=18).astype(np.float32)
     for _ in range(20):
@@ -91,13 +107,11 @@ def child(args) -> dict:
     for _ in range(args.actor_iterations):
         t0 = time.perf_counter()
         agent.act(image, state, False)
+        if agent.device.type == 'cuda':
+            torch.cuda.synchronize()
         latencies.append(time.perf_counter() - t0)
-    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {'encoder': args.encoder, 'step_s': step_s, 'updates_per_s': 20 / step_s,
-            'actor_p50_ms': float(np.percentile(latencies, 50) * 1e3),
-            'actor_p99_ms': float(np.percentile(latencies, 99) * 1e3),
-            'rss_gib': rss_gib, 'fill_s': fill_s, 'device': str(agent.device),
-            'cache_shifts': sac.feature_cache_shifts, 'replay_images': args.replay_images}
+    return {'actor_p50_ms': float(np.percentile(latencies, 50) * 1e3),
+            'actor_p99_ms': float(np.percentile(latencies, 99) * 1e3)}
 
 
 def main():
@@ -118,20 +132,24 @@ def main():
                              'the pixels in the page cache, outside the learner process')
     parser.add_argument('--encoders', default='resnet10,small_conv')
     parser.add_argument('--encoder', help=argparse.SUPPRESS)
+    parser.add_argument('--part', choices=('learner', 'actor'), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.encoder:
-        print(json.dumps(child(args)))
+        print(json.dumps(learner_part(args) if args.part == 'learner' else actor_part(args)))
         return
     rows = []
     for encoder in args.encoders.split(','):
-        cmd = [sys.executable, __file__, '--encoder', encoder]
-        for name in ('device', 'steps', 'cache_shifts', 'transitions', 'threads',
-                     'actor_threads', 'actor_iterations', 'replay_images'):
-            cmd += ['--' + name.replace('_', '-'), str(getattr(args, name))]
-        print(f'# running {encoder} ...', file=sys.stderr, flush=True)
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                             env={**os.environ, 'OMP_NUM_THREADS': str(args.threads)})
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        row = {}
+        for part in ('learner', 'actor'):  # separate processes: RSS and latency their own
+            cmd = [sys.executable, __file__, '--encoder', encoder, '--part', part]
+            for name in ('device', 'steps', 'cache_shifts', 'transitions', 'threads',
+                         'actor_threads', 'actor_iterations', 'replay_images'):
+                cmd += ['--' + name.replace('_', '-'), str(getattr(args, name))]
+            print(f'# running {encoder} {part} ...', file=sys.stderr, flush=True)
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                 env={**os.environ, 'OMP_NUM_THREADS': str(args.threads)})
+            row.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(row)
     print(f'learner/actor speed, {rows[0]["device"]}, torch threads {args.threads} (actor '
           f'{args.actor_threads}), {args.transitions} transitions per buffer, median of '
           f'{args.steps} steps, replay images in {args.replay_images}')

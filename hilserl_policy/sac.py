@@ -77,7 +77,6 @@ class SAC(nn.Module):
         # the feature cache is filled from another thread than the update: its own generator
         self.cache_generator = torch.Generator().manual_seed(seed + 1)
         self.rng = np.random.default_rng(seed)
-        self.act_rng = np.random.default_rng(seed + 2)  # acting noise, apart from the updates
         self._acting_programs: Dict[tuple, nn.Module] = {}
         self.step = 0  # optimisation steps (one actor update each)
 
@@ -98,7 +97,7 @@ class SAC(nn.Module):
         mean, log_std, grasp_q = (t[0].float().cpu().numpy()
                                   for t in self.acting_program(images, states)(images, states))
         raw = mean if deterministic else (
-            mean + self.act_rng.standard_normal(mean.shape) * np.exp(log_std))
+            mean + torch.randn(mean.shape).numpy() * np.exp(log_std))
         action = np.tanh(raw).astype(np.float32)
         if self.discrete_gripper:
             value = GraspCritic.to_value(torch.tensor(int(grasp_q.argmax()))).item()
