@@ -310,7 +310,7 @@ class ReplayBuffer:
             shape, _, _ = read_header(f)
             n, item_bytes = shape[0], int(np.prod(shape[1:]))
             buffer = cls(int(capacity or small['capacity']), shape[1:],
-                         small['state'].shape[1], small['action'].shape[1], featurizer,
+                         small['state'].shape[1], small['action'].shape[1], None,
                          image_dir)
 
             def read_image():
@@ -330,7 +330,29 @@ class ReplayBuffer:
                                       bool(small['intervention'][i])))
                 image = following
             buffer.total_added = int(small['total_added'])
+        if featurizer is not None:
+            buffer.attach_featurizer(featurizer)
         return buffer
+
+    def attach_featurizer(self, featurizer: Callable[[np.ndarray], np.ndarray],
+                          batch: int = 64) -> None:
+        """Compute the feature cache of every stored image in batches (far faster than one
+        image at a time, as `add` does) and keep `featurizer` for later transitions."""
+        with self._lock:
+            self.featurizer = featurizer
+            self._pending_next_features = None
+            self.features = self.next_features = None
+            for first in range(0, self.size, batch):
+                rows = np.arange(first, min(first + batch, self.size))
+                features = featurizer(np.ascontiguousarray(self.images[rows]))
+                if self.features is None:
+                    self.features = np.zeros((self.capacity, *features.shape[1:]), np.float16)
+                    self.next_features = np.zeros(self.features.shape, np.float16)
+                self.features[rows] = features
+            stored = np.flatnonzero(self.next_stored[:self.size])
+            for first in range(0, len(stored), batch):
+                rows = stored[first:first + batch]
+                self.next_features[rows] = featurizer(np.ascontiguousarray(self.next_images[rows]))
 
 
 def sample_mixed(online: ReplayBuffer, offline: Optional[ReplayBuffer], batch_size: int,

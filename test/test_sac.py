@@ -477,3 +477,26 @@ def test_a_previous_runs_encoder_loads_frozen_from_its_checkpoint(tmp_path):
                            reused.backbone.net.state_dict().values()):
         assert torch.equal(a, b), key
     assert not any(p.requires_grad for p in reused.backbone.net.parameters())
+
+
+def test_loading_a_buffer_recomputes_its_feature_cache_in_batches(tmp_path):
+    calls = []
+
+    def featurizer(images):  # deterministic stand-in: the first 8 pixels as features
+        calls.append(len(images))
+        return images.reshape(len(images), 1, -1)[:, :, :8].astype(np.float16)
+
+    rng = np.random.default_rng(3)
+    buffer = ReplayBuffer(32, (3, *HW), 18, 4)
+    frames = [rng.integers(0, 256, (3, *HW), dtype=np.uint8) for _ in range(21)]
+    for i in range(20):
+        end = i % 7 == 6
+        nxt = rng.integers(0, 256, (3, *HW), dtype=np.uint8) if end else frames[i + 1]
+        buffer.add(dataclasses.replace(transition(rng, image=frames[i], terminated=end),
+                                       next_image=nxt))
+    buffer.save(tmp_path / 'b.npz')
+    loaded = ReplayBuffer.load(tmp_path / 'b.npz', featurizer=featurizer)
+    assert max(calls) > 1  # batched, not one image per call
+    batch = loaded.sample(64, np.random.default_rng(0), images=True)
+    np.testing.assert_array_equal(batch['features'], featurizer(batch['image']))
+    np.testing.assert_array_equal(batch['next_features'], featurizer(batch['next_image']))
