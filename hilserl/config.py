@@ -204,6 +204,9 @@ class SACConfig:
     squash: str = 'tanh'
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    # Behaviour cloning on human-intervention (and demo) samples in the actor loss, weighted
+    # relative to the batch's mean |Q| (TD3+BC-style, scale-free); 0 = plain SAC (HIL-SERL).
+    bc_weight: float = 0.0
     use_augmentation: bool = True
     augmentation_pad: int = 4
     encoder: str = 'resnet10'              # resnet10 | small_conv
@@ -240,6 +243,8 @@ class SACConfig:
         for name in ('actor_lr', 'critic_lr', 'temperature_lr', 'grad_clip_norm',
                      'weight_push_period_s'):
             _positive(f'sac.{name}', getattr(self, name))
+        _finite('sac.bc_weight', self.bc_weight)
+        _require(self.bc_weight >= 0, 'sac.bc_weight', self.bc_weight, 'must be >= 0')
         _require(self.num_critics >= 1, 'sac.num_critics', self.num_critics, 'must be >= 1')
         if self.num_subsample_critics is not None:
             _require(1 <= self.num_subsample_critics <= self.num_critics,

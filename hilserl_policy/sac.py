@@ -184,12 +184,20 @@ class SAC(nn.Module):
         loss = F.mse_loss(q, target)
         return loss, {'grasp_critic_loss': loss.item()}
 
-    def actor_loss(self, emb) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
+    def actor_loss(self, emb, batch=None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
         action, log_prob = self.actor.sample(emb)
         q = self.critic(emb, action).min(dim=0).values
         loss = (self.alpha.detach() * log_prob - q).mean()
-        return loss, log_prob.detach(), {'actor_loss': loss.item(),
-                                         'entropy': -log_prob.mean().item()}
+        metrics = {'entropy': -log_prob.mean().item()}
+        if self.cfg.bc_weight > 0 and batch is not None:
+            human = batch['intervention'] > 0.5
+            if bool(human.any()):
+                mean_action = torch.tanh(self.actor.mean_log_std(emb[human])[0])
+                bc = F.mse_loss(mean_action, batch['action'][human, :self.continuous_dim])
+                loss = loss + self.cfg.bc_weight * q.abs().mean().detach() * bc
+                metrics['bc_loss'] = bc.item()
+        metrics['actor_loss'] = loss.item()
+        return loss, log_prob.detach(), metrics
 
     def temperature_loss(self, log_prob) -> Tuple[torch.Tensor, Dict[str, float]]:
         loss = -(self.alpha * (log_prob + self.target_entropy)).mean()
@@ -268,7 +276,7 @@ class SAC(nn.Module):
             metrics.update(m)
         # actor and temperature on the last batch's (detached) embedding
         emb = emb.detach()
-        loss, log_prob, m = self.actor_loss(emb)
+        loss, log_prob, m = self.actor_loss(emb, batch)
         m['actor_grad_norm'] = self._optimise(self.actor_opt, loss, list(self.actor.parameters()))
         metrics.update(m)
         t_loss, tm = self.temperature_loss(log_prob)

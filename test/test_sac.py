@@ -500,3 +500,25 @@ def test_loading_a_buffer_recomputes_its_feature_cache_in_batches(tmp_path):
     batch = loaded.sample(64, np.random.default_rng(0), images=True)
     np.testing.assert_array_equal(batch['features'], featurizer(batch['image']))
     np.testing.assert_array_equal(batch['next_features'], featurizer(batch['next_image']))
+
+
+def test_bc_term_pulls_the_policy_toward_human_actions_only_when_weighted():
+    target = np.array([0.6, -0.6, 0.6, -0.6], np.float32)
+    rng = np.random.default_rng(4)
+    buffer = ReplayBuffer(64, (3, *HW), 18, 4)
+    for i in range(40):
+        t = transition(rng, intervention=True, terminated=i % 10 == 9)
+        buffer.add(dataclasses.replace(t, action=target))
+    image = np.zeros((3, *HW), np.uint8)
+    state = np.zeros(18, np.float32)
+    errors = {}
+    for weight in (0.0, 5.0):
+        agent = make_agent(bc_weight=weight, actor_lr=3e-3)
+        before = np.abs(agent.act(image, state, True) - target).mean()
+        sample_rng = np.random.default_rng(0)
+        for _ in range(30):
+            metrics = agent.update(lambda: buffer.sample(16, sample_rng))
+        assert ('bc_loss' in metrics) == (weight > 0)
+        errors[weight] = (before, np.abs(agent.act(image, state, True) - target).mean())
+    assert errors[5.0][1] < 0.5 * errors[5.0][0]
+    assert errors[5.0][1] < errors[0.0][1]
