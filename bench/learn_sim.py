@@ -6,7 +6,7 @@ Offline buffer: scripted-expert demos. Online: the stochastic policy, with the s
 buffers. Every --eval-every episodes the deterministic policy runs --eval-episodes episodes with
 no human. Writes <out>/learning_curve.csv, <out>/learning_curve.png and <out>/summary.json.
 
-  python bench/learn_sim.py --minutes 35 --config config/sim_learn_conv.yaml --out outputs/learn
+  python bench/learn_sim.py --minutes 15 --config config/sim_learn_conv.yaml --out outputs/learn
   python bench/learn_sim.py --evaluate outputs/learn/checkpoints/001719 --eval-episodes 50
 """
 import argparse
@@ -111,7 +111,7 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default='config/sim_learn_conv.yaml')
     parser.add_argument('--out', default='outputs/learn_sim')
-    parser.add_argument('--minutes', type=float, default=35.0)
+    parser.add_argument('--minutes', type=float, default=15.0)
     parser.add_argument('--demos', type=int, default=20)
     parser.add_argument('--updates-per-step', type=int, default=1,
                         help='optimisation steps (each utd_ratio critic updates) per env step')
