@@ -68,3 +68,10 @@ def test_save_and_reload_round_trip(tmp_path):
     again = load_train_config(tmp_path / 'config.yaml')
     assert again == cfg and again.digest() == cfg.digest()
     assert TrainConfig().digest() != cfg.digest()
+
+
+def test_every_shipped_training_configuration_loads():
+    for name in ('train.yaml', 'sim_learn.yaml', 'sim_learn_conv.yaml', 'sim_learn_cached.yaml'):
+        cfg = load_train_config(CONFIG_DIR / name)
+        assert cfg.sac.bc_weight >= 0, name
+    assert load_train_config(CONFIG_DIR / 'sim_learn_conv.yaml').sac.bc_weight == 0.4
