@@ -107,10 +107,6 @@ class ImageStore:
                 raise IOError(f'replay image {i}: short read from the image file')
         return out.transpose(0, 3, 1, 2)
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
 
 def concatenate_batches(arrays):
     """np.concatenate that keeps channels-last image batches channels-last (a plain concatenate
@@ -166,9 +162,7 @@ class ReplayBuffer:
         if self.featurizer is not None:  # outside the lock: sampling goes on meanwhile
             features = self.featurizer(t.image[None])[0]
             if self.features is None:
-                self.features = np.zeros((self.capacity, *features.shape), np.float16)
-                # np.zeros (calloc): untouched pages cost no memory; zeros_like would write them
-                self.next_features = np.zeros(self.features.shape, np.float16)
+                self._allocate_features(features.shape)
         with self._lock:
             newest = (self.cursor - 1) % self.capacity
             if self._pending_next is not None:
@@ -198,6 +192,11 @@ class ReplayBuffer:
             self.size = min(self.size + 1, self.capacity)
             self.total_added += 1
 
+    def _allocate_features(self, shape) -> None:
+        # np.zeros (calloc): untouched pages cost no memory; zeros_like would write them
+        self.features = np.zeros((self.capacity, *shape), np.float16)
+        self.next_features = np.zeros(self.features.shape, np.float16)
+
     def _pending_features(self) -> np.ndarray:
         if self._pending_next_features is None:
             self._pending_next_features = self.featurizer(self._pending_next[None])[0]
@@ -213,7 +212,8 @@ class ReplayBuffer:
             idx = rng.integers(0, self.size, size=batch_size)
             return self._gather(idx, images=self.features is None if images is None else images)
 
-    def _gather(self, idx: np.ndarray, images: bool = True) -> Dict[str, np.ndarray]:
+    def _gather(self, idx: np.ndarray, images: bool = True, features: bool = True
+                ) -> Dict[str, np.ndarray]:
         newest = (self.cursor - 1) % self.capacity
         stored = self.next_stored[idx]
         is_newest = idx == newest
@@ -225,7 +225,7 @@ class ReplayBuffer:
             if is_newest.any():
                 next_images[is_newest] = self._pending_next
             extra = {'image': self.images[idx], 'next_image': next_images}
-        if self.features is not None:
+        if features and self.features is not None:
             next_features = self.features[(idx + 1) % self.capacity]
             if stored.any():
                 next_features[stored] = self.next_features[idx[stored]]
@@ -250,41 +250,33 @@ class ReplayBuffer:
 
         Images are streamed in chunks, so saving never holds a second copy of the buffer in
         memory, and a transition's next image is written only where it is not the following
-        transition's image (stream breaks): a file costs about one image per transition."""
+        transition's image (the stream breaks the buffer already keeps, and the newest
+        transition): a file costs about one image per transition."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + '.tmp.npz')
         with self._lock, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
             order = (np.arange(self.size) + (self.cursor - self.size)) % self.capacity
-            small = self._gather(order, images=False)
-            arrays = {k: v for k, v in small.items() if k not in ('features', 'next_features')}
+            breaks = np.flatnonzero(self.next_stored[order])
+            break_images = self.next_images[order[breaks]]
+            if self.size:  # the newest transition's next image is still pending
+                breaks = np.append(breaks, self.size - 1)
+                break_images = np.concatenate([break_images, self._pending_next[None]])
+            arrays = self._gather(order, images=False, features=False)
             arrays.update(capacity=np.asarray(self.capacity),
                           total_added=np.asarray(self.total_added),
-                          format_version=np.asarray(2))
+                          format_version=np.asarray(2), next_break_index=breaks.astype(np.int64),
+                          next_break_image=np.ascontiguousarray(break_images))
             for name, array in arrays.items():
                 with zf.open(f'{name}.npy', 'w', force_zip64=True) as f:
                     np.lib.format.write_array(f, np.asarray(array))
-            breaks, break_images = [], []
             with zf.open('image.npy', 'w', force_zip64=True) as f:
                 np.lib.format.write_array_header_2_0(f, {
                     'descr': '|u1', 'fortran_order': False,
                     'shape': (self.size, *self.image_shape)})
                 for first in range(0, self.size, chunk):
-                    rows = order[first:first + chunk + 1]  # one more: the next image's twin
-                    data = self._gather(rows, images=True)
-                    count = min(chunk, self.size - first)
-                    f.write(np.ascontiguousarray(data['image'][:count]).tobytes())
-                    for k in range(count):
-                        last = first + k == self.size - 1
-                        if last or not np.array_equal(data['next_image'][k], data['image'][k + 1]):
-                            breaks.append(first + k)
-                            break_images.append(np.ascontiguousarray(data['next_image'][k]))
-            extra = {'next_break_index': np.asarray(breaks, np.int64),
-                     'next_break_image': (np.stack(break_images) if break_images else
-                                          np.zeros((0, *self.image_shape), np.uint8))}
-            for name, array in extra.items():
-                with zf.open(f'{name}.npy', 'w', force_zip64=True) as f:
-                    np.lib.format.write_array(f, array)
+                    rows = order[first:first + chunk]
+                    f.write(np.ascontiguousarray(self.images[rows]).tobytes())
         os.replace(tmp, path)
 
     @classmethod
@@ -346,8 +338,7 @@ class ReplayBuffer:
                 rows = np.arange(first, min(first + batch, self.size))
                 features = featurizer(np.ascontiguousarray(self.images[rows]))
                 if self.features is None:
-                    self.features = np.zeros((self.capacity, *features.shape[1:]), np.float16)
-                    self.next_features = np.zeros(self.features.shape, np.float16)
+                    self._allocate_features(features.shape[1:])
                 self.features[rows] = features
             stored = np.flatnonzero(self.next_stored[:self.size])
             for first in range(0, len(stored), batch):

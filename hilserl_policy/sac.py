@@ -90,8 +90,9 @@ class SAC(nn.Module):
         """One observation ((C, H, W) uint8, (D,) float32) -> action (A,) float32 in [-1, 1].
 
         Runs a traced graph of backbone -> encoder -> actor head (see `acting_program`): at
-        batch 1 the per-module Python overhead is most of the cost. Sampling happens in numpy
-        on the few outputs, for the same reason."""
+        batch 1 the per-module Python overhead is most of the cost. The squashing and sampling
+        arithmetic runs in numpy on the few outputs (noise from torch's generator), for the
+        same reason."""
         images = torch.as_tensor(image, device=self.device).unsqueeze(0)
         states = torch.as_tensor(state, dtype=torch.float32, device=self.device).unsqueeze(0)
         mean, log_std, grasp_q = (t[0].float().cpu().numpy()

@@ -54,7 +54,7 @@ class RewardClassifier(nn.Module):
             if config.encoder != 'resnet10':
                 raise ValueError('pretrained_encoder_path is for the resnet10 encoder')
             self.load_report = load_pretrained_encoder(self.encoder,
-                                                        config.pretrained_encoder_path)
+                                                       config.pretrained_encoder_path)
         if config.freeze_encoder:
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
