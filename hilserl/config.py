@@ -224,6 +224,8 @@ class SACConfig:
     learning_starts: int = 100
     weight_push_period_s: float = 2.0
     checkpoint_every_steps: int = 500
+    # Also checkpoint at least this often (s): a crash early in a first run keeps its buffers.
+    checkpoint_every_s: float = 300.0
     device: str = 'auto'                   # auto (CUDA when present) | cpu | cuda | cuda:N
 
     def __post_init__(self):
@@ -241,7 +243,7 @@ class SACConfig:
         if self.target_entropy is not None:
             _finite('sac.target_entropy', self.target_entropy)
         for name in ('actor_lr', 'critic_lr', 'temperature_lr', 'grad_clip_norm',
-                     'weight_push_period_s'):
+                     'weight_push_period_s', 'checkpoint_every_s'):
             _positive(f'sac.{name}', getattr(self, name))
         _finite('sac.bc_weight', self.bc_weight)
         _require(self.bc_weight >= 0, 'sac.bc_weight', self.bc_weight, 'must be >= 0')
@@ -379,8 +381,12 @@ def load_yaml(path) -> dict:
 
 
 def load_train_config(path=None, overrides: Optional[dict] = None) -> TrainConfig:
-    """Load a TrainConfig from YAML (None -> defaults), applying nested `overrides`."""
+    """Load a TrainConfig from YAML (None -> defaults), applying nested `overrides`. A
+    checkpoint's pretrained_model/config.json (JSON is YAML) holds its TrainConfig under
+    `train_config`: it loads too, so eval runs on the checkpoint's own configuration."""
     data = load_yaml(path) if path is not None else {}
+    if isinstance(data, dict) and 'train_config' in data and 'image_shape' in data:
+        data = data['train_config']
     if overrides:
         data = _deep_merge(data, overrides)
     return from_dict(TrainConfig, data)

@@ -111,15 +111,12 @@ def parse_urdf_joints(urdf_path=None) -> Dict[str, UrdfJoint]:
     return joints
 
 
-def _axis_rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    x, y, z = axis
-    c, s = math.cos(angle), math.sin(angle)
-    C = 1.0 - c
-    return np.array([
-        [c + x * x * C, x * y * C - z * s, x * z * C + y * s],
-        [y * x * C + z * s, c + y * y * C, y * z * C - x * s],
-        [z * x * C - y * s, z * y * C + x * s, c + z * z * C],
-    ])
+_EYE3 = np.eye(3)
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    """Cross-product matrix: _skew(v) @ w == cross(v, w)."""
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
 
 
 class KinematicChain:
@@ -142,6 +139,9 @@ class KinematicChain:
         self.joint_names = tuple(j.name for j in self.active)
         self.lower = np.array([j.lower for j in self.active])
         self.upper = np.array([j.upper for j in self.active])
+        # Rodrigues terms per active joint: R(q) = I + sin(q) K + (1 - cos(q)) K^2.
+        self._skew = {j.name: _skew(j.axis) for j in self.active}
+        self._skew2 = {name: k @ k for name, k in self._skew.items()}
 
     @property
     def dof(self) -> int:
@@ -158,9 +158,9 @@ class KinematicChain:
         for joint in self.joints:
             pose = pose @ joint.origin
             if joint.type in ('revolute', 'continuous'):
-                motion = np.eye(4)
-                motion[:3, :3] = _axis_rotation(joint.axis, q[i])
-                pose = pose @ motion
+                rot = _EYE3 + math.sin(q[i]) * self._skew[joint.name] \
+                    + (1.0 - math.cos(q[i])) * self._skew2[joint.name]
+                pose[:3, :3] = pose[:3, :3] @ rot
                 i += 1
                 out.append(pose.copy())
         out.append(pose)
@@ -172,14 +172,20 @@ class KinematicChain:
 
     def jacobian(self, q: Sequence[float]) -> np.ndarray:
         """6 x dof geometric Jacobian of the tip (linear rows first), base frame."""
+        return self.fk_and_jacobian(q)[1]
+
+    def fk_and_jacobian(self, q: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+        """Tip pose and Jacobian from one pass over the chain (the IK inner loop needs both)."""
         frames = self.frames(q)
-        tip = frames[-1][:3, 3]
-        jac = np.zeros((6, self.dof))
-        for i, (joint, frame) in enumerate(zip(self.active, frames[:-1])):
-            axis = frame[:3, :3] @ joint.axis
-            jac[:3, i] = np.cross(axis, tip - frame[:3, 3])
-            jac[3:, i] = axis
-        return jac
+        tip = frames[-1]
+        axes = np.array([f[:3, :3] @ j.axis for j, f in zip(self.active, frames[:-1])]).T
+        lever = tip[:3, 3, None] - np.array([f[:3, 3] for f in frames[:-1]]).T
+        (ax, ay, az), (lx, ly, lz) = axes, lever
+        jac = np.empty((6, self.dof))
+        # Column-wise cross(axis, lever) written out: np.cross costs more than the whole FK.
+        jac[0], jac[1], jac[2] = ay * lz - az * ly, az * lx - ax * lz, ax * ly - ay * lx
+        jac[3:] = axes
+        return tip, jac
 
 
 @dataclass
@@ -256,9 +262,9 @@ class SO101Kinematics:
              damping=0.01, max_step_rad=0.3) -> np.ndarray:
         q = q.copy()
         for _ in range(iterations):
-            pose = self.chain.fk(q)
+            pose, jac = self.chain.fk_and_jacobian(q)
             error = target - pose[:3, 3]
-            jac = self.chain.jacobian(q)[:, cols]
+            jac = jac[:, cols]
             if approach is None:
                 if np.linalg.norm(error) < tolerance_m:
                     break
@@ -266,7 +272,7 @@ class SO101Kinematics:
             else:
                 # d(approach)/dq = omega x approach; error term pulls approach toward goal.
                 z = pose[:3, 2]
-                skew = np.array([[0, -z[2], z[1]], [z[2], 0, -z[0]], [-z[1], z[0], 0]])
+                skew = _skew(z)
                 task = np.concatenate([error, weight * (approach - z)])
                 rows = np.vstack([jac[:3], -weight * skew @ jac[3:]])
             lam2 = damping ** 2

@@ -71,6 +71,13 @@ def test_jacobian_matches_finite_differences(kin):
             np.testing.assert_allclose(jac[:3, i], numeric, atol=1e-6)
 
 
+def test_fk_and_jacobian_is_fk_and_jacobian_in_one_pass(kin):
+    q = np.array([0.3, 0.2, -0.4, 0.6, 0.7])
+    pose, jac = kin.chain.fk_and_jacobian(q)
+    np.testing.assert_array_equal(pose, kin.fk(q))
+    np.testing.assert_array_equal(jac, kin.jacobian(q))
+
+
 def test_ik_reaches_100_random_reachable_targets_within_2mm(kin):
     rng = np.random.default_rng(0)
     start = np.array([0.0, 0.2408, -0.2763, 1.6063, 0.0])
