@@ -42,8 +42,13 @@ def _add_graph_arguments(parser, mode: str) -> None:
         if mode == 'eval' and name in ('demo_dir', 'device'):
             continue
         flag = '--' + name.replace('_', '-')
+        if mode == 'eval' and name == 'teleop':
+            default, description = 'none', description + ' (eval default: none)'
         if name in ('record', 'rviz'):
             parser.add_argument(flag, default=default, choices=('true', 'false'), help=description)
+        elif mode == 'eval' and name == 'config':
+            parser.add_argument(flag, default=default, help="training YAML (empty: the "
+                                "checkpoint's own pretrained_model/config.json)")
         elif name == 'num_episodes':
             parser.add_argument('--episodes', '--num-episodes', dest='num_episodes', type=int,
                                 default=int(default), help=description)
@@ -69,10 +74,15 @@ def _graph_args(args, mode: str):
 
 
 def _run_graph(args, mode: str) -> int:
-    from hilserl.graph import build_graph
-    from hilserl.process_graph import ProcessGraph
+    """Everything that can be refused is checked here, before any node (or demo) starts."""
+    import dataclasses
     graph_args = _graph_args(args, mode)
-    cfg = load_train_config(graph_args.config_path())
+    if mode == 'eval':
+        graph_args, cfg = _eval_config(graph_args)
+    else:
+        from hilserl.run_dir import check_run_config
+        cfg = load_train_config(graph_args.config_path())
+        check_run_config(graph_args.run_dir, cfg)
     run_dir = Path(graph_args.run_dir)
     if mode == 'train' and graph_args.backend == 'sim' and not graph_args.demo_dir and \
             args.demos > 0:
@@ -86,8 +96,34 @@ def _run_graph(args, mode: str) -> int:
                                 f'  demo {m["episode"] + 1}/{args.demos}: '
                                 f'{"success" if m["success"] else "failure"} in {m["length"]} '
                                 f'steps', flush=True))
-        import dataclasses
         graph_args = dataclasses.replace(graph_args, demo_dir=str(demo_root))
+    return _start_graph(graph_args, cfg, args)
+
+
+def _eval_config(graph_args):
+    """(graph args, config) for eval: the checkpoint's own configuration (image size, crop,
+    networks) unless --config is given, and then only one that shows the policy the same view.
+    The checkpoint must exist and its config load (one-line error otherwise)."""
+    import dataclasses
+
+    from hilserl.run_dir import config_differences, load_checkpoint_config
+    checkpoint_cfg, config_path = load_checkpoint_config(graph_args.checkpoint)
+    if not graph_args.config:
+        return dataclasses.replace(graph_args, config=str(config_path)), checkpoint_cfg
+    cfg = load_train_config(graph_args.config)
+    differing = [p for p in config_differences(checkpoint_cfg.to_dict(), cfg.to_dict())
+                 if p.split('.')[0] in ('image', 'observation', 'action')]
+    if differing:
+        raise ConfigError(f'--config {graph_args.config} differs from the configuration checkpoint '
+                          f'{graph_args.checkpoint} was trained with in {", ".join(differing)}; '
+                          f'leave --config out to use the checkpoint\'s own')
+    return graph_args, cfg
+
+
+def _start_graph(graph_args, cfg, args) -> int:
+    from hilserl.graph import build_graph
+    from hilserl.process_graph import ProcessGraph
+    mode, run_dir = graph_args.mode, Path(graph_args.run_dir)
     if graph_args.rviz:
         print('hilserl: rviz needs a ROS 2 distro (ros2 launch hilserl ...); ignored here',
               file=sys.stderr)

@@ -3,7 +3,7 @@ checkpoints/<step:06d>/training_state (optimisers, temperature, step, RNG, repla
 
 Written into `<step>.tmp` and renamed, then `checkpoints/last` is replaced atomically: a crash at
 any moment leaves the previous checkpoint intact and `latest_checkpoint()` never sees a partial
-one.
+one (`hilserl.run_dir.remove_stale_checkpoints` deletes a crashed save's `.tmp` at learner start).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 
 from hilserl.config import TrainConfig, from_dict
+from hilserl.run_dir import latest_checkpoint  # noqa: F401 - re-exported (path logic, no torch)
 from hilserl_policy.replay import ReplayBuffer
 from hilserl_policy.sac import SAC
 
@@ -62,18 +63,6 @@ def save_checkpoint(run_dir, agent: SAC, cfg: TrainConfig, online: Optional[Repl
     marker.write_text(final.name)
     os.replace(marker, root / 'last')
     return final
-
-
-def latest_checkpoint(run_dir) -> Optional[Path]:
-    root = Path(run_dir) / 'checkpoints'
-    marker = root / 'last'
-    if marker.is_file():
-        path = root / marker.read_text().strip()
-        if (path / 'pretrained_model' / 'model.safetensors').is_file():
-            return path
-    done = sorted(p for p in root.glob('[0-9]*') if p.is_dir() and not p.name.endswith('.tmp')
-                  and (p / 'pretrained_model' / 'model.safetensors').is_file())
-    return done[-1] if done else None
 
 
 def load_pretrained(model_dir, device: Optional[str] = None) -> Tuple[SAC, TrainConfig]:

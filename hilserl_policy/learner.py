@@ -1,21 +1,85 @@
 """The learner's work without ROS: route transitions into the RLPD buffers, train, log metrics
-to CSV, checkpoint and resume. `sac_learner_node` runs `Learner.train_step()` in a background
-thread and feeds `add()` from the transitions topic.
+to CSV, checkpoint and resume. `sac_learner_node` feeds `submit()` from the transitions topic
+(never blocks), stores them with `store_next()` on a thread of its own and runs `train_step()`
+on another, so ingestion never waits for an update or a checkpoint.
 """
 from __future__ import annotations
 
 import csv
+import os
+import queue
 import threading
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from hilserl.allocator import retain_freed_memory
 from hilserl.config import TrainConfig
+from hilserl.run_dir import remove_stale_checkpoints
 from hilserl_policy.checkpoint import build_agent, latest_checkpoint, resume, save_checkpoint
 from hilserl_policy.replay import ReplayBuffer, Transition, sample_mixed
+
+EPISODE_KEYS = ('episode', 'success', 'steps', 'return', 'interventions', 'outcome')
+
+
+def torch_threads(requested: int) -> int:
+    """Torch CPU threads for training: `requested`, or for 0 every core but one (the actor,
+    driver and camera share that one)."""
+    return requested if requested > 0 else max(1, (os.cpu_count() or 1) - 1)
+
+
+class SequenceTracker:
+    """Transitions carry (episode, step), steps 1, 2, ... within an episode (the actor's count).
+    A step that skips ahead, an episode that starts late, or an episode whose `end` event counts
+    more steps than arrived means transitions were lost on the way: `missing` counts them."""
+
+    def __init__(self):
+        self.missing = 0
+        self.out_of_order = 0
+        self.episode: Optional[int] = None
+        self.last_step = 0
+        self._end_steps: Optional[int] = None    # the current episode's end event, if seen
+        self._closed: Optional[Tuple[int, int]] = None  # (episode, last step) of the previous
+
+    def observe(self, episode: int, step: int) -> int:
+        """One arriving transition; returns how many went missing just before it."""
+        if episode < 0 or step < 0:  # sent without a header position: nothing to check
+            return 0
+        missing = 0
+        if episode != self.episode:
+            missing += self._close_episode()
+            self.episode, self.last_step, self._end_steps = episode, 0, None
+        if step <= self.last_step:
+            self.out_of_order += 1
+        else:
+            missing += step - self.last_step - 1
+            self.last_step = step
+        self.missing += missing
+        return missing
+
+    def episode_ended(self, episode: int, steps: int) -> int:
+        """The actor's `end` event (its step count); returns transitions found missing."""
+        if episode == self.episode:
+            self._end_steps = steps  # the last transitions may still be on their way
+            return 0
+        if self._closed is not None and self._closed[0] == episode:
+            missing = max(0, steps - self._closed[1])
+            self._closed = None
+            self.missing += missing
+            return missing
+        return 0
+
+    def _close_episode(self) -> int:
+        if self.episode is None:
+            return 0
+        if self._end_steps is None:  # its end event comes later: episode_ended checks
+            self._closed = (self.episode, self.last_step)
+            return 0
+        self._closed = None
+        return max(0, self._end_steps - self.last_step)
 
 
 class MetricsLog:
@@ -52,6 +116,7 @@ class Learner:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         retain_freed_memory()  # batch tensors reuse freed memory: no page faults per update
+        remove_stale_checkpoints(self.run_dir)  # an interrupted save's leftovers
         image_hw = tuple(cfg.image.resize_hw_px)
         image_shape = (3 * cfg.observation.n_obs_steps, *image_hw)
         self.online: Optional[ReplayBuffer] = None
@@ -60,8 +125,10 @@ class Learner:
         checkpoint = latest_checkpoint(self.run_dir) if resume_from_latest else None
         image_dir = (self.run_dir / 'replay' if cfg.sac.replay_image_storage == 'file'
                      else None)
+        state = {}
         if checkpoint is not None:
-            self.agent, _, self.online, self.offline, _ = resume(checkpoint, device, image_dir)
+            self.agent, _, self.online, self.offline, state = resume(checkpoint, device,
+                                                                     image_dir)
             self.resumed_from = checkpoint
         else:
             self.agent = build_agent(cfg, image_hw, device)
@@ -75,22 +142,91 @@ class Learner:
         self.metrics_log = MetricsLog(self.run_dir / 'metrics.csv')
         self.lock = threading.Lock()  # agent parameters: update vs. weight export/checkpoint
         self.last_metrics: Dict[str, float] = {}
-        self.rejected = 0
         self._update_times = []
+        # Counters that continue across resumes (restored from the checkpoint's state.json).
+        self.rejected = int(state.get('rejected_transitions', 0))
+        self.counts = {'received': 0, 'stored': 0, 'dropped': 0, 'missing': 0,
+                       **state.get('transitions', {})}
+        self.drop_reasons = Counter(state.get('drop_reasons', {}))
+        self.episodes: List[dict] = list(state.get('episodes', []))
+        self.sequence = SequenceTracker()
+        self._incoming: queue.Queue = queue.Queue()  # unbounded: a put never waits
+        self.last_checkpoint_s = time.monotonic()
+        self._checkpointed = self._progress_key()
 
     # --- data ---------------------------------------------------------------------------------
     def add(self, t: Transition, demo: bool = False) -> bool:
         """Online transitions go to the online buffer; human interventions and demos also (or
         only, for demos) to the offline buffer. Invalid ones are counted and dropped."""
+        return self._add(t, demo) is None
+
+    def _add(self, t: Transition, demo: bool = False) -> Optional[str]:
+        """None when stored, else why not."""
         try:
             if not demo:
                 self.online.add(t)
             if demo or t.intervention:
                 self.offline.add(t)
-        except ValueError:
+        except ValueError as exc:
             self.rejected += 1
-            return False
-        return True
+            return str(exc)
+        return None
+
+    def submit(self, t: Transition, episode: int = -1, step: int = -1) -> int:
+        """A transition from the actor, in arrival order: queued for `store_next` (never waits
+        for the buffers, an update or a checkpoint). Returns how many transitions the (episode,
+        step) sequence shows went missing just before this one."""
+        self.counts['received'] += 1
+        missing = self.sequence.observe(episode, step)
+        self.counts['missing'] += missing
+        self._incoming.put(t)
+        return missing
+
+    def reject(self, reason: str) -> None:
+        """A message that arrived but is not a transition (undecodable)."""
+        self.counts['received'] += 1
+        self._drop(reason)
+
+    def _drop(self, reason: str) -> None:
+        self.counts['dropped'] += 1
+        self.drop_reasons[reason.split(' ', 1)[0].rstrip(':')] += 1  # the field, not its value
+
+    def store_next(self, timeout_s: float = 0.2) -> Optional[Tuple[bool, str]]:
+        """Store the oldest submitted transition: (True, '') or (False, why it was dropped);
+        None when nothing arrived within `timeout_s`. The buffer lock it takes is held by an
+        update only while a batch is copied (a checkpoint holds it longer: the queue waits)."""
+        try:
+            t = self._incoming.get(timeout=timeout_s) if timeout_s > 0 else \
+                self._incoming.get_nowait()
+        except queue.Empty:
+            return None
+        reason = self._add(t)
+        if reason is not None:
+            self._drop(reason)
+            return False, reason
+        self.counts['stored'] += 1
+        return True, ''
+
+    @property
+    def pending(self) -> int:
+        """Submitted, not yet stored or dropped."""
+        return self._incoming.qsize()
+
+    def episode_ended(self, event: dict) -> int:
+        """The actor's `end` event: counted, and checked against the transitions that arrived;
+        returns how many of that episode's transitions are missing."""
+        self.record_episode(event)
+        missing = self.sequence.episode_ended(int(event.get('episode', -1)),
+                                              int(event.get('steps', -1)))
+        self.counts['missing'] += missing
+        return missing
+
+    def record_episode(self, event: dict) -> None:
+        self.episodes.append({k: event[k] for k in EPISODE_KEYS if k in event})
+
+    def episode_counts(self) -> Tuple[int, int]:
+        """(episodes, successful episodes) over the whole run, resumes included."""
+        return len(self.episodes), sum(bool(e.get('success')) for e in self.episodes)
 
     def ready(self) -> bool:
         return len(self.online) + len(self.offline) >= max(self.cfg.sac.learning_starts, 1)
@@ -112,6 +248,8 @@ class Learner:
         self.metrics_log.write(metrics)
         if self.agent.step % self.cfg.sac.checkpoint_every_steps == 0:
             self.checkpoint()
+        else:
+            self.maybe_checkpoint()
         return metrics
 
     @property
@@ -120,10 +258,31 @@ class Learner:
             return 0.0
         return self.cfg.sac.utd_ratio * len(self._update_times) / sum(self._update_times)
 
-    def checkpoint(self) -> Path:
+    def _progress_key(self):
+        return (self.agent.step, self.online.total_added, self.offline.total_added,
+                len(self.episodes))
+
+    def maybe_checkpoint(self, now_s: Optional[float] = None) -> Optional[Path]:
+        """Checkpoint when sac.checkpoint_every_s has passed since the last one and anything
+        changed (steps, stored transitions, episodes); also before learning starts, so an early
+        crash keeps the buffers."""
+        now_s = time.monotonic() if now_s is None else now_s
+        if now_s - self.last_checkpoint_s < self.cfg.sac.checkpoint_every_s or \
+                self._progress_key() == self._checkpointed:
+            return None
+        return self.checkpoint(now_s)
+
+    def checkpoint(self, now_s: Optional[float] = None) -> Path:
         with self.lock:
-            return save_checkpoint(self.run_dir, self.agent, self.cfg, self.online, self.offline,
-                                   {'rejected_transitions': self.rejected})
+            self._checkpointed = self._progress_key()
+            path = save_checkpoint(self.run_dir, self.agent, self.cfg, self.online,
+                                   self.offline, {
+                                       'rejected_transitions': self.rejected,
+                                       'transitions': dict(self.counts),
+                                       'drop_reasons': dict(self.drop_reasons),
+                                       'episodes': list(self.episodes)})
+        self.last_checkpoint_s = time.monotonic() if now_s is None else now_s
+        return path
 
     def policy_weights(self):
         with self.lock:

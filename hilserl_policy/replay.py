@@ -161,9 +161,11 @@ class ReplayBuffer:
         features = None
         if self.featurizer is not None:  # outside the lock: sampling goes on meanwhile
             features = self.featurizer(t.image[None])[0]
-            if self.features is None:
-                self._allocate_features(features.shape)
+        # One lock for every read and write of the arrays: `add` (the learner's ingest thread)
+        # and `sample` (its update thread) run concurrently; each holds it for a copy only.
         with self._lock:
+            if features is not None and self.features is None:
+                self._allocate_features(features.shape)  # both arrays before any sample sees one
             newest = (self.cursor - 1) % self.capacity
             if self._pending_next is not None:
                 # The newest transition's next image is implicit only if this obs continues it.
