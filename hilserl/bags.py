@@ -27,7 +27,7 @@ EPISODE_TOPICS: Dict[str, str] = {
     Topics.TCP_POSE: 'geometry_msgs/msg/PoseStamped',
     Topics.EE_ACTION: 'std_msgs/msg/Float32MultiArray',
     Topics.POLICY_ACTION: 'std_msgs/msg/Float32MultiArray',
-    Topics.HUMAN_ACTION: 'std_msgs/msg/Float32MultiArray',
+    Topics.HUMAN_ACTION: 'sensor_msgs/msg/Joy',
     Topics.INTERVENTION: 'std_msgs/msg/Bool',
     Topics.REWARD: 'std_msgs/msg/Float32',
     Topics.SUCCESS_PROBABILITY: 'std_msgs/msg/Float32',

@@ -281,6 +281,21 @@ class SACConfig:
 
 
 @dataclass(frozen=True)
+class SimConfig:
+    """The simulated clock (sim backend only; hardware runs on wall-clock time)."""
+    # Optimisation steps the learner must have done per received transition before the
+    # simulated world advances again: a slow or loaded CPU slows the clock, not learning.
+    min_updates_per_step: float = 1.0
+    action_timeout_s: float = 2.0          # wall clock: a tick without its action holds the arm
+
+    def __post_init__(self):
+        _finite('sim.min_updates_per_step', self.min_updates_per_step)
+        _require(self.min_updates_per_step >= 0, 'sim.min_updates_per_step',
+                 self.min_updates_per_step, 'must be >= 0 (0: the clock does not wait)')
+        _positive('sim.action_timeout_s', self.action_timeout_s)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs besides the hardware (robot YAML)."""
     action: ActionConfig = field(default_factory=ActionConfig)
@@ -288,6 +303,7 @@ class TrainConfig:
     observation: ObservationConfig = field(default_factory=ObservationConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     sac: SACConfig = field(default_factory=SACConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
     seed: int = 0
 
     def __post_init__(self):

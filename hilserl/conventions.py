@@ -20,7 +20,7 @@ class Topics:
     EE_ACTION = 'action'                     # std_msgs/Float32MultiArray [dx, dy, dz, gripper] in [-1, 1]
     POLICY_ACTION = 'policy/action'          # std_msgs/Float32MultiArray: the policy's proposal
     JOINT_COMMAND = 'joint_position_controller/commands'  # std_msgs/Float64MultiArray (ros2_control style)
-    HUMAN_ACTION = 'teleop/action'           # std_msgs/Float32MultiArray from the human device
+    HUMAN_ACTION = 'teleop/action'           # sensor_msgs/Joy: axes [dx, dy, dz, gripper], buttons [intervention]
     INTERVENTION = 'intervention'            # std_msgs/Bool
     EPISODE_LABEL = 'teleop/episode_label'   # std_msgs/String: success | failure | rerecord
     IMAGE_RAW = 'gripper_cam/image_raw'      # sensor_msgs/Image, full frame
@@ -38,6 +38,7 @@ class Topics:
     SIM_CUBE_POSE = 'sim/cube_pose'          # geometry_msgs/PoseStamped, simulation ground truth
     SIM_GRASPED = 'sim/grasped'              # std_msgs/Bool, simulation ground truth
     SIM_SUCCESS = 'sim/success'              # std_msgs/Bool, simulation ground truth (lifted)
+    LEARNER_PROGRESS = 'learner/progress'    # std_msgs/Int64MultiArray [received, stored, steps, training]
 
 
 class ActionSource:
@@ -93,6 +94,7 @@ TOPIC_QOS = {
     Topics.DRIVER_MARKERS: Qos.STATE,
     Topics.DIAGNOSTICS: Qos.STATE,
     Topics.DRIVER_READY: Qos.LATCHED,
+    Topics.LEARNER_PROGRESS: Qos.STATE,
     Topics.SIM_CUBE_POSE: Qos.STATE,
     Topics.SIM_GRASPED: Qos.STATE,
     Topics.SIM_SUCCESS: Qos.STATE,

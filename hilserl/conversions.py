@@ -6,7 +6,7 @@ serves live nodes and recorded bags. Writers import the message module lazily (n
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -160,7 +160,11 @@ def action_from_msg(msg, action_dim: int) -> np.ndarray:
 
     Wrong length and NaN/Inf raise: an invalid action is never clipped into a valid one.
     """
-    action = np.asarray(msg.data, dtype=np.float64)
+    return validated_action(msg.data, action_dim)
+
+
+def validated_action(values, action_dim: int) -> np.ndarray:
+    action = np.asarray(values, dtype=np.float64)
     if action.shape != (action_dim,):
         raise ConversionError(f'action has {action.size} values, expected {action_dim}')
     if not np.all(np.isfinite(action)):
@@ -168,8 +172,13 @@ def action_from_msg(msg, action_dim: int) -> np.ndarray:
     return action
 
 
-def action_to_msg(action, source: str = '', msg_type=None):
-    """Action vector -> std_msgs/Float32MultiArray, its source in layout.dim[0].label."""
+def action_to_msg(action, source: str = '', msg_type=None, stamp_ns: Optional[int] = None):
+    """Action vector -> std_msgs/Float32MultiArray, its source in layout.dim[0].label.
+
+    `stamp_ns`: the time of the observation the action answers. It travels as a second layout
+    dimension labelled 'stamp_ns=<int>' of size 1, so the array still reads as 4 values (a 4x1
+    array) to any generic consumer, while the simulated clock can tell which tick it is for.
+    """
     action = np.asarray(action, dtype=np.float32).reshape(-1)
     if not np.all(np.isfinite(action)):
         raise ConversionError(f'refusing to publish non-finite action {action.tolist()}')
@@ -177,16 +186,71 @@ def action_to_msg(action, source: str = '', msg_type=None):
         from std_msgs.msg import Float32MultiArray as msg_type
     msg = msg_type()
     msg.data = action.tolist()
-    if source:
+    if source or stamp_ns is not None:
         from std_msgs.msg import MultiArrayDimension
         msg.layout.dim = [MultiArrayDimension(label=source, size=action.size, stride=action.size)]
+        if stamp_ns is not None:
+            msg.layout.dim.append(MultiArrayDimension(label=f'{STAMP_LABEL}={int(stamp_ns)}',
+                                                      size=1, stride=1))
     return msg
+
+
+STAMP_LABEL = 'stamp_ns'
 
 
 def action_source(msg) -> str:
     """The source label of an action message ('' if none)."""
     dims = getattr(msg.layout, 'dim', None) or []
     return dims[0].label if dims else ''
+
+
+def action_stamp_ns(msg) -> Optional[int]:
+    """The observation stamp an action answers (see `action_to_msg`), or None."""
+    for dim in (getattr(msg.layout, 'dim', None) or [])[1:]:
+        key, _, value = dim.label.partition('=')
+        if key == STAMP_LABEL:
+            try:
+                return int(value)
+            except ValueError:
+                raise ConversionError(f'bad action stamp label {dim.label!r}') from None
+    return None
+
+
+def human_to_joy(action, intervention: bool, stamp_ns: int, msg_type=None):
+    """Human device output -> sensor_msgs/Joy: axes [dx, dy, dz, gripper] in [-1, 1],
+    buttons [intervention], header.stamp the observation (or capture) time it belongs to.
+    One message carries action, intervention and time together, so the actor can never pair
+    a human action with another tick's intervention flag."""
+    action = np.asarray(action, dtype=np.float32).reshape(-1)
+    if not np.all(np.isfinite(action)):
+        raise ConversionError(f'refusing to publish non-finite action {action.tolist()}')
+    if msg_type is None:
+        from sensor_msgs.msg import Joy as msg_type
+    msg = msg_type()
+    msg.header.stamp = nanoseconds_to_stamp(stamp_ns)
+    msg.axes = action.tolist()
+    msg.buttons = [int(bool(intervention))]
+    return msg
+
+
+def joy_to_human(msg, action_dim: int) -> Tuple[np.ndarray, bool, int]:
+    """sensor_msgs/Joy from the teleop node -> (action, intervention, stamp_ns); validated."""
+    action = validated_action(msg.axes, action_dim)
+    if len(msg.buttons) < 1:
+        raise ConversionError('teleop Joy message has no intervention button')
+    return action, bool(msg.buttons[0]), stamp_to_nanoseconds(msg.header.stamp)
+
+
+def stamp_to_nanoseconds(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def nanoseconds_to_stamp(stamp_ns: int, msg_type=None):
+    if stamp_ns < 0:
+        raise ConversionError(f'cannot stamp {stamp_ns} ns')
+    if msg_type is None:
+        from builtin_interfaces.msg import Time as msg_type
+    return msg_type(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
 
 
 def stamp_to_seconds(stamp) -> float:

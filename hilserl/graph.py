@@ -15,7 +15,9 @@ from typing import Dict, List, Optional, Tuple
 from hilserl.config import TrainConfig, load_train_config
 from hilserl.paths import share_path
 
+MODES = ('train', 'eval', 'record')
 BACKENDS = ('sim', 'hardware')
+HUMAN_DEVICES = ('keyboard', 'gamepad', 'leader')
 TELEOP_DEVICES = ('sim', 'keyboard', 'gamepad', 'leader', 'none')
 SUCCESS_SOURCES = ('sim', 'classifier')
 
@@ -56,9 +58,10 @@ class GraphArgs:
     classifier_model: str = ''
     demo_dir: str = ''
     device: str = 'auto'
+    behaviour_mix: str = 'expert:1'   # record: the simulated human's per-episode behaviours
 
     def __post_init__(self):
-        checks = [(self.mode in ('train', 'eval'), 'mode', "'train' or 'eval'"),
+        checks = [(self.mode in MODES, 'mode', f'one of {MODES}'),
                   (self.backend in BACKENDS, 'backend', f'one of {BACKENDS}'),
                   (self.teleop in TELEOP_DEVICES, 'teleop', f'one of {TELEOP_DEVICES}'),
                   (self.success_source in SUCCESS_SOURCES, 'success_source',
@@ -102,49 +105,73 @@ class NodeSpec:
 
 
 def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[NodeSpec]:
+    """The graph's nodes. With the sim backend the driver owns simulated time (/clock) and every
+    node runs on it (`use_sim_time`): the actor answers each observation tick, the simulated
+    human answers each policy proposal, and the driver advances one control period per answer
+    (waiting for the learner in training when `sim.min_updates_per_step` > 0)."""
     cfg = cfg or load_train_config(args.config_path())
     config_file = str(args.config_path().resolve())
     robot_file = str(args.robot_config_path().resolve())
     task, act = cfg.task, cfg.action
-    eval_mode = args.mode == 'eval'
+    eval_mode, train_mode = args.mode == 'eval', args.mode == 'train'
+    sim_clock = args.backend == 'sim'
+    # The simulated human would spoil an evaluation: it takes part in train and record only.
+    teleop = 'none' if eval_mode and args.teleop == 'sim' else args.teleop
+    run_dir = Path(args.run_dir).resolve()
+    seed = cfg.seed + {'train': 0, 'eval': 1000, 'record': 2000}[args.mode]
+    driver = {
+        # the task's geometry comes from the training config, the hardware from the robot file
+        'ee_step_m': list(act.ee_step_m), 'gripper_step_rad': act.gripper_step_rad,
+        'workspace_min_m': list(task.workspace_min_m),
+        'workspace_max_m': list(task.workspace_max_m),
+        'reset_tcp_xyz_m': list(task.reset_tcp_xyz_m),
+        'reset_gripper_rad': task.reset_gripper_rad,
+        'random_ee_reset': task.random_ee_reset,
+        'random_ee_range_xy_m': task.random_ee_range_xy_m,
+        'seed': seed}
+    if sim_clock:
+        driver.update({
+            'sim_clock': True, 'control_rate_hz': task.control_rate_hz,
+            'action_timeout_s': cfg.sim.action_timeout_s,
+            'min_updates_per_step': cfg.sim.min_updates_per_step if train_mode else 0.0,
+            # a person at the keys needs the world at the speed of the wall clock
+            'max_real_time_factor': 1.0 if teleop in HUMAN_DEVICES else 0.0})
     nodes = [
-        NodeSpec('so101_driver', 'so101_driver.driver_node', {
-            # the task's geometry comes from the training config, the hardware from the robot file
-            'ee_step_m': list(act.ee_step_m), 'gripper_step_rad': act.gripper_step_rad,
-            'workspace_min_m': list(task.workspace_min_m),
-            'workspace_max_m': list(task.workspace_max_m),
-            'reset_tcp_xyz_m': list(task.reset_tcp_xyz_m),
-            'reset_gripper_rad': task.reset_gripper_rad,
-            'random_ee_reset': task.random_ee_reset,
-            'random_ee_range_xy_m': task.random_ee_range_xy_m,
-            'seed': cfg.seed + (1000 if eval_mode else 0)}, (robot_file,)),
+        NodeSpec('so101_driver', 'so101_driver.driver_node', driver, (robot_file,)),
         NodeSpec('gripper_camera', 'so101_driver.camera_node', {
             'crop_tlhw_px': list(cfg.image.crop_tlhw_px),
             'resize_hw_px': list(cfg.image.resize_hw_px)}, (robot_file,)),
-        NodeSpec('teleop', 'so101_driver.teleop_node', {
-            'device': args.teleop, 'control_rate_hz': task.control_rate_hz,
-            'ee_step_m': list(act.ee_step_m)},
-            needs_terminal=args.teleop in ('keyboard', 'leader')),
     ]
+    if teleop != 'none':
+        nodes.append(NodeSpec('teleop', 'so101_driver.teleop_node', {
+            'device': teleop, 'control_rate_hz': task.control_rate_hz,
+            'ee_step_m': list(act.ee_step_m), 'seed': seed,
+            **({'behaviour_mix': args.behaviour_mix} if teleop == 'sim' else {})},
+            needs_terminal=teleop in ('keyboard', 'leader')))
     if args.success_source == 'classifier':
         nodes.append(NodeSpec('reward_classifier', 'reward_classifier_node.classifier_node', {
             'model_dir': str(Path(args.classifier_model).resolve()),
             'success_reward': task.success_reward, 'step_penalty': task.step_penalty}))
-    run_dir = Path(args.run_dir).resolve()
+    episodes_dir = run_dir / 'eval' if eval_mode else run_dir
     nodes.append(NodeSpec('sac_actor', 'hilserl_policy.actor_node', {
         'config_file': config_file, 'mode': args.mode,
         'checkpoint': str(Path(args.checkpoint).resolve()) if args.checkpoint else '',
         'success_source': args.success_source,
         'num_episodes': args.num_episodes or (10 if eval_mode else 0),
         'output_dir': str(run_dir / ('eval' if eval_mode else 'train')),
+        'run_dir': str(episodes_dir),
+        'sim_clock': sim_clock, 'wait_for_teleop': sim_clock and teleop == 'sim',
         'device': 'cpu'}))
-    if not eval_mode:
+    if train_mode:
         nodes.append(NodeSpec('sac_learner', 'hilserl_policy.learner_node', {
             'config_file': config_file, 'run_dir': str(run_dir),
             'demo_dir': str(Path(args.demo_dir).resolve()) if args.demo_dir else '',
             'device': args.device}))
     if args.record:
         nodes.append(NodeSpec('episode_recorder', 'hilserl_policy.recorder_node', {
-            'run_dir': str(run_dir / 'eval') if eval_mode else str(run_dir),
-            'config_digest': cfg.digest()}))
+            'run_dir': str(episodes_dir), 'config_digest': cfg.digest(),
+            'sim_clock': sim_clock}))
+    if sim_clock:
+        for node in nodes:
+            node.parameters['use_sim_time'] = True
     return nodes

@@ -4,11 +4,18 @@ closed (with episode.json) shortly after its `end` event, so late messages of th
 Messages between episodes (resets) are not recorded, except a short pre-roll: messages that
 arrived up to `preroll_ns` before the `start` event are written when it comes, because topics
 are delivered independently and an episode's first messages may be handled before its `start`.
-Ctrl-C closes the open bag cleanly.
+Ctrl-C closes the open bag cleanly. Bag stamps are the graph's time (simulated with the sim
+backend); the close delay is wall time, because late messages are late in wall time and a
+stopped simulated clock must not keep a finished episode's bag open.
+
+With `sim_clock` the graph's time stands still until each tick is answered, so a message's
+receipt time is its tick: an episode holds exactly the ticks from its `start` to its `end` event
+(no pre-roll from the reset before it, no frames of the next reset after it).
 """
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -22,15 +29,20 @@ class EpisodeRecorder:
                  close_delay_ns: int = 500_000_000, preroll_ns: int = 300_000_000,
                  compress: bool = True,
                  extra_metadata: Optional[dict] = None,
-                 log: Callable[[str], None] = lambda text: None):
+                 log: Callable[[str], None] = lambda text: None,
+                 wall_clock_ns: Callable[[], int] = time.monotonic_ns,
+                 sim_clock: bool = False):
         self.root = Path(run_dir) / 'episodes'
         self.topics = dict(EPISODE_TOPICS if topics is None else topics)
         self.close_delay_ns = close_delay_ns
-        self.preroll_ns = preroll_ns
+        self.sim_clock = sim_clock
+        self.preroll_ns = 0 if sim_clock else preroll_ns
+        self.end_stamp_ns: Optional[int] = None
         self._preroll = deque()   # (topic, data, stamp_ns) received while no bag is open
         self.compress = compress
         self.extra = dict(extra_metadata or {})
         self.log = log
+        self.wall_clock_ns = wall_clock_ns
         self.writer: Optional[EpisodeWriter] = None
         self.pending_metadata: Optional[dict] = None
         self.close_at_ns: Optional[int] = None
@@ -65,17 +77,16 @@ class EpisodeRecorder:
             self.on_message(Topics.EPISODE_EVENTS, text, now_ns, serialized=False)
         if kind == 'end' and self.writer is not None:
             self.pending_metadata = {**self.extra, **event}
-            self.close_at_ns = now_ns + self.close_delay_ns
+            self.close_at_ns = self.wall_clock_ns() + self.close_delay_ns
+            self.end_stamp_ns = now_ns
 
     def on_message(self, topic: str, data, stamp_ns: int, serialized: bool = True) -> None:
+        if self.sim_clock and self.end_stamp_ns is not None and stamp_ns > self.end_stamp_ns \
+                and self.writer is not None:
+            self._keep_for_preroll(topic, data, stamp_ns, serialized)  # the next tick's
+            return
         if self.writer is None:
-            if serialized:
-                self._preroll.append((topic, bytes(data), stamp_ns))
-                while self._preroll and self._preroll[0][2] < stamp_ns - self.preroll_ns:
-                    self._preroll.popleft()
-                    self.dropped += 1
-            else:
-                self.dropped += 1
+            self._keep_for_preroll(topic, data, stamp_ns, serialized)
             return
         if serialized:
             self.writer.write_cdr(topic, data, stamp_ns)
@@ -83,8 +94,17 @@ class EpisodeRecorder:
             self.writer.write(topic, self.writer.store.types['std_msgs/msg/String'](data=data),
                               stamp_ns)
 
-    def poll(self, now_ns: int) -> None:
-        if self.close_at_ns is not None and now_ns >= self.close_at_ns:
+    def _keep_for_preroll(self, topic: str, data, stamp_ns: int, serialized: bool) -> None:
+        if not serialized:
+            self.dropped += 1
+            return
+        self._preroll.append((topic, bytes(data), stamp_ns))
+        while self._preroll and self._preroll[0][2] < stamp_ns - self.preroll_ns:
+            self._preroll.popleft()
+            self.dropped += 1
+
+    def poll(self) -> None:
+        if self.close_at_ns is not None and self.wall_clock_ns() >= self.close_at_ns:
             self.finish()
 
     def finish(self) -> Optional[Path]:
@@ -95,6 +115,7 @@ class EpisodeRecorder:
         metadata['counts'] = dict(self.writer.counts)
         path = self.writer.close(metadata)
         self.writer, self.pending_metadata, self.close_at_ns = None, None, None
+        self.end_stamp_ns = None
         self.episodes_written += 1
         self.log(f'episode bag closed: {path} ({metadata.get("outcome")})')
         return path

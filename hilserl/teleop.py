@@ -160,25 +160,77 @@ class LeaderArmTeleop:
         return TeleopOutput(action, intervention_toggle or moving)
 
 
+BEHAVIOURS = ('expert', 'noisy', 'random')
+
+
+def parse_mix(text: str) -> Dict[str, float]:
+    """'expert:0.6,noisy:0.3,random:0.1' -> normalised behaviour weights."""
+    weights = {}
+    for item in text.split(','):
+        name, _, weight = item.partition(':')
+        name = name.strip()
+        if name not in BEHAVIOURS:
+            raise ValueError(f'unknown behaviour {name!r}; choose from {BEHAVIOURS}')
+        try:
+            weights[name] = float(weight or 1.0)
+        except ValueError:
+            raise ValueError(f'behaviour weight {weight!r} is not a number') from None
+        if not weights[name] >= 0:
+            raise ValueError(f'behaviour weight {weight!r} must be >= 0')
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f'mix {text!r} has no positive weight')
+    return {k: v / total for k, v in weights.items()}
+
+
 @dataclass(frozen=True)
 class SimHumanConfig:
     deviation_threshold: float = 0.6     # max |policy - expert| over the action that counts
     patience_steps: int = 3              # consecutive deviating steps before taking over
     stall_s: float = 1.0                 # no policy action this long -> take over
     min_intervention_steps: int = 15     # once in control, keep it this many steps
+    behaviour_mix: str = 'expert:1'      # per episode: expert | noisy | random (demo/classifier data)
+    noise_std: float = 0.5               # 'noisy': Gaussian action noise
+    slip_probability: float = 0.04       # 'noisy': chance per step of opening the gripper
+
+    def __post_init__(self):
+        parse_mix(self.behaviour_mix)
 
 
 class SimHumanTeleop:
-    """The scripted expert as the human: intervenes when the policy deviates or stalls."""
+    """The scripted expert as the human: intervenes when the policy deviates or stalls.
+    Per episode it plays one behaviour of `behaviour_mix`: the expert, a noisy expert with
+    gripper slips (near-misses and failures for classifier data), or random actions."""
 
-    def __init__(self, config: SimHumanConfig = SimHumanConfig()):
+    def __init__(self, config: SimHumanConfig = SimHumanConfig(), seed: int = 0):
         self.cfg = config
+        self.mix = parse_mix(config.behaviour_mix)
+        self.rng = np.random.default_rng(seed)
+        self.behaviour = 'expert'
         self.reset()
 
     def reset(self):
+        """A new episode: nothing deviated, nobody in control, no stall carried over."""
         self._deviating = 0
         self._remaining = 0
+        self._slipping = 0
         self.intervention = False
+
+    def start_episode(self) -> str:
+        self.reset()
+        self.behaviour = str(self.rng.choice(list(self.mix), p=list(self.mix.values())))
+        return self.behaviour
+
+    def _human_action(self, expert: np.ndarray) -> np.ndarray:
+        if self.behaviour == 'noisy':
+            action = expert + self.rng.normal(0, self.cfg.noise_std, size=expert.shape)
+            if self._slipping or self.rng.random() < self.cfg.slip_probability:
+                self._slipping = self._slipping - 1 if self._slipping else 3
+                action[3] = 1.0
+            return action
+        if self.behaviour == 'random':
+            return self.rng.uniform(-1, 1, size=expert.shape)
+        return expert
 
     def output(self, expert_action, policy_action, policy_age_s: Optional[float]
                ) -> TeleopOutput:
@@ -194,4 +246,5 @@ class SimHumanTeleop:
             self._remaining = self.cfg.min_intervention_steps - 1
             self._deviating = 0
         self.intervention = self._remaining > 0 or stalled
-        return TeleopOutput(np.clip(expert, -1, 1), self.intervention)
+        action = self._human_action(expert)
+        return TeleopOutput(np.clip(action, -1, 1).astype(np.float32), self.intervention)

@@ -1,24 +1,32 @@
-"""sac_actor node: runs the policy at the control rate and manages episodes.
+"""sac_actor node: runs the policy at the control rate and manages episodes. Its episode logic
+(hilserl_policy.episode.EpisodeRunner) is the only code that decides steps, rewards,
+interventions, resets and episode ends, for training, evaluation and demo recording alike.
 
-Subscribes  gripper_cam/image_crop, joint_states, intervention, teleop/action,
+Subscribes  gripper_cam/image_crop, joint_states, teleop/action (sensor_msgs/Joy),
             teleop/episode_label, the success topic (sim/success or reward_classifier/success),
             policy_weights (latched, from the learner).
 Publishes   policy/action (the policy's proposal), action (what the driver executes: the human's
             while intervening), transitions (to the learner), reward, episode/events (JSON).
 Calls       reset (std_srvs/Trigger, the driver) between episodes.
+
+Modes: train (stochastic, streams transitions), eval (deterministic), record (the human acts on
+every step: demonstrations and classifier data; transitions go to the recorder only).
+Clocks: on hardware a wall-clock timer ticks at the control rate and each human action is used
+once. With `sim_clock` the actor acts exactly once per observation tick (image and joint state
+with the same simulated stamp), echoes that stamp on its actions (the driver advances the world
+only then), and with `wait_for_teleop` uses the simulated human's answer for that very tick.
 """
 from __future__ import annotations
 
 import array
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import Image, JointState, Joy
 from std_msgs.msg import Bool, Float32, Float32MultiArray, String, UInt8MultiArray
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
@@ -26,8 +34,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 from hilserl.base_node import declare, diagnostic_array, marker, qos_profile, spin_node
 from hilserl.config import load_train_config
 from hilserl.conventions import JOINT_NAMES, ActionSource, Frames, Topics
-from hilserl.conversions import (ConversionError, action_from_msg, action_to_msg, image_to_array,
-                                 joint_state_to_arrays)
+from hilserl.conversions import (ConversionError, action_to_msg, image_to_array,
+                                 joint_state_to_arrays, joy_to_human, stamp_to_nanoseconds)
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry
 from hilserl_policy.episode import EpisodeRunner, ObservationAssembler, StaleObservation
 from hilserl_policy.evaluation import EvalRecorder
@@ -41,8 +49,9 @@ class ActorNode(Node):
         super().__init__('sac_actor', **kwargs)
         config_file = declare(self, 'config_file', '', 'training YAML (empty: defaults)',
                               read_only=True)
-        self.mode = declare(self, 'mode', 'train', 'train (stochastic, streams transitions) or '
-                            'eval (deterministic)', read_only=True)
+        self.mode = declare(self, 'mode', 'train', 'train (stochastic, streams transitions), '
+                            'eval (deterministic) or record (the human acts: demonstrations)',
+                            read_only=True)
         checkpoint = declare(self, 'checkpoint', '', 'pretrained_model directory to start from '
                              '(required in eval)', read_only=True)
         success_source = declare(self, 'success_source', 'sim',
@@ -63,47 +72,70 @@ class ActorNode(Node):
         self.learner_node_name = declare(self, 'learner_node_name', 'sac_learner',
                                          'train: episodes start once this node subscribes to '
                                          'the transitions', read_only=True)
-        if self.mode not in ('train', 'eval'):
-            raise ValueError(f"mode={self.mode!r}: must be 'train' or 'eval'")
+        self.sim_clock = declare(self, 'sim_clock', False, 'act once per observation tick and '
+                                 'echo its stamp (the simulation driver owns time)',
+                                 read_only=True)
+        self.wait_for_teleop = declare(self, 'wait_for_teleop', False, 'sim_clock: act on a '
+                                       'tick only with the teleop answer for that tick (the '
+                                       'simulated human)', read_only=True)
+        self.steps_after_success = declare(self, 'record_steps_after_success', 6, 'record: '
+                                           'keep the human acting (and the bag recording) this '
+                                           'many steps after success: classifier positives',
+                                           int_range=(0, 100), read_only=True)
+        episodes_run_dir = declare(self, 'run_dir', '', 'episode numbering continues after '
+                                   'the episodes under <run_dir>/episodes (empty: from 0)',
+                                   read_only=True)
+        if self.mode not in ('train', 'eval', 'record'):
+            raise ValueError(f"mode={self.mode!r}: must be 'train', 'eval' or 'record'")
         if success_source not in SUCCESS_TOPICS:
             raise ValueError(f'success_source={success_source!r}: one of {list(SUCCESS_TOPICS)}')
         self.cfg = load_train_config(config_file or None)
-        import torch
-        torch.set_num_threads(1)  # the learner owns the other core
-        from hilserl_policy.checkpoint import build_agent, load_pretrained
-        if checkpoint:
-            self.agent, _ = load_pretrained(checkpoint, device)
-            self.get_logger().info(f'policy from {checkpoint} (step {self.agent.step})')
-        elif self.mode == 'eval':
-            raise ValueError('mode=eval needs the checkpoint parameter')
-        else:
-            self.agent = build_agent(self.cfg, device=device)
-        self.backbone_digest = self.agent.backbone_digest()
+        self.agent = None
+        if self.mode != 'record':
+            import torch
+            torch.set_num_threads(1)  # the learner owns the other core
+            from hilserl_policy.checkpoint import build_agent, load_pretrained
+            if checkpoint:
+                self.agent, _ = load_pretrained(checkpoint, device)
+                self.get_logger().info(f'policy from {checkpoint} (step {self.agent.step})')
+            elif self.mode == 'eval':
+                raise ValueError('mode=eval needs the checkpoint parameter')
+            else:
+                self.agent = build_agent(self.cfg, device=device)
+            self.backbone_digest = self.agent.backbone_digest()
         self.deterministic = self.mode == 'eval'
         self.assembler = ObservationAssembler(self.cfg)
-        self.runner = EpisodeRunner(self.cfg, lambda image, state: self.agent.act(
-            image, state, self.deterministic))
+        self.runner = EpisodeRunner(self.cfg, self._propose)
+        if episodes_run_dir:  # a resumed run goes on with its numbering
+            from hilserl.run_dir import next_episode_index
+            self.runner.episode_index = next_episode_index(episodes_run_dir) - 1
         self.evaluation = EvalRecorder() if self.mode == 'eval' else None
         self.phase = 'need_reset'
-        self.phase_since = time.monotonic()
+        self.phase_since_s = None
         self.reset_future = None
         self.success = False
-        self.intervention = False
-        self.human_action: Optional[np.ndarray] = None
+        # Latest human output: (action, intervention, stamp_ns); each action is used once.
+        self.human: Optional[tuple] = None
+        self.human_used_ns = -1
         self.label: Optional[str] = None
-        self.weights_step = self.agent.step
-        self.counters = {'stale_ticks': 0, 'bad_messages': 0, 'weights_loaded': 0,
-                         'weights_rejected': 0, 'reset_failures': 0}
+        self.image_stamp_ns = self.joints_stamp_ns = None
+        self.tick_ns = None            # sim_clock: the tick being answered
+        self.proposal = None           # (image, state, policy action) of that tick
+        self.post_roll_left = 0
+        self.deferred_events = []
+        self.weights_step = self.agent.step if self.agent is not None else -1
+        self.counters = {'ticks': 0, 'stale_ticks': 0, 'bad_messages': 0, 'weights_loaded': 0,
+                         'weights_rejected': 0, 'reset_failures': 0, 'human_actions_used': 0,
+                         'human_actions_missing': 0}
         self.stale_reason = ''
         self.finished = False
+        self.episodes_done = 0
 
         self.create_subscription(Image, Topics.IMAGE_CROP, self._on_image,
                                  qos_profile(Topics.IMAGE_CROP))
         self.create_subscription(JointState, Topics.JOINT_STATES, self._on_joints,
                                  qos_profile(Topics.JOINT_STATES))
-        self.create_subscription(Bool, Topics.INTERVENTION, self._on_intervention,
-                                 qos_profile(Topics.INTERVENTION))
-        self.create_subscription(Float32MultiArray, Topics.HUMAN_ACTION, self._on_human,
+        self.create_subscription(Joy, Topics.HUMAN_ACTION, self._on_human,
                                  qos_profile(Topics.HUMAN_ACTION))
         self.create_subscription(String, Topics.EPISODE_LABEL, self._on_label,
                                  qos_profile(Topics.EPISODE_LABEL))
@@ -115,6 +147,7 @@ class ActorNode(Node):
         if self.mode == 'train':
             self.create_subscription(UInt8MultiArray, Topics.POLICY_WEIGHTS, self._on_weights,
                                      qos_profile(Topics.POLICY_WEIGHTS))
+        if self.mode in ('train', 'record'):
             self.transition_pub = self.create_publisher(UInt8MultiArray, Topics.TRANSITIONS,
                                                         qos_profile(Topics.TRANSITIONS))
         self.policy_pub = self.create_publisher(Float32MultiArray, Topics.POLICY_ACTION,
@@ -132,7 +165,8 @@ class ActorNode(Node):
         self.create_subscription(Float32, Topics.SUCCESS_PROBABILITY, self._on_probability,
                                  qos_profile(Topics.SUCCESS_PROBABILITY))
         self.reset_client = self.create_client(Trigger, 'reset')
-        self.create_timer(1.0 / self.cfg.task.control_rate_hz, self._tick)
+        if not self.sim_clock:  # with sim_clock, observations tick the actor
+            self.create_timer(1.0 / self.cfg.task.control_rate_hz, self._wall_tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
             f'sac_actor up: mode={self.mode}, {self.cfg.task.control_rate_hz:g} Hz, success '
@@ -140,6 +174,9 @@ class ActorNode(Node):
 
     # --- inputs -------------------------------------------------------------------------------
     def _now_s(self) -> float:
+        """Simulated time of the tick being answered (sim_clock), else the node's clock."""
+        if self.sim_clock and self.tick_ns is not None:
+            return self.tick_ns * 1e-9
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _bad(self, what: str, exc: Exception) -> None:
@@ -147,27 +184,36 @@ class ActorNode(Node):
         self.get_logger().warning(f'ignored {what}: {exc}', throttle_duration_sec=2.0)
 
     def _on_image(self, msg: Image):
+        stamp_ns = stamp_to_nanoseconds(msg.header.stamp)
         try:
-            self.assembler.set_image(np.array(image_to_array(msg)), self._now_s())
+            self.assembler.set_image(np.array(image_to_array(msg)),
+                                     stamp_ns * 1e-9 if self.sim_clock else self._now_s())
         except (ConversionError, ValueError) as exc:
             self._bad('image', exc)
+            return
+        self.image_stamp_ns = stamp_ns
+        self._on_observation()
 
     def _on_joints(self, msg: JointState):
+        stamp_ns = stamp_to_nanoseconds(msg.header.stamp)
         try:
             position, velocity, _ = joint_state_to_arrays(msg, JOINT_NAMES)
-            self.assembler.set_joints(position, velocity, self._now_s())
+            self.assembler.set_joints(position, velocity,
+                                      stamp_ns * 1e-9 if self.sim_clock else self._now_s())
         except ConversionError as exc:
             self._bad('joint_states', exc)
+            return
+        self.joints_stamp_ns = stamp_ns
+        self._on_observation()
 
-    def _on_intervention(self, msg: Bool):
-        self.intervention = bool(msg.data)
-
-    def _on_human(self, msg: Float32MultiArray):
+    def _on_human(self, msg: Joy):
         try:
-            self.human_action = action_from_msg(msg, self.cfg.action.dim)
+            self.human = joy_to_human(msg, self.cfg.action.dim)
         except ConversionError as exc:
-            self.human_action = None
             self._bad('teleop action', exc)
+            return
+        if self.sim_clock and self.proposal is not None and self.human[2] == self.tick_ns:
+            self._finish_step()
 
     def _on_label(self, msg: String):
         if msg.data in ('success', 'failure', 'rerecord'):
@@ -221,22 +267,53 @@ class ActorNode(Node):
 
     def _set_phase(self, phase: str) -> None:
         self.phase = phase
-        self.phase_since = time.monotonic()
+        self.phase_since_s = self._now_s()
 
-    def _tick(self):
+    def _propose(self, image, state) -> np.ndarray:
+        if self.agent is None:  # record: the human acts on every step
+            return np.zeros(self.cfg.action.dim, np.float32)
+        return self.agent.act(image, state, self.deterministic)
+
+    def _on_observation(self):
+        """sim_clock: a tick's image and joint state have both arrived: answer it once."""
+        if not self.sim_clock or self.finished:
+            return
+        stamp_ns = self.image_stamp_ns
+        if stamp_ns is None or stamp_ns != self.joints_stamp_ns or \
+                (self.tick_ns is not None and stamp_ns <= self.tick_ns):
+            return
+        self.tick_ns = stamp_ns
+        self.proposal = None
+        self.counters['ticks'] += 1
+        if not self._advance_phase() or not self._propose_step():
+            self._hold()
+            return
+        if not self.wait_for_teleop or (self.human is not None and self.human[2] == stamp_ns):
+            self._finish_step()
+        # else: the simulated human answers this tick's proposal; _on_human finishes the step
+
+    def _wall_tick(self):
         if self.finished:
             return
+        self.counters['ticks'] += 1
+        if self._advance_phase() and self._propose_step():
+            self._finish_step()
+
+    def _advance_phase(self) -> bool:
+        """Resets and settling between episodes; True when an episode step is due."""
+        if self.phase in ('running', 'post_roll'):
+            return True
         if self.phase == 'need_reset':
             if self.mode == 'train' and not self._learner_listening():
                 # transitions are volatile: do not start before the learner listens
                 self.stale_reason = 'waiting for the learner to subscribe to transitions'
-                return
+                return False
             if self.reset_client.service_is_ready():
                 self.reset_future = self.reset_client.call_async(Trigger.Request())
                 self._set_phase('resetting')
-            return
+            return False
+        waited_s = self._now_s() - self.phase_since_s
         if self.phase == 'resetting':
-            waited = time.monotonic() - self.phase_since
             if self.reset_future is not None and self.reset_future.done():
                 response = self.reset_future.result()
                 self.reset_future = None
@@ -245,26 +322,26 @@ class ActorNode(Node):
                     self.get_logger().error(f'reset refused: {response.message}',
                                             throttle_duration_sec=5.0)
                     self._set_phase('need_reset')
-                    return
+                    return False
                 self._set_phase('settling')
-            elif waited > self.reset_timeout_s:
+            elif waited_s > self.reset_timeout_s:
                 self.counters['reset_failures'] += 1
                 self.get_logger().error('reset timed out; retrying')
                 self._set_phase('need_reset')
-            return
-        if self.phase == 'settling':
-            # on hardware the arm drives home after the reset call returns: wait for `ready`
-            if time.monotonic() - self.phase_since < self.reset_settle_s or \
-                    not self.driver_ready:
-                return
-            self.assembler.reset()
-            self.label = None
-            self.success = False
-            self._publish_event(self.runner.start())
-            self._set_phase('running')
-        self._step()
+            return False
+        # settling: on hardware the arm drives home after the reset call returns: wait for ready
+        if waited_s < self.reset_settle_s or not self.driver_ready:
+            return False
+        self.assembler.reset()
+        self.label = None
+        self.success = False
+        self.human_used_ns = self.tick_ns if self.sim_clock else -1
+        self._publish_event(self.runner.start())
+        self._set_phase('running')
+        return True
 
-    def _step(self):
+    def _propose_step(self) -> bool:
+        """Observe and publish the policy's proposal for this tick; False if stale."""
         try:
             image, state = self.assembler.observe(self._now_s())
         except StaleObservation as exc:
@@ -272,25 +349,80 @@ class ActorNode(Node):
             self.counters['stale_ticks'] += 1
             self.stale_reason = str(exc)
             self.get_logger().warning(f'policy paused: {exc}', throttle_duration_sec=2.0)
+            return False
+        action = np.clip(np.asarray(self._propose(image, state), np.float32), -1, 1)
+        self.proposal = (image, state, action)
+        self.policy_pub.publish(action_to_msg(action, ActionSource.POLICY,
+                                              stamp_ns=self.tick_ns if self.sim_clock else None))
+        return True
+
+    def _fresh_human(self):
+        """(action, intervention) of the human for this tick: an action is used once; while
+        the human holds control without a new action, the arm holds (zeros)."""
+        if self.human is None:
+            return None, self.mode == 'record'
+        action, intervention, stamp_ns = self.human
+        intervention = intervention or self.mode == 'record'
+        fresh = stamp_ns == self.tick_ns if self.sim_clock else stamp_ns > self.human_used_ns
+        if fresh:
+            self.human_used_ns = stamp_ns
+            self.counters['human_actions_used'] += intervention
+            return action, intervention
+        if intervention:
+            self.counters['human_actions_missing'] += 1
+            return np.zeros(self.cfg.action.dim), True
+        return None, False
+
+    def _finish_step(self):
+        image, state, policy_action = self.proposal
+        self.proposal = None
+        human_action, intervention = self._fresh_human()
+        if self.phase == 'post_roll':  # record: keep the human lifting for classifier frames
+            executed = human_action if human_action is not None else np.zeros(4)
+            self.action_pub.publish(action_to_msg(executed, ActionSource.HUMAN,
+                                                  stamp_ns=self._stamp()))
+            self.post_roll_left -= 1
+            if self.post_roll_left <= 0:
+                for event in self.deferred_events:
+                    self._publish_event(event)
+                self.deferred_events = []
+                self._episode_ended()
             return
         label, self.label = self.label, None
-        result = self.runner.step(image, state, self.success, self.human_action,
-                                  self.intervention, label)
+        result = self.runner.step(image, state, self.success, human_action, intervention, label,
+                                  policy_action=policy_action)
         if result.transition is not None:
-            if self.mode == 'train':
+            if self.mode in ('train', 'record'):
                 payload = encode_transition(result.transition, self.runner.episode_index,
                                             self.runner.stats.steps)
                 self.transition_pub.publish(UInt8MultiArray(data=array.array('B', payload)))
             self.reward_pub.publish(Float32(data=float(result.reward)))
+        if result.ended and self.mode == 'record' and self.runner.stats.success and \
+                self.steps_after_success > 0:
+            self.deferred_events = list(result.events)
+            self.post_roll_left = self.steps_after_success
+            self._set_phase('post_roll')
+            self._hold()
+            return
         for event in result.events:
             self._publish_event(event)
         if result.ended:
             self._episode_ended()
+            self._hold()
             return
-        self.policy_pub.publish(action_to_msg(result.policy_action, ActionSource.POLICY))
         source = ActionSource.HUMAN if result.intervention else ActionSource.POLICY
-        self.action_pub.publish(action_to_msg(result.executed_action, source))
+        self.action_pub.publish(action_to_msg(result.executed_action, source,
+                                              stamp_ns=self._stamp()))
         self._publish_status(source)
+
+    def _stamp(self):
+        return self.tick_ns if self.sim_clock else None
+
+    def _hold(self):
+        """sim_clock: answer the tick with 'hold still' so simulated time goes on."""
+        if self.sim_clock and self.tick_ns is not None:
+            self.action_pub.publish(action_to_msg(np.zeros(self.cfg.action.dim),
+                                                  ActionSource.POLICY, stamp_ns=self.tick_ns))
 
     def _episode_ended(self):
         stats = self.runner.stats
@@ -300,15 +432,16 @@ class ActorNode(Node):
             f'weights step {self.weights_step})')
         if self.evaluation is not None:
             self.evaluation.add(stats)
-        done = self.runner.episode_index + 1
-        if self.num_episodes and done >= self.num_episodes:
+        self.episodes_done += 1
+        if self.num_episodes and self.episodes_done >= self.num_episodes:
             self.finished = True
             if self.evaluation is not None:
                 path = self.evaluation.write(self.output_dir, {
                     'checkpoint_step': self.agent.step})
                 print(self.evaluation.table(), flush=True)
                 self.get_logger().info(f'eval summary written to {path}')
-            self._publish_event(json.dumps({'event': 'finished', 'episodes': done}))
+            self._publish_event(json.dumps({'event': 'finished',
+                                            'episodes': self.episodes_done}))
             return
         self._set_phase('need_reset')
 
@@ -319,6 +452,7 @@ class ActorNode(Node):
         level = WARN if self.phase == 'running' and self.stale_reason else OK
         values = {k: str(v) for k, v in self.counters.items()}
         values.update(phase=self.phase, episode=str(self.runner.episode_index),
+                      clock='simulated' if self.sim_clock else 'wall',
                       weights_step=str(self.weights_step), last_stale=self.stale_reason)
         entry = DiagnosticEntry('sac_actor', level, f'{self.phase}', values)
         self.stale_reason = ''

@@ -120,8 +120,11 @@ class EpisodeRunner:
 
     def step(self, image: np.ndarray, state: np.ndarray, success: bool,
              human_action: Optional[np.ndarray], intervention: bool,
-             label: Optional[str] = None) -> StepResult:
-        """`success`: classifier/ground-truth success now; `label`: the human's key, if any."""
+             label: Optional[str] = None,
+             policy_action: Optional[np.ndarray] = None) -> StepResult:
+        """`success`: classifier/ground-truth success now; `label`: the human's key, if any;
+        `policy_action`: the policy's proposal when the caller already computed it (the actor
+        publishes it for the human to judge before the step), else the policy is called."""
         result = StepResult()
         stats = self.stats
         if stats is None or stats.outcome != 'running':
@@ -146,7 +149,9 @@ class EpisodeRunner:
                 result.events.append(stats.event('end'))
                 self._pending = None
                 return result
-        policy_action = np.clip(np.asarray(self.policy(image, state), np.float32), -1, 1)
+        if policy_action is None:
+            policy_action = self.policy(image, state)
+        policy_action = np.clip(np.asarray(policy_action, np.float32), -1, 1)
         executed = policy_action
         if intervention and human_action is not None:
             executed = np.clip(np.asarray(human_action, np.float32), -1, 1)

@@ -7,6 +7,7 @@ and episode/events; optionally gripper_cam/image_raw (large).
 from __future__ import annotations
 
 
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import String
 
@@ -27,6 +28,8 @@ class RecorderNode(Node):
         compress = declare(self, 'compress', True, 'zstd-compress MCAP chunks', read_only=True)
         config_digest = declare(self, 'config_digest', '', 'training config digest stored in '
                                 'episode.json', read_only=True)
+        sim_clock = declare(self, 'sim_clock', False, 'the graph runs on simulated lock-step '
+                            'time: an episode holds exactly its ticks', read_only=True)
         record_tf = declare(self, 'record_tf', True, 'also record tf and tf_static when '
                             'tf2_msgs is installed (a ROS 2 distro)', read_only=True)
         topics = dict(EPISODE_TOPICS)
@@ -42,7 +45,7 @@ class RecorderNode(Node):
                                           '(tcp_pose and joint_states are)')
         self.recorder = EpisodeRecorder(run_dir, topics, compress=compress,
                                         extra_metadata={'config_digest': config_digest},
-                                        log=self.get_logger().info)
+                                        log=self.get_logger().info, sim_clock=sim_clock)
         # events first: when an episode's start and its first messages are ready together, the
         # executor serves subscriptions in creation order
         self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
@@ -53,7 +56,7 @@ class RecorderNode(Node):
             self.create_subscription(message_class(type_name), topic,
                                      lambda data, topic=topic: self._on_raw(topic, data),
                                      self._qos(topic), raw=True)
-        self.create_timer(0.1, lambda: self.recorder.poll(self._now_ns()))
+        self.create_timer(0.1, self.recorder.poll, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f'episode_recorder up: {len(topics)} topics -> {run_dir}/episodes')
 
     @staticmethod

@@ -3,8 +3,10 @@
 Publishes gripper_cam/image_raw (full frame, rgb8, sensor-data QoS, stamped at capture),
 gripper_cam/image_crop (policy view: crop [top, left, height, width] then resize) and diagnostics.
 Blank, frozen and failed frames are never published; the device is reopened with backoff.
-In simulation it renders the published state (joint_states + sim/cube_pose), so it works in its
-own process like a real camera.
+In simulation it renders the published state (joint_states + sim/cube_pose) once both of a tick
+have arrived, stamped with that state's (simulated) time, at most `fps` frames per simulated
+second: frame k shows the world after tick k-1's action. It works in its own process like a real
+camera.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from hilserl.base_node import declare, diagnostic_array, qos_profile, spin_node
 from hilserl.camera import CameraConfig, CameraSupervisor, OpenCVSource
 from hilserl.config import ImageConfig
 from hilserl.conventions import JOINT_NAMES, Frames, Topics
-from hilserl.conversions import ConversionError, array_to_image, joint_state_to_arrays
+from hilserl.conversions import (ConversionError, array_to_image, joint_state_to_arrays,
+                                 stamp_to_nanoseconds)
 from hilserl.diagnostics import DiagnosticEntry
 from hilserl.image_ops import crop_resize
 
@@ -33,6 +36,7 @@ class SimRenderSource:
         self.joints = None
         self.cube_xyz = None
         self.cube_quat = None
+        self.joints_stamp_ns = self.cube_stamp_ns = None
 
     def open(self) -> bool:
         return True
@@ -85,6 +89,7 @@ class CameraNode(Node):
                                        read_only=True)),
             resize_hw_px=tuple(declare(self, 'resize_hw_px', [128, 128],
                                        'policy view [height, width] (px)', read_only=True)))
+        self.last_frame_ns = None
         if backend == 'sim':
             self.source = SimRenderSource()
             self.create_subscription(JointState, Topics.JOINT_STATES, self._on_joints,
@@ -101,7 +106,8 @@ class CameraNode(Node):
                                               qos_profile(Topics.IMAGE_CROP))
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
                                               qos_profile(Topics.DIAGNOSTICS))
-        self.create_timer(1.0 / self.cam_cfg.fps, self._capture)
+        if backend != 'sim':  # the simulated camera renders when a tick's state is complete
+            self.create_timer(1.0 / self.cam_cfg.fps, self._capture)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(f'gripper_camera up: backend={backend}, '
                                f'{self.cam_cfg.width_px}x{self.cam_cfg.height_px} @ '
@@ -113,14 +119,30 @@ class CameraNode(Node):
             self.source.joints, _, _ = joint_state_to_arrays(msg, JOINT_NAMES)
         except ConversionError as exc:
             self.get_logger().warning(f'ignoring joint state: {exc}', throttle_duration_sec=5.0)
+            return
+        self.source.joints_stamp_ns = stamp_to_nanoseconds(msg.header.stamp)
+        self._render_if_complete(msg.header.stamp)
 
     def _on_cube(self, msg):
         p, o = msg.pose.position, msg.pose.orientation
         self.source.cube_xyz = np.array([p.x, p.y, p.z])
         self.source.cube_quat = np.array([o.w, o.x, o.y, o.z])
+        self.source.cube_stamp_ns = stamp_to_nanoseconds(msg.header.stamp)
+        self._render_if_complete(msg.header.stamp)
 
-    def _capture(self):
-        stamp = self.get_clock().now().to_msg()  # capture time
+    def _render_if_complete(self, stamp) -> None:
+        """Simulation: one frame per tick whose joint state and cube pose have both arrived."""
+        stamp_ns = self.source.joints_stamp_ns
+        if stamp_ns is None or stamp_ns != self.source.cube_stamp_ns:
+            return
+        min_gap_ns = 1e9 / self.cam_cfg.fps - 1e6  # 1 ms tolerance for rounded stamps
+        if self.last_frame_ns is not None and 0 <= stamp_ns - self.last_frame_ns < min_gap_ns:
+            return
+        self.last_frame_ns = stamp_ns
+        self._capture(stamp)
+
+    def _capture(self, stamp=None):
+        stamp = stamp if stamp is not None else self.get_clock().now().to_msg()  # capture time
         frame = self.supervisor.poll()
         if frame is None:
             level, message = self.supervisor.status()

@@ -6,30 +6,38 @@ Publishes   joint_states, tcp_pose (PoseStamped in base_link), diagnostics, driv
             in simulation also sim/cube_pose (PoseStamped), sim/grasped and sim/success (Bool, ground
             truth).
 Services    reset (std_srvs/Trigger), torque (std_srvs/SetBool), estop (std_srvs/SetBool).
+
+Simulation with `sim_clock` (the default): the driver owns time. It publishes /clock and the state
+of each control tick stamped with simulated time, waits for the action answering that stamp
+(`action_timeout_s` of wall time, then holds and counts), and advances physics by exactly one
+control period (hilserl.sim_clock). With `min_updates_per_step` > 0 it also waits for the
+learner (learner/progress). Hardware keeps wall-clock time.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray
+from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from hilserl.base_node import (declare, diagnostic_array, marker, pose_stamped, qos_profile,
                                spin_node)
 from hilserl.conventions import JOINT_NAMES, Frames, Topics
-from hilserl.conversions import arrays_to_joint_state
+from hilserl.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
+                                 nanoseconds_to_stamp, validated_action)
 from hilserl.kinematics import SO101Kinematics
+from hilserl.sim_clock import LearnerPacer, LockStepClock, SimClockConfig
 from so101_driver.backend import BackendError
 from so101_driver.driver_core import DriverConfig, DriverCore
 from so101_driver.ee_control import EEControlConfig
-
-
-
-
 
 
 class DriverNode(Node):
@@ -92,6 +100,24 @@ class DriverNode(Node):
         self.torque_off_on_shutdown = declare(self, 'torque_off_on_shutdown', False,
                                               'drop torque at shutdown (the arm falls!)',
                                               read_only=True)
+        sim_clock = declare(self, 'sim_clock', True, 'sim: the driver owns simulated time '
+                            '(/clock, lock-step with the actor); false: wall-clock ticks',
+                            read_only=True)
+        self.clock_cfg = SimClockConfig(
+            control_rate_hz=declare(self, 'control_rate_hz', 10.0, 'sim_clock: control ticks '
+                                    'per simulated second (Hz)', float_range=(1.0, 100.0),
+                                    read_only=True),
+            action_timeout_s=declare(self, 'action_timeout_s', 2.0, 'sim_clock: wall time a '
+                                     'tick waits for its action before holding (s)',
+                                     float_range=(0.01, 600.0), read_only=True),
+            max_real_time_factor=declare(self, 'max_real_time_factor', 0.0, 'sim_clock: at '
+                                         'most this many simulated seconds per wall second (0: '
+                                         'no limit; 1 for a person at the keys)',
+                                         float_range=(0.0, 100.0), read_only=True),
+            min_updates_per_step=declare(self, 'min_updates_per_step', 0.0, 'sim_clock: wait '
+                                         'until the learner did this many optimisation steps '
+                                         'per transition (0: do not wait)',
+                                         float_range=(0.0, 1000.0), read_only=True))
         self.kin = SO101Kinematics()
         self.bus = None
         self.sim = None
@@ -131,9 +157,22 @@ class DriverNode(Node):
         self.create_service(SetBool, 'torque', self._on_torque)
         self.create_service(SetBool, 'estop', self._on_estop)
         self._last_ready = None
-        self._health = None
         self._last_tick_s = None
-        self.create_timer(1.0 / self.rate_hz, self._tick)
+        self.lock_step = None
+        if self.sim is not None and sim_clock:
+            self.lock_step = LockStepClock(self.clock_cfg)
+            self.pacer = LearnerPacer(self.clock_cfg)
+            self.substeps = max(1, int(round(self.rate_hz / self.clock_cfg.control_rate_hz)))
+            self.clock_pub = self.create_publisher(ClockMsg, '/clock', 10)
+            self.create_subscription(Int64MultiArray, Topics.LEARNER_PROGRESS,
+                                     self._on_learner_progress,
+                                     qos_profile(Topics.LEARNER_PROGRESS))
+            # Waiting is measured on the wall clock: the simulated one stands still meanwhile.
+            self.create_timer(0.005, self._lock_step_poll,
+                              clock=Clock(clock_type=ClockType.STEADY_TIME))
+            self._publish_state(self.lock_step.now_ns)
+        else:
+            self.create_timer(1.0 / self.rate_hz, self._tick)
         self.create_timer(health_period_s, self._publish_diagnostics)
         self.marker_pub = self.create_publisher(MarkerArray, Topics.DRIVER_MARKERS,
                                                 qos_profile(Topics.DRIVER_MARKERS))
@@ -160,6 +199,9 @@ class DriverNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_action(self, msg: Float32MultiArray):
+        if self.lock_step is not None:
+            self._offer_action(msg)
+            return
         ok, reason = self.core.ee_action(msg.data, self._now_s())
         if not ok:
             self.get_logger().warning(f'EE action rejected: {reason}', throttle_duration_sec=2.0)
@@ -177,6 +219,7 @@ class DriverNode(Node):
         cube = center + self.rng.uniform(-self.cube_range_m, self.cube_range_m, size=2)
         self.sim.reset(home, cube, cube_yaw_rad=self.rng.uniform(-0.5, 0.5))
         self.sim.step(0.2)
+        self.core.reading = self.sim.read()  # the next EE action must start from here
         self.core.written = home.copy()
         self.core.target = home.copy()
         self.core.mode = 'idle'
@@ -210,6 +253,58 @@ class DriverNode(Node):
         response.success, response.message = True, f'emergency stop {state}'
         return response
 
+    # --- simulated clock ----------------------------------------------------------------------
+    def _offer_action(self, msg: Float32MultiArray) -> None:
+        try:
+            action = validated_action(msg.data, 4)
+            stamp_ns = action_stamp_ns(msg)
+        except ConversionError as exc:
+            self.core.counters['rejected_commands'] += 1
+            self.get_logger().warning(f'EE action rejected: {exc}', throttle_duration_sec=2.0)
+            return
+        verdict = self.lock_step.offer(action, stamp_ns)
+        if verdict != 'accepted':
+            self.get_logger().warning(f'{verdict} action ignored (stamp {stamp_ns}, tick '
+                                      f'{self.lock_step.now_ns})', throttle_duration_sec=2.0)
+        self._lock_step_poll()
+
+    def _on_learner_progress(self, msg: Int64MultiArray) -> None:
+        if len(msg.data) >= 4:
+            received, _, steps, training = msg.data[:4]
+            self.pacer.on_progress(received, steps, bool(training), time.monotonic())
+
+    def _lock_step_poll(self) -> None:
+        wall_s = time.monotonic()
+        verdict = self.lock_step.due(wall_s, self.pacer.allows_step(wall_s))
+        if verdict is None:
+            return
+        action = self.lock_step.take()
+        start_ns = self.lock_step.now_ns
+        if action is not None:
+            ok, reason = self.core.ee_action(action, start_ns * 1e-9)
+            if not ok:
+                self.get_logger().warning(f'EE action rejected: {reason}',
+                                          throttle_duration_sec=2.0)
+        dt_s = 1.0 / (self.clock_cfg.control_rate_hz * self.substeps)
+        for i in range(self.substeps):
+            self.sim.step(dt_s)
+            self.core.tick(start_ns * 1e-9 + (i + 1) * dt_s, dt_s)
+        now_ns = self.lock_step.advanced(wall_s)
+        self._publish_state(now_ns)
+
+    def _publish_state(self, now_ns: int) -> None:
+        """/clock, then the tick's ground truth, then its joint state and TCP pose (the camera,
+        teleop and actor answer these), all stamped with simulated time."""
+        stamp = nanoseconds_to_stamp(now_ns)
+        self.clock_pub.publish(ClockMsg(clock=stamp))
+        if self.core.reading is None:
+            self.core.tick(now_ns * 1e-9, 0.0)  # start-up: read once, move nothing
+        self._publish_sim_truth(stamp)
+        reading = self.core.backend.read()
+        self._publish_reading(reading, stamp)
+        self._publish_ready()
+
+    # --- wall-clock ticks (hardware; sim with sim_clock false) ---------------------------------
     def _tick(self):
         # Advance by the time that really passed (a late tick on a busy CPU must not slow the
         # simulated world down against the 10 Hz policy), capped so a stall cannot jump.
@@ -222,23 +317,31 @@ class DriverNode(Node):
             self.sim.step(dt)
         reading = self.core.tick(now_s, dt)
         stamp = self.get_clock().now().to_msg()
-        if reading is not None:
-            self.joint_pub.publish(arrays_to_joint_state(JOINT_NAMES, reading.position,
-                                                         reading.velocity, reading.effort,
-                                                         stamp=stamp))
-            self.tcp_pub.publish(pose_stamped(self.kin.fk(reading.position[:5]), Frames.BASE,
-                                              stamp))
         if self.sim is not None:
-            task = self.sim.task_state()
-            pose = np.eye(4)
-            pose[:3, 3] = task.cube_xyz_m
-            msg = pose_stamped(pose, Frames.BASE, stamp)
-            w, x, y, z = task.cube_quat_wxyz
-            msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z, \
-                msg.pose.orientation.w = float(x), float(y), float(z), float(w)
-            self.cube_pub.publish(msg)
-            self.grasped_pub.publish(Bool(data=bool(task.grasped)))
-            self.success_pub.publish(Bool(data=bool(task.lifted)))
+            self._publish_sim_truth(stamp)
+        if reading is not None:
+            self._publish_reading(reading, stamp)
+        self._publish_ready()
+
+    def _publish_reading(self, reading, stamp) -> None:
+        self.joint_pub.publish(arrays_to_joint_state(JOINT_NAMES, reading.position,
+                                                     reading.velocity, reading.effort,
+                                                     stamp=stamp))
+        self.tcp_pub.publish(pose_stamped(self.kin.fk(reading.position[:5]), Frames.BASE, stamp))
+
+    def _publish_sim_truth(self, stamp) -> None:
+        task = self.sim.task_state()
+        self.grasped_pub.publish(Bool(data=bool(task.grasped)))
+        self.success_pub.publish(Bool(data=bool(task.lifted)))
+        pose = np.eye(4)
+        pose[:3, 3] = task.cube_xyz_m
+        msg = pose_stamped(pose, Frames.BASE, stamp)
+        w, x, y, z = task.cube_quat_wxyz
+        msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z, \
+            msg.pose.orientation.w = float(x), float(y), float(z), float(w)
+        self.cube_pub.publish(msg)
+
+    def _publish_ready(self) -> None:
         ready = self.core.ready
         if ready != self._last_ready:
             self.ready_pub.publish(Bool(data=ready))
@@ -253,6 +356,10 @@ class DriverNode(Node):
             except BackendError as exc:
                 self.core.last_error = str(exc)
         entries = self.core.diagnostics(health, self.bus.stats if self.bus else None)
+        if self.lock_step is not None:
+            entries[0].values.update({f'sim_{k}': str(v)
+                                      for k, v in self.lock_step.counters.items()})
+            entries[0].values['sim_time_s'] = f'{self.lock_step.now_ns * 1e-9:.1f}'
         self.diag_pub.publish(diagnostic_array(entries, self.get_clock().now().to_msg(),
                                                hardware_id='so101'))
         if entries[0].level >= 2:

@@ -1,7 +1,11 @@
 """teleop node: a human device (keyboard, gamepad, leader arm) or the simulated human.
 
-Publishes teleop/action (Float32MultiArray in [-1, 1], source label 'human'), intervention (Bool)
-at the control rate, and teleop/episode_label (String: success | failure | rerecord).
+Publishes teleop/action (sensor_msgs/Joy: axes [dx, dy, dz, gripper] in [-1, 1], buttons
+[intervention], stamped), intervention (Bool) and teleop/episode_label (String: success |
+failure | rerecord). Devices publish at the control rate, stamped with the node's clock. The
+simulated human answers each stamped policy proposal (policy/action) once, with the action for
+that very tick, computed from that tick's state; it restarts its patience and behaviour at each
+episode start (episode/events) and presses "success" when it sees the cube lifted.
 Key bindings: see hilserl/teleop.py and the README.
 """
 from __future__ import annotations
@@ -11,15 +15,17 @@ import sys
 import time
 
 import numpy as np
+import json
+
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Float32MultiArray, String
 
 from hilserl.base_node import declare, qos_profile, spin_node
-from hilserl.conventions import JOINT_NAMES, ActionSource, Topics
-from hilserl.conversions import (ConversionError, action_from_msg, action_to_msg,
-                                 joint_state_to_arrays)
+from hilserl.conventions import JOINT_NAMES, Topics
+from hilserl.conversions import (ConversionError, action_from_msg, action_stamp_ns,
+                                 human_to_joy, joint_state_to_arrays, stamp_to_nanoseconds)
 from hilserl.expert import ScriptedExpert
 from hilserl.kinematics import SO101Kinematics
 from hilserl.teleop import (GamepadTeleop, KeyboardTeleop, LeaderArmTeleop, SimHumanConfig,
@@ -96,26 +102,40 @@ class TeleopNode(Node):
                                             float_range=(0.0, 2.0), read_only=True),
                 min_intervention_steps=declare(self, 'min_intervention_steps', 15,
                                                'steps kept once in control',
-                                               int_range=(1, 1000), read_only=True)))
+                                               int_range=(1, 1000), read_only=True),
+                behaviour_mix=declare(self, 'behaviour_mix', 'expert:1',
+                                      'per-episode behaviour weights, e.g. '
+                                      'expert:0.6,noisy:0.3,random:0.1', read_only=True)),
+                seed=declare(self, 'seed', 0, 'random seed of the behaviours',
+                             int_range=(0, 2**31 - 1), read_only=True))
             self.joints = self.cube = None
-            self.grasped = False
-            self.policy_action = np.zeros(4)
-            self.policy_stamp = None
+            self.joints_stamp_ns = self.cube_stamp_ns = None
+            self.grasped = self.lifted = self.success_pressed = False
+            self.policy_action = None
+            self.policy_stamp_ns = None
+            self.answered_ns = None
+            # Ground truth first: in a batch of ready messages, rclpy serves subscriptions in
+            # creation order, so a tick's grasp flag is in hand when its poses arrive.
+            self.create_subscription(Bool, Topics.SIM_GRASPED, self._on_grasped,
+                                     qos_profile(Topics.SIM_GRASPED))
+            self.create_subscription(Bool, Topics.SIM_SUCCESS, self._on_lifted,
+                                     qos_profile(Topics.SIM_SUCCESS))
+            self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
+                                     qos_profile(Topics.EPISODE_EVENTS))
             self.create_subscription(JointState, Topics.JOINT_STATES, self._on_joints,
                                      qos_profile(Topics.JOINT_STATES))
             self.create_subscription(PoseStamped, Topics.SIM_CUBE_POSE, self._on_cube,
                                      qos_profile(Topics.SIM_CUBE_POSE))
-            self.create_subscription(Bool, Topics.SIM_GRASPED, self._on_grasped,
-                                     qos_profile(Topics.SIM_GRASPED))
             self.create_subscription(Float32MultiArray, Topics.POLICY_ACTION, self._on_policy,
                                      qos_profile(Topics.POLICY_ACTION))
-        self.action_pub = self.create_publisher(Float32MultiArray, Topics.HUMAN_ACTION,
+        self.action_pub = self.create_publisher(Joy, Topics.HUMAN_ACTION,
                                                 qos_profile(Topics.HUMAN_ACTION))
         self.intervention_pub = self.create_publisher(Bool, Topics.INTERVENTION,
                                                       qos_profile(Topics.INTERVENTION))
         self.label_pub = self.create_publisher(String, Topics.EPISODE_LABEL,
                                                qos_profile(Topics.EPISODE_LABEL))
-        self.create_timer(1.0 / rate_hz, self._tick)
+        if self.device not in ('sim', 'none'):  # the simulated human answers the policy instead
+            self.create_timer(1.0 / rate_hz, self._tick)
         self.get_logger().info(f'teleop up: device={self.device}, {rate_hz:g} Hz')
 
     def _start_leader(self, port, calibration_file, ee_step_m):
@@ -135,23 +155,68 @@ class TeleopNode(Node):
         try:
             self.joints, _, _ = joint_state_to_arrays(msg, JOINT_NAMES)
         except ConversionError:
-            pass
+            return
+        self.joints_stamp_ns = stamp_to_nanoseconds(msg.header.stamp)
+        self._sim_answer()
 
     def _on_cube(self, msg):
         p = msg.pose.position
         self.cube = np.array([p.x, p.y, p.z])
+        self.cube_stamp_ns = stamp_to_nanoseconds(msg.header.stamp)
+        self._sim_answer()
 
     def _on_grasped(self, msg):
         self.grasped = bool(msg.data)
 
+    def _on_lifted(self, msg):
+        self.lifted = bool(msg.data)
+
+    def _on_event(self, msg):
+        try:
+            event = json.loads(msg.data)
+        except (json.JSONDecodeError, TypeError):
+            return
+        if isinstance(event, dict) and event.get('event') == 'start':
+            behaviour = self.sim_human.start_episode()
+            self.success_pressed = False
+            self.get_logger().debug(f'episode {event.get("episode")}: {behaviour}')
+
     def _on_policy(self, msg):
         try:
             self.policy_action = action_from_msg(msg, 4)
-            self.policy_stamp = time.monotonic()
-        except ConversionError:
-            pass
+            self.policy_stamp_ns = action_stamp_ns(msg)
+        except ConversionError as exc:
+            self.get_logger().warning(f'ignoring policy action: {exc}', throttle_duration_sec=5.0)
+            return
+        self._sim_answer()
+
+    def _sim_answer(self):
+        """Answer the policy's proposal for a tick once that tick's state is in hand."""
+        if self.policy_action is None or self.joints is None or self.cube is None:
+            return
+        stamp_ns = self.policy_stamp_ns
+        if stamp_ns is not None:  # lock-step: only with the state of the proposal's own tick
+            if stamp_ns == self.answered_ns or self.joints_stamp_ns != stamp_ns or \
+                    self.cube_stamp_ns != stamp_ns:
+                return
+        else:
+            stamp_ns = self.get_clock().now().nanoseconds
+        self.answered_ns = stamp_ns
+        expert = self.expert.act(self.kin.fk(self.joints[:5]), self.joints[5], self.cube,
+                                 self.grasped)
+        out = self.sim_human.output(expert, self.policy_action, 0.0)
+        label = None
+        if self.lifted and not self.success_pressed:
+            label, self.success_pressed = 'success', True
+        self._publish(out.action, out.intervention, label, stamp_ns)
 
     # --- output -----------------------------------------------------------------------------
+    def _publish(self, action, intervention: bool, label, stamp_ns: int) -> None:
+        if label:  # before the action: the actor reads the label with the tick's action
+            self.label_pub.publish(String(data=label))
+        self.intervention_pub.publish(Bool(data=bool(intervention)))
+        self.action_pub.publish(human_to_joy(action, intervention, stamp_ns))
+
     def _tick(self):
         now = time.monotonic()
         if self.keys is not None:
@@ -174,19 +239,10 @@ class TeleopNode(Node):
                 return
             if keys.label:
                 self.label_pub.publish(String(data=keys.label))
-        elif self.device == 'sim':
-            if self.joints is None or self.cube is None:
-                return
-            expert = self.expert.act(self.kin.fk(self.joints[:5]), self.joints[5], self.cube,
-                                     self.grasped)
-            age = None if self.policy_stamp is None else now - self.policy_stamp
-            out = self.sim_human.output(expert, self.policy_action, age)
         else:
             return
-        self.action_pub.publish(action_to_msg(out.action, ActionSource.HUMAN))
-        self.intervention_pub.publish(Bool(data=bool(out.intervention)))
-        if out.label:
-            self.label_pub.publish(String(data=out.label))
+        self._publish(out.action, out.intervention, out.label,
+                      self.get_clock().now().nanoseconds)
 
     def close(self):
         if self.keys is not None:

@@ -84,7 +84,8 @@ def test_stale_or_missing_observations_pause_the_policy():
 def test_recorder_keeps_episodes_and_an_interrupted_bag_is_readable(tmp_path):
     factory = MessageFactory()
     store = factory.store
-    recorder = EpisodeRecorder(tmp_path, close_delay_ns=100)
+    wall_ns = [0]
+    recorder = EpisodeRecorder(tmp_path, close_delay_ns=100, wall_clock_ns=lambda: wall_ns[0])
     cdr = lambda msg, t: store.serialize_cdr(msg, t)  # noqa: E731
     recorder.on_message(Topics.REWARD, cdr(factory.float32(1.0), 'std_msgs/msg/Float32'), 1)
     recorder.on_message(Topics.REWARD, cdr(factory.float32(2.0), 'std_msgs/msg/Float32'),
@@ -98,7 +99,10 @@ def test_recorder_keeps_episodes_and_an_interrupted_bag_is_readable(tmp_path):
                         2 * 10 ** 9 + 20)
     recorder.on_event(json.dumps({'event': 'end', 'episode': 0, 'success': True,
                                   'outcome': 'success'}), 2 * 10 ** 9 + 30)
-    recorder.poll(3 * 10 ** 9)
+    recorder.poll()
+    assert recorder.writer is not None  # the close delay (wall time) has not passed yet
+    wall_ns[0] = 200
+    recorder.poll()
     recorder.on_event(json.dumps({'event': 'start', 'episode': 1}), 4 * 10 ** 9)
     recorder.on_message(Topics.REWARD, cdr(factory.float32(-0.05), 'std_msgs/msg/Float32'),
                         4 * 10 ** 9 + 10)
