@@ -277,10 +277,20 @@ class SO101Kinematics:
                 rows = np.vstack([jac[:3], -weight * skew @ jac[3:]])
             lam2 = damping ** 2
             dq = rows.T @ np.linalg.solve(rows @ rows.T + lam2 * np.eye(len(task)), task)
+            # Joints pinned at a limit and pushed further take no part: the others then do the
+            # whole job instead of a clipped share of it (fast convergence along limits).
+            pinned = ((q[cols] <= self.lower[cols]) & (dq < 0)) | \
+                ((q[cols] >= self.upper[cols]) & (dq > 0))
+            if pinned.any() and not pinned.all():
+                rows = rows * ~pinned
+                dq = rows.T @ np.linalg.solve(rows @ rows.T + lam2 * np.eye(len(task)), task)
             step = np.max(np.abs(dq))
             if step < 1e-6:  # converged to the weighted compromise
                 break
             if step > max_step_rad:
                 dq *= max_step_rad / step
-            q[cols] = np.clip(q[cols] + dq, self.lower[cols], self.upper[cols])
+            moved = np.clip(q[cols] + dq, self.lower[cols], self.upper[cols])
+            if np.max(np.abs(moved - q[cols])) < 1e-6:  # pinned at joint limits: stalled
+                break
+            q[cols] = moved
         return q

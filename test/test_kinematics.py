@@ -104,6 +104,17 @@ def test_ik_holds_top_down_for_small_steps(kin):
         q = result.q
 
 
+def test_ik_converges_quickly_with_a_joint_pinned_at_its_limit(kin):
+    # 2 cm beyond home needs wrist_flex past its limit: the other joints must take over at once
+    # (the EE controller gives IK a dozen iterations per tick and no restarts).
+    q = np.array([0.0, 0.2408, -0.2763, 1.6063, 0.0])
+    target = kin.fk(q)[:3, 3] + [0.02, 0, 0]
+    result = kin.ik_position(target, q, hold_approach=np.array([0, 0, -1.0]), restarts=0,
+                             max_iterations=8)
+    assert result.q[3] > kin.upper[3] - 0.01
+    assert result.position_error_m < 1e-4
+
+
 def test_euler_and_quaternion_conversions_round_trip():
     rng = np.random.default_rng(1)
     for _ in range(50):
