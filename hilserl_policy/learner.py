@@ -167,9 +167,12 @@ class Learner:
                 self.online.add(t)
             if demo or t.intervention:
                 self.offline.add(t)
-        except ValueError as exc:
+        except ValueError as exc:  # shape, NaN or range: the message names the field
             self.rejected += 1
             return str(exc)
+        except OSError as exc:  # the replay image file failed (e.g. a full disk)
+            self.rejected += 1
+            return f'storage: {exc}'
         return None
 
     def submit(self, t: Transition, episode: int = -1, step: int = -1) -> int:

@@ -2,25 +2,36 @@
 thread (never in a callback), pushes actor weights on a latched topic, logs metrics to
 <run_dir>/metrics.csv with a periodic one-line summary, checkpoints and resumes.
 
+Nothing the actor sends is lost here: the transitions callback only decodes and queues (it
+waits for no lock), an ingest thread stores the queue into the buffers (the update thread holds
+the buffer lock only while it copies a batch; a checkpoint makes the queue wait, not DDS), and
+the weights are published by the update thread itself after an update, so the executor never
+waits for one. Received, stored, dropped (with reasons) and missing (gaps in the actors'
+(episode, step) sequence) are counted in the summary line and the diagnostics.
+
 Subscribes  transitions (std_msgs/UInt8MultiArray), episode/events (String JSON).
-Publishes   policy_weights (std_msgs/UInt8MultiArray, transient local), diagnostics.
+Publishes   policy_weights (std_msgs/UInt8MultiArray, transient local), learner/progress
+            (std_msgs/Int64MultiArray [received, stored, optimisation steps, training 0/1], after
+            every update and every stored transition), diagnostics.
 """
 from __future__ import annotations
 
 import array
 import json
 import threading
+import time
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from std_msgs.msg import String, UInt8MultiArray
+from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 
 from hilserl.base_node import declare, diagnostic_array, qos_profile, spin_node
 from hilserl.config import load_train_config
 from hilserl.conventions import Topics
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry
-from hilserl_policy.learner import Learner
+from hilserl.run_dir import RunConfigMismatch, record_run_config
+from hilserl_policy.learner import Learner, torch_threads
 from hilserl_policy.transport import decode_transition, encode_weights
 
 
@@ -30,7 +41,8 @@ class LearnerNode(Node):
         config_file = declare(self, 'config_file', '', 'training YAML (empty: defaults)',
                               read_only=True)
         self.run_dir = Path(declare(self, 'run_dir', 'outputs/run', 'checkpoints, metrics and '
-                                    'buffers go here; an existing run resumes', read_only=True))
+                                    'buffers go here; an existing run resumes (with the '
+                                    'configuration it was started with only)', read_only=True))
         demo_dir = declare(self, 'demo_dir', '', 'episode bags whose transitions fill the offline '
                            'buffer at start (empty: none)', read_only=True)
         device = declare(self, 'device', 'auto', 'torch device: auto | cpu | cuda[:N]',
@@ -38,57 +50,72 @@ class LearnerNode(Node):
         self.summary_period_s = declare(self, 'summary_period_s', 10.0,
                                         'progress line period (s)', float_range=(1.0, 3600.0),
                                         read_only=True)
-        num_threads = declare(self, 'num_threads', 1, 'torch CPU threads for training',
-                              int_range=(1, 256), read_only=True)
+        num_threads = declare(self, 'num_threads', 0, 'torch CPU threads for training; 0: auto, '
+                              'every core but one (max(1, os.cpu_count() - 1))',
+                              int_range=(0, 256), read_only=True)
         import torch
-        torch.set_num_threads(num_threads)
+        torch.set_num_threads(torch_threads(num_threads))
         self.cfg = load_train_config(config_file or None)
+        try:  # before resuming: a run continues only with the configuration it started with
+            record_run_config(self.run_dir, self.cfg)
+        except RunConfigMismatch as exc:
+            self.get_logger().fatal(str(exc))
+            raise SystemExit(2) from None
         self.learner = Learner(self.cfg, self.run_dir, device=device)
         if self.learner.resumed_from is not None:
+            episodes, successes = self.learner.episode_counts()
             self.get_logger().info(f'resumed from {self.learner.resumed_from} (step '
                                    f'{self.learner.agent.step}, {len(self.learner.online)} '
-                                   f'online / {len(self.learner.offline)} offline transitions)')
+                                   f'online / {len(self.learner.offline)} offline transitions, '
+                                   f'{episodes} episodes, {successes} successful)')
         if demo_dir and len(self.learner.offline) == 0:
             from hilserl_policy.demos import load_demo_transitions
             added = 0
             for t in load_demo_transitions(demo_dir):
                 added += self.learner.add(t, demo=True)
             self.get_logger().info(f'offline buffer: {added} demo transitions from {demo_dir}')
-        self.received = 0
-        self.episodes = []
         self.pushed_step = -1
+        self.pushed_at_s = 0.0
         self.stop = threading.Event()
         self.error = None
 
         self.weights_pub = self.create_publisher(UInt8MultiArray, Topics.POLICY_WEIGHTS,
                                                  qos_profile(Topics.POLICY_WEIGHTS))
+        self.progress_pub = self.create_publisher(Int64MultiArray, Topics.LEARNER_PROGRESS,
+                                                  qos_profile(Topics.LEARNER_PROGRESS))
+        self._progress_lock = threading.Lock()  # published by the ingest and update threads
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
                                               qos_profile(Topics.DIAGNOSTICS))
         self.create_subscription(UInt8MultiArray, Topics.TRANSITIONS, self._on_transition,
                                  qos_profile(Topics.TRANSITIONS))
         self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
                                  qos_profile(Topics.EPISODE_EVENTS))
-        self.create_timer(self.cfg.sac.weight_push_period_s, self._push_weights)
         self.create_timer(self.summary_period_s, self._summary)
         self._push_weights()
-        self.thread = threading.Thread(target=self._train_loop, name='sac_learner', daemon=True)
-        self.thread.start()
+        self._publish_progress()
+        self.threads = [threading.Thread(target=target, name=name, daemon=True)
+                        for target, name in ((self._ingest_loop, 'sac_learner_ingest'),
+                                             (self._train_loop, 'sac_learner_train'))]
+        for thread in self.threads:
+            thread.start()
         self.get_logger().info(f'sac_learner up: run {self.run_dir}, device '
                                f'{self.learner.agent.device}, UTD {self.cfg.sac.utd_ratio}, '
-                               f'batch {self.cfg.sac.batch_size}')
+                               f'batch {self.cfg.sac.batch_size}, {torch.get_num_threads()} '
+                               f'torch threads')
 
+    # --- executor thread: decode and queue, nothing that waits ---------------------------------
     def _on_transition(self, msg: UInt8MultiArray):
         try:
-            transition, _ = decode_transition(bytes(msg.data))
+            transition, header = decode_transition(bytes(msg.data))
         except ValueError as exc:
-            self.learner.rejected += 1
-            self.get_logger().warning(f'bad transition dropped: {exc}', throttle_duration_sec=2.0)
+            self.learner.reject(f'undecodable: {exc}')
+            self.get_logger().warning(f'transition dropped: undecodable: {exc}')
             return
-        if self.learner.add(transition):
-            self.received += 1
-        else:
-            self.get_logger().warning('invalid transition dropped (shape, NaN or range)',
-                                      throttle_duration_sec=2.0)
+        episode, step = int(header.get('episode', -1)), int(header.get('step', -1))
+        missing = self.learner.submit(transition, episode, step)
+        if missing:
+            self.get_logger().warning(f'{missing} transitions missing before episode {episode} '
+                                      f'step {step} (lost between actor and learner)')
 
     def _on_event(self, msg: String):
         try:
@@ -96,52 +123,108 @@ class LearnerNode(Node):
         except json.JSONDecodeError:
             return
         if event.get('event') == 'end':
-            self.episodes.append(event)
+            missing = self.learner.episode_ended(event)
+            if missing:
+                self.get_logger().warning(f'episode {event.get("episode")} ended with '
+                                          f'{event.get("steps")} steps; its last {missing} '
+                                          'transitions did not arrive')
+
+    # --- worker threads ------------------------------------------------------------------------
+    def _ingest_loop(self):
+        try:
+            while not self.stop.is_set():
+                result = self.learner.store_next(timeout_s=0.2)
+                if result is None:
+                    continue
+                stored, reason = result
+                if stored:
+                    self._publish_progress()
+                else:
+                    self.get_logger().warning(f'transition dropped: {reason}')
+        except Exception as exc:  # noqa: BLE001 - reported; the queue keeps the rest
+            self._fail('ingestion', exc)
 
     def _train_loop(self):
         try:
             while not self.stop.is_set():
                 if not self.learner.ready():
+                    self.learner.maybe_checkpoint()  # early buffers survive a crash too
                     self.stop.wait(0.2)
                     continue
                 self.learner.train_step()
+                self._publish_progress()
+                if time.monotonic() - self.pushed_at_s >= self.cfg.sac.weight_push_period_s:
+                    self._push_weights()
         except Exception as exc:  # noqa: BLE001 - reported, then the node keeps its data
-            self.error = f'{type(exc).__name__}: {exc}'
-            self.get_logger().error(f'training stopped: {self.error}')
+            self._fail('training', exc)
+
+    def _fail(self, what: str, exc: Exception) -> None:
+        if self.stop.is_set() or not self.context.ok():  # Ctrl-C closed the context: no error
+            return
+        self.error = f'{what} stopped: {type(exc).__name__}: {exc}'
+        self.get_logger().error(self.error)
 
     def _push_weights(self):
+        """From the update thread (and once at start): an update never runs meanwhile."""
         step = self.learner.agent.step
         if step == self.pushed_step:
             return
         state, meta = self.learner.policy_weights()
         self.weights_pub.publish(UInt8MultiArray(data=array.array('B', encode_weights(state,
                                                                                      meta))))
-        self.pushed_step = step
+        self.pushed_step, self.pushed_at_s = step, time.monotonic()
+
+    def _publish_progress(self):
+        counts = self.learner.counts
+        data = [counts['received'], counts['stored'], self.learner.agent.step,
+                int(self.learner.ready())]
+        with self._progress_lock:
+            self.progress_pub.publish(Int64MultiArray(data=data))
+
+    # --- reporting -----------------------------------------------------------------------------
+    def transfer_summary(self) -> str:
+        c = self.learner.counts
+        text = (f'transitions received {c["received"]}, stored {c["stored"]}, dropped '
+                f'{c["dropped"]}, missing {c["missing"]}')
+        pending = self.learner.pending
+        return text + (f', queued {pending}' if pending else '')
 
     def _summary(self):
         m = self.learner.last_metrics
-        recent = self.episodes[-10:]
-        success = (sum(e.get('success', False) for e in recent) / len(recent)) if recent else 0
-        line = (f'episodes {len(self.episodes)} (last 10: {success:.0%} success)  transitions '
-                f'{self.received}  buffers {len(self.learner.online)}/'
+        episodes, successes = self.learner.episode_counts()
+        recent = self.learner.episodes[-10:]
+        rate = (sum(bool(e.get('success')) for e in recent) / len(recent)) if recent else 0
+        line = (f'episodes {episodes} ({successes} successful; last 10: {rate:.0%} success)  '
+                f'{self.transfer_summary()}  buffers {len(self.learner.online)}/'
                 f'{len(self.learner.offline)}  step {self.learner.agent.step}  critic updates/s '
                 f'{self.learner.critic_updates_per_s:.2f}')
         if m:
             line += f'  critic_loss {m["critic_loss"]:.3f}  alpha {m["alpha"]:.4f}'
         self.get_logger().info(line)
-        level = WARN if self.error or self.learner.rejected else OK
-        values = {'step': str(self.learner.agent.step), 'received': str(self.received),
-                  'rejected': str(self.learner.rejected), 'error': self.error or '',
+        c = self.learner.counts
+        lost = c['dropped'] or c['missing']
+        level = WARN if self.error or lost else OK
+        values = {'step': str(self.learner.agent.step), 'error': self.error or '',
+                  **{k: str(v) for k, v in c.items()},
+                  'queued': str(self.learner.pending),
+                  'drop_reasons': json.dumps(dict(self.learner.drop_reasons)),
+                  'out_of_order': str(self.learner.sequence.out_of_order),
+                  'episodes': str(episodes), 'successes': str(successes),
                   'critic_updates_per_s': f'{self.learner.critic_updates_per_s:.3f}'}
+        message = self.error or ('transitions lost' if lost else 'training')
         self.diag_pub.publish(diagnostic_array(
-            [DiagnosticEntry('sac_learner', level, self.error or 'training', values)],
+            [DiagnosticEntry('sac_learner', level, message, values)],
             self.get_clock().now().to_msg()))
 
     def close(self):
         self.stop.set()
-        self.thread.join(timeout=120)
-        if self.learner.agent.step > 0:
-            path = self.learner.checkpoint()
+        for thread in self.threads:
+            thread.join(timeout=120)
+        while self.learner.store_next(timeout_s=0.0) is not None:  # what arrived before stop
+            pass
+        # anything new since the last checkpoint (steps, transitions, episodes) is kept
+        path = self.learner.maybe_checkpoint(now_s=float('inf'))
+        if path is not None:
             print(f'[sac_learner] final checkpoint {path}', flush=True)  # context may be gone
 
 
