@@ -53,14 +53,14 @@ class LearnerNode(Node):
         num_threads = declare(self, 'num_threads', 0, 'torch CPU threads for training; 0: auto, '
                               'every core but one (max(1, os.cpu_count() - 1))',
                               int_range=(0, 256), read_only=True)
-        import torch
-        torch.set_num_threads(torch_threads(num_threads))
         self.cfg = load_train_config(config_file or None)
         try:  # before resuming: a run continues only with the configuration it started with
             record_run_config(self.run_dir, self.cfg)
         except RunConfigMismatch as exc:
             self.get_logger().fatal(str(exc))
             raise SystemExit(2) from None
+        import torch
+        torch.set_num_threads(torch_threads(num_threads))
         self.learner = Learner(self.cfg, self.run_dir, device=device)
         if self.learner.resumed_from is not None:
             episodes, successes = self.learner.episode_counts()

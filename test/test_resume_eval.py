@@ -169,3 +169,19 @@ def test_train_refuses_to_resume_with_another_config_before_any_node(tmp_path, c
                      '--demos', '0']) == 2
     err = capsys.readouterr().err.strip()
     assert err.count('\n') == 0 and 'sac.batch_size' in err and 'hilserl train' in err
+
+
+def test_learner_node_refuses_a_run_started_with_another_config(ros_context, tmp_path):
+    pytest.importorskip('rclpy')
+    from rclpy.parameter import Parameter
+
+    from hilserl_policy.learner_node import LearnerNode
+    run = tmp_path / 'run'
+    record_run_config(run, load_train_config())
+    other = tmp_path / 'other.yaml'
+    other.write_text('task:\n  episode_time_s: 5.0\n')
+    with pytest.raises(SystemExit) as info:  # spin_node lets it through: exit code 2
+        LearnerNode(context=ros_context, parameter_overrides=[
+            Parameter('config_file', value=str(other)), Parameter('run_dir', value=str(run))])
+    assert info.value.code == 2
+    assert not (run / 'checkpoints').exists()
