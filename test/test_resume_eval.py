@@ -185,3 +185,19 @@ def test_learner_node_refuses_a_run_started_with_another_config(ros_context, tmp
             Parameter('config_file', value=str(other)), Parameter('run_dir', value=str(run))])
     assert info.value.code == 2
     assert not (run / 'checkpoints').exists()
+
+
+def test_eval_of_a_make_train_checkpoint_sees_its_64px_view(tmp_path, monkeypatch):
+    from hilserl.graph import build_graph
+    from hilserl.paths import share_path
+    from hilserl_policy.checkpoint import build_agent
+    cfg = load_train_config(share_path('config', 'sim_learn_conv.yaml'))
+    assert tuple(cfg.image.resize_hw_px) == (64, 64)  # unlike the default 128x128
+    checkpoint = save_checkpoint(tmp_path / 'run', build_agent(cfg, device='cpu'), cfg)
+    started = []
+    monkeypatch.setattr(cli, '_start_graph', lambda *a, **k: started.append(a) or 0)
+    assert cli.main(['eval', '--checkpoint', str(checkpoint), '--episodes', '10']) == 0
+    nodes = {n.name: n for n in build_graph(started[0][0], started[0][1])}
+    assert nodes['gripper_camera'].parameters['resize_hw_px'] == [64, 64]
+    config_file = nodes['sac_actor'].parameters['config_file']
+    assert load_train_config(config_file) == cfg
