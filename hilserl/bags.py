@@ -206,6 +206,23 @@ def list_episodes(root) -> List[Path]:
     return [p.parent if p.name == 'bag' else p for p in found]
 
 
+def complete_episodes(root) -> List[Tuple[Path, dict]]:
+    """(directory, episode.json) of every episode under `root` that ended (not interrupted by a
+    stop); none if `root` does not exist yet."""
+    if not Path(root).exists():
+        return []
+    result = []
+    for path in list_episodes(root):
+        meta_path = path / 'episode.json'
+        try:
+            metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        except json.JSONDecodeError:
+            continue
+        if metadata.get('outcome', 'interrupted') != 'interrupted':
+            result.append((path, metadata))
+    return result
+
+
 def image_msg_to_array(msg) -> np.ndarray:
     from hilserl.conversions import image_to_array
     return image_to_array(msg)

@@ -4,6 +4,7 @@
                                 learner, recorder (each its own process, as `ros2 launch` would)
   hilserl eval --checkpoint D   deterministic policy for N episodes; prints the success table
   hilserl record                simulated demonstrations / classifier data as episode bags
+                                (the same graph, the simulated human acting on every step)
   hilserl replay BAG            republish a bag with its original timing
   hilserl bag-info BAG          topics, counts, duration and episode metadata
   hilserl train-classifier      success classifier from episode bags
@@ -87,17 +88,41 @@ def _run_graph(args, mode: str) -> int:
     if mode == 'train' and graph_args.backend == 'sim' and not graph_args.demo_dir and \
             args.demos > 0:
         demo_root = run_dir / 'demos'
-        if not demo_root.exists():
-            from so101_driver.sim_record import record_episodes
-            print(f'hilserl: recording {args.demos} scripted-expert demos in {demo_root}',
-                  flush=True)
-            record_episodes(demo_root, args.demos, mix='expert:1', seed=cfg.seed + 7, cfg=cfg,
-                            progress=lambda m: print(
-                                f'  demo {m["episode"] + 1}/{args.demos}: '
-                                f'{"success" if m["success"] else "failure"} in {m["length"]} '
-                                f'steps', flush=True))
+        code = _record_demos(graph_args, cfg, demo_root, args)
+        if code != 0:
+            return code
         graph_args = dataclasses.replace(graph_args, demo_dir=str(demo_root))
     return _start_graph(graph_args, cfg, args)
+
+
+def _record_demos(graph_args, cfg, demo_root: Path, args) -> int:
+    """Scripted-expert demonstrations through the record graph. An interrupted recording is
+    continued on the next start (only complete episodes count), never silently used short."""
+    import dataclasses
+
+    from hilserl.bags import complete_episodes
+    done = len(complete_episodes(demo_root))
+    missing = args.demos - done
+    if missing <= 0:
+        return 0
+    print(f'hilserl: recording {missing} scripted-expert demos in {demo_root}'
+          + (f' ({done} already there)' if done else ''), flush=True)
+    record_args = dataclasses.replace(graph_args, mode='record', run_dir=str(demo_root),
+                                      num_episodes=missing, teleop='sim', record=True,
+                                      behaviour_mix='expert:1', demo_dir='')
+    code = _start_graph(record_args, cfg, args, echo=_progress_only)
+    if code == 0 and len(complete_episodes(demo_root)) < args.demos:
+        print(f'hilserl train: demo recording stopped early; run again to finish it',
+              file=sys.stderr)
+        return 1
+    return code
+
+
+def _progress_only(line: str) -> None:
+    """Record graphs: show episode results and problems, not every node's start-up lines."""
+    if 'ended:' in line or 'ERROR' in line or 'Traceback' in line or 'Error' in line or \
+            line.startswith('hilserl'):
+        print(line, flush=True)
 
 
 def _eval_config(graph_args):
@@ -120,7 +145,7 @@ def _eval_config(graph_args):
     return graph_args, cfg
 
 
-def _start_graph(graph_args, cfg, args) -> int:
+def _start_graph(graph_args, cfg, args, echo=None) -> int:
     from hilserl.graph import build_graph
     from hilserl.process_graph import ProcessGraph
     mode, run_dir = graph_args.mode, Path(graph_args.run_dir)
@@ -131,7 +156,10 @@ def _start_graph(graph_args, cfg, args) -> int:
     episodes_ended, bags_closed = set(), set()
 
     def output(line: str) -> None:
-        print(line, flush=True)
+        if echo is None:
+            print(line, flush=True)
+        else:
+            echo(line)
         for pattern, seen in ((_EPISODE_END, episodes_ended), (_BAG_CLOSED, bags_closed)):
             match = pattern.search(line)
             if match:
@@ -139,8 +167,8 @@ def _start_graph(graph_args, cfg, args) -> int:
 
     graph = ProcessGraph(nodes, run_dir / 'params' / mode, graph_args.namespace, output=output,
                          domain_id=args.domain_id)
-    print(f'hilserl {mode}: {", ".join(n.name for n in nodes)} (backend {graph_args.backend}, '
-          f'run {run_dir}); Ctrl-C stops', flush=True)
+    output(f'hilserl {mode}: {", ".join(n.name for n in nodes)} (backend '
+           f'{graph_args.backend}, run {run_dir}); Ctrl-C stops')
     started = time.monotonic()
     graph.start()
     timeout = args.max_minutes * 60 if args.max_minutes else None
@@ -150,8 +178,8 @@ def _start_graph(graph_args, cfg, args) -> int:
         # that bag with its outcome rather than as `interrupted`.
         graph.wait(lambda g: len(bags_closed) >= len(episodes_ended), _BAG_CLOSE_WAIT_S)
     codes = graph.stop()
-    print(f'hilserl {mode}: stopped ({reason}) after {time.monotonic() - started:.0f} s; '
-          f'exit codes {codes}', flush=True)
+    output(f'hilserl {mode}: stopped ({reason}) after {time.monotonic() - started:.0f} s; '
+           f'exit codes {codes}')
     failed = {n: c for n, c in codes.items() if c not in (0, None, -2)}
     return 1 if failed or reason.startswith('node exited') else 0
 
@@ -167,21 +195,23 @@ def _cmd_eval(args) -> int:
 # --- bags --------------------------------------------------------------------------------------
 
 def _cmd_record(args) -> int:
-    from so101_driver.sim_record import record_episodes
-    cfg = load_train_config(args.config)
+    """Simulated episodes through the record graph: the simulated human plays one behaviour
+    of --mix per episode (expert / noisy / random) and presses "success" when the cube is up."""
+    from hilserl.bags import complete_episodes
+    from hilserl.graph import GraphArgs
+    from hilserl.teleop import parse_mix
+    parse_mix(args.mix)  # a bad mix is refused before any node starts
+    graph_args = GraphArgs(mode='record', config=args.config or '', run_dir=args.output,
+                           num_episodes=args.episodes, teleop='sim', behaviour_mix=args.mix,
+                           seed_offset=args.seed)
+    cfg = load_train_config(graph_args.config_path())
     started = time.monotonic()
-
-    def progress(meta):
-        print(f'episode {meta["episode"] + 1}/{args.episodes} ({meta["behaviour"]}): '
-              f'{"success" if meta["success"] else "failure"}, {meta["length"]} steps, '
-              f'{meta["wall_time_s"]:.1f} s', flush=True)
-
-    metas = record_episodes(args.output, args.episodes, args.mix, args.seed, cfg,
-                            progress=progress)
-    successes = sum(m['success'] for m in metas)
-    print(f'{len(metas)} episodes ({successes} successful) in {Path(args.output) / "episodes"} '
-          f'[{time.monotonic() - started:.0f} s]')
-    return 0
+    code = _start_graph(graph_args, cfg, args, echo=_progress_only)
+    episodes = complete_episodes(args.output)
+    successes = sum(bool(meta.get('success')) for _, meta in episodes)
+    print(f'{len(episodes)} episodes ({successes} successful) in '
+          f'{Path(args.output) / "episodes"} [{time.monotonic() - started:.0f} s]')
+    return code
 
 
 def _cmd_bag_info(args) -> int:
@@ -249,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='behaviour weights: expert, noisy, random')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--config', default=None, help='training YAML (task, image crop)')
+    p.add_argument('--domain-id', type=int, default=None,
+                   help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
+    p.add_argument('--max-minutes', type=float, default=None,
+                   help='stop the whole graph after this long')
     p.set_defaults(func=_cmd_record)
 
     p = sub.add_parser('replay', help='republish a bag with its original timing')

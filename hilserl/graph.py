@@ -59,6 +59,7 @@ class GraphArgs:
     demo_dir: str = ''
     device: str = 'auto'
     behaviour_mix: str = 'expert:1'   # record: the simulated human's per-episode behaviours
+    seed_offset: int = 0              # added to the config's seed (resets, behaviours)
 
     def __post_init__(self):
         checks = [(self.mode in MODES, 'mode', f'one of {MODES}'),
@@ -118,7 +119,7 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
     # The simulated human would spoil an evaluation: it takes part in train and record only.
     teleop = 'none' if eval_mode and args.teleop == 'sim' else args.teleop
     run_dir = Path(args.run_dir).resolve()
-    seed = cfg.seed + {'train': 0, 'eval': 1000, 'record': 2000}[args.mode]
+    seed = cfg.seed + args.seed_offset + {'train': 0, 'eval': 1000, 'record': 2000}[args.mode]
     driver = {
         # the task's geometry comes from the training config, the hardware from the robot file
         'ee_step_m': list(act.ee_step_m), 'gripper_step_rad': act.gripper_step_rad,

@@ -18,8 +18,8 @@ def load_demo_transitions(root, successful_only: bool = False) -> Iterator[Trans
     for path in list_episodes(root):
         episode = read_episode(path, [Topics.TRANSITIONS])
         meta = episode.metadata
-        if meta.get('outcome') == 'rerecord':
-            continue
+        if meta.get('outcome', 'interrupted') in ('rerecord', 'interrupted'):
+            continue  # to be recorded again, or cut short by a stop
         if successful_only and not meta.get('success', False):
             continue
         for _, msg in episode.messages.get(Topics.TRANSITIONS, []):
