@@ -66,6 +66,9 @@ class Qos:
     """QoS classes: sensor data is best effort and shallow; anything that must not be lost is
     reliable; the latest policy weights are latched for late-joining actors."""
     SENSOR_DATA = QosSpec(reliable=False, depth=5)
+    # The policy view is small (<= 49 kB) and every frame is a control tick: the actor and the
+    # recorder must see each one (best-effort drops frames under load).
+    POLICY_VIEW = QosSpec(reliable=True, depth=10)
     STATE = QosSpec(reliable=True, depth=10)
     COMMAND = QosSpec(reliable=True, depth=10)
     EVENT = QosSpec(reliable=True, depth=100)
@@ -83,7 +86,7 @@ TOPIC_QOS = {
     Topics.INTERVENTION: Qos.COMMAND,
     Topics.EPISODE_LABEL: Qos.EVENT,
     Topics.IMAGE_RAW: Qos.SENSOR_DATA,
-    Topics.IMAGE_CROP: Qos.SENSOR_DATA,
+    Topics.IMAGE_CROP: Qos.POLICY_VIEW,
     Topics.SUCCESS_PROBABILITY: Qos.EVENT,
     Topics.SUCCESS: Qos.COMMAND,
     Topics.REWARD: Qos.COMMAND,

@@ -22,3 +22,29 @@ def ros_context():
         yield context
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def free_domain_id() -> int:
+    """A ROS domain id of its own for a graph a test starts (processes, not a Context)."""
+    _next_domain[0] = 40 + (_next_domain[0] - 39) % 100
+    return _next_domain[0]
+
+
+@pytest.fixture(scope='session')
+def sim_episodes(tmp_path_factory):
+    """Simulated episodes recorded once per test session through the record graph (`hilserl
+    record`: driver, camera, simulated human, actor, recorder): expert and random behaviours,
+    6 s episodes so failures stay short. Returns (run directory, [(episode dir, metadata)])."""
+    pytest.importorskip('rclpy')
+    from hilserl import cli
+    from hilserl.bags import complete_episodes
+    root = tmp_path_factory.mktemp('sim_episodes')
+    config = root / 'short.yaml'
+    config.write_text('task:\n  episode_time_s: 6.0\n')
+    code = cli.main(['record', '--episodes', '8', '--mix', 'expert:0.6,random:0.4', '--seed',
+                     '3', '--config', str(config), '--output', str(root / 'run'),
+                     '--domain-id', str(free_domain_id())])
+    assert code == 0
+    episodes = sorted(complete_episodes(root / 'run'), key=lambda e: e[1]['episode'])
+    assert len(episodes) == 8
+    return root / 'run', episodes

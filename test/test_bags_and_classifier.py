@@ -6,24 +6,20 @@ import numpy as np
 import pytest
 
 from hilserl.bags import labelled_frames, list_episodes, read_episode
-from hilserl.config import TaskConfig, TrainConfig
 from hilserl.conventions import Topics
 from hilserl_policy.demos import load_demo_transitions
-from so101_driver.sim_record import record_episodes
 
 
 @pytest.fixture(scope='module')
-def recorded(tmp_path_factory):
-    root = tmp_path_factory.mktemp('run')
-    cfg = TrainConfig(task=TaskConfig(episode_time_s=6.0))  # short failures keep this fast
-    metas = record_episodes(root, episodes=6, mix='expert:0.5,random:0.5', seed=3, cfg=cfg)
-    return root, metas
+def recorded(sim_episodes):
+    root, episodes = sim_episodes
+    return root, [meta for _, meta in episodes]
 
 
 def test_every_bag_reads_back_with_its_topics_and_metadata(recorded):
     root, metas = recorded
     episodes = list_episodes(root)
-    assert len(episodes) == 6
+    assert len(episodes) == 8
     assert any(m['success'] for m in metas) and not all(m['success'] for m in metas)
     for path, meta in zip(episodes, metas):
         assert (path / 'bag' / 'metadata.yaml').is_file()
@@ -34,8 +30,8 @@ def test_every_bag_reads_back_with_its_topics_and_metadata(recorded):
         assert n_images == len(data.messages[Topics.JOINT_STATES]) >= 10
         image = data.messages[Topics.IMAGE_CROP][0][1]
         assert (image.height, image.width, image.encoding) == (128, 128, 'rgb8')
-        labels = [m.data for _, m in data.messages[Topics.EPISODE_LABEL]]
-        assert labels == (['success'] if meta['success'] else ['failure'])
+        labels = [m.data for _, m in data.messages.get(Topics.EPISODE_LABEL, [])]
+        assert labels == (['success'] if meta['success'] else [])  # the simulated human's key
         stamps = [s for s, _ in data.messages[Topics.JOINT_STATES]]
         assert stamps == sorted(stamps)
 
@@ -55,7 +51,7 @@ def test_labelled_frames_from_keys_match_ground_truth(recorded):
 def test_demo_transitions_come_back_in_order(recorded):
     root, metas = recorded
     transitions = list(load_demo_transitions(root))
-    assert len(transitions) == sum(m['length'] for m in metas)
+    assert len(transitions) == sum(m['steps'] for m in metas)
     assert sum(t.terminated for t in transitions) == sum(m['success'] for m in metas)
     assert all(t.image.shape == (3, 128, 128) and t.intervention for t in transitions)
     for a, b in zip(transitions, transitions[1:]):

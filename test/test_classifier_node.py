@@ -14,7 +14,6 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, Float32  # noqa: E402
 
 from hilserl.base_node import qos_profile  # noqa: E402
-from hilserl.config import TaskConfig, TrainConfig  # noqa: E402
 from hilserl.conventions import Topics  # noqa: E402
 from hilserl.conversions import array_to_image  # noqa: E402
 from reward_classifier_node.classifier_node import ClassifierNode  # noqa: E402
@@ -22,21 +21,19 @@ from reward_classifier_node.evaluate import evaluate_episodes, first_debounced  
 from reward_classifier_node.model import ClassifierConfig, load_classifier  # noqa: E402
 from reward_classifier_node.train import (TrainClassifierConfig, load_frames,  # noqa: E402
                                           predict_proba, train_classifier)
-from so101_driver.sim_record import record_episodes  # noqa: E402
 
 DEBOUNCE = 2
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, sim_episodes):
     root = tmp_path_factory.mktemp('clf')
-    cfg = TrainConfig(task=TaskConfig(episode_time_s=6.0))
-    record_episodes(root / 'data', episodes=8, mix='expert:0.75,random:0.25', seed=11, cfg=cfg)
-    train_classifier(root / 'data', root / 'model', ClassifierConfig(hidden_dim=64),
+    data, _ = sim_episodes
+    train_classifier(data, root / 'model', ClassifierConfig(hidden_dim=64),
                      TrainClassifierConfig(epochs=25, val_fraction=0.25, target_fpr=0.02,
                                            label_source='ground_truth', max_minutes=2),
                      progress=lambda line: None)
-    episodes = load_frames(root / 'data', label_source='ground_truth')
+    episodes = load_frames(data, label_source='ground_truth')
     return root, episodes
 
 
@@ -94,9 +91,9 @@ def test_replayed_episode_flips_within_3_frames_of_the_label(ros_context, traine
         probe.destroy_node()
 
 
-def test_evaluation_table_names_false_positives_and_misses(trained):
+def test_evaluation_table_names_false_positives_and_misses(trained, sim_episodes):
     root, _ = trained
-    rows = evaluate_episodes(root / 'model', root / 'data', 'ground_truth', DEBOUNCE)
+    rows = evaluate_episodes(root / 'model', sim_episodes[0], 'ground_truth', DEBOUNCE)
     assert len(rows) == 8
     assert all(r['verdict'] for r in rows)
     assert sum(r['labelled'] is not None for r in rows) >= 4

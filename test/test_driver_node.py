@@ -36,7 +36,8 @@ def graph(request, ros_context, tmp_path):
     overrides = [Parameter('backend', value=request.param),
                  Parameter('random_ee_reset', value=False),
                  Parameter('command_timeout_s', value=0.3),
-                 Parameter('health_period_s', value=0.2)]
+                 Parameter('health_period_s', value=0.2),
+                 Parameter('sim_clock', value=False)]  # wall-clock ticks: test_sim_clock.py
     sim_bus = None
     if request.param == 'hardware':
         cal = default_calibration()
@@ -83,15 +84,15 @@ def test_ee_actions_move_the_tcp_and_bad_ones_are_counted(graph):
                     actions.get_subscription_count() > 0)
     msg = seen['joints'][-1]
     assert list(msg.name) == list(JOINT_NAMES) and len(msg.velocity) == len(msg.effort) == 6
-    z0 = seen['tcp'][-1].pose.position.z
+    x0 = seen['tcp'][-1].pose.position.x
     assert seen['tcp'][-1].header.frame_id == 'base_link'
-    for i in range(3):
-        actions.publish(Float32MultiArray(data=[0.0, 0.0, 1.0, 0.0]))
+    for i in range(3):  # -x: from home, +z leaves the top-down reach within a step
+        actions.publish(Float32MultiArray(data=[-1.0, 0.0, 0.0, 0.0]))
         # a 10 Hz controller's pace, but on a loaded machine wait for the step to be made
-        spin_for(executor, 1.0, lambda: seen['tcp'][-1].pose.position.z - z0 > 0.015 * (i + 1))
+        spin_for(executor, 1.0, lambda: x0 - seen['tcp'][-1].pose.position.x > 0.015 * (i + 1))
     spin_for(executor, 0.3)
-    z1 = seen['tcp'][-1].pose.position.z
-    assert 0.045 < z1 - z0 < 0.07, (z0, z1)
+    x1 = seen['tcp'][-1].pose.position.x
+    assert 0.045 < x0 - x1 < 0.07, (x0, x1)
     actions.publish(Float32MultiArray(data=[0.0, float('nan'), 0.0, 0.0]))
     actions.publish(Float32MultiArray(data=[0.0, 0.0]))
     assert spin_for(executor, 2.0, lambda: last_counter(seen, 'rejected_commands') == 2)

@@ -13,19 +13,15 @@ from std_msgs.msg import String  # noqa: E402
 
 from hilserl import cli  # noqa: E402
 from hilserl.base_node import qos_profile  # noqa: E402
-from hilserl.bags import list_episodes, read_episode  # noqa: E402
-from hilserl.config import TaskConfig, TrainConfig  # noqa: E402
+from hilserl.bags import read_episode  # noqa: E402
 from hilserl.conventions import Topics  # noqa: E402
 from hilserl_policy.replay_node import ReplayNode  # noqa: E402
-from so101_driver.sim_record import record_episodes  # noqa: E402
 
 
 @pytest.fixture(scope='module')
-def episode(tmp_path_factory):
-    root = tmp_path_factory.mktemp('replay')
-    record_episodes(root, episodes=1, mix='expert:1', seed=5,
-                    cfg=TrainConfig(task=TaskConfig(episode_time_s=4.0)))
-    return list_episodes(root)[0]
+def episode(sim_episodes):
+    _, episodes = sim_episodes
+    return next(path for path, meta in episodes if meta['success'])
 
 
 def test_bag_info_summarises_topics_and_metadata(episode, capsys):
