@@ -30,7 +30,7 @@ bench-learner: setup
 	$(PY) bench/learner_speed.py
 
 learn: setup
-	$(PY) bench/learn_sim.py
+	$(PY) bench/learn_graph.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -13,11 +13,11 @@ from pathlib import Path
 import common  # noqa: F401
 import torch
 
-from hilserl.config import TrainConfig
+from hilserl import cli
+from hilserl.bags import complete_episodes
 from reward_classifier_node.evaluate import evaluate_episodes, format_table
 from reward_classifier_node.model import ClassifierConfig
 from reward_classifier_node.train import TrainClassifierConfig, train_classifier
-from so101_driver.sim_record import record_episodes
 
 
 def main():
@@ -32,9 +32,13 @@ def main():
     torch.set_num_threads(2)
     root = Path(args.out or tempfile.mkdtemp(prefix='hilserl_clf_'))
     started = time.perf_counter()
-    metas = record_episodes(root / 'data', args.episodes, args.mix, seed=1, cfg=TrainConfig())
-    print(f'recorded {len(metas)} episodes ({sum(m["success"] for m in metas)} successful) in '
-          f'{time.perf_counter() - started:.0f} s')
+    # through the record graph, as `hilserl record` (the simulated human plays the mix)
+    if cli.main(['record', '--episodes', str(args.episodes), '--mix', args.mix, '--seed', '1',
+                 '--output', str(root / 'data')]) != 0:
+        raise SystemExit('recording failed')
+    metas = [meta for _, meta in complete_episodes(root / 'data')]
+    print(f'recorded {len(metas)} episodes ({sum(bool(m["success"]) for m in metas)} successful) '
+          f'in {time.perf_counter() - started:.0f} s')
     started = time.perf_counter()
     result = train_classifier(root / 'data', root / 'model', ClassifierConfig(),
                               TrainClassifierConfig(epochs=args.epochs,

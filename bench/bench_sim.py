@@ -1,52 +1,58 @@
-"""Simulated control steps per second (EE action -> IK -> 0.1 s physics -> 640x480 render ->
-crop/resize -> state), and the scripted expert's success rate over 50 seeded episodes."""
+"""The simulated human through the graph: `hilserl record` with the scripted expert alone (no
+policy), on the simulated clock, quiet and with CPU-bound processes beside it. Prints success
+rate, episode lengths and simulated control steps per wall second.
+
+  python bench/bench_sim.py [--episodes 50] [--load 0 2] [--seed 0]
+"""
 import argparse
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import common  # noqa: F401
 import numpy as np
 
-from hilserl.config import TrainConfig
-from hilserl.expert import ScriptedExpert
-from so101_driver.sim_env import SimEnv
+from hilserl import cli
+from hilserl.bags import complete_episodes
 
 
-def run(episodes: int, render: bool, seed: int):
-    env = SimEnv(TrainConfig(), render=render, seed=seed)
-    expert = ScriptedExpert()
-    successes = steps = 0
-    lengths = []
-    start = time.perf_counter()
-    for episode in range(episodes):
-        obs, _ = env.reset()
-        for step in range(env.cfg.task.max_episode_steps):
-            task = env.backend.task_state()
-            action = expert.act(obs.tcp_pose, obs.joint_position_rad[5], task.cube_xyz_m,
-                                task.grasped)
-            obs, _r, terminated, truncated, _info = env.step(action)
-            steps += 1
-            if terminated or truncated:
-                break
-        successes += bool(terminated)
-        lengths.append(step + 1)
-    elapsed = time.perf_counter() - start
-    env.close()
-    return successes, steps, elapsed, lengths
+def run(episodes: int, seed: int, load: int, domain_id: int):
+    hogs = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(load)]
+    root = Path(tempfile.mkdtemp(prefix='hilserl_expert_'))
+    try:
+        started = time.perf_counter()
+        code = cli.main(['record', '--episodes', str(episodes), '--mix', 'expert:1', '--seed',
+                         str(seed), '--output', str(root), '--domain-id', str(domain_id)])
+        elapsed = time.perf_counter() - started
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    metas = [meta for _, meta in complete_episodes(root)]
+    return code, metas, elapsed
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--episodes', type=int, default=50)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--load', type=int, nargs='+', default=[0, 2],
+                        help='CPU-bound processes running beside each measurement')
+    parser.add_argument('--domain-id', type=int, default=71)
     args = parser.parse_args()
-    for render in (True, False):
-        ok, steps, elapsed, lengths = run(args.episodes, render, args.seed)
-        label = 'with 640x480 render' if render else 'physics + IK only'
-        print(f'{label:22s}: {steps / elapsed:7.1f} control steps/s '
-              f'({steps / elapsed / 10:5.1f}x real time at 10 Hz), {steps} steps in {elapsed:.1f} s')
-        print(f'{"":22s}  scripted expert success {ok}/{args.episodes} '
-              f'({100 * ok / args.episodes:.0f}%), episode length median {np.median(lengths):.0f} '
-              f'steps, max {max(lengths)}')
+    rows = []
+    for load in args.load:
+        code, metas, elapsed = run(args.episodes, args.seed, load, args.domain_id)
+        ok = sum(bool(m.get('success')) for m in metas)
+        steps = [int(m.get('steps', 0)) for m in metas]
+        rows.append(f'load {load}: expert success {ok}/{len(metas)} '
+                    f'({100 * ok / max(len(metas), 1):.0f}%), median {np.median(steps):.0f} '
+                    f'steps (max {max(steps, default=0)}), {sum(steps) / elapsed:.1f} control '
+                    f'steps per wall second incl. start-up ({elapsed:.0f} s), exit {code}')
+    print('\n'.join(rows))
 
 
 if __name__ == '__main__':

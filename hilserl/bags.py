@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
@@ -204,6 +205,22 @@ def list_episodes(root) -> List[Path]:
         raise FileNotFoundError(f'{root} does not exist')
     found = sorted(p.parent for p in root.glob('**/bag/metadata.yaml'))
     return [p.parent if p.name == 'bag' else p for p in found]
+
+
+# Message types whose CDR starts with std_msgs/Header (stamp first).
+HEADER_FIRST_TYPES = frozenset({'sensor_msgs/msg/Image', 'sensor_msgs/msg/JointState',
+                                'geometry_msgs/msg/PoseStamped', 'sensor_msgs/msg/Joy'})
+
+
+def header_stamp_ns(cdr) -> Optional[int]:
+    """header.stamp of a serialized message whose type starts with std_msgs/Header (see
+    HEADER_FIRST_TYPES), read from the CDR bytes without deserializing; None if too short."""
+    data = memoryview(cdr)
+    if len(data) < 12:
+        return None
+    little = data[1] == 1  # encapsulation: 0x0001 CDR_LE, 0x0000 CDR_BE
+    sec, nanosec = struct.unpack('<iI' if little else '>iI', data[4:12])
+    return sec * 1_000_000_000 + nanosec
 
 
 def complete_episodes(root) -> List[Tuple[Path, dict]]:

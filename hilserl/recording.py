@@ -8,9 +8,10 @@ Ctrl-C closes the open bag cleanly. Bag stamps are the graph's time (simulated w
 backend); the close delay is wall time, because late messages are late in wall time and a
 stopped simulated clock must not keep a finished episode's bag open.
 
-With `sim_clock` the graph's time stands still until each tick is answered, so a message's
-receipt time is its tick: an episode holds exactly the ticks from its `start` to its `end` event
-(no pre-roll from the reset before it, no frames of the next reset after it).
+With `sim_clock` every message is filed under its tick (header stamps; the recorder node takes
+care of that) and events carry theirs (`stamp_ns`): an episode holds exactly the ticks from its
+`start` to its `end` event, whatever order the topics arrive in (no frames of the reset before
+it, none of the next reset after it).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class EpisodeRecorder:
         self.close_delay_ns = close_delay_ns
         self.sim_clock = sim_clock
         self.preroll_ns = 0 if sim_clock else preroll_ns
+        self.start_stamp_ns: Optional[int] = None
         self.end_stamp_ns: Optional[int] = None
         self._preroll = deque()   # (topic, data, stamp_ns) received while no bag is open
         self.compress = compress
@@ -64,8 +66,11 @@ class EpisodeRecorder:
             self.dropped += 1
             return
         kind = event.get('event')
+        if self.sim_clock and isinstance(event.get('stamp_ns'), int):
+            now_ns = event['stamp_ns']
         if kind == 'start':
             self.finish()  # a start without an end (actor restarted): close the old one
+            self.start_stamp_ns = now_ns
             self.writer = EpisodeWriter(self._episode_dir(int(event.get('episode', 0))),
                                         self.topics, compress=self.compress)
             self.log(f'recording {self.writer.dir}')
@@ -81,10 +86,13 @@ class EpisodeRecorder:
             self.end_stamp_ns = now_ns
 
     def on_message(self, topic: str, data, stamp_ns: int, serialized: bool = True) -> None:
-        if self.sim_clock and self.end_stamp_ns is not None and stamp_ns > self.end_stamp_ns \
-                and self.writer is not None:
-            self._keep_for_preroll(topic, data, stamp_ns, serialized)  # the next tick's
-            return
+        if self.sim_clock and self.writer is not None:
+            if self.end_stamp_ns is not None and stamp_ns > self.end_stamp_ns:
+                self._keep_for_preroll(topic, data, stamp_ns, serialized)  # the next tick's
+                return
+            if stamp_ns < self.start_stamp_ns:  # a late message of the reset before
+                self.dropped += 1
+                return
         if self.writer is None:
             self._keep_for_preroll(topic, data, stamp_ns, serialized)
             return

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import array
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -128,7 +129,7 @@ class ActorNode(Node):
                          'weights_rejected': 0, 'reset_failures': 0, 'human_actions_used': 0,
                          'human_actions_missing': 0}
         self.stale_reason = ''
-        self.finished = False
+        self.done_since_s: Optional[float] = None  # wall time the last episode ended
         self.episodes_done = 0
 
         self.create_subscription(Image, Topics.IMAGE_CROP, self._on_image,
@@ -276,7 +277,7 @@ class ActorNode(Node):
 
     def _on_observation(self):
         """sim_clock: a tick's image and joint state have both arrived: answer it once."""
-        if not self.sim_clock or self.finished:
+        if not self.sim_clock or self.done_since_s is not None:
             return
         stamp_ns = self.image_stamp_ns
         if stamp_ns is None or stamp_ns != self.joints_stamp_ns or \
@@ -293,7 +294,7 @@ class ActorNode(Node):
         # else: the simulated human answers this tick's proposal; _on_human finishes the step
 
     def _wall_tick(self):
-        if self.finished:
+        if self.done_since_s is not None:
             return
         self.counters['ticks'] += 1
         if self._advance_phase() and self._propose_step():
@@ -434,7 +435,7 @@ class ActorNode(Node):
             self.evaluation.add(stats)
         self.episodes_done += 1
         if self.num_episodes and self.episodes_done >= self.num_episodes:
-            self.finished = True
+            self.done_since_s = time.monotonic()
             if self.evaluation is not None:
                 path = self.evaluation.write(self.output_dir, {
                     'checkpoint_step': self.agent.step})
@@ -445,7 +446,16 @@ class ActorNode(Node):
             return
         self._set_phase('need_reset')
 
+    @property
+    def finished(self) -> bool:
+        """spin_node ends the process once this is true: a second after the last episode, so
+        its `end` and `finished` events reach the recorder before the writer goes away."""
+        return self.done_since_s is not None and time.monotonic() - self.done_since_s > 1.0
+
     def _publish_event(self, text: str) -> None:
+        if self.sim_clock and self.tick_ns is not None:
+            # the tick it happened on: the recorder receives topics in no common order
+            text = json.dumps({**json.loads(text), 'stamp_ns': self.tick_ns})
         self.event_pub.publish(String(data=text))
 
     def _publish_diagnostics(self):

@@ -11,7 +11,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import String
 
-from hilserl.bags import EPISODE_TOPICS
+from hilserl.bags import EPISODE_TOPICS, HEADER_FIRST_TYPES, header_stamp_ns
 from hilserl.base_node import declare, message_class, qos_profile, spin_node
 from hilserl.conventions import TOPIC_QOS, Qos, Topics
 from hilserl.recording import EpisodeRecorder
@@ -46,6 +46,10 @@ class RecorderNode(Node):
         self.recorder = EpisodeRecorder(run_dir, topics, compress=compress,
                                         extra_metadata={'config_digest': config_digest},
                                         log=self.get_logger().info, sim_clock=sim_clock)
+        self.sim_clock = sim_clock
+        self.latest_tick_ns = 0
+        self.stamped_topics = {topic for topic, type_name in topics.items()
+                               if type_name in HEADER_FIRST_TYPES}
         # events first: when an episode's start and its first messages are ready together, the
         # executor serves subscriptions in creation order
         self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
@@ -69,10 +73,23 @@ class RecorderNode(Node):
         return self.get_clock().now().nanoseconds
 
     def _on_raw(self, topic: str, data: bytes):
-        self.recorder.on_message(topic, data, self._now_ns())
+        stamp_ns = self._now_ns()
+        if self.sim_clock:
+            # A tick's messages may be served before its /clock: file stamped messages under
+            # their own header stamp (the tick), the others no earlier than the newest tick seen.
+            if topic in self.stamped_topics:
+                header_ns = header_stamp_ns(data)
+                if header_ns is not None:
+                    self.latest_tick_ns = max(self.latest_tick_ns, header_ns)
+                    stamp_ns = header_ns
+            else:
+                stamp_ns = max(stamp_ns, self.latest_tick_ns)
+        self.recorder.on_message(topic, data, stamp_ns)
 
     def _on_event(self, msg: String):
-        self.recorder.on_event(msg.data, self._now_ns())
+        now_ns = self._now_ns()
+        self.recorder.on_event(msg.data, max(now_ns, self.latest_tick_ns) if self.sim_clock
+                               else now_ns)
 
     def close(self):
         # after Ctrl-C the context is gone: log to the console only, not to /rosout

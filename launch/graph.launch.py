@@ -1,4 +1,4 @@
-"""The hilserl graph (train or eval), shared by train.launch.py and eval.launch.py: driver,
+"""The hilserl graph (train, eval or record), shared by train.launch.py and eval.launch.py: driver,
 gripper camera, teleop, (reward classifier), SAC actor (+ learner in train), episode recorder,
 robot_state_publisher and, with rviz:=true, RViz. The node list and parameters come from
 hilserl.graph, which the `hilserl` command runs too.
@@ -6,7 +6,8 @@ hilserl.graph, which the `hilserl` command runs too.
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
-from launch.substitutions import Command, LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import (Command, LaunchConfiguration, PathJoinSubstitution,
+                                  PythonExpression)
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -21,8 +22,9 @@ def generate_launch_description():
     urdf = PathJoinSubstitution([share, 'urdf', 'so101.urdf'])
     namespace = LaunchConfiguration('namespace')
     return LaunchDescription(
-        [DeclareLaunchArgument('mode', default_value='train', choices=['train', 'eval'],
-                               description='train (actor + learner) or eval (checkpoint)')]
+        [DeclareLaunchArgument('mode', default_value='train', choices=['train', 'eval', 'record'],
+                               description='train (actor + learner), eval (checkpoint) or '
+                                           'record (the human acts: demonstrations)')]
         + [DeclareLaunchArgument(name, default_value=default, description=description)
            for name, default, description in LAUNCH_ARGUMENTS]
         + [SetEnvironmentVariable(name, value) for name, value in NODE_ENVIRONMENT.items()]
@@ -31,7 +33,10 @@ def generate_launch_description():
             Node(package='robot_state_publisher', executable='robot_state_publisher',
                  namespace=namespace, output='screen',
                  parameters=[{'robot_description': ParameterValue(Command(['cat ', urdf]),
-                                                                  value_type=str)}]),
+                                                                  value_type=str),
+                              # the simulated arm's driver owns time (/clock)
+                              'use_sim_time': PythonExpression(
+                                  ["'", LaunchConfiguration('backend'), "' == 'sim'"])}]),
             Node(package='rviz2', executable='rviz2', namespace=namespace,
                  arguments=['-d', PathJoinSubstitution([share, 'config', 'hilserl.rviz'])],
                  condition=IfCondition(LaunchConfiguration('rviz'))),

@@ -293,15 +293,15 @@ class DriverNode(Node):
         self._publish_state(now_ns)
 
     def _publish_state(self, now_ns: int) -> None:
-        """/clock, then the tick's ground truth, then its joint state and TCP pose (the camera,
-        teleop and actor answer these), all stamped with simulated time."""
+        """/clock, then the tick's joint state and TCP pose, then its ground truth (the camera,
+        teleop and actor answer these), all stamped with simulated time. Unstamped messages go
+        last so that a subscriber has seen the tick's clock or header stamp before them."""
         stamp = nanoseconds_to_stamp(now_ns)
         self.clock_pub.publish(ClockMsg(clock=stamp))
         if self.core.reading is None:
             self.core.tick(now_ns * 1e-9, 0.0)  # start-up: read once, move nothing
+        self._publish_reading(self.core.backend.read(), stamp)
         self._publish_sim_truth(stamp)
-        reading = self.core.backend.read()
-        self._publish_reading(reading, stamp)
         self._publish_ready()
 
     # --- wall-clock ticks (hardware; sim with sim_clock false) ---------------------------------
@@ -331,8 +331,6 @@ class DriverNode(Node):
 
     def _publish_sim_truth(self, stamp) -> None:
         task = self.sim.task_state()
-        self.grasped_pub.publish(Bool(data=bool(task.grasped)))
-        self.success_pub.publish(Bool(data=bool(task.lifted)))
         pose = np.eye(4)
         pose[:3, 3] = task.cube_xyz_m
         msg = pose_stamped(pose, Frames.BASE, stamp)
@@ -340,6 +338,8 @@ class DriverNode(Node):
         msg.pose.orientation.x, msg.pose.orientation.y, msg.pose.orientation.z, \
             msg.pose.orientation.w = float(x), float(y), float(z), float(w)
         self.cube_pub.publish(msg)
+        self.grasped_pub.publish(Bool(data=bool(task.grasped)))
+        self.success_pub.publish(Bool(data=bool(task.lifted)))
 
     def _publish_ready(self) -> None:
         ready = self.core.ready

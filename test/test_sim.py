@@ -5,11 +5,10 @@ import pytest
 mujoco = pytest.importorskip('mujoco')
 
 from hilserl.config import TrainConfig  # noqa: E402
-from hilserl.expert import ScriptedExpert  # noqa: E402
 from hilserl.kinematics import SO101Kinematics  # noqa: E402
 from so101_driver.mujoco_scene import SceneConfig, build_mjcf  # noqa: E402
 from so101_driver.sim_backend import SimBackend  # noqa: E402
-from so101_driver.sim_env import SimEnv, TOP_DOWN_SEED_RAD, reset_joint_goal  # noqa: E402
+from so101_driver.ee_control import TOP_DOWN_SEED_RAD, home_joint_goal  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -82,7 +81,8 @@ def test_random_ee_reset_stays_within_range_and_top_down():
     rng = np.random.default_rng(0)
     offsets = []
     for _ in range(20):
-        q = reset_joint_goal(kin, cfg, rng)
+        q = home_joint_goal(kin, cfg.task.reset_tcp_xyz_m, cfg.task.reset_gripper_rad,
+                            cfg.task.random_ee_range_xy_m, rng)
         pose = kin.fk(q[:5])
         offsets.append(pose[:3, 3] - np.array(cfg.task.reset_tcp_xyz_m))
         assert pose[2, 2] < -0.98  # approach within ~11 deg of straight down
@@ -90,35 +90,3 @@ def test_random_ee_reset_stays_within_range_and_top_down():
     offsets = np.array(offsets)
     assert np.abs(offsets[:, :2]).max() <= 0.03 + 0.002 and np.abs(offsets[:, 2]).max() < 0.002
     assert offsets[:, :2].std() > 0.005
-
-
-def test_scripted_expert_grasps_and_lifts_in_seeded_episodes():
-    env = SimEnv(TrainConfig(), render=False, seed=123)
-    expert = ScriptedExpert()
-    successes = 0
-    episodes = 12
-    for _ in range(episodes):
-        obs, _info = env.reset()
-        for _step in range(env.cfg.task.max_episode_steps):
-            task = env.backend.task_state()
-            action = expert.act(obs.tcp_pose, obs.joint_position_rad[5], task.cube_xyz_m,
-                                task.grasped)
-            assert action.shape == (4,) and np.all(np.abs(action) <= 1.0)
-            obs, _reward, terminated, truncated, info = env.step(action)
-            if terminated or truncated:
-                break
-        successes += bool(terminated and info['task'].lifted)
-    env.close()
-    assert successes >= episodes - 1
-
-
-def test_doing_nothing_never_succeeds():
-    env = SimEnv(TrainConfig(), render=False, seed=5)
-    env.reset()
-    for _ in range(env.cfg.task.max_episode_steps):
-        _obs, reward, terminated, truncated, info = env.step(np.zeros(4))
-        assert not terminated and reward < 0
-        if truncated:
-            break
-    assert truncated and not info['task'].lifted
-    env.close()
