@@ -25,6 +25,9 @@ ERRBIT_ANGLE = 2
 ERRBIT_OVERHEAT = 4
 ERRBIT_OVERCURRENT = 8
 ERRBIT_OVERLOAD = 32
+# What a servo is assumed to cut its torque on when its unload-conditions register (19) cannot be
+# read: the protections the status byte reports besides the angle sensor.
+DEFAULT_UNLOAD_ERRBITS = ERRBIT_VOLTAGE | ERRBIT_OVERHEAT | ERRBIT_OVERCURRENT | ERRBIT_OVERLOAD
 ERROR_NAMES = {ERRBIT_VOLTAGE: 'input voltage', ERRBIT_ANGLE: 'angle sensor',
                ERRBIT_OVERHEAT: 'overheat', ERRBIT_OVERCURRENT: 'over-current',
                ERRBIT_OVERLOAD: 'overload'}
@@ -46,8 +49,12 @@ REGISTERS = {
     'min_position_limit': Register(9, 2, eeprom=True),
     'max_position_limit': Register(11, 2, eeprom=True),
     'max_temperature': Register(13, 1, eeprom=True),
+    'max_input_voltage': Register(14, 1, eeprom=True),
+    'min_input_voltage': Register(15, 1, eeprom=True),
     'max_torque': Register(16, 2, eeprom=True),
     'phase': Register(18, 1, eeprom=True),
+    'unload_conditions': Register(19, 1, eeprom=True),
+    'led_alarm_conditions': Register(20, 1, eeprom=True),
     'p_coefficient': Register(21, 1, eeprom=True),
     'd_coefficient': Register(22, 1, eeprom=True),
     'i_coefficient': Register(23, 1, eeprom=True),

@@ -2,18 +2,21 @@
 
 Used by tests and benchmarks to drive the hardware backend through the real SDK and a real
 serial file descriptor. Each servo has a control table and a simple motor model (moves toward the
-goal at a bounded speed while torque is on). Faults can be injected: no reply, corrupted
-checksum, a servo that disappears, over-temperature.
+goal at a bounded speed while torque is on; cuts its torque when a status error bit is in its
+unload conditions, as the firmware's protection does). Faults can be injected: no reply,
+corrupted checksum, truncated or random replies at a rate, a servo that disappears, over-
+temperature, low voltage, an overload trip. Every goal position a servo receives is recorded.
 """
 from __future__ import annotations
 
 import os
 import pty
+import random
 import select
 import threading
 import time
 import tty
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from so101_driver import sts_protocol as sts
 
@@ -27,12 +30,20 @@ class SimulatedServo:
         self._put('return_delay', 250)
         self._put('max_position_limit', 4095)
         self._put('max_temperature', 70)
+        self._put('max_input_voltage', 140)
+        self._put('min_input_voltage', 45)
+        # Assumed protections (the factory value is not measured here): cut torque on
+        # overheat, over-current and overload.
+        self._put('unload_conditions', sts.ERRBIT_OVERHEAT | sts.ERRBIT_OVERCURRENT |
+                  sts.ERRBIT_OVERLOAD)
         self._put('max_torque', 1000)
         self._put('p_coefficient', 32)
         self._put('torque_limit', 1000)
         self._put('present_voltage', 120)
         self._put('present_temperature', 30)
         self.actual_ticks = float(position_ticks)  # physical encoder reading, before the offset
+        self.latched_error = 0   # tripped protections (overload...), cleared by torque on
+        self.goals_received: List[int] = []  # every goal position written, register value
         self._put('goal_position', position_ticks)
         self._update_present(0.0, 0.0)
         self.max_speed_ticks_s = 3000.0
@@ -55,8 +66,11 @@ class SimulatedServo:
         load = max(-1000, min(1000, int(error * 2)))
         self._put('present_load', load)
         self._put('moving', int(abs(speed) > 1))
+        self._put('status', self.status_error())
 
     def advance(self, dt_s: float):
+        if self.get('torque_enable') and self.status_error() & self.get('unload_conditions'):
+            self._put('torque_enable', 0)  # protection: the servo goes limp
         if self.get('torque_enable'):
             goal = self.get('goal_position')
             lo, hi = self.get('min_position_limit'), self.get('max_position_limit')
@@ -74,13 +88,22 @@ class SimulatedServo:
         error = 0
         if self.get('present_temperature') > self.get('max_temperature'):
             error |= sts.ERRBIT_OVERHEAT
-        return error
+        voltage = self.get('present_voltage')
+        if not self.get('min_input_voltage') <= voltage <= self.get('max_input_voltage'):
+            error |= sts.ERRBIT_VOLTAGE
+        return error | self.latched_error
 
     def write(self, address: int, data: bytes):
         # Writes to present/read-only areas are ignored like the firmware does.
         if address >= 56 and address != 85:
             return
         self.table[address:address + len(data)] = data
+        goal = sts.REGISTERS['goal_position']
+        if address <= goal.address and address + len(data) >= goal.address + goal.size:
+            self.goals_received.append(self.get('goal_position'))
+        torque = sts.REGISTERS['torque_enable'].address
+        if address <= torque < address + len(data) and self.get('torque_enable'):
+            self.latched_error = 0  # re-enabling torque clears a tripped protection
 
 
 class SimulatedBus:
@@ -97,7 +120,17 @@ class SimulatedBus:
         self._silent: set = set()
         self._drop_replies = 0
         self._corrupt_replies = 0
-        self.packets_seen = 0
+        self._fault_mode: Optional[str] = None
+        self._fault_rate = 0.0
+        self._fault_ids: Optional[set] = None
+        self._rng = random.Random(0)
+        self.packets_seen = 0        # instruction packets received (valid or not)
+        self.replies_faulted = 0     # status packets dropped, corrupted, cut or replaced
+        # 0-based indices of the instruction packets whose replies were faulted (what
+        # FeetechBus.BusFault.packet_index counts on the other end).
+        self.faulted_packets: List[int] = []
+        self._frame_index = -1
+        self._out = bytearray()
         self._physics_dt = 1.0 / physics_rate_hz
         self._thread = threading.Thread(target=self._serve, name='sts-bus', daemon=True)
         self._thread.start()
@@ -116,9 +149,39 @@ class SimulatedBus:
         with self._lock:
             self._corrupt_replies = count
 
+    FAULT_MODES = ('checksum', 'truncate', 'random', 'silent', 'short')
+
+    def inject_faults(self, mode: str, rate: float, ids: Optional[Sequence[int]] = None,
+                      seed: int = 0):
+        """From now on each status packet (of `ids`, default all) is faulted with probability
+        `rate`: checksum = last byte flipped; truncate = cut after 1..n-1 bytes; random = replaced
+        by 1..n+2 random bytes; silent = not sent; short = a valid packet without its parameters
+        (the SDK indexes past its end)."""
+        if mode not in self.FAULT_MODES:
+            raise ValueError(f'fault mode {mode!r}: must be one of {self.FAULT_MODES}')
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f'fault rate {rate}: must be in [0, 1]')
+        with self._lock:
+            self._fault_mode, self._fault_rate = mode, rate
+            self._fault_ids = set(ids) if ids is not None else None
+            self._rng = random.Random(seed)
+
+    def stop_faults(self):
+        with self._lock:
+            self._fault_mode, self._fault_rate = None, 0.0
+
     def set_temperature(self, servo_id: int, celsius: int):
         with self._lock:
             self.servos[servo_id]._put('present_temperature', celsius)
+
+    def set_voltage(self, servo_id: int, volts: float):
+        with self._lock:
+            self.servos[servo_id]._put('present_voltage', int(round(volts * 10)))
+
+    def trip(self, servo_id: int, error_bits: int = sts.ERRBIT_OVERLOAD):
+        """A protection trips (latched until torque is enabled again)."""
+        with self._lock:
+            self.servos[servo_id].latched_error |= error_bits
 
     # --- lifecycle --------------------------------------------------------------------------
     def close(self):
@@ -158,6 +221,7 @@ class SimulatedBus:
                 frame = self._take_packet(buffer)
                 if frame is None:
                     break
+                self._frame_index = self.packets_seen
                 self.packets_seen += 1
                 self._handle(frame)
 
@@ -179,21 +243,54 @@ class SimulatedBus:
             return b''  # corrupted instruction: a real servo ignores it
         return frame
 
+    def _faulted(self):
+        if not self.faulted_packets or self.faulted_packets[-1] != self._frame_index:
+            self.faulted_packets.append(self._frame_index)
+        self.replies_faulted += 1
+
     def _reply(self, servo: SimulatedServo, params=b''):
         if servo.id in self._silent:
             return
         if self._drop_replies > 0:
             self._drop_replies -= 1
+            self._faulted()
             return
         data = bytearray(sts.packet(servo.id, servo.status_error(), params))
         if self._corrupt_replies > 0:
             self._corrupt_replies -= 1
             data[-1] ^= 0x5A
-        os.write(self._master, bytes(data))
+            self._faulted()
+        elif self._fault_mode and (self._fault_ids is None or servo.id in self._fault_ids) \
+                and self._rng.random() < self._fault_rate:
+            self._faulted()
+            rng, mode = self._rng, self._fault_mode
+            if mode == 'silent':
+                return
+            if mode == 'checksum':
+                data[-1] ^= rng.randint(1, 255)
+            elif mode == 'truncate':
+                data = data[:rng.randint(1, len(data) - 1)]
+            elif mode == 'random':
+                data = bytearray(rng.getrandbits(8) for _ in range(rng.randint(1, len(data) + 2)))
+            elif mode == 'short':
+                data = bytearray(sts.packet(servo.id, servo.status_error()))
+        self._out += data
+
+    def goals_received(self) -> Dict[int, List[int]]:
+        """Every goal position each servo received (register values), in order."""
+        with self._lock:
+            return {i: list(s.goals_received) for i, s in self.servos.items()}
 
     def _handle(self, frame: bytes):
         if not frame:
             return
+        # All replies to one instruction leave in one write, back to back as on a real bus.
+        self._out = bytearray()
+        self._answer(frame)
+        if self._out:
+            os.write(self._master, bytes(self._out))
+
+    def _answer(self, frame: bytes):
         servo_id, instruction, params = frame[2], frame[4], frame[5:-1]
         with self._lock:
             if instruction == sts.INST_SYNC_WRITE and servo_id == sts.BROADCAST_ID:
