@@ -1,10 +1,12 @@
 """The SO-101 driver's logic, free of ROS: command validation, watchdog, e-stop, reset, goal
-slewing, and health bookkeeping. `driver_node.py` only converts messages and calls this."""
+slewing, health bookkeeping and the exit sequence. `driver_node.py` only converts messages and
+calls this."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -12,6 +14,7 @@ from hilserl.conventions import JOINT_NAMES
 from hilserl.kinematics import SO101Kinematics
 from so101_driver.backend import ArmBackend, BackendError, JointReading
 from so101_driver.ee_control import EEControlConfig, EEController, home_joint_goal
+from so101_driver.sts_protocol import error_text
 
 from hilserl.diagnostics import ERROR, OK, WARN, DiagnosticEntry
 
@@ -29,10 +32,16 @@ class DriverConfig:
     random_ee_range_xy_m: float = 0.03
     temperature_warn_c: float = 60.0
     temperature_error_c: float = 75.0
+    # Exit (DriverCore.shutdown): folded, TCP ~4 cm above the base plate, gripper closed.
+    rest_pose_rad: Tuple[float, ...] = (0.0, -1.65, 1.6, 0.75, 0.0, 0.0)
+    rest_velocity_rad_s: float = 0.5
+    rest_tolerance_rad: float = 0.05
+    shutdown_timeout_s: float = 6.0   # motion budget; launch's sigterm_timeout must exceed it
 
     def __post_init__(self):
         for name in ('command_timeout_s', 'max_joint_velocity_rad_s', 'reset_velocity_rad_s',
-                     'reset_tolerance_rad'):
+                     'reset_tolerance_rad', 'rest_velocity_rad_s', 'rest_tolerance_rad',
+                     'shutdown_timeout_s'):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f'{name}={value!r}: must be a finite number > 0')
@@ -41,10 +50,31 @@ class DriverConfig:
                              '[0, 0.1] m')
         if self.temperature_warn_c >= self.temperature_error_c:
             raise ValueError('temperature_warn_c must be below temperature_error_c')
+        _check_pose('rest_pose_rad', self.rest_pose_rad)
+
+
+def _check_pose(name: str, pose) -> np.ndarray:
+    pose = np.asarray(pose, dtype=np.float64).reshape(-1)
+    if pose.shape != (6,) or not np.all(np.isfinite(pose)):
+        raise ValueError(f'{name}={pose.tolist()}: needs 6 finite joint positions (rad) '
+                         f'{list(JOINT_NAMES)}')
+    return pose
+
+
+EXIT_MODES = ('rest_then_torque_off', 'hold', 'torque_off')
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    mode: str
+    reached_rest: bool
+    torque_off: bool
+    duration_s: float
+    message: str
 
 
 class DriverCore:
-    """Owns the goal sent to the backend. Modes: idle | ee | joint | reset | estop."""
+    """Owns the goal sent to the backend. Modes: idle | ee | joint | reset | estop | shutdown."""
 
     def __init__(self, backend: ArmBackend, config: DriverConfig,
                  kinematics: Optional[SO101Kinematics] = None, seed: int = 0):
@@ -66,6 +96,7 @@ class DriverCore:
         self.consecutive_read_failures = 0
         self.last_error = ''
         self.last_reject_reason = ''
+        self._shutdown_velocity_rad_s = config.rest_velocity_rad_s
 
     # --- commands ---------------------------------------------------------------------------
     def _reject(self, reason: str) -> Tuple[bool, str]:
@@ -76,8 +107,13 @@ class DriverCore:
     def _ready_for_commands(self) -> Optional[str]:
         if self.mode == 'estop':
             return 'emergency stop engaged: clear it first'
+        if self.mode == 'shutdown':
+            return 'driver is shutting down'
         if self.reading is None:
             return 'no joint reading yet'
+        lost = self.torque_lost
+        if lost:
+            return f'{self._lost_text(lost)}: re-enable torque first'
         if not self.backend.torque_enabled:
             return 'torque is off'
         if self.mode == 'reset':
@@ -173,8 +209,9 @@ class DriverCore:
             self.mode = 'idle'
         if not self.backend.torque_enabled or self.mode == 'estop':
             return reading
-        speed = self.cfg.reset_velocity_rad_s if self.mode == 'reset' \
-            else self.cfg.max_joint_velocity_rad_s
+        speed = {'reset': self.cfg.reset_velocity_rad_s,
+                 'shutdown': self._shutdown_velocity_rad_s}.get(self.mode,
+                                                               self.cfg.max_joint_velocity_rad_s)
         max_step = speed * dt_s
         step = np.clip(self.target - self.written, -max_step, max_step)
         self.written = np.clip(self.written + step, self._lo, self._hi)
@@ -193,41 +230,179 @@ class DriverCore:
             self.counters['write_failures'] += 1
             self.last_error = str(exc)
 
+    # --- health ---------------------------------------------------------------------------
+    @property
+    def torque_lost(self) -> Dict[str, str]:
+        """Joints whose servo dropped its own torque (joint -> why); empty on backends that
+        cannot tell. Cleared by set_torque(True)."""
+        return dict(getattr(self.backend, 'torque_lost', None) or {})
+
+    @staticmethod
+    def _lost_text(lost: Dict[str, str]) -> str:
+        return 'servo dropped its torque: ' + '; '.join(f'{j} {why}' for j, why in lost.items())
+
     @property
     def ready(self) -> bool:
+        """Accepting commands: a fresh reading, torque held by every servo, no e-stop/reset."""
         return self.mode in ('idle', 'ee', 'joint') and self.reading is not None and \
-            self.consecutive_read_failures == 0 and self.backend.torque_enabled
+            self.consecutive_read_failures == 0 and not self.torque_lost and \
+            self.backend.torque_enabled
 
     # --- diagnostics ------------------------------------------------------------------------
     def diagnostics(self, health=None, bus_stats=None) -> List[DiagnosticEntry]:
+        """Arm entry (ERROR while reads fail or a servo dropped its torque) and, given
+        HardwareBackend.read_health(), one entry per joint; bus_stats adds the bus counters."""
+        lost = self.torque_lost
+        errors = []
         if self.consecutive_read_failures > 0:
-            level, message = ERROR, f'arm not answering ({self.consecutive_read_failures} ' \
-                                    f'reads failed): holding; {self.last_error}'
+            errors.append(f'arm not answering ({self.consecutive_read_failures} reads failed): '
+                          f'holding; {self.last_error}')
+        if lost:
+            errors.append(f'{self._lost_text(lost)}: holding, commands refused until torque is '
+                          're-enabled (torque service)')
+        if errors:
+            level, message = ERROR, ' | '.join(errors)
         elif self.mode == 'estop':
             level, message = WARN, 'emergency stop engaged'
+        elif self.mode == 'shutdown':
+            level, message = WARN, 'shut down'
         elif not self.backend.torque_enabled:
             level, message = WARN, 'torque off'
         else:
             level, message = OK, f'mode {self.mode}'
         values = {k: str(v) for k, v in self.counters.items()}
         values.update(mode=self.mode, last_error=self.last_error,
-                      last_reject_reason=self.last_reject_reason)
+                      last_reject_reason=self.last_reject_reason,
+                      torque_lost=str(lost) if lost else '')
+        joint_of_id = getattr(self.backend, 'joint_of_id', {})
         if bus_stats is not None:
+            last = bus_stats.last_fault
             values.update(bus_transactions=str(bus_stats.transactions),
                           bus_retries=str(bus_stats.retries),
                           bus_failures=str(bus_stats.failures),
+                          bus_faults=str(bus_stats.faults),
+                          bus_faults_by_kind=str(bus_stats.faults_by_kind),
                           bus_errors_by_id=str(bus_stats.errors_by_id),
+                          bus_port_reopens=str(bus_stats.port_reopens),
+                          bus_last_fault='' if last is None else
+                          f'{joint_of_id.get(last.servo_id, "bus")}: {last}',
                           servo_status_errors_by_id=str(bus_stats.status_errors_by_id))
         entries = [DiagnosticEntry('so101_driver: arm', level, message, values)]
+        id_of_joint = {j: i for i, j in joint_of_id.items()}
         for joint, h in (health or {}).items():
-            if h.temperature_c >= self.cfg.temperature_error_c:
-                lvl, msg = ERROR, f'{h.temperature_c} C: overheating'
+            status_text = error_text(h.status)
+            parts = [f'{h.temperature_c} C', f'{h.voltage_v:.1f} V']
+            if h.status:
+                parts.append(status_text)
+            if joint in lost:
+                lvl = ERROR
+                parts.append(f'torque lost ({lost[joint]})')
+            elif h.temperature_c >= self.cfg.temperature_error_c:
+                lvl = ERROR
             elif h.temperature_c >= self.cfg.temperature_warn_c or h.status:
-                lvl, msg = WARN, f'{h.temperature_c} C, status {h.status}'
+                lvl = WARN
             else:
-                lvl, msg = OK, f'{h.temperature_c} C, {h.voltage_v:.1f} V'
-            entries.append(DiagnosticEntry(
-                f'so101_driver: {joint}', lvl, msg,
-                {'temperature_c': str(h.temperature_c), 'voltage_v': f'{h.voltage_v:.1f}',
-                 'status': str(h.status)}))
+                lvl = OK
+            if h.temperature_c >= self.cfg.temperature_error_c:
+                parts[0] += ': overheating'
+            joint_values = {'temperature_c': str(h.temperature_c),
+                            'voltage_v': f'{h.voltage_v:.1f}', 'status': str(h.status),
+                            'status_text': status_text,
+                            'torque': 'lost' if joint in lost else
+                            ('on' if getattr(h, 'torque_on', True) else 'off')}
+            if bus_stats is not None and joint in id_of_joint:
+                servo_id = id_of_joint[joint]
+                joint_values.update(servo_id=str(servo_id),
+                                    bus_faults=str(bus_stats.errors_by_id.get(servo_id, 0)),
+                                    reply_status_errors=str(
+                                        bus_stats.status_errors_by_id.get(servo_id, 0)))
+            entries.append(DiagnosticEntry(f'so101_driver: {joint}', lvl, ', '.join(parts),
+                                           joint_values))
         return entries
+
+    # --- exit -------------------------------------------------------------------------------
+    def shutdown(self, mode: str = 'rest_then_torque_off',
+                 rest_pose_rad: Optional[Sequence[float]] = None,
+                 velocity_rad_s: Optional[float] = None, timeout_s: Optional[float] = None,
+                 rate_hz: float = 50.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> ShutdownReport:
+        """Leave the arm on exit; never raises for bus faults. Commands are refused afterwards.
+
+        rest_then_torque_off: slew every joint to rest_pose_rad at velocity_rad_s (defaults
+          from DriverConfig), reading and writing at rate_hz, for at most timeout_s, then torque
+          off (even if rest was not reached in time: the report says so). With the e-stop
+          engaged it holds instead (an e-stop forbids motion, and torque off drops the arm).
+          A KeyboardInterrupt during the motion ends it early; torque still goes off.
+        hold: write the present position as the goal once; torque stays on.
+        torque_off: torque off now (the arm falls).
+        Worst case takes timeout_s plus the read in flight and the torque-off write and
+        read-back, each a bus operation with its retries (~0.1 s each with the SDK's timeout
+        on a dead bus)."""
+        if mode not in EXIT_MODES:
+            raise ValueError(f'on_exit={mode!r}: must be one of {list(EXIT_MODES)}')
+        rest = _check_pose('rest_pose_rad', self.cfg.rest_pose_rad if rest_pose_rad is None
+                           else rest_pose_rad)
+        rest = np.clip(rest, self._lo, self._hi)
+        budget_s = self.cfg.shutdown_timeout_s if timeout_s is None else float(timeout_s)
+        self._shutdown_velocity_rad_s = self.cfg.rest_velocity_rad_s if velocity_rad_s is None \
+            else float(velocity_rad_s)
+        start = clock()
+        estop = self.mode == 'estop'
+        self.mode = 'shutdown'
+
+        def report(reached, torque_off, message):
+            return ShutdownReport(mode, reached, torque_off, clock() - start, message)
+
+        if mode == 'hold' or (mode == 'rest_then_torque_off' and estop):
+            self._hold_here()
+            why = 'emergency stop engaged: ' if mode != 'hold' else ''
+            return report(False, False, f'{why}holding the present position, torque stays on')
+        reached = False
+        notes = []
+        if mode == 'rest_then_torque_off':
+            if self.torque_lost or not self.backend.torque_enabled:
+                notes.append('no move to rest: ' + (self._lost_text(self.torque_lost)
+                                                    if self.torque_lost else 'torque was off'))
+            else:
+                try:
+                    reached = self._move_to(rest, budget_s, rate_hz, clock, sleep)
+                except KeyboardInterrupt:
+                    # A second Ctrl-C cuts the motion short; torque still goes off below.
+                    notes.append('move to rest interrupted')
+                else:
+                    notes.append('reached rest' if reached else
+                                 f'rest not reached within {budget_s:g} s ({self.last_error})'
+                                 if self.consecutive_read_failures else
+                                 f'rest not reached within {budget_s:g} s')
+        try:
+            self.backend.set_torque(False)
+        except BackendError as exc:
+            self.last_error = str(exc)
+            return report(reached, False, '; '.join(notes + [f'torque off FAILED: {exc}']))
+        return report(reached, True, '; '.join(notes + ['torque off']))
+
+    def _hold_here(self) -> None:
+        try:
+            reading = self.backend.read()
+        except BackendError as exc:
+            self.last_error = str(exc)
+            return  # the servos keep their last goal
+        self.reading = reading
+        self.target = reading.position.copy()
+        self.written = reading.position.copy()
+        self._write(self.written)
+
+    def _move_to(self, rest: np.ndarray, budget_s: float, rate_hz: float, clock, sleep) -> bool:
+        """Slew to `rest` through tick() (mode 'shutdown'); True once the arm is there."""
+        period = 1.0 / rate_hz
+        start = last = clock()
+        while clock() - start < budget_s:
+            now = clock()
+            self.target = rest.copy()  # (a first reading inside tick() seeds target: re-aim)
+            reading = self.tick(now, min(max(now - last, 0.0), 5 * period))
+            last = now
+            if reading is not None and np.allclose(self.written, rest) and \
+                    np.all(np.abs(reading.position - rest)[:5] < self.cfg.rest_tolerance_rad):
+                return True  # the gripper may be blocked by an object: arm joints decide
+            sleep(max(0.0, period - (clock() - now)))
+        return False

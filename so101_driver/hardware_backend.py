@@ -1,10 +1,16 @@
-"""`ArmBackend` for a real SO-101 on a Feetech bus (or the simulated pty bus in tests)."""
+"""`ArmBackend` for a real SO-101 on a Feetech bus (or the simulated pty bus in tests).
+
+Bus faults become BackendError naming the joints (the caller holds the last goal). A servo that
+cuts its own torque (a status error bit in its unload conditions in any reply, or its torque
+enable reading 0 in the health read while torque is on) is latched in `torque_lost`:
+`torque_enabled` is then False until `set_torque(True)` re-arms every servo.
+"""
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Sequence
 
 import numpy as np
 
@@ -13,17 +19,23 @@ from so101_driver.backend import ArmBackend, BackendError, JointReading
 from so101_driver.calibration import (DEGREES_PER_TICK, MotorCalibration, rad_to_ticks,
                                       ticks_to_rad)
 from so101_driver.feetech_bus import (GRIPPER_SETTINGS, BusError, FeetechBus, ServoSettings)
-from so101_driver.sts_protocol import MODEL_NUMBER_STS3215
+from so101_driver.sts_protocol import DEFAULT_UNLOAD_ERRBITS, MODEL_NUMBER_STS3215, error_text
 
 STATE_REGISTERS = ('present_position', 'present_speed', 'present_load')
-HEALTH_REGISTERS = ('present_voltage', 'present_temperature', 'status')
+# One contiguous read (40..65): torque enable shows a servo that dropped its torque.
+HEALTH_REGISTERS = ('torque_enable', 'present_voltage', 'present_temperature', 'status')
 
 
 @dataclass(frozen=True)
 class ServoHealth:
     voltage_v: float
     temperature_c: int
-    status: int
+    status: int                 # status register (65): error bits, see sts_protocol.ERROR_NAMES
+    torque_on: bool = True
+
+    @property
+    def status_text(self) -> str:
+        return error_text(self.status)
 
 
 class HardwareBackend(ArmBackend):
@@ -38,6 +50,10 @@ class HardwareBackend(ArmBackend):
         self.gripper_settings = gripper_settings
         self.torque_off_on_close = torque_off_on_close
         self._torque = False
+        self.joint_of_id = {self.calibration[n].id: n for n in JOINT_NAMES}
+        # Error bits each servo cuts its torque on (register 19, read at connect).
+        self.unload_bits = {i: DEFAULT_UNLOAD_ERRBITS for i in self.ids}
+        self.torque_lost: Dict[str, str] = {}  # joint -> why, latched until set_torque(True)
 
     def connect(self) -> None:
         """Open, check every servo, configure, seed goals from measured positions, torque on."""
@@ -53,6 +69,7 @@ class HardwareBackend(ArmBackend):
                 settings = self.gripper_settings if name == 'gripper' else self.arm_settings
                 self.bus.configure(servo_id, settings)
                 self._sync_calibration(servo_id, self.calibration[name])
+                self.unload_bits[servo_id] = self.bus.read(servo_id, 'unload_conditions')
             # Never command a position before knowing where the arm is (arms snap otherwise).
             present = self.bus.sync_read('present_position', self.ids, ['present_position'])
             self.bus.sync_write('goal_position',
@@ -74,11 +91,30 @@ class HardwareBackend(ArmBackend):
             finally:
                 self.bus.write(servo_id, 'lock', 1)
 
+    def _names(self, ids: Sequence[int]) -> str:
+        return ', '.join(f'{self.joint_of_id.get(i, "?")} (id {i})' for i in ids)
+
+    def _bus_error(self, exc: BusError) -> BackendError:
+        return BackendError(f'{self._names(exc.failed_ids)}: {exc}' if exc.failed_ids
+                            else str(exc))
+
+    def _check_replies(self):
+        """Latch servos whose last reply carries an error bit they cut torque on."""
+        if not self._torque:
+            return
+        for servo_id in self.ids:
+            bits = self.bus.stats.last_status_by_id.get(servo_id, 0) & \
+                self.unload_bits.get(servo_id, DEFAULT_UNLOAD_ERRBITS)
+            name = self.joint_of_id[servo_id]
+            if bits and name not in self.torque_lost:
+                self.torque_lost[name] = f'reports {error_text(bits)}'
+
     def read(self) -> JointReading:
         try:
             raw = self.bus.sync_read('present_position', self.ids, STATE_REGISTERS)
         except BusError as exc:
-            raise BackendError(str(exc)) from exc
+            raise self._bus_error(exc) from exc
+        self._check_replies()
         position = np.empty(6)
         velocity = np.empty(6)
         effort = np.empty(6)
@@ -92,13 +128,21 @@ class HardwareBackend(ArmBackend):
         return JointReading(position, velocity, effort, time.monotonic())
 
     def read_health(self) -> Dict[str, ServoHealth]:
+        """Voltage, temperature, status bits and torque state of every servo (1-2 Hz)."""
         try:
-            raw = self.bus.sync_read('present_voltage', self.ids, HEALTH_REGISTERS)
+            raw = self.bus.sync_read('torque_enable', self.ids, HEALTH_REGISTERS)
         except BusError as exc:
-            raise BackendError(str(exc)) from exc
-        return {name: ServoHealth(raw[i]['present_voltage'] / 10.0,
-                                  raw[i]['present_temperature'], raw[i]['status'])
-                for name, i in zip(JOINT_NAMES, self.ids)}
+            raise self._bus_error(exc) from exc
+        self._check_replies()
+        health = {}
+        for name, i in zip(JOINT_NAMES, self.ids):
+            health[name] = ServoHealth(raw[i]['present_voltage'] / 10.0,
+                                       raw[i]['present_temperature'], raw[i]['status'],
+                                       bool(raw[i]['torque_enable']))
+            if self._torque and not health[name].torque_on and name not in self.torque_lost:
+                self.torque_lost[name] = 'torque turned off by the servo' + (
+                    f' ({health[name].status_text})' if raw[i]['status'] else '')
+        return health
 
     def write_goal(self, position_rad) -> None:
         goal = np.asarray(position_rad, dtype=np.float64)
@@ -109,7 +153,7 @@ class HardwareBackend(ArmBackend):
         try:
             self.bus.sync_write('goal_position', ticks)
         except BusError as exc:
-            raise BackendError(str(exc)) from exc
+            raise self._bus_error(exc) from exc
 
     def set_torque(self, enabled: bool) -> None:
         try:
@@ -118,13 +162,26 @@ class HardwareBackend(ArmBackend):
                 self.bus.sync_write('goal_position',
                                     {i: present[i]['present_position'] for i in self.ids})
             self.bus.sync_write('torque_enable', {i: int(enabled) for i in self.ids})
+            if not enabled:
+                self._confirm_torque_off()
         except BusError as exc:
-            raise BackendError(f'torque {"on" if enabled else "off"} failed: {exc}') from exc
+            raise BackendError(f'torque {"on" if enabled else "off"} failed: '
+                               f'{self._bus_error(exc)}') from exc
         self._torque = bool(enabled)
+        self.torque_lost.clear()  # re-armed (or deliberately off): a new decision
+
+    def _confirm_torque_off(self):
+        """Read torque off back: a sync write is not acknowledged, and latched faults have kept
+        servos on at shutdown. A servo still on gets an acknowledged write of its own."""
+        state = self.bus.sync_read('torque_enable', self.ids, ['torque_enable'])
+        for servo_id in self.ids:
+            if state[servo_id]['torque_enable']:
+                self.bus.write(servo_id, 'torque_enable', 0)
 
     @property
     def torque_enabled(self) -> bool:
-        return self._torque
+        """True while every servo holds torque (False after any servo dropped its own)."""
+        return self._torque and not self.torque_lost
 
     def close(self) -> None:
         if self.torque_off_on_close and self.bus.is_open:
