@@ -1,0 +1,173 @@
+"""Fault campaign (issue 14): the driver core survives a faulty bus and recovers when it clears.
+
+For each fault (corrupted checksums, truncated packets, random bytes, a silent servo) at 1 %, 5 %
+and 20 % of status packets, DriverCore + HardwareBackend + FeetechBus run through the pty STS
+bus simulator (the real wire protocol) at the node's 100 Hz tick, with a command every 0.1 s
+(EE deltas, and joint goals beyond the limits) and a health read every second, as driver_node
+does. Each case runs CAMPAIGN_S seconds of faults (8 s by default, not the issue's 20 s, so
+the 12 cases fit in 3 minutes; HILSERL_FAULT_CAMPAIGN_S=20 runs the full length), then
+the faults stop. Checked per case:
+- no exception escapes (BackendError from the health read is the node's documented signal);
+- every goal position the servos received lies within the joint limits (simulator side);
+- every faulted status packet is counted by the bus, at the instruction packet it answered
+  (extra faults, timeouts where the simulator was scheduled late on a loaded machine, are
+  allowed; missing ones are not);
+- within 1 s of the faults stopping, reads succeed and `ready` is true again.
+Rates are not asserted: a loaded machine ticks late, and the loop just skips ahead.
+"""
+import os
+import time
+import traceback
+
+import numpy as np
+import pytest
+
+from hilserl.conventions import JOINT_NAMES
+from hilserl.kinematics import SO101Kinematics
+from so101_driver.backend import BackendError
+from so101_driver.calibration import default_calibration, rad_to_ticks
+from so101_driver.driver_core import OK, DriverConfig, DriverCore
+from so101_driver.ee_control import TOP_DOWN_SEED_RAD
+from so101_driver.feetech_bus import FeetechBus
+from so101_driver.hardware_backend import HardwareBackend
+from so101_driver.sts_simulator import SimulatedBus
+
+CAMPAIGN_S = float(os.environ.get('HILSERL_FAULT_CAMPAIGN_S', '8'))
+TICK_HZ = 100.0
+COMMAND_PERIOD_S = 0.1
+HEALTH_PERIOD_S = 1.0
+RECOVERY_S = 1.0
+SILENT_SERVO = 3
+HOME = np.append(TOP_DOWN_SEED_RAD, 0.7)
+
+
+class Campaign:
+    def __init__(self, seed: int):
+        self.cal = default_calibration()
+        start = {self.cal[n].id: rad_to_ticks(n, HOME[k], self.cal[n])
+                 for k, n in enumerate(JOINT_NAMES)}
+        self.sim = SimulatedBus(positions=start)
+        # Bring-up is not under test: patient with a simulator that this loaded machine may
+        # stall for a second. The campaign then runs with 100 ms and 3 tries.
+        self.bus = FeetechBus(self.sim.port, retries=4, backoff_s=0.002, timeout_ms=1000,
+                              fault_log_size=1_000_000)
+        self.backend = HardwareBackend(self.bus, self.cal)
+        self.backend.connect()
+        self.bus.retries, self.bus.timeout_ms = 2, 100
+        self.core = DriverCore(self.backend, DriverConfig(), SO101Kinematics(), seed=seed)
+        self.rng = np.random.default_rng(seed)
+        self.period = 1.0 / TICK_HZ
+        self.last_tick = self.next_tick = self.next_command = self.next_health = \
+            time.monotonic()
+        self.ticks = self.commands = self.health_failures = 0
+
+    def close(self):
+        self.backend.close()
+        self.sim.close()
+
+    def _command(self, now):
+        if self.rng.random() < 0.8:
+            self.core.ee_action(self.rng.uniform(-1, 1, 4), now)
+        else:
+            self.core.joint_command(self.rng.uniform(-3.2, 3.2, 6), now)  # beyond every limit
+        self.commands += 1
+
+    def step(self):
+        """One tick as driver_node runs it; returns the reading (None when the read failed)."""
+        now = time.monotonic()
+        if now >= self.next_command:
+            self._command(now)
+            self.next_command = now + COMMAND_PERIOD_S
+        if now >= self.next_health:
+            try:
+                self.backend.read_health()
+            except BackendError as exc:
+                self.health_failures += 1
+                self.core.last_error = str(exc)
+            self.next_health = now + HEALTH_PERIOD_S
+        dt = min(max(now - self.last_tick, 0.0), 5 * self.period)
+        self.last_tick = now
+        reading = self.core.tick(now, dt)
+        self.ticks += 1
+        # Real tick rate, but a late tick skips ahead instead of bursting to catch up.
+        self.next_tick = max(self.next_tick + self.period, time.monotonic())
+        time.sleep(max(0.0, self.next_tick - time.monotonic()))
+        return reading
+
+    def run(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.step()
+
+
+def limit_ticks(cal, kin):
+    lo = np.append(kin.lower, kin.gripper_limits[0])
+    hi = np.append(kin.upper, kin.gripper_limits[1])
+    return {cal[n].id: (rad_to_ticks(n, lo[k], cal[n]), rad_to_ticks(n, hi[k], cal[n]))
+            for k, n in enumerate(JOINT_NAMES)}
+
+
+@pytest.mark.parametrize('rate', [0.01, 0.05, 0.20])
+@pytest.mark.parametrize('mode', ['checksum', 'truncate', 'random', 'silent'])
+def test_driver_survives_faults_and_recovers(mode, rate):
+    seed = int(rate * 1000) + len(mode)
+    rig = Campaign(seed)
+    try:
+        crash = None
+        try:
+            rig.sim.inject_faults(mode, rate, ids=[SILENT_SERVO] if mode == 'silent' else None,
+                                  seed=seed)
+            rig.run(CAMPAIGN_S)
+            read_failures = rig.core.counters['read_failures']
+            failure_message = rig.core.diagnostics(bus_stats=rig.bus.stats)[0].message \
+                if rig.core.consecutive_read_failures else ''
+            rig.sim.stop_faults()
+            stopped = time.monotonic()
+            recovered_after = None
+            while time.monotonic() - stopped < RECOVERY_S + 2.0:
+                reading = rig.step()
+                if reading is not None and rig.core.ready:
+                    recovered_after = time.monotonic() - stopped
+                    break
+            rig.run(0.3)
+            for attempt in range(3):  # the node reads health every second: a stall may fail one
+                try:
+                    health = rig.backend.read_health()
+                    break
+                except BackendError:
+                    if attempt == 2:
+                        raise
+        except Exception:  # noqa: BLE001 - the campaign counts crashes instead of stopping
+            crash = traceback.format_exc()
+        assert crash is None, f'{mode} {rate:.0%}: exception escaped:\n{crash}'
+
+        stats = rig.bus.stats
+        faulted = set(rig.sim.faulted_packets)
+        counted = {f.packet_index for f in stats.recent_faults}
+        summary = (f'{mode} {rate:.0%}: {rig.ticks} ticks, {rig.commands} commands, '
+                   f'{len(faulted)} faulted packets, {stats.faults} bus faults '
+                   f'{stats.faults_by_kind}, {read_failures} failed reads, '
+                   f'{rig.health_failures} failed health reads, recovered after '
+                   f'{recovered_after} s')
+        print(summary)
+
+        assert rig.sim.replies_faulted > 0, summary
+        assert stats.faults == len(stats.recent_faults), 'fault log overflowed'
+        missed = sorted(faulted - counted)
+        assert not missed, f'{summary}: faults not counted at packets {missed[:20]}'
+        assert stats.faults >= len(faulted)
+
+        limits = limit_ticks(rig.cal, rig.core.kin)
+        for servo_id, goals in rig.sim.goals_received().items():
+            lo, hi = limits[servo_id]
+            assert goals, f'servo {servo_id} never received a goal'
+            bad = [g for g in goals if not lo <= g <= hi]
+            assert not bad, f'servo {servo_id} received goals outside [{lo}, {hi}]: {bad[:10]}'
+
+        if failure_message:  # diagnostics name the servo and what went wrong
+            assert '(id ' in failure_message and 'holding' in failure_message, failure_message
+        assert recovered_after is not None and recovered_after <= RECOVERY_S, summary
+        assert not rig.core.torque_lost and all(h.torque_on for h in health.values())
+        assert rig.core.diagnostics(health, stats)[0].level == OK
+    finally:
+        rig.close()
