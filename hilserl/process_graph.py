@@ -28,6 +28,22 @@ NODE_ENVIRONMENT = {
 }
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _die_with_parent() -> None:
+    """Child side of Popen (Linux): the node gets SIGINT (a clean stop: bags closed, final
+    checkpoint) when the `hilserl` process that started it dies, however it dies, so no node
+    is ever left running as an orphan."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def node_command(spec: NodeSpec, params_dir: Path, namespace: str = '') -> List[str]:
     params_dir.mkdir(parents=True, exist_ok=True)
     generated = params_dir / f'{spec.name}.yaml'
@@ -67,7 +83,8 @@ class ProcessGraph:
                                     env=self.env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT,
                                     stdin=None if terminal else subprocess.DEVNULL,
-                                    text=True, bufsize=1, start_new_session=not terminal)
+                                    text=True, bufsize=1, start_new_session=not terminal,
+                                    preexec_fn=_die_with_parent)
             self.processes[spec.name] = proc
             thread = threading.Thread(target=self._pump, args=(spec.name, proc), daemon=True)
             thread.start()
@@ -84,8 +101,13 @@ class ProcessGraph:
 
     def wait(self, until: Callable[['ProcessGraph'], bool], timeout_s: Optional[float] = None,
              poll_s: float = 0.2) -> str:
-        """Block until `until(self)` is true, a node dies, Ctrl-C, or the timeout."""
+        """Block until `until(self)` is true, a node dies, Ctrl-C (or SIGTERM, or SIGHUP: a
+        closed terminal), or the timeout."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                previous[sig] = signal.signal(sig, _interrupt)
         try:
             while True:
                 if until(self):
@@ -98,6 +120,9 @@ class ProcessGraph:
                 time.sleep(poll_s)
         except KeyboardInterrupt:
             return 'interrupted'
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def stop(self, grace_s: float = 30.0) -> Dict[str, int]:
         """SIGINT everyone (nodes close cleanly: bags, checkpoints), then escalate."""

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 
@@ -90,7 +91,9 @@ class LearnerNode(Node):
                                  qos_profile(Topics.TRANSITIONS))
         self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
                                  qos_profile(Topics.EPISODE_EVENTS))
-        self.create_timer(self.summary_period_s, self._summary)
+        # wall clock: a person reads it, while simulated time may crawl behind a busy learner
+        self.create_timer(self.summary_period_s, self._summary,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._push_weights()
         self._publish_progress()
         self.threads = [threading.Thread(target=target, name=name, daemon=True)

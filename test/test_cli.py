@@ -6,13 +6,18 @@ from hilserl.bags import list_episodes
 
 
 def test_record_writes_episode_bags(tmp_path, capsys):
+    from conftest import free_domain_id
     assert cli.main(['record', '--episodes', '2', '--mix', 'expert:1', '--seed', '3',
-                     '--output', str(tmp_path)]) == 0
-    assert 'episode 2/2 (expert)' in capsys.readouterr().out
+                     '--output', str(tmp_path), '--domain-id', str(free_domain_id())]) == 0
+    out = capsys.readouterr().out
+    assert 'episode 1 ended' in out and '2 episodes (' in out
     episodes = list_episodes(tmp_path)
     assert len(episodes) == 2
-    assert all(json.loads((e / 'episode.json').read_text())['source'] == 'sim'
-               for e in episodes)
+    metas = [json.loads((e / 'episode.json').read_text()) for e in episodes]
+    assert all(m['outcome'] in ('success', 'timeout') and m['interventions'] == m['steps']
+               for m in metas)
+    assert cli.main(['record', '--mix', 'expert:2,clumsy:1', '--output', str(tmp_path)]) == 2
+    assert 'clumsy' in capsys.readouterr().err  # refused before any node starts
 
 
 def test_config_errors_name_the_field_and_exit_2(tmp_path, capsys):

@@ -47,7 +47,8 @@ def test_640x480_rgb8_image_survives_the_trip(ros_context):
 
 def test_qos_profiles_follow_the_conventions():
     from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
-    assert qos_profile(Topics.IMAGE_CROP).reliability == ReliabilityPolicy.BEST_EFFORT
+    assert qos_profile(Topics.IMAGE_RAW).reliability == ReliabilityPolicy.BEST_EFFORT
+    assert qos_profile(Topics.IMAGE_CROP).reliability == ReliabilityPolicy.RELIABLE  # ticks
     assert qos_profile(Topics.TRANSITIONS).reliability == ReliabilityPolicy.RELIABLE
     assert qos_profile(Topics.INTERVENTION).reliability == ReliabilityPolicy.RELIABLE
     assert qos_profile(Topics.POLICY_WEIGHTS).durability == DurabilityPolicy.TRANSIENT_LOCAL

@@ -1,0 +1,63 @@
+"""`hilserl` graphs never leave a node behind: a SIGKILLed `hilserl` takes its nodes with it,
+and SIGHUP (a closed terminal) stops the graph cleanly, closing the open episode's bag."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip('rclpy')
+
+from hilserl.bags import list_episodes  # noqa: E402
+
+from conftest import free_domain_id  # noqa: E402
+
+
+def _node_pids(marker: str):
+    out = subprocess.run(['pgrep', '-f', marker], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _start_recording(run_dir):
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'hilserl.cli', 'record', '--episodes', '1000', '--mix',
+         'random:1', '--output', str(run_dir), '--domain-id', str(free_domain_id())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until an episode is being recorded
+        if list((run_dir / 'episodes').glob('episode_*')):
+            return proc
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail('the record graph did not start an episode within 120 s')
+
+
+def _wait_gone(marker: str, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _node_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return not _node_pids(marker)
+
+
+def test_nodes_die_with_a_killed_hilserl(tmp_path):
+    run_dir = tmp_path / 'killed'
+    proc = _start_recording(run_dir)
+    marker = str(run_dir / 'params')
+    assert len(_node_pids(marker)) == 5
+    proc.kill()
+    proc.wait()
+    assert _wait_gone(marker), 'orphaned nodes kept running'
+
+
+def test_sighup_stops_the_graph_and_closes_the_open_bag(tmp_path):
+    run_dir = tmp_path / 'hangup'
+    proc = _start_recording(run_dir)
+    proc.send_signal(signal.SIGHUP)
+    out, _ = proc.communicate(timeout=90)
+    assert 'stopped (interrupted)' in out, out[-2000:]
+    assert _wait_gone(str(run_dir / 'params'))
+    episodes = list_episodes(run_dir)  # every bag readable, the open one marked interrupted
+    assert episodes and all((e / 'episode.json').is_file() for e in episodes)
