@@ -7,6 +7,8 @@ from typing import List
 
 from hilserl.graph import LAUNCH_ARGUMENTS, GraphArgs, build_graph
 
+SIGTERM_TIMEOUT_S = 30
+
 
 def graph_args_from_context(context) -> GraphArgs:
     from launch.substitutions import LaunchConfiguration
@@ -29,9 +31,12 @@ def graph_actions(context) -> List:
     args = graph_args_from_context(context)
     actions, actor = [], None
     for spec in build_graph(args):
+        # launch escalates to SIGTERM after sigterm_timeout (default 5 s): the driver's exit
+        # move (<= 6 s) and the learner's final checkpoint need longer
         node = Node(package='hilserl', executable=spec.executable, name=spec.name,
                     namespace=args.namespace, output='screen', emulate_tty=True,
-                    parameters=[*spec.parameter_files, spec.parameters])
+                    parameters=[*spec.parameter_files, spec.parameters],
+                    sigterm_timeout=str(SIGTERM_TIMEOUT_S))
         actions.append(node)
         if spec.name == 'sac_actor':
             actor = node

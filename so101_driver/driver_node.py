@@ -36,7 +36,7 @@ from hilserl.conversions import (ConversionError, action_stamp_ns, arrays_to_joi
 from hilserl.kinematics import SO101Kinematics
 from hilserl.sim_clock import LearnerPacer, LockStepClock, SimClockConfig
 from so101_driver.backend import BackendError
-from so101_driver.driver_core import DriverConfig, DriverCore
+from so101_driver.driver_core import EXIT_MODES, DriverConfig, DriverCore
 from so101_driver.ee_control import EEControlConfig
 
 
@@ -97,9 +97,14 @@ class DriverNode(Node):
                                     float_range=(0.0, 0.1), read_only=True)
         seed = declare(self, 'seed', 0, 'random seed of resets', int_range=(0, 2**31 - 1),
                        read_only=True)
-        self.torque_off_on_shutdown = declare(self, 'torque_off_on_shutdown', False,
-                                              'drop torque at shutdown (the arm falls!)',
-                                              read_only=True)
+        self.on_exit = declare(self, 'on_exit', 'hold' if backend_name == 'sim'
+                               else 'rest_then_torque_off',
+                               f'at shutdown: one of {list(EXIT_MODES)} (rest_then_torque_off: '
+                               'move slowly to the folded rest pose, then torque off; hold: keep '
+                               'torque on where the arm is; torque_off: the arm falls!)',
+                               read_only=True)
+        if self.on_exit not in EXIT_MODES:
+            raise ValueError(f'on_exit={self.on_exit!r}: must be one of {list(EXIT_MODES)}')
         sim_clock = declare(self, 'sim_clock', True, 'sim: the driver owns simulated time '
                             '(/clock, lock-step with the actor); false: wall-clock ticks',
                             read_only=True)
@@ -189,8 +194,7 @@ class DriverNode(Node):
                              '(a LeRobot SO-101 calibration JSON)')
         calibration = load_calibration(calibration_file)
         self.bus = FeetechBus(port, baudrate)
-        backend = HardwareBackend(self.bus, calibration,
-                                  torque_off_on_close=self.torque_off_on_shutdown)
+        backend = HardwareBackend(self.bus, calibration)
         backend.connect()
         return backend
 
@@ -380,7 +384,15 @@ class DriverNode(Node):
         self.marker_pub.publish(markers)
 
     def close(self):
-        self.core.backend.close()
+        """The exit sequence of `on_exit` (bounded by DriverConfig.shutdown_timeout_s), then
+        release the device. After Ctrl-C the ROS context is gone: report on the console."""
+        try:
+            report = self.core.shutdown(self.on_exit)
+            print(f'[so101_driver] on exit: {report.message}', flush=True)
+        except (BackendError, RuntimeError) as exc:
+            print(f'[so101_driver] on exit ({self.on_exit}) failed: {exc}', flush=True)
+        finally:
+            self.core.backend.close()
 
 
 def main(args=None):
