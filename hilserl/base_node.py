@@ -2,6 +2,8 @@
 `main()` runner that shuts down cleanly on Ctrl-C / launch's SIGINT (exit code 0)."""
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Callable, Optional, Sequence
 
 import rclpy
@@ -56,12 +58,23 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
             raise
         # a callback raced the SIGINT shutdown (published on a closed context): a clean exit
     finally:
-        if node is not None:
-            close = getattr(node, 'close', None)
-            if callable(close):
-                close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+        # Closing keeps data (the open bag, the final checkpoint, the arm's exit move): a second
+        # Ctrl-C, launch's forwarded SIGINT or its SIGTERM must not cut it short with a traceback.
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, signal.SIG_IGN)
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if node is not None:
+                close = getattr(node, 'close', None)
+                if callable(close):
+                    close()
+                node.destroy_node()
+            rclpy.try_shutdown()
+        finally:
+            for sig, handler in previous.items():
+                if handler is not None:  # None: installed outside Python (rclpy's own)
+                    signal.signal(sig, handler)
     return 0
 
 

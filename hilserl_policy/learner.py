@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -239,10 +239,12 @@ class Learner:
                             self.cfg.sac.online_ratio, self.rng)
 
     # --- training -----------------------------------------------------------------------------
-    def train_step(self) -> Dict[str, float]:
+    def train_step(self, should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
         started = time.perf_counter()
         with self.lock:
-            metrics = self.agent.update(self.sample)
+            metrics = self.agent.update(self.sample, should_stop)
+        if metrics.get('interrupted'):
+            return metrics
         elapsed = time.perf_counter() - started
         self._update_times = (self._update_times + [elapsed])[-20:]
         metrics.update(step_time_s=elapsed, online_size=len(self.online),

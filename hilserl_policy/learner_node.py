@@ -154,7 +154,7 @@ class LearnerNode(Node):
                     self.learner.maybe_checkpoint()  # early buffers survive a crash too
                     self.stop.wait(0.2)
                     continue
-                self.learner.train_step()
+                self.learner.train_step(should_stop=self.stop.is_set)
                 self._publish_progress()
                 if time.monotonic() - self.pushed_at_s >= self.cfg.sac.weight_push_period_s:
                     self._push_weights()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import warnings
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -256,10 +256,15 @@ class SAC(nn.Module):
         optimizer.step()
         return float(norm)
 
-    def update(self, sample: Callable[[], Batch]) -> Dict[str, float]:
-        """One optimisation step: utd_ratio critic updates, then actor and temperature."""
+    def update(self, sample: Callable[[], Batch],
+               should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
+        """One optimisation step: utd_ratio critic updates, then actor and temperature.
+        `should_stop` is asked between critic updates (a shutdown must not wait for a whole
+        step): when it says so the step ends there, uncounted, with metrics['interrupted']."""
         metrics: Dict[str, float] = {}
         for i in range(self.cfg.utd_ratio):
+            if i and should_stop is not None and should_stop():
+                return {**metrics, 'interrupted': 1.0, 'step': self.step}
             batch = self.to_tensors(sample())
             fmaps, next_fmaps = self.encode_batch(batch)
             emb = self.encoder(fmaps, batch['state'])

@@ -522,3 +522,20 @@ def test_bc_term_pulls_the_policy_toward_human_actions_only_when_weighted():
         errors[weight] = (before, np.abs(agent.act(image, state, True) - target).mean())
     assert errors[5.0][1] < 0.5 * errors[5.0][0]
     assert errors[5.0][1] < errors[0.0][1]
+
+
+def test_update_stops_between_critic_updates_when_asked():
+    """A shutdown must not wait for a whole optimisation step (utd_ratio critic updates)."""
+    agent = make_agent(utd_ratio=5)
+    buffer, rng = filled_buffer()
+    calls = []
+
+    def sample():
+        calls.append(1)
+        return buffer.sample(16, rng)
+
+    metrics = agent.update(sample, should_stop=lambda: len(calls) >= 2)
+    assert metrics['interrupted'] == 1.0 and len(calls) == 2 and agent.step == 0
+    assert 'actor_loss' not in metrics
+    metrics = agent.update(sample, should_stop=lambda: False)
+    assert agent.step == 1 and len(calls) == 7 and 'interrupted' not in metrics
