@@ -13,7 +13,12 @@ export OMP_NUM_THREADS ?= 2
 setup:
 	@bash scripts/setup.sh
 
+# Where ../shared/ros2-launch exists (tests and CI only), the real `ros2 launch` and `ros2` CLI
+# are installed into the venv so the launch files run for real; elsewhere those tests skip.
+ROS2_LAUNCH ?= ../shared/ros2-launch/install.sh
+
 test: setup
+	@if [ -f $(ROS2_LAUNCH) ]; then bash $(ROS2_LAUNCH) $(VENV); fi
 	$(PY) -m pytest -q test
 
 # The simulated main job uses the configuration that learned the task on a CPU (README).

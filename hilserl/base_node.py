@@ -60,21 +60,16 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
     finally:
         # Closing keeps data (the open bag, the final checkpoint, the arm's exit move): a second
         # Ctrl-C, launch's forwarded SIGINT or its SIGTERM must not cut it short with a traceback.
-        previous = {}
+        # They stay ignored until the process exits (this runs as a node's main).
         if threading.current_thread() is threading.main_thread():
-            previous = {sig: signal.signal(sig, signal.SIG_IGN)
-                        for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            if node is not None:
-                close = getattr(node, 'close', None)
-                if callable(close):
-                    close()
-                node.destroy_node()
-            rclpy.try_shutdown()
-        finally:
-            for sig, handler in previous.items():
-                if handler is not None:  # None: installed outside Python (rclpy's own)
-                    signal.signal(sig, handler)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+        if node is not None:
+            close = getattr(node, 'close', None)
+            if callable(close):
+                close()
+            node.destroy_node()
+        rclpy.try_shutdown()
     return 0
 
 

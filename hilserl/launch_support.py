@@ -18,6 +18,12 @@ def graph_args_from_context(context) -> GraphArgs:
     for flag in ('record', 'rviz'):
         values[flag] = values[flag].lower() in ('true', '1', 'yes')
     values['num_episodes'] = int(values['num_episodes'])
+    if mode == 'eval' and not values['config'] and values['checkpoint']:
+        # the policy must see what it was trained on: the checkpoint's own configuration
+        from hilserl.run_dir import load_checkpoint_config
+        values['config'] = str(load_checkpoint_config(values['checkpoint'])[1])
+    if mode == 'eval' and values['teleop'] == 'sim':
+        values['teleop'] = 'none'  # the simulated human would spoil an evaluation
     return GraphArgs(mode=mode, **values)
 
 
@@ -43,4 +49,44 @@ def graph_actions(context) -> List:
     if actor is not None:
         actions.append(RegisterEventHandler(OnProcessExit(
             target_action=actor, on_exit=[EmitEvent(event=Shutdown(reason='actor finished'))])))
+    return actions
+
+
+def _installed(package: str) -> bool:
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    try:
+        get_package_prefix(package)
+        return True
+    except PackageNotFoundError:
+        return False
+
+
+def visualization_actions(context) -> List:
+    """OpaqueFunction body: robot_state_publisher (URDF + TF from joint_states) and, with
+    rviz:=true, RViz. Both are C++ packages of a ROS 2 distro: where one is not installed the
+    graph runs without it and says so in one INFO line."""
+    from launch.actions import LogInfo
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    from hilserl.paths import share_path
+    namespace = LaunchConfiguration('namespace').perform(context)
+    sim = LaunchConfiguration('backend').perform(context) == 'sim'
+    rviz = LaunchConfiguration('rviz').perform(context).lower() in ('true', '1', 'yes')
+    actions = []
+    if _installed('robot_state_publisher'):
+        actions.append(Node(
+            package='robot_state_publisher', executable='robot_state_publisher',
+            namespace=namespace, output='screen',
+            parameters=[{'robot_description': share_path('urdf', 'so101.urdf').read_text(),
+                         'use_sim_time': sim}]))  # the simulated arm's driver owns /clock
+    else:
+        actions.append(LogInfo(msg='robot_state_publisher is not installed: no robot '
+                                   'description or TF (joint_states and tcp_pose still are)'))
+    if rviz and _installed('rviz2'):
+        actions.append(Node(package='rviz2', executable='rviz2', namespace=namespace,
+                            arguments=['-d', str(share_path('config', 'hilserl.rviz'))],
+                            parameters=[{'use_sim_time': sim}]))
+    elif rviz:
+        actions.append(LogInfo(msg='rviz:=true but rviz2 is not installed: no RViz'))
     return actions
