@@ -336,7 +336,8 @@ class ActorNode(Node):
         self.assembler.reset()
         self.label = None
         self.success = False
-        self.human_used_ns = self.tick_ns if self.sim_clock else -1
+        # a device's action from before the episode is not carried into it
+        self.human_used_ns = self.get_clock().now().nanoseconds - 1
         self._publish_event(self.runner.start())
         self._set_phase('running')
         return True
@@ -364,7 +365,9 @@ class ActorNode(Node):
             return None, self.mode == 'record'
         action, intervention, stamp_ns = self.human
         intervention = intervention or self.mode == 'record'
-        fresh = stamp_ns == self.tick_ns if self.sim_clock else stamp_ns > self.human_used_ns
+        # the simulated human answers this very tick; a device sends on its own timer
+        fresh = stamp_ns == self.tick_ns if self.wait_for_teleop else \
+            stamp_ns > self.human_used_ns
         if fresh:
             self.human_used_ns = stamp_ns
             self.counters['human_actions_used'] += intervention
