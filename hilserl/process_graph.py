@@ -47,7 +47,8 @@ def _die_with_parent() -> None:
 def node_command(spec: NodeSpec, params_dir: Path, namespace: str = '') -> List[str]:
     params_dir.mkdir(parents=True, exist_ok=True)
     generated = params_dir / f'{spec.name}.yaml'
-    generated.write_text(yaml.safe_dump({spec.name: {'ros__parameters': spec.parameters}}))
+    # '/**/name': the node in any namespace (a bare name would not match under namespace:=arm1)
+    generated.write_text(yaml.safe_dump({f'/**/{spec.name}': {'ros__parameters': spec.parameters}}))
     cmd = [sys.executable, '-m', spec.module, '--ros-args', '-r', f'__node:={spec.name}']
     if namespace:
         cmd += ['-r', f'__ns:=/{namespace.strip("/")}']
