@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
@@ -177,9 +178,22 @@ class EpisodeData:
     messages: Dict[str, List[Tuple[int, object]]]   # topic -> [(stamp_ns, msg)]
 
 
+@contextmanager
+def _reader(bag: Path):
+    """rosbags' AnyReader; a truncated or corrupt bag (a killed recorder) becomes one
+    ValueError that names it instead of rosbags' own error types."""
+    from rosbags.highlevel import AnyReader
+    try:
+        with AnyReader([bag], default_typestore=typestore()) as reader:
+            yield reader
+    except Exception as exc:  # noqa: BLE001 - rosbags has several error types
+        if not type(exc).__module__.startswith('rosbags'):
+            raise
+        raise ValueError(f'{bag}: unreadable bag, truncated or corrupt ({exc})') from None
+
+
 def read_episode(episode_dir, topics: Optional[Iterable[str]] = None) -> EpisodeData:
     """Messages of one episode (selected topics), in time order."""
-    from rosbags.highlevel import AnyReader
     episode_dir = Path(episode_dir)
     bag = episode_dir / 'bag'
     if not (bag / 'metadata.yaml').is_file():
@@ -188,7 +202,7 @@ def read_episode(episode_dir, topics: Optional[Iterable[str]] = None) -> Episode
     metadata = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     wanted = None if topics is None else {bag_topic(t) for t in topics}
     messages: Dict[str, List[Tuple[int, object]]] = {}
-    with AnyReader([bag], default_typestore=typestore()) as reader:
+    with _reader(bag) as reader:
         connections = [c for c in reader.connections if wanted is None or c.topic in wanted]
         for connection, stamp, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, connection.msgtype)
@@ -282,14 +296,13 @@ def labelled_frames(episode: EpisodeData, topic: str = Topics.IMAGE_CROP,
 
 def bag_summary(path) -> str:
     """Human-readable summary of an episode (or a bare bag directory)."""
-    from rosbags.highlevel import AnyReader
     path = Path(path)
     episode_dir = path.parent if path.name == 'bag' else path
     bag = episode_dir / 'bag' if (episode_dir / 'bag').is_dir() else path
     if not (bag / 'metadata.yaml').is_file():
         raise FileNotFoundError(f'{path} holds no rosbag2 (metadata.yaml missing)')
     lines = [f'bag: {bag}']
-    with AnyReader([bag], default_typestore=typestore()) as reader:
+    with _reader(bag) as reader:
         duration_s = (reader.end_time - reader.start_time) * 1e-9 if reader.message_count else 0
         lines.append(f'messages: {reader.message_count}   duration: {duration_s:.2f} s')
         for c in sorted(reader.connections, key=lambda c: c.topic):
@@ -302,11 +315,10 @@ def bag_summary(path) -> str:
 
 def iter_raw_messages(path) -> Iterator[Tuple[str, str, int, bytes]]:
     """(topic, msgtype, stamp_ns, cdr bytes) of a bag in time order (replay)."""
-    from rosbags.highlevel import AnyReader
     path = Path(path)
     bag = path / 'bag' if (path / 'bag').is_dir() else path
     if not (bag / 'metadata.yaml').is_file():
         raise FileNotFoundError(f'{path} holds no rosbag2 (metadata.yaml missing)')
-    with AnyReader([bag], default_typestore=typestore()) as reader:
+    with _reader(bag) as reader:
         for connection, stamp, raw in reader.messages():
             yield connection.topic.lstrip('/'), connection.msgtype, stamp, raw

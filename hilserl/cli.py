@@ -112,7 +112,7 @@ def _record_demos(graph_args, cfg, demo_root: Path, args) -> int:
                                       behaviour_mix='expert:1', demo_dir='')
     code = _start_graph(record_args, cfg, args, echo=_progress_only)
     if code == 0 and len(complete_episodes(demo_root)) < args.demos:
-        print(f'hilserl train: demo recording stopped early; run again to finish it',
+        print('hilserl train: demo recording stopped early; run again to finish it',
               file=sys.stderr)
         return 1
     return code
@@ -326,9 +326,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, OSError) as exc:  # missing files, read-only run dirs
         print(f'hilserl {args.command}: {exc}', file=sys.stderr)
         return 2
+
 
 
 if __name__ == '__main__':

@@ -2,7 +2,8 @@
 actor streams and the recorder keeps; simulated demos write the same topic)."""
 from __future__ import annotations
 
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -12,11 +13,21 @@ from hilserl_policy.replay import Transition
 from hilserl_policy.transport import decode_transition
 
 
-def load_demo_transitions(root, successful_only: bool = False) -> Iterator[Transition]:
+def load_demo_transitions(root, successful_only: bool = False,
+                          unreadable: Optional[List[Tuple[Path, str]]] = None
+                          ) -> Iterator[Transition]:
     """Transitions of every episode under `root`, in recorded order. Episodes marked
-    `rerecord` are skipped; `successful_only` keeps episodes whose metadata says success."""
+    `rerecord` or cut short by a stop are skipped; `successful_only` keeps episodes whose
+    metadata says success. A bag that cannot be read (e.g. truncated by a killed recorder) is
+    skipped and listed in `unreadable` as (path, reason) when a list is given, else raised."""
     for path in list_episodes(root):
-        episode = read_episode(path, [Topics.TRANSITIONS])
+        try:
+            episode = read_episode(path, [Topics.TRANSITIONS])
+        except Exception as exc:  # noqa: BLE001 - rosbags raises its own error types
+            if unreadable is None:
+                raise ValueError(f'{path}: unreadable bag ({exc})') from None
+            unreadable.append((path, str(exc)))
+            continue
         meta = episode.metadata
         if meta.get('outcome', 'interrupted') in ('rerecord', 'interrupted'):
             continue  # to be recorded again, or cut short by a stop

@@ -71,10 +71,15 @@ class LearnerNode(Node):
                                    f'{episodes} episodes, {successes} successful)')
         if demo_dir and len(self.learner.offline) == 0:
             from hilserl_policy.demos import load_demo_transitions
-            added = 0
-            for t in load_demo_transitions(demo_dir):
+            added, unreadable = 0, []
+            for t in load_demo_transitions(demo_dir, unreadable=unreadable):
                 added += self.learner.add(t, demo=True)
-            self.get_logger().info(f'offline buffer: {added} demo transitions from {demo_dir}')
+            for path, reason in unreadable:
+                self.get_logger().warning(f'demo episode skipped, unreadable bag: {path} '
+                                          f'({reason})')
+            self.get_logger().info(f'offline buffer: {added} demo transitions from {demo_dir}'
+                                   + (f' ({len(unreadable)} unreadable episodes skipped)'
+                                      if unreadable else ''))
         self.pushed_step = -1
         self.pushed_at_s = 0.0
         self.stop = threading.Event()

@@ -30,3 +30,21 @@ def test_config_errors_name_the_field_and_exit_2(tmp_path, capsys):
     assert 'does not exist' in capsys.readouterr().err
     assert cli.main(['eval', '--record', 'false']) == 2  # eval without a checkpoint
     assert 'checkpoint' in capsys.readouterr().err
+
+
+def test_a_truncated_bag_is_one_line_and_skipped_as_a_demo(sim_episodes, tmp_path, capsys):
+    import shutil
+
+    from hilserl_policy.demos import load_demo_transitions
+    _, episodes = sim_episodes
+    for i in range(2):
+        shutil.copytree(episodes[i][0], tmp_path / 'run' / 'episodes' / f'episode_00000{i}')
+    broken = tmp_path / 'run' / 'episodes' / 'episode_000001'
+    mcap = next((broken / 'bag').glob('*.mcap'))
+    mcap.write_bytes(mcap.read_bytes()[:4000])  # a recorder killed mid-write
+    assert cli.main(['bag-info', str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'unreadable bag' in err and str(broken) in err and '\n' not in err
+    unreadable = []
+    demos = list(load_demo_transitions(tmp_path / 'run', unreadable=unreadable))
+    assert len(demos) == episodes[0][1]['steps'] and [p for p, _ in unreadable] == [broken]
