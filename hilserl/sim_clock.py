@@ -90,6 +90,7 @@ class LockStepClock:
         self.pending: Optional[np.ndarray] = None
         self.waiting_since_s: Optional[float] = None   # wall time the wait for an action began
         self.last_advance_s: Optional[float] = None
+        self._paced = False
         self.counters = {'ticks': 0, 'missed_actions': 0, 'stale_actions': 0,
                          'duplicate_actions': 0, 'paced_waits': 0}
 
@@ -111,7 +112,8 @@ class LockStepClock:
         if self.waiting_since_s is None:
             self.waiting_since_s = wall_s
         if not pacing_ok:
-            self.counters['paced_waits'] += 1
+            self.counters['paced_waits'] += not self._paced  # ticks that waited for the learner
+            self._paced = True
             self.waiting_since_s = wall_s  # the action timeout runs only while not paced
             return None
         if self.cfg.max_real_time_factor > 0 and self.last_advance_s is not None:
@@ -135,6 +137,7 @@ class LockStepClock:
         self.ticks += 1
         self.counters['ticks'] = self.ticks
         self.pending = None
+        self._paced = False
         self.waiting_since_s = wall_s
         self.last_advance_s = wall_s
         return self.now_ns

@@ -45,6 +45,7 @@ def test_pacing_stops_the_clock_and_the_timeout():
     assert clock.due(wall_s=100.0, pacing_ok=False) is None
     assert clock.due(wall_s=100.5, pacing_ok=True) is None     # the timeout restarted
     assert clock.counters['missed_actions'] == 0
+    assert clock.counters['paced_waits'] == 2  # ticks that waited, not polls
 
 
 def test_real_time_factor_limits_the_pace():
