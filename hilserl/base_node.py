@@ -42,6 +42,9 @@ def describe(description: str, *, float_range: Optional[Sequence[float]] = None,
 
 def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor=None) -> int:
     """Create a node, spin it, and always destroy it and shut down rclpy; returns exit code."""
+    import faulthandler
+    if hasattr(signal, 'SIGUSR1'):  # `kill -USR1 PID` prints every thread's stack (a hang)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=args)
     node = None
     try:
@@ -64,12 +67,16 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
+        # A close that hangs must not keep the process forever (ignoring signals): after the
+        # node's close_timeout_s, print where it hangs and exit.
+        faulthandler.dump_traceback_later(getattr(node, 'close_timeout_s', 20.0), exit=True)
         if node is not None:
             close = getattr(node, 'close', None)
             if callable(close):
                 close()
             node.destroy_node()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
     return 0
 
 

@@ -224,6 +224,8 @@ class LearnerNode(Node):
             [DiagnosticEntry('sac_learner', level, message, values)],
             self.get_clock().now().to_msg()))
 
+    close_timeout_s = 600.0  # the final checkpoint streams the buffers to disk
+
     def close(self):
         self.stop.set()
         for thread in self.threads:

@@ -29,6 +29,7 @@ def _start_recording(run_dir):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until an episode is being recorded
         if list((run_dir / 'episodes').glob('episode_*')):
+            time.sleep(1.0)  # a few ticks into the episode
             return proc
         time.sleep(0.5)
     proc.kill()
@@ -60,4 +61,4 @@ def test_sighup_stops_the_graph_and_closes_the_open_bag(tmp_path):
     assert 'stopped (interrupted)' in out, out[-2000:]
     assert _wait_gone(str(run_dir / 'params'))
     episodes = list_episodes(run_dir)  # every bag readable, the open one marked interrupted
-    assert episodes and all((e / 'episode.json').is_file() for e in episodes)
+    assert episodes and all((e / 'episode.json').is_file() for e in episodes), out[-3000:]
