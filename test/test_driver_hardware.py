@@ -51,6 +51,11 @@ def tcp(core, q):
 def test_connect_seeds_goals_from_measured_positions(rig):
     sim, bus, backend, core = rig
     assert backend.torque_enabled
+    # sync writes get no reply: on a loaded machine the simulator may still be applying them
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and not all(
+            sim.servos[k + 1].get('torque_enable') == 1 for k in range(len(JOINT_NAMES))):
+        time.sleep(0.01)
     for k, name in enumerate(JOINT_NAMES):
         servo = sim.servos[k + 1]
         assert servo.get('goal_position') == servo.get('present_position')
