@@ -203,7 +203,7 @@ def _cmd_record(args) -> int:
     parse_mix(args.mix)  # a bad mix is refused before any node starts
     graph_args = GraphArgs(mode='record', config=args.config or '', run_dir=args.output,
                            num_episodes=args.episodes, teleop='sim', behaviour_mix=args.mix,
-                           seed_offset=args.seed)
+                           seed_offset=args.seed, namespace=args.namespace)
     cfg = load_train_config(graph_args.config_path())
     started = time.monotonic()
     code = _start_graph(graph_args, cfg, args, echo=_progress_only)
@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--config', default=None, help='training YAML (task, image crop)')
     p.add_argument('--domain-id', type=int, default=None,
                    help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
+    p.add_argument('--namespace', default='', help='namespace for every node and topic')
     p.add_argument('--max-minutes', type=float, default=None,
                    help='stop the whole graph after this long')
     p.set_defaults(func=_cmd_record)

@@ -27,6 +27,12 @@ def graph_args_from_context(context) -> GraphArgs:
     return GraphArgs(mode=mode, **values)
 
 
+def clock_remapping(namespace: str) -> List:
+    """/clock is global by convention: a namespaced graph keeps its simulated clock apart."""
+    ns = namespace.strip('/')
+    return [('/clock', f'/{ns}/clock')] if ns else []
+
+
 def graph_actions(context) -> List:
     """OpaqueFunction body: one launch_ros Node per graph node; in eval the launch ends when
     the actor has run its episodes."""
@@ -42,6 +48,7 @@ def graph_actions(context) -> List:
         node = Node(package='hilserl', executable=spec.executable, name=spec.name,
                     namespace=args.namespace, output='screen', emulate_tty=True,
                     parameters=[*spec.parameter_files, spec.parameters],
+                    remappings=clock_remapping(args.namespace),
                     sigterm_timeout=str(SIGTERM_TIMEOUT_S))
         actions.append(node)
         if spec.name == 'sac_actor':
@@ -79,14 +86,16 @@ def visualization_actions(context) -> List:
             package='robot_state_publisher', executable='robot_state_publisher',
             namespace=namespace, output='screen',
             parameters=[{'robot_description': share_path('urdf', 'so101.urdf').read_text(),
-                         'use_sim_time': sim}]))  # the simulated arm's driver owns /clock
+                         'use_sim_time': sim}],  # the simulated arm's driver owns /clock
+            remappings=clock_remapping(namespace)))
     else:
         actions.append(LogInfo(msg='robot_state_publisher is not installed: no robot '
                                    'description or TF (joint_states and tcp_pose still are)'))
     if rviz and _installed('rviz2'):
         actions.append(Node(package='rviz2', executable='rviz2', namespace=namespace,
                             arguments=['-d', str(share_path('config', 'hilserl.rviz'))],
-                            parameters=[{'use_sim_time': sim}]))
+                            parameters=[{'use_sim_time': sim}],
+                            remappings=clock_remapping(namespace)))
     elif rviz:
         actions.append(LogInfo(msg='rviz:=true but rviz2 is not installed: no RViz'))
     return actions

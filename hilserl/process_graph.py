@@ -51,7 +51,9 @@ def node_command(spec: NodeSpec, params_dir: Path, namespace: str = '') -> List[
     generated.write_text(yaml.safe_dump({f'/**/{spec.name}': {'ros__parameters': spec.parameters}}))
     cmd = [sys.executable, '-m', spec.module, '--ros-args', '-r', f'__node:={spec.name}']
     if namespace:
-        cmd += ['-r', f'__ns:=/{namespace.strip("/")}']
+        ns = namespace.strip('/')
+        # /clock is global by convention: each namespaced graph keeps its simulated clock apart
+        cmd += ['-r', f'__ns:=/{ns}', '-r', f'/clock:=/{ns}/clock']
     for path in spec.parameter_files:
         cmd += ['--params-file', str(path)]
     cmd += ['--params-file', str(generated)]  # last wins: the graph's values override the robot's

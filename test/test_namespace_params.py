@@ -49,3 +49,22 @@ def test_camera_rate_from_the_file_under_a_namespace(tmp_path):
            '__ns:=/arm1', '--params-file', str(ROOT / 'config' / 'sim_robot.yaml')]
     out = run_node(cmd, 20)
     assert 'gripper_camera up: backend=sim' in out and '@ 15 Hz' in out, out[-2000:]
+
+
+def test_two_namespaced_graphs_on_one_domain_keep_apart(tmp_path):
+    """Each graph has its own simulated clock (/clock remapped into the namespace), its own
+    episodes and nothing of the other's."""
+    from hilserl.bags import complete_episodes
+    domain = str(free_domain_id())
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    procs = {ns: subprocess.Popen(
+        [sys.executable, '-m', 'hilserl.cli', 'record', '--episodes', '2', '--mix', 'expert:1',
+         '--namespace', ns, '--seed', str(i), '--output', str(tmp_path / ns),
+         '--domain-id', domain], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i, ns in enumerate(('arm1', 'arm2'))}
+    outs = {ns: p.communicate(timeout=300)[0] for ns, p in procs.items()}
+    for ns, proc in procs.items():
+        assert proc.returncode == 0, outs[ns][-2000:]
+        episodes = complete_episodes(tmp_path / ns)
+        assert sorted(p.name for p, _ in episodes) == ['episode_000000', 'episode_000001']
+        assert all(m['steps'] < 100 and m['success'] for _, m in episodes), outs[ns][-2000:]
