@@ -19,6 +19,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from hilserl.conventions import Topics
+from hilserl.conversions import STAMP_LABEL
 
 TYPESTORE_NAME = 'ros2_kilted'
 
@@ -235,6 +236,52 @@ def header_stamp_ns(cdr) -> Optional[int]:
     little = data[1] == 1  # encapsulation: 0x0001 CDR_LE, 0x0000 CDR_BE
     sec, nanosec = struct.unpack('<iI' if little else '>iI', data[4:12])
     return sec * 1_000_000_000 + nanosec
+
+
+# Types whose layout may carry the tick they belong to as a dimension 'stamp_ns=<int>'
+# (hilserl.conversions.action_to_msg; the actor's transitions).
+MULTIARRAY_TYPES = frozenset({'std_msgs/msg/Float32MultiArray', 'std_msgs/msg/UInt8MultiArray'})
+
+
+def layout_stamp_ns(cdr) -> Optional[int]:
+    """The 'stamp_ns=<int>' layout label of a serialized std_msgs *MultiArray, read from the CDR
+    bytes without deserializing the data (a transition is ~100 kB); None if absent or garbled."""
+    data = memoryview(cdr)
+    if len(data) < 8:
+        return None
+    order = '<' if data[1] == 1 else '>'
+    pos = 4  # CDR alignment counts from after the 4-byte encapsulation header
+
+    def u32():
+        nonlocal pos
+        pos = 4 + ((pos - 4 + 3) & ~3)
+        if pos + 4 > len(data):
+            raise ValueError('short')
+        (value,) = struct.unpack(order + 'I', data[pos:pos + 4])
+        pos += 4
+        return value
+
+    try:
+        for _ in range(min(u32(), 16)):
+            length = u32()
+            label = bytes(data[pos:pos + length]).rstrip(b'\0').decode('utf-8', 'replace')
+            pos += length
+            u32(), u32()  # size, stride
+            key, _, value = label.partition('=')
+            if key == STAMP_LABEL:
+                return int(value)
+    except (ValueError, struct.error):
+        return None
+    return None
+
+
+def message_stamp_ns(type_name: str, cdr) -> Optional[int]:
+    """The time a serialized message says it belongs to (header stamp, or a layout stamp)."""
+    if type_name in HEADER_FIRST_TYPES:
+        return header_stamp_ns(cdr)
+    if type_name in MULTIARRAY_TYPES:
+        return layout_stamp_ns(cdr)
+    return None
 
 
 def complete_episodes(root) -> List[Tuple[Path, dict]]:

@@ -190,9 +190,15 @@ def action_to_msg(action, source: str = '', msg_type=None, stamp_ns: Optional[in
         from std_msgs.msg import MultiArrayDimension
         msg.layout.dim = [MultiArrayDimension(label=source, size=action.size, stride=action.size)]
         if stamp_ns is not None:
-            msg.layout.dim.append(MultiArrayDimension(label=f'{STAMP_LABEL}={int(stamp_ns)}',
-                                                      size=1, stride=1))
+            msg.layout.dim.append(stamp_dimension(stamp_ns))
     return msg
+
+
+def stamp_dimension(stamp_ns: int):
+    """A size-1 layout dimension 'stamp_ns=<int>': the tick a MultiArray message belongs to
+    (read back by `action_stamp_ns`, and by the recorder from the raw bytes)."""
+    from std_msgs.msg import MultiArrayDimension
+    return MultiArrayDimension(label=f'{STAMP_LABEL}={int(stamp_ns)}', size=1, stride=1)
 
 
 STAMP_LABEL = 'stamp_ns'

@@ -28,7 +28,7 @@ from hilserl.conventions import Topics
 class EpisodeRecorder:
     def __init__(self, run_dir, topics: Optional[Dict[str, str]] = None,
                  close_delay_ns: int = 500_000_000, preroll_ns: int = 300_000_000,
-                 compress: bool = True,
+                 late_limit_ns: int = 10_000_000_000, compress: bool = True,
                  extra_metadata: Optional[dict] = None,
                  log: Callable[[str], None] = lambda text: None,
                  wall_clock_ns: Callable[[], int] = time.monotonic_ns,
@@ -36,6 +36,7 @@ class EpisodeRecorder:
         self.root = Path(run_dir) / 'episodes'
         self.topics = dict(EPISODE_TOPICS if topics is None else topics)
         self.close_delay_ns = close_delay_ns
+        self.late_limit_ns = late_limit_ns  # wall: longest wait for an episode's transitions
         self.sim_clock = sim_clock
         self.preroll_ns = 0 if sim_clock else preroll_ns
         self.start_stamp_ns: Optional[int] = None
@@ -50,6 +51,7 @@ class EpisodeRecorder:
         self.close_at_ns: Optional[int] = None
         self.episodes_written = 0
         self.dropped = 0            # messages outside an episode or unparseable events
+        self.missing_transitions = 0  # announced by an `end` event but never received
 
     def _episode_dir(self, index: int) -> Path:
         path = self.root / f'episode_{index:06d}'
@@ -111,8 +113,19 @@ class EpisodeRecorder:
             self._preroll.popleft()
             self.dropped += 1
 
+    def _transitions_owed(self) -> int:
+        expected = (self.pending_metadata or {}).get('transitions')
+        if not isinstance(expected, int) or self.writer is None:
+            return 0
+        return max(0, expected - self.writer.counts.get(Topics.TRANSITIONS, 0))
+
     def poll(self) -> None:
-        if self.close_at_ns is not None and self.wall_clock_ns() >= self.close_at_ns:
+        """Close an ended episode's bag after the close delay, or later while transitions that
+        its `end` event announced are still on their way (up to `late_limit_ns`)."""
+        if self.close_at_ns is None:
+            return
+        late_ns = self.wall_clock_ns() - self.close_at_ns
+        if late_ns >= 0 and (late_ns >= self.late_limit_ns or not self._transitions_owed()):
             self.finish()
 
     def finish(self) -> Optional[Path]:
@@ -120,6 +133,11 @@ class EpisodeRecorder:
         if self.writer is None:
             return None
         metadata = self.pending_metadata or {**self.extra, 'outcome': 'interrupted'}
+        owed = self._transitions_owed() if Topics.TRANSITIONS in self.topics else 0
+        if owed:
+            self.missing_transitions += owed
+            metadata['missing_transitions'] = owed
+            self.log(f'episode bag closed without {owed} announced transition(s)')
         metadata['counts'] = dict(self.writer.counts)
         path = self.writer.close(metadata)
         self.writer, self.pending_metadata, self.close_at_ns = None, None, None

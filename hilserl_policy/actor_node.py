@@ -36,7 +36,8 @@ from hilserl.base_node import declare, diagnostic_array, marker, qos_profile, sp
 from hilserl.config import load_train_config
 from hilserl.conventions import JOINT_NAMES, ActionSource, Frames, Topics
 from hilserl.conversions import (ConversionError, action_to_msg, image_to_array,
-                                 joint_state_to_arrays, joy_to_human, stamp_to_nanoseconds)
+                                 joint_state_to_arrays, joy_to_human, stamp_dimension,
+                                 stamp_to_nanoseconds)
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry
 from hilserl_policy.episode import EpisodeRunner, ObservationAssembler, StaleObservation
 from hilserl_policy.evaluation import EvalRecorder
@@ -121,6 +122,7 @@ class ActorNode(Node):
         self.label: Optional[str] = None
         self.image_stamp_ns = self.joints_stamp_ns = None
         self.tick_ns = None            # sim_clock: the tick being answered
+        self.episode_transitions = 0   # published in the running episode
         self.proposal = None           # (image, state, policy action) of that tick
         self.post_roll_left = 0
         self.deferred_events = []
@@ -399,7 +401,11 @@ class ActorNode(Node):
             if self.mode in ('train', 'record'):
                 payload = encode_transition(result.transition, self.runner.episode_index,
                                             self.runner.stats.steps)
-                self.transition_pub.publish(UInt8MultiArray(data=array.array('B', payload)))
+                msg = UInt8MultiArray(data=array.array('B', payload))
+                if self.sim_clock:  # the recorder files it under its tick, however late
+                    msg.layout.dim = [stamp_dimension(self.tick_ns)]
+                self.transition_pub.publish(msg)
+                self.episode_transitions += 1
             self.reward_pub.publish(Float32(data=float(result.reward)))
         if result.ended and self.mode == 'record' and self.runner.stats.success and \
                 self.steps_after_success > 0:
@@ -456,10 +462,16 @@ class ActorNode(Node):
         return self.done_since_s is not None and time.monotonic() - self.done_since_s > 1.0
 
     def _publish_event(self, text: str) -> None:
+        event = json.loads(text)
+        if event.get('event') == 'start':
+            self.episode_transitions = 0
+        elif event.get('event') == 'end':
+            # the recorder keeps the bag open until it has them all (they may come late)
+            event['transitions'] = self.episode_transitions
         if self.sim_clock and self.tick_ns is not None:
             # the tick it happened on: the recorder receives topics in no common order
-            text = json.dumps({**json.loads(text), 'stamp_ns': self.tick_ns})
-        self.event_pub.publish(String(data=text))
+            event['stamp_ns'] = self.tick_ns
+        self.event_pub.publish(String(data=json.dumps(event)))
 
     def _publish_diagnostics(self):
         level = WARN if self.phase == 'running' and self.stale_reason else OK

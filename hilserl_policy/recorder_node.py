@@ -11,7 +11,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import String
 
-from hilserl.bags import EPISODE_TOPICS, HEADER_FIRST_TYPES, header_stamp_ns
+from hilserl.bags import EPISODE_TOPICS, message_stamp_ns
 from hilserl.base_node import declare, message_class, qos_profile, spin_node
 from hilserl.conventions import TOPIC_QOS, Qos, Topics
 from hilserl.recording import EpisodeRecorder
@@ -48,8 +48,7 @@ class RecorderNode(Node):
                                         log=self.get_logger().info, sim_clock=sim_clock)
         self.sim_clock = sim_clock
         self.latest_tick_ns = 0
-        self.stamped_topics = {topic for topic, type_name in topics.items()
-                               if type_name in HEADER_FIRST_TYPES}
+        self.topic_types = dict(topics)
         # events first: when an episode's start and its first messages are ready together, the
         # executor serves subscriptions in creation order
         self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
@@ -75,13 +74,14 @@ class RecorderNode(Node):
     def _on_raw(self, topic: str, data: bytes):
         stamp_ns = self._now_ns()
         if self.sim_clock:
-            # A tick's messages may be served before its /clock: file stamped messages under
-            # their own header stamp (the tick), the others no earlier than the newest tick seen.
-            if topic in self.stamped_topics:
-                header_ns = header_stamp_ns(data)
-                if header_ns is not None:
-                    self.latest_tick_ns = max(self.latest_tick_ns, header_ns)
-                    stamp_ns = header_ns
+            # A tick's messages may be served before its /clock, and the next tick's before the
+            # last of this one (the executor serves topics in creation order): file messages
+            # that say their tick (header or layout stamp) under it, the others no earlier than
+            # the newest tick seen.
+            own_ns = message_stamp_ns(self.topic_types[topic], data)
+            if own_ns is not None:
+                self.latest_tick_ns = max(self.latest_tick_ns, own_ns)
+                stamp_ns = own_ns
             else:
                 stamp_ns = max(stamp_ns, self.latest_tick_ns)
         self.recorder.on_message(topic, data, stamp_ns)

@@ -115,3 +115,72 @@ def test_recorder_keeps_episodes_and_an_interrupted_bag_is_readable(tmp_path):
     recorder.on_event(json.dumps({'event': 'start', 'episode': 0}), 5 * 10 ** 9)  # resumed run
     assert recorder.writer.dir.name == 'episode_000000_1'
     recorder.finish()
+
+
+def _stamped_transition_cdr(store, stamp_ns: int, payload: bytes = b'x' * 64) -> bytes:
+    msg_type = store.types['std_msgs/msg/UInt8MultiArray']
+    dim = store.types['std_msgs/msg/MultiArrayDimension'](label=f'stamp_ns={stamp_ns}', size=1,
+                                                          stride=1)
+    layout = store.types['std_msgs/msg/MultiArrayLayout'](dim=[dim], data_offset=0)
+    msg = msg_type(layout=layout, data=np.frombuffer(payload, np.uint8))
+    return bytes(store.serialize_cdr(msg, 'std_msgs/msg/UInt8MultiArray'))
+
+
+def test_layout_stamp_is_read_from_raw_bytes():
+    from hilserl.bags import layout_stamp_ns, message_stamp_ns
+    store = MessageFactory().store
+    cdr = _stamped_transition_cdr(store, 1_234_567_890_123)
+    assert message_stamp_ns('std_msgs/msg/UInt8MultiArray', cdr) == 1_234_567_890_123
+    for cut in range(0, len(cdr) - 64, 3):  # truncated bytes: None, never an exception
+        assert layout_stamp_ns(cdr[:cut]) in (None, 1_234_567_890_123)
+    plain = store.types['std_msgs/msg/Float32MultiArray'](
+        layout=store.types['std_msgs/msg/MultiArrayLayout'](dim=[], data_offset=0),
+        data=np.zeros(4, np.float32))
+    assert layout_stamp_ns(store.serialize_cdr(plain, 'std_msgs/msg/Float32MultiArray')) is None
+    assert message_stamp_ns('std_msgs/msg/Float32', b'\x00\x01\x00\x00\x00\x00\x80\x3f') is None
+
+
+def test_layout_stamp_of_an_rclpy_action_message():
+    pytest.importorskip('rclpy')
+    from rclpy.serialization import serialize_message
+    from hilserl.bags import layout_stamp_ns
+    from hilserl.conversions import action_to_msg
+    msg = action_to_msg(np.array([0.1, -0.2, 0.3, 1.0]), 'human', stamp_ns=7_000_000_123)
+    assert layout_stamp_ns(serialize_message(msg)) == 7_000_000_123
+
+
+def test_sim_clock_recorder_waits_for_announced_transitions(tmp_path):
+    """The last transition of an episode may be served after the next tick's messages and after
+    the close delay: it is filed under its own tick and the bag stays open until it is in."""
+    store = MessageFactory().store
+    wall_ns = [0]
+    recorder = EpisodeRecorder(tmp_path, close_delay_ns=100, late_limit_ns=10_000,
+                               wall_clock_ns=lambda: wall_ns[0], sim_clock=True)
+    tick = 10 ** 8
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': tick}), tick)
+    recorder.on_message(Topics.TRANSITIONS, _stamped_transition_cdr(store, 2 * tick), 2 * tick)
+    recorder.on_event(json.dumps({'event': 'end', 'episode': 0, 'outcome': 'success',
+                                  'success': True, 'transitions': 2, 'stamp_ns': 3 * tick}),
+                      3 * tick)
+    wall_ns[0] = 5_000
+    recorder.poll()
+    assert recorder.writer is not None  # one announced transition is still on its way
+    recorder.on_message(Topics.TRANSITIONS, _stamped_transition_cdr(store, 3 * tick), 3 * tick)
+    recorder.poll()
+    assert recorder.writer is None
+    episode = read_episode(tmp_path / 'episodes' / 'episode_000000')
+    assert len(episode.messages[Topics.TRANSITIONS]) == 2
+    assert 'missing_transitions' not in episode.metadata
+    # one that never comes: closed after the late limit, and said so
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 1, 'stamp_ns': 5 * tick}),
+                      5 * tick)
+    recorder.on_event(json.dumps({'event': 'end', 'episode': 1, 'outcome': 'timeout',
+                                  'transitions': 1, 'stamp_ns': 6 * tick}), 6 * tick)
+    wall_ns[0] = 10_000
+    recorder.poll()
+    assert recorder.writer is not None
+    wall_ns[0] = 20_000
+    recorder.poll()
+    assert recorder.writer is None and recorder.missing_transitions == 1
+    assert read_episode(tmp_path / 'episodes' / 'episode_000001').metadata[
+        'missing_transitions'] == 1
