@@ -25,6 +25,18 @@ from hilserl_policy.replay import ReplayBuffer, Transition, sample_mixed
 EPISODE_KEYS = ('episode', 'success', 'steps', 'return', 'interventions', 'outcome')
 
 
+def recent_summary(episodes: List[dict]) -> str:
+    if not episodes:
+        return 'no episodes yet'
+    n = len(episodes)
+    success = sum(bool(e.get('success')) for e in episodes) / n
+    unaided = sum(bool(e.get('success')) and not e.get('interventions') for e in episodes) / n
+    steps = sum(int(e.get('steps', 0)) for e in episodes)
+    human = sum(int(e.get('interventions', 0)) for e in episodes) / steps if steps else 0.0
+    return (f'last {n}: {success:.0%} success, {unaided:.0%} without help, human drove '
+            f'{human:.0%} of steps')
+
+
 def torch_threads(requested: int) -> int:
     """Torch CPU threads for training: `requested`, or for 0 every core but one (the actor,
     driver and camera share that one)."""
@@ -230,6 +242,12 @@ class Learner:
     def episode_counts(self) -> Tuple[int, int]:
         """(episodes, successful episodes) over the whole run, resumes included."""
         return len(self.episodes), sum(bool(e.get('success')) for e in self.episodes)
+
+    def recent_summary(self, window: int = 10) -> str:
+        """The last `window` episodes in words: success, success without any human step, and
+        the share of steps the human drove. With a helping human success is near 100 % from the
+        start; the other two show the policy taking over."""
+        return recent_summary(self.episodes[-window:])
 
     def ready(self) -> bool:
         return len(self.online) + len(self.offline) >= max(self.cfg.sac.learning_starts, 1)

@@ -200,9 +200,7 @@ class LearnerNode(Node):
     def _summary(self):
         m = self.learner.last_metrics
         episodes, successes = self.learner.episode_counts()
-        recent = self.learner.episodes[-10:]
-        rate = (sum(bool(e.get('success')) for e in recent) / len(recent)) if recent else 0
-        line = (f'episodes {episodes} ({successes} successful; last 10: {rate:.0%} success)  '
+        line = (f'episodes {episodes} ({successes} successful; {self.learner.recent_summary()})  '
                 f'{self.transfer_summary()}  buffers {len(self.learner.online)}/'
                 f'{len(self.learner.offline)}  step {self.learner.agent.step}  critic updates/s '
                 f'{self.learner.critic_updates_per_s:.2f}')

@@ -165,3 +165,14 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
         torch.set_num_threads(torch_threads_before)
     from hilserl.run_dir import latest_checkpoint
     assert latest_checkpoint(tmp_path) is not None
+
+
+def test_recent_summary_separates_help_from_success():
+    from hilserl_policy.learner import recent_summary
+    episodes = [{'success': True, 'steps': 20, 'interventions': 15},
+                {'success': True, 'steps': 10, 'interventions': 0},
+                {'success': False, 'steps': 10, 'interventions': 0},
+                {'success': False, 'steps': 40, 'interventions': 5}]
+    assert recent_summary(episodes) == ('last 4: 50% success, 25% without help, human drove '
+                                        '25% of steps')
+    assert recent_summary([]) == 'no episodes yet'
