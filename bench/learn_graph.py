@@ -57,20 +57,26 @@ def with_overrides(config: Path, overrides, out: Path) -> Path:
     return path
 
 
-def curve_rows(run_dir: Path, window: int):
-    episodes = sorted(((int(meta.get('episode', -1)), meta)
-                       for _, meta in complete_episodes(run_dir / 'episodes')),
+def curve_rows(run_dir: Path, window: int, started_wall_s: float):
+    """One row per training episode; `minutes`: when its bag closed (episode.json written),
+    since `hilserl train` started (demo recording included, as `make train` prints it)."""
+    episodes = sorted(((int(meta.get('episode', -1)), meta, path)
+                       for path, meta in complete_episodes(run_dir / 'episodes')),
                       key=lambda item: item[0])
     rows = []
-    for i, (index, meta) in enumerate(episodes):
-        recent = [m for _, m in episodes[max(0, i + 1 - window):i + 1]]
+    for i, (index, meta, path) in enumerate(episodes):
+        recent = [m for _, m, _ in episodes[max(0, i + 1 - window):i + 1]]
         steps = max(int(meta.get('steps', 0)), 1)
+        closed_s = (path / 'episode.json').stat().st_mtime
         rows.append({
-            'episode': index, 'success': int(bool(meta.get('success'))),
+            'episode': index, 'minutes': round((closed_s - started_wall_s) / 60, 2),
+            'success': int(bool(meta.get('success'))),
             'steps': int(meta.get('steps', 0)),
             'intervention_rate': round(int(meta.get('interventions', 0)) / steps, 4),
             f'success_last_{window}': round(float(np.mean([bool(m.get('success'))
                                                              for m in recent])), 4),
+            f'unaided_success_last_{window}': round(float(np.mean([
+                bool(m.get('success')) and not m.get('interventions') for m in recent])), 4),
             f'intervention_rate_last_{window}': round(float(np.mean([
                 int(m.get('interventions', 0)) / max(int(m.get('steps', 0)), 1)
                 for m in recent])), 4)})
@@ -91,12 +97,13 @@ def plot(rows, window: int, eval_success, path: Path) -> None:
         cv2.line(img, (m, y), (w - m // 2, y), (220, 220, 220), 1)
         cv2.putText(img, f'{frac:.2f}', (5, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     series = ((f'success_last_{window}', (0, 140, 0)),
+              (f'unaided_success_last_{window}', (200, 120, 0)),
               (f'intervention_rate_last_{window}', (0, 0, 200)))
     for i, (key, color) in enumerate(series):
         if rows:
             pts = np.array([to_px(r['episode'], r[key]) for r in rows], np.int32)
             cv2.polylines(img, [pts], False, color, 2)
-        cv2.putText(img, key, (m + 10 + 300 * i, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 2)
+        cv2.putText(img, key, (m + 10 + 260 * i, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.42, color, 2)
     if eval_success is not None:
         x, y = to_px(max_ep, eval_success)
         cv2.circle(img, (x, y), 7, (200, 0, 200), -1)
@@ -127,7 +134,7 @@ def main():
     hilserl = [sys.executable, '-m', 'hilserl.cli']
     domain = ['--domain-id', str(args.domain_id)] if args.domain_id is not None else []
     log = out / 'graph.log'
-    started = time.monotonic()
+    started, started_wall_s = time.monotonic(), time.time()
     train_cmd = hilserl + ['train', '--config', str(config), '--run-dir', str(out / 'run'),
                            '--episodes', str(args.episodes), '--demos', str(args.demos)] + domain
     code = run(train_cmd, log)
@@ -141,7 +148,7 @@ def main():
         summary_path = out / 'run' / 'eval' / 'eval_summary.json'
         if summary_path.is_file():
             eval_success = json.loads(summary_path.read_text())['success_rate']
-    rows = curve_rows(out / 'run', args.window)
+    rows = curve_rows(out / 'run', args.window, started_wall_s)
     if rows:
         with open(out / 'learning_curve.csv', 'w', newline='') as f:
             writer = csv.DictWriter(f, list(rows[0]))
