@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,24 @@ def bag_topic(topic: str) -> str:
     return topic if topic.startswith('/') else '/' + topic
 
 
+# A chunk of the open bag goes to disk once it holds this many (uncompressed) bytes or its first
+# message is this old (wall time), whichever comes first: what a SIGKILLed recorder can lose.
+# (rosbags alone keeps 1 MiB in memory, about 3 s of a simulated episode or all of a short one.)
+CHUNK_BYTES = 256 * 1024
+CHUNK_AGE_S = 1.0
+
+
 class EpisodeWriter:
-    """One rosbag2 per episode. Connections are added lazily for the topics actually used."""
+    """One rosbag2 per episode. Connections are added lazily for the topics actually used.
+
+    Written chunks reach the file (the OS) at most `chunk_bytes` or `chunk_age_s` after their
+    first message (`write_cdr`, or `flush_if_due` from a timer), so a killed process leaves a
+    file that `hilserl bag-repair` restores up to that point. While open, the .mcap file holds
+    an exclusive flock: repair leaves a bag alone while its writer lives."""
 
     def __init__(self, episode_dir, topics: Optional[Dict[str, str]] = None,
-                 compress: bool = True):
+                 compress: bool = True, chunk_bytes: int = CHUNK_BYTES,
+                 chunk_age_s: float = CHUNK_AGE_S, clock=time.monotonic):
         from rosbags.rosbag2 import StoragePlugin, Writer
         from rosbags.rosbag2.writer import CompressionFormat, CompressionMode
         self.dir = Path(episode_dir)
@@ -70,6 +84,12 @@ class EpisodeWriter:
         self._connections = {}
         self.counts: Dict[str, int] = {}
         self.closed = False
+        self.chunk_bytes, self.chunk_age_s, self._clock = chunk_bytes, chunk_age_s, clock
+        self._pending_since: Optional[float] = None
+        storage = self._writer.storage
+        # rosbags' McapWriter internals (0.11): the pending chunk and its file
+        self.can_flush = all(hasattr(storage, a) for a in ('chunk', 'close_chunk', 'bio'))
+        self._lock = _lock_file(next((self.dir / 'bag').glob('*.mcap'), None))
 
     def _connection(self, topic: str):
         if topic not in self._connections:
@@ -87,14 +107,64 @@ class EpisodeWriter:
     def write_cdr(self, topic: str, data: bytes, stamp_ns: int) -> None:
         self._writer.write(self._connection(topic), int(stamp_ns), bytes(data))
         self.counts[topic] = self.counts.get(topic, 0) + 1
+        if self._pending_since is None:
+            self._pending_since = self._clock()
+        self.flush_if_due()
+
+    def flush_if_due(self) -> bool:
+        """Write the pending chunk to the file when it is big or old enough; True if it did."""
+        if self._pending_since is None or self.closed or not self.can_flush:
+            return False
+        storage = self._writer.storage
+        if not storage.chunk.msgs:  # rosbags closed the chunk itself (1 MiB)
+            storage.bio.flush()
+            self._pending_since = None
+            return False
+        if storage.chunk.bio.tell() < self.chunk_bytes and \
+                self._clock() - self._pending_since < self.chunk_age_s:
+            return False
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Close the pending chunk (compressed, with its message indexes) into the file and hand
+        the file's buffer to the OS: a killed process keeps it."""
+        if self.closed or not self.can_flush:
+            return
+        storage = self._writer.storage
+        if storage.chunk.msgs:
+            storage.close_chunk()
+        storage.bio.flush()
+        self._pending_since = None
 
     def close(self, metadata: Optional[dict] = None) -> Path:
         if not self.closed:
             self._writer.close()
             self.closed = True
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
         if metadata is not None:
             write_json_atomic(self.dir / 'episode.json', metadata)
         return self.dir
+
+
+def _lock_file(path: Optional[Path]):
+    """An open file holding an exclusive flock on `path` (released when it is closed or the
+    process dies, even by SIGKILL); None where flock is unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    if path is None:
+        return None
+    handle = open(path, 'rb')  # noqa: SIM115 - held open for the bag's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -212,13 +282,15 @@ def read_episode(episode_dir, topics: Optional[Iterable[str]] = None) -> Episode
 
 
 def list_episodes(root) -> List[Path]:
-    """Episode directories under `root` (a run, an episodes/ folder, or one episode)."""
+    """Readable episode directories under `root` (a run, an episodes/ folder, or one episode);
+    hidden folders (a bag repair's work in progress) are left out."""
     root = Path(root)
     if (root / 'bag').is_dir():
         return [root]
     if not root.exists():
         raise FileNotFoundError(f'{root} does not exist')
-    found = sorted(p.parent for p in root.glob('**/bag/metadata.yaml'))
+    found = sorted(p.parent for p in root.glob('**/bag/metadata.yaml')
+                   if not any(part.startswith('.') for part in p.relative_to(root).parts))
     return [p.parent if p.name == 'bag' else p for p in found]
 
 

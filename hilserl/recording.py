@@ -4,9 +4,11 @@ closed (with episode.json) shortly after its `end` event, so late messages of th
 Messages between episodes (resets) are not recorded, except a short pre-roll: messages that
 arrived up to `preroll_ns` before the `start` event are written when it comes, because topics
 are delivered independently and an episode's first messages may be handled before its `start`.
-Ctrl-C closes the open bag cleanly. Bag stamps are the graph's time (simulated with the sim
-backend); the close delay is wall time, because late messages are late in wall time and a
-stopped simulated clock must not keep a finished episode's bag open.
+Ctrl-C closes the open bag cleanly; after a SIGKILL, the chunks already written (at most about a
+second or 256 kB behind, hilserl.bags.CHUNK_AGE_S / CHUNK_BYTES) are restored on the next start
+(hilserl.bag_repair). Bag stamps are the graph's time (simulated with the sim backend); the
+close delay is wall time, because late messages are late in wall time and a stopped simulated
+clock must not keep a finished episode's bag open.
 
 With `sim_clock` every message is filed under its tick (header stamps; the recorder node takes
 care of that) and events carry theirs (`stamp_ns`): an episode holds exactly the ticks from its
@@ -121,7 +123,10 @@ class EpisodeRecorder:
 
     def poll(self) -> None:
         """Close an ended episode's bag after the close delay, or later while transitions that
-        its `end` event announced are still on their way (up to `late_limit_ns`)."""
+        its `end` event announced are still on their way (up to `late_limit_ns`). Also puts
+        the open bag's pending chunk on disk once it is due (what a SIGKILL can lose)."""
+        if self.writer is not None:
+            self.writer.flush_if_due()
         if self.close_at_ns is None:
             return
         late_ns = self.wall_clock_ns() - self.close_at_ns
