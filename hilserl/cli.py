@@ -7,6 +7,7 @@
                                 (the same graph, the simulated human acting on every step)
   hilserl replay BAG            republish a bag with its original timing
   hilserl bag-info BAG          topics, counts, duration and episode metadata
+  hilserl bag-repair PATH       make the bags a killed recorder left readable again
   hilserl train-classifier      success classifier from episode bags
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
   hilserl config                validate a training config and print it resolved
@@ -152,6 +153,7 @@ def _start_graph(graph_args, cfg, args, echo=None) -> int:
     if graph_args.rviz:
         print('hilserl: rviz needs a ROS 2 distro (ros2 launch hilserl ...); ignored here',
               file=sys.stderr)
+    _repair_before_start(graph_args)
     nodes = build_graph(graph_args, cfg)
     episodes_ended, bags_closed = set(), set()
 
@@ -218,6 +220,33 @@ def _cmd_bag_info(args) -> int:
     from hilserl.bags import bag_summary
     print(bag_summary(args.bag))
     return 0
+
+
+def _cmd_bag_repair(args) -> int:
+    """One line per episode; 0 when every bag reads (repaired or already fine), 1 when one could
+    not be repaired, 2 for a path that does not exist or holds no episode bags."""
+    from hilserl.bag_repair import repair_episodes
+    results = repair_episodes(args.path, keep_original=args.keep_original)
+    if not results:
+        raise ValueError(f'{args.path} holds no episode bags')
+    for result in results:
+        print(result.line())
+    return 1 if any(r.status == 'failed' for r in results) else 0
+
+
+def _repair_before_start(graph_args) -> None:
+    """Episode bags a killed recorder left where this graph records, or in the demos it trains
+    from, are repaired before any node starts (the recorder node does the same on its own)."""
+    from hilserl.bag_repair import repair_killed_episodes
+    roots = [Path(graph_args.run_dir) / 'episodes'] if graph_args.record else []
+    if graph_args.mode == 'train' and graph_args.demo_dir:
+        roots.append(Path(graph_args.demo_dir))
+    for root in roots:
+        try:
+            repair_killed_episodes(root, lambda line: print(f'hilserl: bag repair: {line}',
+                                                            flush=True))
+        except OSError as exc:  # e.g. read-only demos: they are read as they are
+            print(f'hilserl: bag repair of {root} failed: {exc}', file=sys.stderr, flush=True)
 
 
 def _cmd_replay(args) -> int:
@@ -295,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('bag-info', help='summarise an episode bag')
     p.add_argument('bag')
     p.set_defaults(func=_cmd_bag_info)
+
+    p = sub.add_parser('bag-repair', help='repair episode bags a killed recorder left behind')
+    p.add_argument('path', help='a run directory, its episodes/ folder or one episode')
+    p.add_argument('--keep-original', action='store_true',
+                   help='keep the cut-off files in <episode>/bag.truncated/')
+    p.set_defaults(func=_cmd_bag_repair)
 
     p = sub.add_parser('train-classifier', help='train the success classifier from bags')
     p.add_argument('--episodes', required=True, help='directory holding episode bags')

@@ -76,6 +76,7 @@ class ProcessGraph:
         self.processes: Dict[str, subprocess.Popen] = {}
         self._threads: List[threading.Thread] = []
         self._lock = threading.Lock()
+        self._sigint_before_stop = None  # the Ctrl-C handler to restore once stopped
 
     def start(self) -> None:
         for spec in self.nodes:
@@ -122,13 +123,31 @@ class ProcessGraph:
                     return 'time limit reached'
                 time.sleep(poll_s)
         except KeyboardInterrupt:
+            if threading.current_thread() is threading.main_thread():
+                # the terminal's second Ctrl-C may come before stop() starts
+                self._sigint_before_stop = signal.signal(signal.SIGINT, signal.SIG_IGN)
             return 'interrupted'
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def stop(self, grace_s: float = 30.0) -> Dict[str, int]:
-        """SIGINT everyone (nodes close cleanly: bags, checkpoints), then escalate."""
+        """SIGINT everyone (nodes close cleanly: bags, checkpoints), then escalate. Another
+        Ctrl-C (or SIGTERM, SIGHUP) while the nodes close neither cuts that short nor prints a
+        traceback: the nodes got it too and ignore it while closing."""
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                previous[sig] = signal.signal(sig, signal.SIG_IGN)
+            if self._sigint_before_stop is not None:
+                previous[signal.SIGINT], self._sigint_before_stop = self._sigint_before_stop, None
+        try:
+            return self._stop(grace_s)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop(self, grace_s: float) -> Dict[str, int]:
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)

@@ -1,5 +1,6 @@
 """`hilserl` graphs never leave a node behind: a SIGKILLed `hilserl` takes its nodes with it,
-and SIGHUP (a closed terminal) stops the graph cleanly, closing the open episode's bag."""
+SIGHUP (a closed terminal) stops the graph cleanly, closing the open episode's bag, and so does a
+terminal's Ctrl-C pressed twice (SIGINT to every process of the group, twice)."""
 import os
 import signal
 import subprocess
@@ -20,12 +21,12 @@ def _node_pids(marker: str):
     return [int(p) for p in out.split()]
 
 
-def _start_recording(run_dir):
+def _start_recording(run_dir, own_session: bool = False):
     proc = subprocess.Popen(
         [sys.executable, '-m', 'hilserl.cli', 'record', '--episodes', '1000', '--mix',
          'random:1', '--output', str(run_dir), '--domain-id', str(free_domain_id())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+        env={**os.environ, 'PYTHONUNBUFFERED': '1'}, start_new_session=own_session)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until an episode is being recorded
         if list((run_dir / 'episodes').glob('episode_*')):
@@ -61,4 +62,19 @@ def test_sighup_stops_the_graph_and_closes_the_open_bag(tmp_path):
     assert 'stopped (interrupted)' in out, out[-2000:]
     assert _wait_gone(str(run_dir / 'params'))
     episodes = list_episodes(run_dir)  # every bag readable, the open one marked interrupted
+    assert episodes and all((e / 'episode.json').is_file() for e in episodes), out[-3000:]
+
+
+def test_terminal_ctrl_c_twice_stops_cleanly_without_a_traceback(tmp_path):
+    run_dir = tmp_path / 'ctrl_c'
+    proc = _start_recording(run_dir, own_session=True)
+    os.killpg(proc.pid, signal.SIGINT)   # what a terminal sends to the foreground group
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)   # the impatient second press, while nodes close
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert 'stopped (interrupted)' in out, out[-3000:]
+    assert 'Traceback' not in out and 'KeyboardInterrupt' not in out, out[-3000:]
+    assert _wait_gone(str(run_dir / 'params'))
+    episodes = list_episodes(run_dir)
     assert episodes and all((e / 'episode.json').is_file() for e in episodes), out[-3000:]
