@@ -11,6 +11,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import String
 
+from hilserl.bag_repair import repair_killed_episodes
 from hilserl.bags import EPISODE_TOPICS, message_stamp_ns
 from hilserl.base_node import declare, message_class, qos_profile, spin_node
 from hilserl.conventions import TOPIC_QOS, Qos, Topics
@@ -46,6 +47,7 @@ class RecorderNode(Node):
         self.recorder = EpisodeRecorder(run_dir, topics, compress=compress,
                                         extra_metadata={'config_digest': config_digest},
                                         log=self.get_logger().info, sim_clock=sim_clock)
+        self._repair_killed_episodes()
         self.sim_clock = sim_clock
         self.latest_tick_ns = 0
         self.topic_types = dict(topics)
@@ -61,6 +63,14 @@ class RecorderNode(Node):
                                      self._qos(topic), raw=True)
         self.create_timer(0.1, self.recorder.poll, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f'episode_recorder up: {len(topics)} topics -> {run_dir}/episodes')
+
+    def _repair_killed_episodes(self):
+        """Bags a killed recorder left on this run dir are made readable before recording."""
+        log = self.get_logger()
+        try:
+            repair_killed_episodes(self.recorder.root, lambda line: log.info(f'bag repair: {line}'))
+        except OSError as exc:
+            log.warning(f'bag repair of {self.recorder.root} failed: {exc}')
 
     @staticmethod
     def _qos(topic: str):
