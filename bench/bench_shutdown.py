@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (puts the repository on sys.path)
+from hilserl.launch_support import install_like_colcon
 
 ROOT = Path(__file__).resolve().parents[1]
 ROS2 = Path(sys.executable).parent / 'ros2'
@@ -33,18 +34,18 @@ def quick_config(work: Path) -> Path:
     return config
 
 
-def install_for_launch(work: Path) -> dict:
-    """The package installed into a prefix as colcon does (see test/test_ros2_launch.py)."""
-    prefix = work / 'install'
-    subprocess.run([sys.executable, 'setup.py', '-q', 'egg_info', '--egg-base', str(work),
-                    'build', '--build-base', str(work / 'build'), 'install', '--prefix',
-                    str(prefix), '--install-scripts', str(prefix / 'lib' / 'hilserl'),
-                    '--single-version-externally-managed', '--root', '/'],
-                   cwd=ROOT, check=True, capture_output=True)
-    site = next(prefix.glob('lib/python3*/site-packages'))
-    return {'AMENT_PREFIX_PATH': str(prefix),
-            'PYTHONPATH': os.pathsep.join([str(site), os.environ.get('PYTHONPATH', '')]),
-            'PATH': os.pathsep.join([str(ROS2.parent), os.environ.get('PATH', '')])}
+def group_members(pgid: int) -> dict:
+    """pid -> short name (a node's module, or the command) of the group's live processes."""
+    out = subprocess.run(['ps', '-o', 'pid=,stat=,args=', '-g', str(pgid)], capture_output=True,
+                         text=True).stdout
+    members = {}
+    for line in out.splitlines():
+        pid, stat, *args = line.split()
+        if stat.startswith('Z'):
+            continue
+        module = next((a for a in args if '_node' in a or a.startswith('hilserl')), args[-1])
+        members[int(pid)] = f'{module.split(".")[-1]}:{pid}'
+    return members
 
 
 def group_alive(pgid: int) -> bool:
@@ -71,7 +72,13 @@ def one_stop(cmd, env, run_dir: Path, log_path: Path, timeout_s: float) -> dict:
         os.killpg(proc.pid, signal.SIGINT)
         time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGINT)
+        alive, gone_s = group_members(proc.pid), {}
         while (proc.poll() is None or group_alive(proc.pid)) and time.monotonic() - sent < 60:
+            now = group_members(proc.pid)
+            for pid, name in alive.items():
+                if pid not in now and name not in gone_s:
+                    gone_s[name] = round(time.monotonic() - sent, 1)
+            alive = now
             time.sleep(0.05)
         stop_s = time.monotonic() - sent
         if group_alive(proc.pid):
@@ -84,7 +91,7 @@ def one_stop(cmd, env, run_dir: Path, log_path: Path, timeout_s: float) -> dict:
     kept = all((e / 'bag' / 'metadata.yaml').is_file() and (e / 'episode.json').is_file()
                for e in episodes)
     out = log_path.read_text()
-    return {'stop_s': round(stop_s, 2), 'episodes': len(episodes), 'bags_complete': kept,
+    return {'stop_s': round(stop_s, 2), 'process_gone_s': gone_s, 'episodes': len(episodes), 'bags_complete': kept,
             'final_checkpoint': 'final checkpoint' in out,
             'traceback': 'Traceback' in out or 'KeyboardInterrupt' in out}
 
@@ -95,6 +102,7 @@ def main():
     parser.add_argument('--trials', type=int, default=3)
     parser.add_argument('--hogs', type=int, default=0, help='CPU-bound processes beside it')
     parser.add_argument('--domain-id', type=int, default=205)
+    parser.add_argument('--only-launch', action='store_true', help='ros2 launch only')
     parser.add_argument('--keep', action='store_true', help='keep the logs and run folders')
     args = parser.parse_args()
     hogs = [subprocess.Popen([sys.executable, '-c', 'while True: pass'])
@@ -103,12 +111,13 @@ def main():
     try:
         config = quick_config(work)
         env = {**os.environ, 'ROS_DOMAIN_ID': str(args.domain_id), 'PYTHONUNBUFFERED': '1'}
-        runners = {'hilserl train': lambda run: [
+        runners = {} if args.only_launch else {'hilserl train': lambda run: [
             sys.executable, '-m', 'hilserl.cli', 'train', '--config', str(config), '--demos',
             '0', '--episodes', '0', '--run-dir', str(run)]}
         launch_env = env
         if ROS2.is_file():
-            launch_env = {**env, **install_for_launch(work)}
+            launch_env = {**env, **install_like_colcon(ROOT, work, sys.executable),
+                          'PATH': os.pathsep.join([str(ROS2.parent), env.get('PATH', '')])}
             runners['ros2 launch'] = lambda run: [
                 str(ROS2), 'launch', 'hilserl', 'train.launch.py', 'num_episodes:=0',
                 f'run_dir:={run}', f'config:={config}']

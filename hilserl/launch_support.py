@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import List
 
+from hilserl.config import load_train_config
 from hilserl.graph import LAUNCH_ARGUMENTS, GraphArgs, build_graph
+from hilserl.pretrained import check_encoder_weights
 
 SIGTERM_TIMEOUT_S = 30
 
@@ -41,8 +43,11 @@ def graph_actions(context) -> List:
     from launch.events import Shutdown
     from launch_ros.actions import Node
     args = graph_args_from_context(context)
+    cfg = load_train_config(args.config_path())
+    if args.mode == 'train':  # before any node starts: the encoder weights are here
+        check_encoder_weights(cfg.sac)
     actions, actor = [], None
-    for spec in build_graph(args):
+    for spec in build_graph(args, cfg):
         # launch escalates to SIGTERM after sigterm_timeout (default 5 s): the driver's exit
         # move (<= 6 s) and the learner's final checkpoint need longer
         node = Node(package='hilserl', executable=spec.executable, name=spec.name,
@@ -99,3 +104,22 @@ def visualization_actions(context) -> List:
     elif rviz:
         actions.append(LogInfo(msg='rviz:=true but rviz2 is not installed: no RViz'))
     return actions
+
+
+def install_like_colcon(source_dir, work_dir, python: str) -> dict:
+    """Install the package from `source_dir` into `work_dir`/install as `colcon build` installs
+    an ament_python package (scripts under lib/hilserl, share/ data); returns the environment
+    additions that make `ros2 launch hilserl ...` find it (tests and benchmarks)."""
+    import os
+    import subprocess
+    from pathlib import Path
+    work = Path(work_dir)
+    prefix = work / 'install'
+    subprocess.run([python, 'setup.py', '-q', 'egg_info', '--egg-base', str(work),
+                    'build', '--build-base', str(work / 'build'), 'install', '--prefix',
+                    str(prefix), '--install-scripts', str(prefix / 'lib' / 'hilserl'),
+                    '--single-version-externally-managed', '--root', '/'],
+                   cwd=source_dir, check=True, capture_output=True)
+    site = next(prefix.glob('lib/python3*/site-packages'))
+    return {'AMENT_PREFIX_PATH': str(prefix),
+            'PYTHONPATH': os.pathsep.join([str(site), os.environ.get('PYTHONPATH', '')])}

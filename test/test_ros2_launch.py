@@ -30,16 +30,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope='module')
 def installed(tmp_path_factory):
     """(environment, work dir): hilserl installed into a prefix on AMENT_PREFIX_PATH."""
+    from hilserl.launch_support import install_like_colcon
     work = tmp_path_factory.mktemp('ros2_launch')
-    prefix = work / 'install'
-    subprocess.run([sys.executable, 'setup.py', '-q', 'egg_info', '--egg-base', str(work),
-                    'build', '--build-base', str(work / 'build'), 'install', '--prefix',
-                    str(prefix), '--install-scripts', str(prefix / 'lib' / 'hilserl'),
-                    '--single-version-externally-managed', '--root', '/'],
-                   cwd=ROOT, check=True, capture_output=True)
-    site = next(prefix.glob('lib/python3*/site-packages'))
-    env = {**os.environ, 'AMENT_PREFIX_PATH': str(prefix),
-           'PYTHONPATH': os.pathsep.join([str(site), os.environ.get('PYTHONPATH', '')]),
+    env = {**os.environ, **install_like_colcon(ROOT, work, sys.executable),
            'PATH': os.pathsep.join([str(ROS2.parent), os.environ.get('PATH', '')]),
            'PYTHONUNBUFFERED': '1'}
     # small, quick episodes; the clock does not wait for the learner (pacing is tested elsewhere)
