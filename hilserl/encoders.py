@@ -1,13 +1,15 @@
 """Image encoders shared by the reward classifier and the SAC policy (torch, ROS-free).
 
-`resnet10`: a ResNet with one basic block per stage (64-128-256-512), the HIL-SERL encoder.
-Parameter names follow the Hugging Face `ResNetModel` layout so locally downloaded pretrained
-weights (config.json + model.safetensors, e.g. a ResNet-10 from the hub) load directly.
+`resnet10`: the seed's pretrained ResNet-10 (`helper2424/resnet10`, GroupNorm, one basic block
+per stage, 64-128-256-512), computing what the upstream model computes; its config.json +
+model.safetensors (a local directory or the local Hugging Face cache, see hilserl.pretrained)
+load as saved.
 `small_conv`: a patchify stem and three 3x3 convolutions, cheap enough to train on a CPU.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Tuple
 
@@ -32,59 +34,85 @@ class ImageNormalizer(nn.Module):
         return torch.addcmul(-self.mean / self.std, images.float(), 1.0 / self.std)
 
 
-class _ConvNorm(nn.Module):
-    """Conv + BatchNorm (+ ReLU) with HF ResNet names: convolution / normalization."""
+def _same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
+    """TF/JAX "SAME" padding of one dimension: (before, after), the odd pixel after."""
+    total = max(0, (math.ceil(size / stride) - 1) * stride + kernel - size)
+    return total // 2, total - total // 2
 
-    def __init__(self, cin, cout, kernel, stride, activation=True):
+
+class _SameConv(nn.Module):
+    """Bias-free convolution with "SAME" padding (as the JAX original); weight at `conv`."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1):
         super().__init__()
-        self.convolution = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False)
-        self.normalization = nn.BatchNorm2d(cout)
-        self.activation = nn.ReLU() if activation else nn.Identity()
+        self.kernel, self.stride = kernel, stride
+        # stride 1 pads (k - 1) / 2 on each side: the convolution's own padding, no copy
+        self.conv = nn.Conv2d(cin, cout, kernel, stride,
+                              padding=(kernel - 1) // 2 if stride == 1 else 0, bias=False)
 
     def forward(self, x):
-        return self.activation(self.normalization(self.convolution(x)))
+        if self.stride == 1:
+            return self.conv(x)
+        top, bottom = _same_padding(x.shape[-2], self.kernel, self.stride)
+        left, right = _same_padding(x.shape[-1], self.kernel, self.stride)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return self.conv(x)
 
 
-class _BasicLayer(nn.Module):
-    def __init__(self, cin, cout, stride):
+class _GroupNorm(nn.Module):
+    """GroupNorm(4 groups, eps 1e-5); parameters at `group_norm` (the upstream names)."""
+
+    def __init__(self, channels: int, groups: int = 4):
         super().__init__()
-        self.shortcut = _ConvNorm(cin, cout, 1, stride, activation=False) \
-            if (cin != cout or stride != 1) else nn.Identity()
-        self.layer = nn.Sequential(_ConvNorm(cin, cout, 3, stride), _ConvNorm(cout, cout, 3, 1,
-                                                                              activation=False))
-        self.activation = nn.ReLU()
+        self.group_norm = nn.GroupNorm(groups, channels, eps=1e-5)
 
     def forward(self, x):
-        return self.activation(self.layer(x) + self.shortcut(x))
+        return self.group_norm(x)
 
 
-class _Stage(nn.Module):
-    def __init__(self, cin, cout, stride):
+class _SameMaxPool(nn.Module):
+    """3x3 stride-2 max-pool with "SAME" padding: the extra row/column at the bottom/right,
+    padded with -inf."""
+
+    def __init__(self, kernel: int = 3, stride: int = 2):
         super().__init__()
-        self.layers = nn.Sequential(_BasicLayer(cin, cout, stride))
+        self.kernel, self.stride = kernel, stride
 
     def forward(self, x):
-        return self.layers(x)
+        top, bottom = _same_padding(x.shape[-2], self.kernel, self.stride)
+        left, right = _same_padding(x.shape[-1], self.kernel, self.stride)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom), value=float('-inf'))
+        return F.max_pool2d(x, self.kernel, self.stride)
 
 
-class _Embedder(nn.Module):
-    def __init__(self):
+class _BasicBlock(nn.Module):
+    """conv3x3 (stride s) -> GN -> ReLU -> conv3x3 -> GN, + shortcut (conv1x1 stride s -> GN
+    when the width changes), -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.embedder = _ConvNorm(3, 64, 7, 2)
-        self.pooler = nn.MaxPool2d(3, 2, 1)
+        self.conv1 = _SameConv(cin, cout, 3, stride)
+        self.norm1 = _GroupNorm(cout)
+        self.conv2 = _SameConv(cout, cout, 3, 1)
+        self.norm2 = _GroupNorm(cout)
+        self.shortcut = (nn.Sequential(_SameConv(cin, cout, 1, stride), _GroupNorm(cout))
+                         if cin != cout else None)
 
     def forward(self, x):
-        return self.pooler(self.embedder(x))
+        out = self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
+        return F.relu(out + (self.shortcut(x) if self.shortcut is not None else x))
 
 
 class _Stages(nn.Module):
-    def __init__(self, widths):
+    def __init__(self, widths: Tuple[int, ...], cin: int):
         super().__init__()
-        stages, cin = [], 64
+        blocks = []
         for i, width in enumerate(widths):
-            stages.append(_Stage(cin, width, 1 if i == 0 else 2))
+            blocks.append(_BasicBlock(cin, width, 1 if i == 0 else 2))
             cin = width
-        self.stages = nn.ModuleList(stages)
+        self.stages = nn.ModuleList(blocks)
 
     def forward(self, x):
         for stage in self.stages:
@@ -93,16 +121,35 @@ class _Stages(nn.Module):
 
 
 class ResNet10(nn.Module):
-    """(B, 3, H, W) normalised -> (B, 512, H/32, W/32) feature map."""
+    """The seed's `helper2424/resnet10` (HIL-SERL's ResNet-10, converted from JAX): ImageNet-
+    normalised (B, 3, H, W) -> the last feature map (B, 512, H/32, W/32), no pooler.
 
-    def __init__(self, widths: Tuple[int, ...] = (64, 128, 256, 512)):
+    Stem: conv 7x7 stride 2 (padding 3, no bias) -> GroupNorm(4) -> ReLU -> max-pool 3x3
+    stride 2 ("SAME"); then one basic block per stage (64, 128, 256, 512; stride 1, 2, 2, 2).
+    Parameter names are the upstream ones (`embedder.0.weight`, `embedder.1.group_norm.*`,
+    `encoder.stages.N.{conv1,conv2}.conv.weight`, `...{norm1,norm2}.group_norm.*`,
+    `...shortcut.{0.conv,1.group_norm}.*`): its model.safetensors loads as saved."""
+
+    model_type = 'resnet10'
+    widths = (64, 128, 256, 512)
+    embedding_size = 64
+
+    def __init__(self):
         super().__init__()
-        self.embedder = _Embedder()
-        self.encoder = _Stages(widths)
-        self.out_channels = widths[-1]
+        self.embedder = nn.Sequential(
+            nn.Conv2d(3, self.embedding_size, 7, 2, padding=3, bias=False),
+            _GroupNorm(self.embedding_size), nn.ReLU(), _SameMaxPool(3, 2))
+        self.encoder = _Stages(self.widths, self.embedding_size)
+        self.out_channels = self.widths[-1]
 
     def forward(self, x):
         return self.encoder(self.embedder(x))
+
+    def hub_config(self) -> dict:
+        """The upstream config.json fields of this architecture."""
+        return {'model_type': self.model_type, 'num_channels': 3,
+                'embedding_size': self.embedding_size, 'hidden_sizes': list(self.widths),
+                'depths': [1] * len(self.widths), 'hidden_act': 'relu', 'pooler': None}
 
 
 class SmallConv(nn.Module):
@@ -114,6 +161,7 @@ class SmallConv(nn.Module):
     padding), which saves a full-resolution float pass per image."""
 
     raw_pixel_input = True
+    model_type = 'small_conv'
 
     def __init__(self, channels: int = 32):
         super().__init__()
@@ -158,37 +206,59 @@ def feature_shape(encoder: nn.Module, image_hw: Tuple[int, int]) -> Tuple[int, i
     return tuple(out.shape[1:])
 
 
-def load_pretrained_encoder(encoder: nn.Module, directory) -> str:
-    """Load encoder weights from a directory's model.safetensors: Hugging Face format (keys
-    optionally prefixed 'resnet.', 'model.' or 'encoder_model.', e.g. a ResNet-10 from the hub)
-    or a hilserl policy checkpoint's `pretrained_model/` (keys 'backbone.net.*': reuse the
-    encoder a previous run trained). Returns a one-line report; raises with the mismatching
-    keys if they do not fit."""
+# key prefixes of weights saved inside a larger model: a hilserl policy checkpoint's
+# `pretrained_model/` holds its backbone under 'backbone.net.' (reuse a previous run's encoder)
+_WEIGHT_PREFIXES = ('backbone.net.',)
+
+
+def load_pretrained_encoder(encoder: nn.Module, path) -> str:
+    """Load encoder weights named by `path`: a directory with model.safetensors (and
+    config.json), or a repo id in the local Hugging Face cache (`helper2424/resnet10` for
+    resnet10), or a hilserl policy checkpoint's `pretrained_model/`. Returns a one-line report;
+    raises PretrainedWeightsMissing when there are no weights there, ValueError when they do
+    not fit (another architecture, missing or mis-shaped tensors)."""
     from safetensors.torch import load_file
-    directory = Path(directory)
-    weights_path = directory / 'model.safetensors'
-    if not weights_path.is_file():
-        raise FileNotFoundError(f'no model.safetensors in {directory} (download the pretrained '
-                                'encoder once where you are online, then point here)')
-    state = load_file(str(weights_path))
-    cleaned = {}
-    for key, value in state.items():
-        for prefix in ('resnet.', 'model.', 'encoder_model.', 'backbone.net.'):
+
+    from hilserl.pretrained import WEIGHTS_FILE, resolve_pretrained_dir
+    directory = resolve_pretrained_dir(str(path))
+    weights_path = directory / WEIGHTS_FILE
+    config_path = directory / 'config.json'
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    expected = getattr(encoder, 'model_type', None)
+    if 'model_type' in config and expected and config['model_type'] != expected:
+        raise ValueError(f'{config_path}: model_type {config["model_type"]!r} is not the '
+                         f'{expected!r} encoder (for resnet10: helper2424/resnet10)')
+    state = {}
+    for key, value in load_file(str(weights_path)).items():
+        for prefix in _WEIGHT_PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix):]
-        cleaned[key] = value
+        state[key] = value
     own = encoder.state_dict()
-    usable = {k: v for k, v in cleaned.items() if k in own and own[k].shape == v.shape}
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = sorted(set(own) - set(usable))
     if missing:
-        raise ValueError(f'{weights_path}: {len(missing)} encoder tensors missing or mis-shaped, '
-                         f'e.g. {missing[:5]}')
+        raise ValueError(f'{weights_path}: {len(missing)} of {len(own)} encoder tensors missing '
+                         f'or mis-shaped, e.g. {missing[:4]}')
     encoder.load_state_dict(usable)
-    config = directory / 'config.json'
-    name = json.loads(config.read_text()).get('_name_or_path', directory.name) \
-        if config.is_file() else directory.name
+    name = config.get('_name_or_path') or str(path)
     return (f'loaded pretrained {type(encoder).__name__} weights from {name} '
-            f'({len(usable)} tensors)')
+            f'({len(usable)} tensors, {directory})')
+
+
+def save_encoder_weights(encoder: nn.Module, directory) -> Path:
+    """Write `encoder`'s weights as a directory `load_pretrained_encoder` reads: model.safetensors
+    + config.json, in the upstream `helper2424/resnet10` layout for resnet10 (export an encoder,
+    or give tests and benchmarks weights in that layout)."""
+    from safetensors.torch import save_file
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
+              str(directory / 'model.safetensors'))
+    config = encoder.hub_config() if hasattr(encoder, 'hub_config') else \
+        {'model_type': getattr(encoder, 'model_type', type(encoder).__name__)}
+    (directory / 'config.json').write_text(json.dumps(config, indent=2))
+    return directory
 
 
 class SpatialEmbedding(nn.Module):

@@ -21,12 +21,16 @@ from hilserl_policy.replay import ReplayBuffer
 from hilserl_policy.sac import SAC
 
 
-def build_agent(cfg: TrainConfig, image_hw=None, device: Optional[str] = None) -> SAC:
+def build_agent(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
+                weights_from_checkpoint: bool = False) -> SAC:
+    """The agent of a configuration; a frozen encoder loads its pretrained weights unless
+    `weights_from_checkpoint` (a checkpoint's state, encoder included, is loaded next)."""
     hw = tuple(image_hw or cfg.image.resize_hw_px)
     image_shape = (3 * cfg.observation.n_obs_steps, *hw)
     return SAC(cfg.sac, image_shape, cfg.observation.state_dim, cfg.action.dim,
                discrete_gripper=cfg.action.gripper_mode == 'discrete',
-               device=device or cfg.sac.device, seed=cfg.seed)
+               device=device or cfg.sac.device, seed=cfg.seed,
+               weights_from_checkpoint=weights_from_checkpoint)
 
 
 def save_checkpoint(run_dir, agent: SAC, cfg: TrainConfig, online: Optional[ReplayBuffer] = None,
@@ -76,17 +80,20 @@ def load_pretrained(model_dir, device: Optional[str] = None) -> Tuple[SAC, Train
         raise FileNotFoundError(f'{model_dir} is not a policy checkpoint (no config.json)')
     meta = json.loads(config_path.read_text())
     cfg = from_dict(TrainConfig, meta['train_config'])
-    # the weights replace the encoder: do not require the pretrained directory again
-    cfg = _without_pretrained_path(cfg)
-    agent = build_agent(cfg, meta['image_shape'][1:], device)
-    agent.load_state_dict(load_file(str(model_dir / 'model.safetensors')))
+    # the checkpoint holds the whole agent, a frozen encoder included: the pretrained
+    # directory it was trained with is not needed here
+    agent = build_agent(cfg, meta['image_shape'][1:], device, weights_from_checkpoint=True)
+    weights_path = model_dir / 'model.safetensors'
+    state = load_file(str(weights_path))
+    missing = sorted(set(agent.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(agent.state_dict()))
+    if missing or unexpected:  # e.g. written with an older encoder layout
+        raise ValueError(f'{weights_path} does not fit this version\'s networks: '
+                         f'{len(missing)} tensors missing (e.g. {missing[:2]}), '
+                         f'{len(unexpected)} unknown (e.g. {unexpected[:2]})')
+    agent.load_state_dict(state)
     agent.step = int(meta['step'])
     return agent, cfg
-
-
-def _without_pretrained_path(cfg: TrainConfig) -> TrainConfig:
-    import dataclasses
-    return dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, pretrained_encoder_path=None))
 
 
 def resume(checkpoint_dir, device: Optional[str] = None, image_dir=None

@@ -14,19 +14,26 @@ from torch.distributions import Normal
 
 from hilserl.encoders import (ImageNormalizer, SpatialEmbedding, build_encoder, feature_shape,
                               load_pretrained_encoder, network_input)
+from hilserl.pretrained import frozen_without_weights_message
 
 
 class Backbone(nn.Module):
     """uint8 images (B, 3 * n_frames, H, W) -> feature maps (B, n_frames, C, h, w)."""
 
     def __init__(self, name: str, image_hw: Tuple[int, int], frozen: bool,
-                 pretrained_path=None):
+                 pretrained_path=None, weights_from_checkpoint: bool = False):
+        """`weights_from_checkpoint`: the caller loads a whole checkpoint (the frozen encoder
+        included) right after: `pretrained_path` is neither needed nor read."""
         super().__init__()
         self.normalize = ImageNormalizer()
         self.net = build_encoder(name)
-        self.load_report = 'image encoder initialised at random'
-        if pretrained_path:
+        self.load_report = 'image encoder initialised at random (trained)'
+        if weights_from_checkpoint:
+            self.load_report = 'image encoder from the checkpoint'
+        elif pretrained_path:
             self.load_report = load_pretrained_encoder(self.net, pretrained_path)
+        elif frozen:  # no silent random features
+            raise ValueError(frozen_without_weights_message())
         self.frozen = frozen
         if frozen:
             self.net.requires_grad_(False)
@@ -37,7 +44,7 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.frozen:
-            self.net.eval()  # frozen BatchNorm statistics stay as loaded
+            self.net.eval()  # a frozen encoder computes as loaded
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

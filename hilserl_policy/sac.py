@@ -37,7 +37,10 @@ def resolve_device(name: str) -> torch.device:
 
 class SAC(nn.Module):
     def __init__(self, cfg: SACConfig, image_shape, state_dim: int, action_dim: int,
-                 discrete_gripper: bool = False, device: str = 'cpu', seed: int = 0):
+                 discrete_gripper: bool = False, device: str = 'cpu', seed: int = 0,
+                 weights_from_checkpoint: bool = False):
+        """`weights_from_checkpoint`: a checkpoint's state is loaded right after (its frozen
+        encoder included), so the pretrained encoder directory is not read."""
         super().__init__()
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
@@ -45,10 +48,10 @@ class SAC(nn.Module):
         self.discrete_gripper = discrete_gripper
         # the continuous part: all dims, or all but the gripper when a grasp critic picks it
         self.continuous_dim = action_dim - 1 if discrete_gripper else action_dim
-        torch.manual_seed(seed)  # a frozen random backbone is reproducible from the seed
+        torch.manual_seed(seed)  # initial weights are reproducible from the seed
         channels, h, w = self.image_shape
         self.backbone = Backbone(cfg.encoder, (h, w), cfg.freeze_encoder,
-                                 cfg.pretrained_encoder_path)
+                                 cfg.pretrained_encoder_path, weights_from_checkpoint)
         self.encoder = ObservationEncoder(self.backbone.fmap_shape, channels // 3, state_dim,
                                           cfg.latent_dim)
         emb = self.encoder.out_dim
@@ -110,8 +113,8 @@ class SAC(nn.Module):
         """The acting graph for these input shapes, traced once: (images, states) -> (mean,
         log_std, grasp Q). The traced heads (and a trained backbone) share parameters and
         buffers with this module, so weights loaded in place (`load_policy_state`, an optimiser
-        step) are used at once; a frozen backbone is also frozen into constants (BatchNorm
-        folded into the convolutions) and rebuilt when its weights are replaced."""
+        step) are used at once; a frozen backbone is also frozen into constants and rebuilt
+        when its weights are replaced."""
         key = (tuple(images.shape), tuple(states.shape))
         program = self._acting_programs.get(key)
         if program is None:
@@ -127,7 +130,7 @@ class SAC(nn.Module):
 
     def _trace_acting_program(self, images: torch.Tensor, states: torch.Tensor):
         modes = [(m, m.training) for m in self.modules()]
-        self.eval()  # acting uses BatchNorm running statistics, even for a trained backbone
+        self.eval()  # acting never uses dropout or batch statistics
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 # torch 2.13 marks TorchScript deprecated; it is still the cheapest way to run
@@ -296,7 +299,7 @@ class SAC(nn.Module):
     # --- weights ------------------------------------------------------------------------------
     def policy_state(self) -> Dict[str, torch.Tensor]:
         """What an actor needs: encoder head, actor, grasp critic, and the backbone when it is
-        trained (a frozen one is rebuilt from the seed or the pretrained path; see
+        trained (a frozen one is loaded by the actor from the same pretrained weights; see
         `backbone_digest`)."""
         parts = {'encoder': self.encoder, 'actor': self.actor}
         if self.grasp_critic is not None:

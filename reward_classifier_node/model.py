@@ -18,12 +18,15 @@ from torch import nn
 
 from hilserl.encoders import (ImageNormalizer, SpatialEmbedding, build_encoder, feature_shape,
                               load_pretrained_encoder, network_input)
+from hilserl.pretrained import frozen_without_weights_message
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
     encoder: str = 'small_conv'              # small_conv (from scratch) | resnet10
-    freeze_encoder: bool = False             # True with pretrained ResNet-10 weights
+    freeze_encoder: bool = False             # needs pretrained_encoder_path
+    # resnet10: a directory (config.json + model.safetensors) or helper2424/resnet10 in the
+    # local Hugging Face cache
     pretrained_encoder_path: Optional[str] = None
     image_hw_px: Tuple[int, int] = (128, 128)
     num_views: int = 1                       # camera views, each encoded by the shared encoder
@@ -38,21 +41,24 @@ class ClassifierConfig:
             raise ValueError(f'num_views={self.num_views}: must be >= 1')
         if not 0 <= self.dropout < 1:
             raise ValueError(f'dropout={self.dropout}: must be in [0, 1)')
-        if self.freeze_encoder and self.encoder == 'resnet10' and not self.pretrained_encoder_path:
-            raise ValueError('freeze_encoder with resnet10 needs pretrained_encoder_path: a frozen '
-                             'random encoder cannot learn')
+        if self.freeze_encoder and not self.pretrained_encoder_path:
+            raise ValueError(frozen_without_weights_message('classifier'))
+        if self.pretrained_encoder_path and self.encoder != 'resnet10':
+            raise ValueError('pretrained_encoder_path is for the resnet10 encoder')
 
 
 class RewardClassifier(nn.Module):
-    def __init__(self, config: ClassifierConfig):
+    def __init__(self, config: ClassifierConfig, weights_from_checkpoint: bool = False):
+        """`weights_from_checkpoint`: a saved classifier (its encoder included) is loaded right
+        after, so the pretrained encoder is not read."""
         super().__init__()
         self.config = config
         self.normalize = ImageNormalizer()
         self.encoder = build_encoder(config.encoder)
         self.load_report = 'encoder trained from scratch (no pretrained weights given)'
-        if config.pretrained_encoder_path:
-            if config.encoder != 'resnet10':
-                raise ValueError('pretrained_encoder_path is for the resnet10 encoder')
+        if weights_from_checkpoint:
+            self.load_report = 'encoder from the classifier checkpoint'
+        elif config.pretrained_encoder_path:
             self.load_report = load_pretrained_encoder(self.encoder,
                                                        config.pretrained_encoder_path)
         if config.freeze_encoder:
@@ -68,7 +74,7 @@ class RewardClassifier(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.config.freeze_encoder:
-            self.encoder.eval()  # frozen BatchNorm statistics stay frozen
+            self.encoder.eval()  # a frozen encoder computes as loaded
         return self
 
     def forward(self, *views: torch.Tensor) -> torch.Tensor:
@@ -89,8 +95,9 @@ def save_classifier(model: RewardClassifier, directory, threshold: float, metric
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
               str(tmp / 'model.safetensors'))
+    # the encoder's weights are inside model.safetensors; pretrained_encoder_path stays as a
+    # record (a frozen encoder's source) and is not read when loading
     config = dataclasses.asdict(model.config)
-    config['pretrained_encoder_path'] = None  # the weights are inside model.safetensors now
     (tmp / 'config.json').write_text(json.dumps(
         {'classifier': config, 'threshold': threshold, 'metrics': metrics}, indent=2))
     if directory.exists():
@@ -114,7 +121,7 @@ def load_classifier(directory) -> Tuple[RewardClassifier, float, dict]:
     data = json.loads(config_path.read_text())
     fields = data['classifier']
     fields['image_hw_px'] = tuple(fields['image_hw_px'])
-    model = RewardClassifier(ClassifierConfig(**fields))
+    model = RewardClassifier(ClassifierConfig(**fields), weights_from_checkpoint=True)
     model.load_state_dict(load_file(str(directory / 'model.safetensors')))
     model.eval()
     return model, float(data['threshold']), data.get('metrics', {})

@@ -48,3 +48,22 @@ def sim_episodes(tmp_path_factory):
     episodes = sorted(complete_episodes(root / 'run'), key=lambda e: e[1]['episode'])
     assert len(episodes) == 8
     return root / 'run', episodes
+
+
+@pytest.fixture(scope='session')
+def encoder_weights(tmp_path_factory):
+    """name -> a directory of random pretrained weights for that encoder (config.json +
+    model.safetensors; resnet10 in the upstream helper2424/resnet10 layout): what a frozen
+    encoder needs, since none can be downloaded here."""
+    made = {}
+
+    def directory(name: str = 'resnet10', seed: int = 0) -> str:
+        if (name, seed) not in made:
+            import torch
+
+            from hilserl.encoders import build_encoder, save_encoder_weights
+            torch.manual_seed(1234 + seed)
+            made[name, seed] = str(save_encoder_weights(
+                build_encoder(name), tmp_path_factory.mktemp(f'{name}_weights')))
+        return made[name, seed]
+    return directory

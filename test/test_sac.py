@@ -17,7 +17,8 @@ from hilserl_policy.transport import (decode_transition, decode_weights, encode_
 
 HW = (32, 32)
 SMALL = SACConfig(batch_size=16, utd_ratio=2, hidden_dims=(32, 32), latent_dim=16,
-                  encoder='small_conv', freeze_encoder=False, learning_starts=4,
+                  encoder='small_conv', freeze_encoder=False, pretrained_encoder_path=None,
+                  learning_starts=4,
                   online_buffer_capacity=64, offline_buffer_capacity=64, device='cpu')
 
 
@@ -313,9 +314,9 @@ def test_discrete_grasp_critic_picks_the_gripper():
     assert a.shape == (4,) and a[3] in (-1.0, 0.0, 1.0)
 
 
-def test_subsampled_critic_targets_and_frozen_resnet_encoder_run():
+def test_subsampled_critic_targets_and_frozen_resnet_encoder_run(encoder_weights):
     agent = make_agent(num_critics=4, num_subsample_critics=2, encoder='resnet10',
-                       freeze_encoder=True)
+                       freeze_encoder=True, pretrained_encoder_path=encoder_weights('resnet10'))
     buffer, rng = filled_buffer()
     frozen = [p.detach().clone() for p in agent.backbone.parameters()]
     agent.update(lambda: buffer.sample(16, rng))
@@ -334,11 +335,15 @@ def test_device_auto_falls_back_to_cpu_and_bad_device_is_refused():
 
 # --- fast path: feature cache (exactness guards) -------------------------------------------------
 
-def cached_agent(**sac):
-    return make_agent(encoder='small_conv', freeze_encoder=True, feature_cache_shifts=3, **sac)
+@pytest.fixture
+def cached_agent(encoder_weights):
+    """A frozen (pretrained) small conv encoder with a feature cache of 3 shifts."""
+    return lambda **sac: make_agent(encoder='small_conv', freeze_encoder=True,
+                                    feature_cache_shifts=3,
+                                    pretrained_encoder_path=encoder_weights('small_conv'), **sac)
 
 
-def test_cached_features_are_the_backbone_on_shifted_images():
+def test_cached_features_are_the_backbone_on_shifted_images(cached_agent):
     agent = cached_agent()
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (1, 3, *HW), dtype=np.uint8)
@@ -355,7 +360,7 @@ def test_cached_features_are_the_backbone_on_shifted_images():
         assert errors.max(axis=1).min() < 2e-3 * max(1.0, np.abs(reference).max())
 
 
-def test_cached_and_direct_paths_give_the_same_loss_and_gradients():
+def test_cached_and_direct_paths_give_the_same_loss_and_gradients(cached_agent):
     agent = cached_agent(use_augmentation=False)
     buffer = ReplayBuffer(64, (3, *HW), 18, 4, featurizer=agent.featurize)
     rng = np.random.default_rng(1)
@@ -382,7 +387,7 @@ def test_cached_and_direct_paths_give_the_same_loss_and_gradients():
         torch.testing.assert_close(g_cached, g_direct, rtol=2e-2, atol=2e-3)
 
 
-def test_feature_cache_follows_next_images_across_episode_breaks():
+def test_feature_cache_follows_next_images_across_episode_breaks(cached_agent):
     agent = cached_agent(use_augmentation=False)
     buffer = ReplayBuffer(8, (3, *HW), 18, 4, featurizer=agent.featurize)
     rng = np.random.default_rng(3)
@@ -441,10 +446,14 @@ def module_path_action(agent, image, state):
 
 @pytest.mark.parametrize('encoder,frozen', [('small_conv', False), ('resnet10', False),
                                             ('resnet10', True)])
-def test_traced_acting_path_equals_the_module_path_after_weight_loads(encoder, frozen):
-    agent = make_agent(encoder=encoder, freeze_encoder=frozen)
-    donor = build_agent(dataclasses.replace(tiny_config(encoder=encoder, freeze_encoder=frozen),
-                                            seed=11))
+def test_traced_acting_path_equals_the_module_path_after_weight_loads(encoder, frozen,
+                                                                      encoder_weights):
+    weights = encoder_weights(encoder) if frozen else None
+    agent = make_agent(encoder=encoder, freeze_encoder=frozen, pretrained_encoder_path=weights)
+    # the donor's frozen encoder differs too: a checkpoint load must replace the traced one
+    donor_weights = encoder_weights(encoder, seed=1) if frozen else None
+    donor = build_agent(dataclasses.replace(tiny_config(
+        encoder=encoder, freeze_encoder=frozen, pretrained_encoder_path=donor_weights), seed=11))
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (3, *HW), dtype=np.uint8)
     state = rng.normal(size=18).astype(np.float32)
@@ -452,10 +461,6 @@ def test_traced_acting_path_equals_the_module_path_after_weight_loads(encoder, f
     np.testing.assert_allclose(first, module_path_action(agent, image, state), atol=1e-5)
     # weights pushed by the learner are loaded in place: the traced program must follow them
     agent.load_policy_state(donor.policy_state())
-    if not frozen:  # a trained backbone's BatchNorm statistics change in place too
-        with torch.no_grad():
-            agent.backbone.net.apply(lambda m: m.running_mean.add_(0.3)
-                                     if isinstance(m, torch.nn.BatchNorm2d) else None)
     after = agent.act(image, state, True)
     np.testing.assert_allclose(after, module_path_action(agent, image, state), atol=1e-5)
     assert not np.allclose(first, after)
@@ -539,3 +544,37 @@ def test_update_stops_between_critic_updates_when_asked():
     assert 'actor_loss' not in metrics
     metrics = agent.update(sample, should_stop=lambda: False)
     assert agent.step == 1 and len(calls) == 7 and 'interrupted' not in metrics
+
+
+def test_learner_and_actor_hold_the_same_frozen_resnet10(tmp_path, encoder_weights):
+    """The actor builds its frozen encoder from the same pretrained weights as the learner (the
+    weights it receives leave it out): same digest, the same action from its traced graph as
+    from the learner's cached features, and a checkpoint restores the same encoder without
+    reading the weights directory."""
+    import shutil
+    weights = encoder_weights('resnet10')
+    cfg = tiny_config(encoder='resnet10', freeze_encoder=True, pretrained_encoder_path=weights,
+                      feature_cache_shifts=1, use_augmentation=False)
+    learner, actor = build_agent(cfg), build_agent(dataclasses.replace(cfg, seed=4))
+    assert learner.backbone_digest() == actor.backbone_digest()
+    actor.load_policy_state(learner.policy_state())  # the learner's weight push
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (3, *HW), dtype=np.uint8)
+    state = rng.normal(size=18).astype(np.float32)
+    acted = actor.act(image, state, True)  # traced, frozen backbone
+    with torch.no_grad():
+        cached = torch.from_numpy(learner.featurize(image[None])[:, 0].astype(np.float32))
+        emb = learner.encoder(cached, torch.from_numpy(state)[None])
+        learned = learner.actor.deterministic(emb)[0].numpy()
+    np.testing.assert_allclose(acted, learned, atol=2e-3)  # float16 cache storage
+    other = build_agent(tiny_config(encoder='resnet10', freeze_encoder=True,
+                                    pretrained_encoder_path=encoder_weights('resnet10', seed=1)))
+    assert other.backbone_digest() != learner.backbone_digest()
+    path = save_checkpoint(tmp_path, learner, cfg)
+    moved = tmp_path / 'elsewhere'
+    shutil.move(weights, moved)  # the checkpoint alone is enough
+    try:
+        loaded, loaded_cfg = load_pretrained(path)
+    finally:
+        shutil.move(moved, weights)
+    assert loaded_cfg == cfg and loaded.backbone_digest() == learner.backbone_digest()
