@@ -82,9 +82,11 @@ def _run_graph(args, mode: str) -> int:
     if mode == 'eval':
         graph_args, cfg = _eval_config(graph_args)
     else:
+        from hilserl.pretrained import check_encoder_weights
         from hilserl.run_dir import check_run_config
         cfg = load_train_config(graph_args.config_path())
         check_run_config(graph_args.run_dir, cfg)
+        check_encoder_weights(cfg.sac)  # learner and actor load it: on this machine?
     run_dir = Path(graph_args.run_dir)
     if mode == 'train' and graph_args.backend == 'sim' and not graph_args.demo_dir and \
             args.demos > 0:

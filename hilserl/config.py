@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 import yaml
 
 from hilserl.conventions import ACTION_NAMES
+from hilserl.pretrained import DEFAULT_REPO, frozen_without_weights_message
 
 # Output range of each policy squashing function: the action bounds must equal it.
 SQUASH_RANGES = {'tanh': (-1.0, 1.0)}
@@ -210,11 +211,13 @@ class SACConfig:
     use_augmentation: bool = True
     augmentation_pad: int = 4
     encoder: str = 'resnet10'              # resnet10 | small_conv
-    freeze_encoder: bool = True
+    freeze_encoder: bool = True            # needs pretrained_encoder_path (never frozen random)
     # Frozen encoder only: features of this many random shifts per stored image are computed
     # once, at insertion, and each update samples one of them (0: encode every batch).
     feature_cache_shifts: int = 0
-    pretrained_encoder_path: Optional[str] = None
+    # A directory with config.json + model.safetensors, or a Hugging Face repo id found in the
+    # local cache (never downloaded): the seed's ResNet-10 is helper2424/resnet10.
+    pretrained_encoder_path: Optional[str] = DEFAULT_REPO
     online_buffer_capacity: int = 200_000
     offline_buffer_capacity: int = 5_000
     # Where the learner's replay images live: 'file' (an unnamed temporary file in the run
@@ -266,6 +269,12 @@ class SACConfig:
         _require(isinstance(self.feature_cache_shifts, int) and
                  0 <= self.feature_cache_shifts <= 16, 'sac.feature_cache_shifts',
                  self.feature_cache_shifts, 'must be an integer in [0, 16]')
+        if self.freeze_encoder and not self.pretrained_encoder_path:
+            raise ConfigError(frozen_without_weights_message('sac'))
+        _require(self.encoder == 'resnet10' or self.pretrained_encoder_path != DEFAULT_REPO,
+                 'sac.pretrained_encoder_path', self.pretrained_encoder_path,
+                 f'is the ResNet-10 (the default); with sac.encoder={self.encoder!r} set it to '
+                 'null, or to the pretrained_model directory of a run that trained that encoder')
         _require(self.feature_cache_shifts == 0 or self.freeze_encoder,
                  'sac.feature_cache_shifts', self.feature_cache_shifts,
                  'needs freeze_encoder: true (a trained encoder changes its features)')

@@ -62,7 +62,12 @@ class LearnerNode(Node):
             raise SystemExit(2) from None
         import torch
         torch.set_num_threads(torch_threads(num_threads))
-        self.learner = Learner(self.cfg, self.run_dir, device=device)
+        from hilserl.pretrained import PretrainedWeightsMissing
+        try:
+            self.learner = Learner(self.cfg, self.run_dir, device=device)
+        except PretrainedWeightsMissing as exc:  # one line, not a traceback
+            self.get_logger().fatal(str(exc))
+            raise SystemExit(2) from None
         if self.learner.resumed_from is not None:
             episodes, successes = self.learner.episode_counts()
             self.get_logger().info(f'resumed from {self.learner.resumed_from} (step '

@@ -32,6 +32,26 @@ def test_config_errors_name_the_field_and_exit_2(tmp_path, capsys):
     assert 'checkpoint' in capsys.readouterr().err
 
 
+def test_train_without_the_pretrained_encoder_is_refused_before_any_node(tmp_path, capsys,
+                                                                         monkeypatch):
+    """config/train.yaml (the default) freezes helper2424/resnet10: without it in the local
+    Hugging Face cache `hilserl train` exits 2 with one line saying how to get it; with it
+    there (random weights in the upstream layout here) the graph starts."""
+    from hilserl.encoders import ResNet10, save_encoder_weights
+    monkeypatch.delenv('HF_HUB_CACHE', raising=False)
+    monkeypatch.delenv('HUGGINGFACE_HUB_CACHE', raising=False)
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
+    started = []
+    monkeypatch.setattr(cli, '_start_graph', lambda *a, **k: started.append(a) or 0)
+    args = ['train', '--run-dir', str(tmp_path / 'run'), '--demos', '0']
+    assert cli.main(args) == 2 and not started
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and 'huggingface-cli download helper2424/resnet10' in err
+    snapshot = tmp_path / 'hf' / 'hub' / 'models--helper2424--resnet10' / 'snapshots' / '0a1b'
+    save_encoder_weights(ResNet10(), snapshot)
+    assert cli.main(args) == 0 and len(started) == 1
+
+
 def test_a_truncated_bag_is_one_line_and_skipped_as_a_demo(sim_episodes, tmp_path, capsys):
     import shutil
 

@@ -71,7 +71,20 @@ def test_save_and_reload_round_trip(tmp_path):
 
 
 def test_every_shipped_training_configuration_loads():
-    for name in ('train.yaml', 'sim_learn.yaml', 'sim_learn_conv.yaml', 'sim_learn_cached.yaml'):
+    for name in ('train.yaml', 'sim_learn.yaml', 'sim_learn_conv.yaml'):
         cfg = load_train_config(CONFIG_DIR / name)
         assert cfg.sac.bc_weight >= 0, name
+        # a frozen encoder always names its pretrained weights (the seed's ResNet-10 here)
+        assert not cfg.sac.freeze_encoder or cfg.sac.pretrained_encoder_path, name
     assert load_train_config(CONFIG_DIR / 'sim_learn_conv.yaml').sac.bc_weight == 0.4
+    seed, default = load_train_config(CONFIG_DIR / 'train.yaml').sac, TrainConfig().sac
+    assert (seed.encoder, seed.freeze_encoder, seed.pretrained_encoder_path) == \
+        (default.encoder, default.freeze_encoder, default.pretrained_encoder_path) == \
+        ('resnet10', True, 'helper2424/resnet10')
+    # the cached variant freezes a previous run's encoder: refused until it is named
+    with pytest.raises(ConfigError, match='pretrained_encoder_path') as info:
+        load_train_config(CONFIG_DIR / 'sim_learn_cached.yaml')
+    assert '\n' not in str(info.value)
+    cfg = load_train_config(CONFIG_DIR / 'sim_learn_cached.yaml',
+                            {'sac': {'pretrained_encoder_path': 'run/pretrained_model'}})
+    assert cfg.sac.freeze_encoder and cfg.sac.feature_cache_shifts == 2

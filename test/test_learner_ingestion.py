@@ -19,6 +19,7 @@ image:
 sac:
   encoder: small_conv
   freeze_encoder: false
+  pretrained_encoder_path: null
   hidden_dims: [32, 32]
   latent_dim: 16
   batch_size: 64

@@ -19,6 +19,7 @@ task:
 sac:
   encoder: small_conv
   freeze_encoder: false
+  pretrained_encoder_path: null
   batch_size: 32
   utd_ratio: 2
   learning_starts: 10
