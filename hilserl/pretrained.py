@@ -77,11 +77,13 @@ def resolve_pretrained_dir(path: str) -> Path:
             f'pretrained encoder {path} is not in the local Hugging Face cache '
             f'({", ".join(map(str, caches))}) and is not a directory: download it once where '
             f'you are online (huggingface-cli download {path}), or set pretrained_encoder_path '
-            f'to a directory with config.json + {WEIGHTS_FILE}')
+            f'to a directory with config.json + {WEIGHTS_FILE}, or train the encoder from '
+            'scratch (freeze_encoder: false, pretrained_encoder_path: null)')
     raise PretrainedWeightsMissing(
         f'pretrained encoder directory {local} does not exist (get the weights with '
         f'huggingface-cli download {DEFAULT_REPO} --local-dir {local}, or name the repo id '
-        f'{DEFAULT_REPO} once it is in the Hugging Face cache)')
+        f'{DEFAULT_REPO} once it is in the Hugging Face cache; or train the encoder from '
+        'scratch: freeze_encoder: false, pretrained_encoder_path: null)')
 
 
 def check_encoder_weights(sac) -> Optional[Path]:
