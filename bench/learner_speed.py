@@ -7,7 +7,11 @@ The learner and the actor of each encoder run in processes of their own (as the 
 peak RSS is the learner's and the actor is timed without a learner's heap. Prints one table.
 
   python bench/learner_speed.py [--device auto|cpu|cuda] [--steps 3] [--cache-shifts 2]
-                                [--replay-images file|memory]
+                                [--replay-images file|memory] [--pretrained-encoder DIR|REPO]
+
+The frozen ResNet-10 is helper2424/resnet10 (GroupNorm: nothing folds into the convolutions)
+from the local Hugging Face cache or a directory; where it is not on the machine, random
+weights in its layout stand in (the same computation, so the same speed).
 """
 import argparse
 import json
@@ -51,6 +55,7 @@ def build(args):
     from hilserl_policy.checkpoint import build_agent
     frozen = args.encoder == 'resnet10'
     sac = SACConfig(encoder=args.encoder, freeze_encoder=frozen,
+                    pretrained_encoder_path=args.pretrained_encoder if frozen else None,
                     feature_cache_shifts=args.cache_shifts if frozen else 0,
                     batch_size=256, utd_ratio=20, device=args.device,
                     online_buffer_capacity=args.transitions,
@@ -114,6 +119,25 @@ def actor_part(args) -> dict:
             'actor_p99_ms': float(np.percentile(latencies, 99) * 1e3)}
 
 
+def encoder_weights(args):
+    """Point args.pretrained_encoder at weights that exist; returns a note when random weights
+    in the upstream layout stand in for the pretrained ones (kept until the process exits)."""
+    from hilserl.pretrained import PretrainedWeightsMissing, resolve_pretrained_dir
+    if 'resnet10' not in args.encoders.split(','):
+        return None
+    try:
+        resolve_pretrained_dir(args.pretrained_encoder)
+        return None
+    except PretrainedWeightsMissing:
+        from hilserl.encoders import ResNet10, save_encoder_weights
+        scratch = tempfile.TemporaryDirectory(prefix='resnet10_')
+        encoder_weights.scratch = scratch  # removed at exit
+        missing, args.pretrained_encoder = args.pretrained_encoder, scratch.name
+        save_encoder_weights(ResNet10(), scratch.name)
+        return (f'{missing} is not on this machine: random weights in its layout (same '
+                'computation, same speed)')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,19 +155,24 @@ def main():
                         help="replay image storage (sac.replay_image_storage): 'file' keeps "
                              'the pixels in the page cache, outside the learner process')
     parser.add_argument('--encoders', default='resnet10,small_conv')
+    parser.add_argument('--pretrained-encoder', default='helper2424/resnet10',
+                        help='frozen ResNet-10 weights: a directory or a repo id in the local '
+                             'Hugging Face cache (random weights in its layout when absent)')
     parser.add_argument('--encoder', help=argparse.SUPPRESS)
     parser.add_argument('--part', choices=('learner', 'actor'), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.encoder:
         print(json.dumps(learner_part(args) if args.part == 'learner' else actor_part(args)))
         return
+    stand_in = encoder_weights(args)
     rows = []
     for encoder in args.encoders.split(','):
         row = {}
         for part in ('learner', 'actor'):  # separate processes: RSS and latency their own
             cmd = [sys.executable, __file__, '--encoder', encoder, '--part', part]
             for name in ('device', 'steps', 'cache_shifts', 'transitions', 'threads',
-                         'actor_threads', 'actor_iterations', 'replay_images'):
+                         'actor_threads', 'actor_iterations', 'replay_images',
+                         'pretrained_encoder'):
                 cmd += ['--' + name.replace('_', '-'), str(getattr(args, name))]
             print(f'# running {encoder} {part} ...', file=sys.stderr, flush=True)
             out = subprocess.run(cmd, check=True, capture_output=True, text=True,
@@ -168,6 +197,8 @@ def main():
     print('ratios: LeRobot 0.6.1 anchor / ours (higher is better); anchor: ' + '; '.join(
         f'{LABELS[k]}: {v["step_s"]} s/step, {v["actor_p99_ms"]} ms p99, {v["rss_gib"]} GiB'
         for k, v in ANCHOR.items()))
+    if stand_in is not None:
+        print(f'{LABELS["resnet10"]}: {stand_in}')
     for r in rows:
         if r['cache_shifts']:
             print(f'{LABELS[r["encoder"]]}: {r["cache_shifts"]} cached shifts per image; filling '
