@@ -185,16 +185,25 @@ def parse_mix(text: str) -> Dict[str, float]:
 
 @dataclass(frozen=True)
 class SimHumanConfig:
-    deviation_threshold: float = 0.6     # max |policy - expert| over the action that counts
+    # A person corrects a policy that heads the wrong way, not one that moves differently from
+    # how they would: a step deviates when the motion points more than this far from the
+    # expert's (while the expert moves), or the gripper is driven the opposite way.
+    direction_tolerance_deg: float = 90.0
+    min_expert_motion: float = 0.3       # |expert xyz| below this: any direction is fine
     patience_steps: int = 3              # consecutive deviating steps before taking over
     stall_s: float = 1.0                 # no policy action this long -> take over
-    min_intervention_steps: int = 15     # once in control, keep it this many steps
+    min_intervention_steps: int = 8      # once in control, keep it this many steps
     behaviour_mix: str = 'expert:1'      # per episode: expert | noisy | random (demo/classifier data)
     noise_std: float = 0.5               # 'noisy': Gaussian action noise
     slip_probability: float = 0.04       # 'noisy': chance per step of opening the gripper
 
     def __post_init__(self):
         parse_mix(self.behaviour_mix)
+        if not 0.0 <= self.direction_tolerance_deg <= 180.0:
+            raise ValueError(f'direction_tolerance_deg={self.direction_tolerance_deg}: '
+                             'must be in [0, 180]')
+        if self.patience_steps < 1 or self.min_intervention_steps < 1:
+            raise ValueError('patience_steps and min_intervention_steps must be >= 1')
 
 
 class SimHumanTeleop:
@@ -232,14 +241,25 @@ class SimHumanTeleop:
             return self.rng.uniform(-1, 1, size=expert.shape)
         return expert
 
+    def deviates(self, policy: np.ndarray, expert: np.ndarray) -> bool:
+        """Would a person watching call this step wrong?"""
+        expert_speed = float(np.linalg.norm(expert[:3]))
+        if expert_speed >= self.cfg.min_expert_motion:
+            policy_speed = float(np.linalg.norm(policy[:3]))
+            if policy_speed < 1e-6:
+                return True  # standing still where the expert moves
+            cosine = float(policy[:3] @ expert[:3]) / (policy_speed * expert_speed)
+            if cosine < np.cos(np.radians(self.cfg.direction_tolerance_deg)) - 1e-9:
+                return True
+        return abs(expert[3]) >= 0.5 and abs(policy[3]) >= 0.5 and policy[3] * expert[3] < 0
+
     def output(self, expert_action, policy_action, policy_age_s: Optional[float]
                ) -> TeleopOutput:
         expert = np.asarray(expert_action, dtype=np.float32)
         stalled = policy_age_s is None or policy_age_s > self.cfg.stall_s
         if not stalled:
-            deviation = float(np.max(np.abs(np.asarray(policy_action) - expert)))
-            self._deviating = self._deviating + 1 if deviation > self.cfg.deviation_threshold \
-                else 0
+            deviates = self.deviates(np.asarray(policy_action, dtype=np.float32), expert)
+            self._deviating = self._deviating + 1 if deviates else 0
         if self._remaining > 0:
             self._remaining -= 1
         elif stalled or self._deviating >= self.cfg.patience_steps:

@@ -97,10 +97,11 @@ class TeleopNode(Node):
         if self.device == 'sim':
             self.expert = ScriptedExpert()
             self.sim_human = SimHumanTeleop(SimHumanConfig(
-                deviation_threshold=declare(self, 'deviation_threshold', 0.6,
-                                            'take over when |policy - expert| exceeds this',
-                                            float_range=(0.0, 2.0), read_only=True),
-                min_intervention_steps=declare(self, 'min_intervention_steps', 15,
+                direction_tolerance_deg=declare(
+                    self, 'direction_tolerance_deg', 90.0, 'take over after a few steps whose '
+                    'motion points further than this from the expert\'s (or that drive the '
+                    'gripper the opposite way)', float_range=(0.0, 180.0), read_only=True),
+                min_intervention_steps=declare(self, 'min_intervention_steps', 8,
                                                'steps kept once in control',
                                                int_range=(1, 1000), read_only=True),
                 behaviour_mix=declare(self, 'behaviour_mix', 'expert:1',

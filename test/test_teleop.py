@@ -66,8 +66,7 @@ def test_leader_arm_tcp_motion_becomes_actions():
 
 
 def test_sim_human_takes_over_on_stall_or_deviation_then_releases():
-    human = SimHumanTeleop(SimHumanConfig(deviation_threshold=0.5, patience_steps=2,
-                                          min_intervention_steps=3))
+    human = SimHumanTeleop(SimHumanConfig(patience_steps=2, min_intervention_steps=3))
     expert = np.array([1.0, 0.0, 0.0, 0.0])
     assert human.output(expert, np.zeros(4), None).intervention       # no policy: stalled
     human.reset()
@@ -77,3 +76,23 @@ def test_sim_human_takes_over_on_stall_or_deviation_then_releases():
     assert flags == [False, True]                                     # after 2 deviating steps
     flags = [human.output(expert, agreeing, 0.05).intervention for _ in range(3)]
     assert flags == [True, False, False]                  # 3 steps in control in all, released
+
+
+def test_sim_human_judges_direction_not_style():
+    human = SimHumanTeleop(SimHumanConfig(direction_tolerance_deg=60.0))
+    expert = np.array([0.0, 0.0, -1.0, 0.0], np.float32)
+    # slower, or off by less than the tolerance: fine; sideways or backwards: wrong
+    assert not human.deviates(np.array([0.0, 0.0, -0.2, 0.0]), expert)
+    assert not human.deviates(np.array([0.5, 0.0, -0.9, 0.0]), expert)     # 29 deg off
+    assert human.deviates(np.array([1.0, 0.0, -0.3, 0.0]), expert)         # 73 deg off
+    assert human.deviates(np.array([0.0, 0.0, 0.4, 0.0]), expert)
+    assert human.deviates(np.zeros(4), expert)                             # not moving
+    # the gripper driven against the expert's firm command
+    gripping = np.array([0.0, 0.0, 0.0, -1.0], np.float32)
+    assert human.deviates(np.array([0.0, 0.0, 0.0, 0.8]), gripping)
+    assert not human.deviates(np.array([0.0, 0.0, 0.0, 0.3]), gripping)
+    # the expert barely moving: no direction to disagree with
+    assert not human.deviates(np.array([1.0, 0.0, 0.0, 0.0]),
+                              np.array([0.0, 0.0, -0.1, 0.0], np.float32))
+    with pytest.raises(ValueError, match='direction_tolerance_deg'):
+        SimHumanConfig(direction_tolerance_deg=200.0)
