@@ -10,6 +10,7 @@
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
   hilserl train-classifier      success classifier from episode bags
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
+  hilserl export-lerobot RUN OUT   episodes as a LeRobot v3.0 dataset (video or images)
   hilserl config                validate a training config and print it resolved
 """
 from __future__ import annotations
@@ -64,6 +65,9 @@ def _add_graph_arguments(parser, mode: str) -> None:
         parser.add_argument('--demos', type=int, default=10,
                             help='sim: record this many scripted-expert demos into '
                                  '<run_dir>/demos first when --demo-dir is not given (0: none)')
+        parser.add_argument('--demo-dataset', default='',
+                            help='a LeRobot v3.0 dataset (directory) as the demonstrations '
+                                 '(instead of --demo-dir and recorded demos)')
 
 
 def _graph_args(args, mode: str):
@@ -88,6 +92,8 @@ def _run_graph(args, mode: str) -> int:
         check_run_config(graph_args.run_dir, cfg)
         check_encoder_weights(cfg.sac)  # learner and actor load it: on this machine?
     run_dir = Path(graph_args.run_dir)
+    if mode == 'train' and args.demo_dataset:
+        graph_args = _demo_dataset_bags(graph_args, cfg, args.demo_dataset)
     if mode == 'train' and graph_args.backend == 'sim' and not graph_args.demo_dir and \
             args.demos > 0:
         demo_root = run_dir / 'demos'
@@ -119,6 +125,19 @@ def _record_demos(graph_args, cfg, demo_root: Path, args) -> int:
               file=sys.stderr)
         return 1
     return code
+
+
+def _demo_dataset_bags(graph_args, cfg, dataset: str):
+    """--demo-dataset: a LeRobot dataset's transitions as demo bags the learner reads
+    (<run_dir>/demos_lerobot, rebuilt when the dataset changes)."""
+    import dataclasses
+
+    from hilserl.lerobot_dataset import write_demo_bags
+    if graph_args.demo_dir:
+        raise ValueError('give --demo-dir or --demo-dataset, not both')
+    out = write_demo_bags(dataset, Path(graph_args.run_dir) / 'demos_lerobot', cfg,
+                          progress=lambda line: print(f'hilserl: {line}', flush=True))
+    return dataclasses.replace(graph_args, demo_dir=str(out))
 
 
 def _progress_only(line: str) -> None:
@@ -270,11 +289,39 @@ def _cmd_train_classifier(args) -> int:
                                 frames_before_label=args.frames_before_label,
                                 target_fpr=args.target_fpr, max_minutes=args.max_minutes,
                                 seed=args.seed)
+    episodes = None
+    if args.dataset:
+        episodes = _dataset_frames(args)
+    elif not args.episodes:
+        raise ValueError('give --episodes (episode bags) or --dataset (a LeRobot dataset)')
     result = train_classifier(args.episodes, args.output, model_cfg, cfg,
-                              progress=lambda line: print(line, flush=True))
+                              progress=lambda line: print(line, flush=True), episodes=episodes)
     best = result['best']
     print(json.dumps({k: best[k] for k in ('accuracy', 'precision', 'recall',
                                            'false_positive_rate', 'threshold', 'epoch')}))
+    return 0
+
+
+def _dataset_frames(args):
+    """train-classifier --dataset: labelled frames of a LeRobot dataset, in the policy view."""
+    from hilserl.lerobot_dataset import labelled_frames
+    from reward_classifier_node.train import EpisodeFrames
+    if args.episodes:
+        raise ValueError('give --episodes or --dataset, not both')
+    if args.label_source != 'key':
+        raise ValueError('--dataset labels frames from next.reward; --label-source does not '
+                         'apply')
+    frames = labelled_frames(args.dataset, load_train_config(args.config), args.camera)
+    return [EpisodeFrames(name, images, labels) for name, images, labels in frames]
+
+
+def _cmd_export_lerobot(args) -> int:
+    from hilserl.lerobot_dataset import export_lerobot
+    out, episodes = export_lerobot(args.source, args.out_dir, fps=args.fps,
+                                   video=not args.images, task=args.task,
+                                   progress=lambda line: print(f'hilserl: {line}', flush=True))
+    print(f'{len(episodes)} episodes, {sum(len(e) for e in episodes)} frames -> {out} '
+          f'(LeRobot v3.0, {"images" if args.images else "video"})')
     return 0
 
 
@@ -287,6 +334,7 @@ def _cmd_eval_classifier(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hilserl.lerobot_dataset import DEFAULT_TASK
     parser = argparse.ArgumentParser(prog='hilserl', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -334,7 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bag_repair)
 
     p = sub.add_parser('train-classifier', help='train the success classifier from bags')
-    p.add_argument('--episodes', required=True, help='directory holding episode bags')
+    p.add_argument('--episodes', default='', help='directory holding episode bags')
+    p.add_argument('--dataset', default='',
+                   help='a LeRobot v3.0 dataset instead: frames labelled by next.reward')
+    p.add_argument('--camera', default=None,
+                   help='--dataset: its camera (default: gripper, wrist or the only one)')
+    p.add_argument('--config', default=None,
+                   help='--dataset: training YAML whose image crop/resize makes the view')
     p.add_argument('--output', default='outputs/classifier', help='checkpoint directory')
     p.add_argument('--encoder', default='small_conv', choices=('small_conv', 'resnet10'))
     p.add_argument('--pretrained-encoder', default='',
@@ -354,6 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--debounce', type=int, default=3)
     p.add_argument('--threshold', type=float, default=0.0, help="0: the checkpoint's")
     p.set_defaults(func=_cmd_eval_classifier)
+
+    p = sub.add_parser('export-lerobot', help='episodes as a LeRobot v3.0 dataset')
+    p.add_argument('source', help='a run directory, its episodes/ folder or one episode')
+    p.add_argument('out_dir', help='new (or empty) dataset directory')
+    p.add_argument('--fps', type=int, default=None, help="default: the run's control rate")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument('--video', action='store_true', help='frames as MP4 (default)')
+    kind.add_argument('--images', action='store_true', help='frames as PNG in the Parquet')
+    p.add_argument('--task', default=DEFAULT_TASK, help='the task text of every episode')
+    p.set_defaults(func=_cmd_export_lerobot)
     return parser
 
 

@@ -13,13 +13,14 @@ from hilserl_policy.replay import Transition
 from hilserl_policy.transport import decode_transition
 
 
-def load_demo_transitions(root, successful_only: bool = False,
-                          unreadable: Optional[List[Tuple[Path, str]]] = None
-                          ) -> Iterator[Transition]:
-    """Transitions of every episode under `root`, in recorded order. Episodes marked
-    `rerecord` or cut short by a stop are skipped; `successful_only` keeps episodes whose
-    metadata says success. A bag that cannot be read (e.g. truncated by a killed recorder) is
-    skipped and listed in `unreadable` as (path, reason) when a list is given, else raised."""
+def load_demo_episodes(root, successful_only: bool = False,
+                       unreadable: Optional[List[Tuple[Path, str]]] = None
+                       ) -> Iterator[Tuple[Path, dict, List[Transition]]]:
+    """(episode directory, episode.json, its transitions in recorded order) of every episode
+    under `root`. Episodes marked `rerecord` or cut short by a stop are skipped;
+    `successful_only` keeps episodes whose metadata says success. A bag that cannot be read
+    (e.g. truncated by a killed recorder) is skipped and listed in `unreadable` as
+    (path, reason) when a list is given, else raised."""
     for path in list_episodes(root):
         try:
             episode = read_episode(path, [Topics.TRANSITIONS])
@@ -33,6 +34,13 @@ def load_demo_transitions(root, successful_only: bool = False,
             continue  # to be recorded again, or cut short by a stop
         if successful_only and not meta.get('success', False):
             continue
-        for _, msg in episode.messages.get(Topics.TRANSITIONS, []):
-            transition, _ = decode_transition(np.asarray(msg.data, np.uint8).tobytes())
-            yield transition
+        yield path, meta, [decode_transition(np.asarray(msg.data, np.uint8).tobytes())[0]
+                           for _, msg in episode.messages.get(Topics.TRANSITIONS, [])]
+
+
+def load_demo_transitions(root, successful_only: bool = False,
+                          unreadable: Optional[List[Tuple[Path, str]]] = None
+                          ) -> Iterator[Transition]:
+    """Transitions of every episode under `root`, in recorded order (see load_demo_episodes)."""
+    for _, _, transitions in load_demo_episodes(root, successful_only, unreadable):
+        yield from transitions

@@ -43,7 +43,7 @@ pip_install() { "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v '^WARNING
 pip_install -r requirements.txt
 pip_install --no-deps -e .
 # Fail loudly here rather than in the first test.
-"$VENV/bin/python" -c 'import rclpy, sensor_msgs.msg, torch, mujoco, scservo_sdk, rosbags, cv2, yaml, hilserl'
+"$VENV/bin/python" -c 'import rclpy, sensor_msgs.msg, torch, mujoco, scservo_sdk, rosbags, cv2, yaml, pyarrow, av, hilserl'
 rm -f "$VENV"/.hilserl-setup-*
 touch "$stamp"
 echo "[setup] done"
