@@ -58,8 +58,11 @@ def group_alive(pgid: int) -> bool:
 
 def one_stop(cmd, env, run_dir: Path, log_path: Path, timeout_s: float) -> dict:
     with open(log_path, 'w') as log:
+        # default Ctrl-C handling even when this bench runs in the background (`cmd &` ignores
+        # SIGINT, and children inherit that)
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=ROOT)
+                                start_new_session=True, cwd=ROOT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and proc.poll() is None:
             episodes = sorted((run_dir / 'episodes').glob('episode_*'))
@@ -85,6 +88,8 @@ def one_stop(cmd, env, run_dir: Path, log_path: Path, timeout_s: float) -> dict:
             left = subprocess.run(['ps', '-o', 'pid=,args=', '-g', str(proc.pid)],
                                   capture_output=True, text=True).stdout
             print(f'still running after {stop_s:.0f} s:\n{left}', flush=True)
+            os.kill(proc.pid, signal.SIGABRT)  # PYTHONFAULTHANDLER: its threads' stacks
+            time.sleep(2.0)
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     episodes = sorted((run_dir / 'episodes').glob('episode_*'))
@@ -102,7 +107,7 @@ def main():
     parser.add_argument('--trials', type=int, default=3)
     parser.add_argument('--hogs', type=int, default=0, help='CPU-bound processes beside it')
     parser.add_argument('--domain-id', type=int, default=205)
-    parser.add_argument('--only-launch', action='store_true', help='ros2 launch only')
+    parser.add_argument('--only', choices=('hilserl', 'launch'), help='one of the two only')
     parser.add_argument('--keep', action='store_true', help='keep the logs and run folders')
     args = parser.parse_args()
     hogs = [subprocess.Popen([sys.executable, '-c', 'while True: pass'])
@@ -110,12 +115,15 @@ def main():
     work = Path(tempfile.mkdtemp(prefix='bench_shutdown_'))
     try:
         config = quick_config(work)
-        env = {**os.environ, 'ROS_DOMAIN_ID': str(args.domain_id), 'PYTHONUNBUFFERED': '1'}
-        runners = {} if args.only_launch else {'hilserl train': lambda run: [
+        env = {**os.environ, 'ROS_DOMAIN_ID': str(args.domain_id), 'PYTHONUNBUFFERED': '1',
+               'PYTHONFAULTHANDLER': '1'}
+        runners = {} if args.only == 'launch' else {'hilserl train': lambda run: [
             sys.executable, '-m', 'hilserl.cli', 'train', '--config', str(config), '--demos',
             '0', '--episodes', '0', '--run-dir', str(run)]}
         launch_env = env
-        if ROS2.is_file():
+        if args.only == 'hilserl':
+            pass
+        elif ROS2.is_file():
             launch_env = {**env, **install_like_colcon(ROOT, work, sys.executable),
                           'PATH': os.pathsep.join([str(ROS2.parent), env.get('PATH', '')])}
             runners['ros2 launch'] = lambda run: [

@@ -35,7 +35,10 @@ def _interrupt(signum, frame):
 def _die_with_parent() -> None:
     """Child side of Popen (Linux): the node gets SIGINT (a clean stop: bags closed, final
     checkpoint) when the `hilserl` process that started it dies, however it dies, so no node
-    is ever left running as an orphan."""
+    is ever left running as an orphan. SIGINT is restored to its default first: a `hilserl`
+    started in the background by a script (`cmd &`) ignores it, and its nodes would inherit that
+    and ignore both this and stop()."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)

@@ -78,3 +78,23 @@ def test_terminal_ctrl_c_twice_stops_cleanly_without_a_traceback(tmp_path):
     assert _wait_gone(str(run_dir / 'params'))
     episodes = list_episodes(run_dir)
     assert episodes and all((e / 'episode.json').is_file() for e in episodes), out[-3000:]
+
+
+def test_nodes_of_a_backgrounded_hilserl_still_stop_and_die_with_it(tmp_path):
+    """`hilserl ... &` from a script starts with SIGINT ignored; its nodes must not inherit
+    that, or neither stop() nor the parent-death signal (SIGINT) would reach them."""
+    run_dir = tmp_path / 'background'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'hilserl.cli', 'record', '--episodes', '1000', '--mix',
+         'random:1', '--output', str(run_dir), '--domain-id', str(free_domain_id())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        env={**os.environ, 'PYTHONUNBUFFERED': '1'},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    marker = str(run_dir / 'params')
+    deadline = time.monotonic() + 120
+    while len(_node_pids(marker)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(_node_pids(marker)) == 5
+    proc.kill()
+    proc.wait()
+    assert _wait_gone(marker), 'nodes of a backgrounded hilserl outlived it'
