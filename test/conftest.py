@@ -1,5 +1,12 @@
 """Shared pytest set-up: headless rendering and localhost-only DDS for every test."""
 import os
+import signal
+
+# A suite started in the background by a script (`make test &`) inherits SIGINT ignored, and so
+# would every process it starts: the Ctrl-C tests would then test nothing. Children of a process
+# with a handler get the default disposition.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault('MUJOCO_GL', 'osmesa')
 os.environ.setdefault('PYOPENGL_PLATFORM', 'osmesa')
