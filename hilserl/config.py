@@ -146,7 +146,13 @@ class TaskConfig:
     success_reward: float = 10.0
     step_penalty: float = 0.05
     success_frames_to_end: int = 1         # consecutive success frames that end the episode
-    min_steps_before_success: int = 0
+    min_steps_before_success: int = 0      # success is ignored in the first N steps
+    # Reward classifier: success when its probability >= this (the graph passes it to the
+    # reward_classifier node); None: the threshold saved with the classifier checkpoint.
+    classifier_threshold: Optional[float] = None
+    # `hilserl eval` resets: randomised like training (true) or always the home TCP (false,
+    # the seed's eval configuration).
+    eval_random_ee_reset: bool = True
 
     def __post_init__(self):
         _positive('task.control_rate_hz', self.control_rate_hz)
@@ -172,10 +178,21 @@ class TaskConfig:
         _positive('task.lift_height_m', self.lift_height_m)
         _finite('task.success_reward', self.success_reward)
         _finite('task.step_penalty', self.step_penalty)
-        _require(self.success_frames_to_end >= 1, 'task.success_frames_to_end',
-                 self.success_frames_to_end, 'must be >= 1')
-        _require(self.min_steps_before_success >= 0, 'task.min_steps_before_success',
-                 self.min_steps_before_success, 'must be >= 0')
+        _require(isinstance(self.success_frames_to_end, int) and
+                 self.success_frames_to_end >= 1, 'task.success_frames_to_end',
+                 self.success_frames_to_end, 'must be an integer >= 1')
+        _require(isinstance(self.min_steps_before_success, int) and
+                 self.min_steps_before_success >= 0, 'task.min_steps_before_success',
+                 self.min_steps_before_success, 'must be an integer >= 0')
+        _require(self.min_steps_before_success + self.success_frames_to_end <=
+                 self.max_episode_steps, 'task.min_steps_before_success',
+                 self.min_steps_before_success,
+                 f'+ task.success_frames_to_end={self.success_frames_to_end} exceeds the '
+                 f'{self.max_episode_steps} steps of an episode: success could never end one')
+        if self.classifier_threshold is not None:
+            _finite('task.classifier_threshold', self.classifier_threshold)
+            _require(0 < self.classifier_threshold < 1, 'task.classifier_threshold',
+                     self.classifier_threshold, "must be in (0, 1) (null: the classifier's own)")
 
     @property
     def max_episode_steps(self) -> int:
@@ -229,6 +246,9 @@ class SACConfig:
     checkpoint_every_steps: int = 500
     # Also checkpoint at least this often (s): a crash early in a first run keeps its buffers.
     checkpoint_every_s: float = 300.0
+    # Checkpoints kept on disk: older ones are deleted after each save, never the newest nor
+    # the one the run resumed from (0: keep every checkpoint).
+    keep_last_checkpoints: int = 3
     device: str = 'auto'                   # auto (CUDA when present) | cpu | cuda | cuda:N
 
     def __post_init__(self):
@@ -287,6 +307,9 @@ class SACConfig:
                  'must be >= 0')
         _require(self.checkpoint_every_steps >= 1, 'sac.checkpoint_every_steps',
                  self.checkpoint_every_steps, 'must be >= 1')
+        _require(isinstance(self.keep_last_checkpoints, int) and
+                 self.keep_last_checkpoints >= 0, 'sac.keep_last_checkpoints',
+                 self.keep_last_checkpoints, 'must be an integer >= 0 (0: keep all)')
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
         'workspace_max_m': list(task.workspace_max_m),
         'reset_tcp_xyz_m': list(task.reset_tcp_xyz_m),
         'reset_gripper_rad': task.reset_gripper_rad,
-        'random_ee_reset': task.random_ee_reset,
+        # the seed evaluates from the home pose: task.eval_random_ee_reset
+        'random_ee_reset': task.eval_random_ee_reset if eval_mode else task.random_ee_reset,
         'random_ee_range_xy_m': task.random_ee_range_xy_m,
         'seed': seed}
     if sim_clock:
@@ -152,6 +153,9 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
     if args.success_source == 'classifier':
         nodes.append(NodeSpec('reward_classifier', 'reward_classifier_node.classifier_node', {
             'model_dir': str(Path(args.classifier_model).resolve()),
+            # 0: the checkpoint's own threshold. Consecutive positives are counted once, by the
+            # actor's RewardTracker (task.success_frames_to_end): the node reports every frame.
+            'threshold': task.classifier_threshold or 0.0, 'debounce_frames': 1,
             'success_reward': task.success_reward, 'step_penalty': task.step_penalty}))
     episodes_dir = run_dir / 'eval' if eval_mode else run_dir
     nodes.append(NodeSpec('sac_actor', 'hilserl_policy.actor_node', {

@@ -18,6 +18,17 @@ def test_shipped_train_yaml_is_the_seed_configuration():
     assert cfg.sac.temperature_init == 0.01 and cfg.sac.augmentation_pad == 4
     assert cfg.task.random_ee_reset and cfg.task.random_ee_range_xy_m == 0.03
     assert cfg.task.max_episode_steps == 100
+    # success: classifier probability >= 0.7, counted from step 31, 10 consecutive frames end
+    # the episode; evaluation resets to the home pose (README "Seed values vs ours")
+    assert (cfg.task.success_frames_to_end, cfg.task.min_steps_before_success) == (10, 30)
+    assert cfg.task.classifier_threshold == 0.7 and cfg.task.eval_random_ee_reset is False
+    assert cfg.sac.keep_last_checkpoints == 3
+
+
+def test_simulated_learning_configuration_keeps_its_success_and_reset_rules():
+    task = load_train_config(CONFIG_DIR / 'sim_learn_conv.yaml').task
+    assert (task.success_frames_to_end, task.min_steps_before_success) == (1, 0)
+    assert task.classifier_threshold is None and task.eval_random_ee_reset is True
 
 
 def test_every_yaml_value_has_a_comment():
@@ -51,6 +62,12 @@ def test_gripper_range_mismatch_with_tanh_is_refused(tmp_path):
     ({'task': {'random_ee_reset': 'yes'}}, 'true or false'),
     ({'observation': {'state_features': ['joint_pos', 'torque']}}, 'unknown feature'),
     ({'action': {'low': [-1, -1, -1, float('nan')]}}, 'finite'),
+    ({'task': {'classifier_threshold': 1.0}}, r'task\.classifier_threshold=1\.0'),
+    ({'task': {'success_frames_to_end': 0}}, r'task\.success_frames_to_end=0'),
+    ({'task': {'min_steps_before_success': 95, 'success_frames_to_end': 10}},
+     r'task\.min_steps_before_success=95.*never end'),
+    ({'task': {'eval_random_ee_reset': 1}}, 'true or false'),
+    ({'sac': {'keep_last_checkpoints': -1}}, r'sac\.keep_last_checkpoints=-1'),
 ])
 def test_bad_values_name_field_and_value(overrides, match):
     with pytest.raises(ConfigError, match=match):

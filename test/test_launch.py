@@ -83,3 +83,25 @@ def test_launch_description_builds_when_launch_ros_is_available():
     for path in LAUNCH_FILES:
         description = get_launch_description_from_python_launch_file(str(path))
         assert description.entities
+
+
+def test_classifier_threshold_and_eval_reset_come_from_the_training_config(tmp_path):
+    """task.classifier_threshold reaches the reward_classifier node, which reports every frame
+    (consecutive positives are counted once, by task.success_frames_to_end); eval resets follow
+    task.eval_random_ee_reset, training resets task.random_ee_reset."""
+    def graph(mode, task_yaml, **extra):
+        config = tmp_path / f'{mode}.yaml'
+        config.write_text(f'task: {task_yaml}\n')
+        return {n.name: n for n in build_graph(GraphArgs(
+            mode=mode, config=str(config), success_source='classifier',
+            classifier_model=str(tmp_path), **extra))}
+
+    nodes = graph('train', '{classifier_threshold: 0.83, eval_random_ee_reset: false}')
+    assert nodes['reward_classifier'].parameters['threshold'] == 0.83
+    assert nodes['reward_classifier'].parameters['debounce_frames'] == 1
+    assert nodes['so101_driver'].parameters['random_ee_reset'] is True
+    nodes = graph('eval', '{eval_random_ee_reset: false}', checkpoint='x')
+    assert nodes['reward_classifier'].parameters['threshold'] == 0.0  # the checkpoint's own
+    assert nodes['so101_driver'].parameters['random_ee_reset'] is False
+    nodes = graph('eval', '{eval_random_ee_reset: true}', checkpoint='x')
+    assert nodes['so101_driver'].parameters['random_ee_reset'] is True

@@ -23,3 +23,16 @@ def test_success_before_min_steps_is_ignored():
     assert tracker.step(True)[1:] == (False, False)
     assert tracker.step(True)[1:] == (False, False)
     assert tracker.step(True)[1] is True
+
+
+def test_seed_success_rule_from_train_yaml():
+    """The seed's rule: no success before step 30, then 10 consecutive positives end it."""
+    from pathlib import Path
+
+    from hilserl.config import load_train_config
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / 'config' / 'train.yaml')
+    tracker = RewardTracker(cfg.task)
+    outcomes = [tracker.step(True) for _ in range(40)]
+    assert [o[1] for o in outcomes].index(True) == 39
+    assert [o[0] for o in outcomes[:30]] == [-0.05] * 30
+    assert [o[0] for o in outcomes[30:]] == [10.0] * 10
