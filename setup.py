@@ -22,6 +22,7 @@ NODE_SCRIPTS = [
     'so101_driver = so101_driver.driver_node:main',
     'gripper_camera = so101_driver.camera_node:main',
     'teleop = so101_driver.teleop_node:main',
+    'keyboard_teleop = so101_driver.teleop_node:keyboard_main',
     'reward_classifier = reward_classifier_node.classifier_node:main',
     'sac_actor = hilserl_policy.actor_node:main',
     'sac_learner = hilserl_policy.learner_node:main',

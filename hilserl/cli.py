@@ -3,8 +3,9 @@
   hilserl train                 simulated HIL-SERL: driver, camera, simulated human, actor,
                                 learner, recorder (each its own process, as `ros2 launch` would)
   hilserl eval --checkpoint D   deterministic policy for N episodes; prints the success table
-  hilserl record                simulated demonstrations / classifier data as episode bags
-                                (the same graph, the simulated human acting on every step)
+  hilserl record                demonstrations / classifier data as episode bags (the same
+                                graph, the simulated human or, --teleop keyboard|gamepad|leader,
+                                a person acting on every step and labelling by key)
   hilserl replay BAG            republish a bag with its original timing
   hilserl bag-info BAG          topics, counts, duration and episode metadata
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
@@ -141,9 +142,10 @@ def _demo_dataset_bags(graph_args, cfg, dataset: str):
 
 
 def _progress_only(line: str) -> None:
-    """Record graphs: show episode results and problems, not every node's start-up lines."""
-    if 'ended:' in line or 'ERROR' in line or 'Traceback' in line or 'Error' in line or \
-            line.startswith('hilserl'):
+    """Record graphs: show episode starts and results, the keys, and problems, not every
+    node's start-up lines."""
+    shown = ('ended:', 'started: go', 'keys', 'ERROR', 'Traceback', 'Error')
+    if any(text in line for text in shown) or line.startswith('hilserl'):
         print(line, flush=True)
 
 
@@ -218,14 +220,23 @@ def _cmd_eval(args) -> int:
 # --- bags --------------------------------------------------------------------------------------
 
 def _cmd_record(args) -> int:
-    """Simulated episodes through the record graph: the simulated human plays one behaviour
-    of --mix per episode (expert / noisy / random) and presses "success" when the cube is up."""
+    """Episodes through the record graph. Simulated (--teleop sim, the default there): the
+    simulated human plays one behaviour of --mix per episode (expert / noisy / random) and
+    presses "success" when the cube is up. A person (--teleop keyboard|gamepad|leader, the only
+    choice on hardware): they act on every step and end each episode by key (success, failure,
+    re-record); no classifier is needed."""
     from hilserl.bags import complete_episodes
-    from hilserl.graph import GraphArgs
+    from hilserl.graph import HUMAN_DEVICES, GraphArgs
     from hilserl.teleop import parse_mix
-    parse_mix(args.mix)  # a bad mix is refused before any node starts
-    graph_args = GraphArgs(mode='record', config=args.config or '', run_dir=args.output,
-                           num_episodes=args.episodes, teleop='sim', behaviour_mix=args.mix,
+    teleop = args.teleop or ('sim' if args.backend == 'sim' else '')
+    if not teleop:
+        raise ValueError(f'--backend {args.backend} needs --teleop, one of {HUMAN_DEVICES}')
+    if teleop == 'sim':
+        parse_mix(args.mix)  # a bad mix is refused before any node starts
+    graph_args = GraphArgs(mode='record', backend=args.backend, config=args.config or '',
+                           robot_config=args.robot_config, run_dir=args.output,
+                           num_episodes=args.episodes, teleop=teleop, behaviour_mix=args.mix,
+                           success_source='sim' if args.backend == 'sim' else 'key',
                            seed_offset=args.seed, namespace=args.namespace)
     cfg = load_train_config(graph_args.config_path())
     started = time.monotonic()
@@ -351,11 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_graph_arguments(p, 'eval')
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser('record', help='record simulated episodes as bags (scripted expert)')
+    p = sub.add_parser('record', help='record demonstrations / classifier data as bags '
+                       '(simulated expert, or a person at the arm)')
     p.add_argument('--output', default='outputs/sim_episodes', help='run directory')
     p.add_argument('--episodes', type=int, default=20)
+    p.add_argument('--backend', default='sim', choices=('sim', 'hardware'),
+                   help='sim (MuJoCo) or hardware (the SO-101 on its Feetech bus + camera)')
+    p.add_argument('--teleop', default='', choices=('', 'sim', 'keyboard', 'gamepad', 'leader'),
+                   help='who acts: sim (the simulated human; sim default) or a person at '
+                        'keyboard | gamepad | leader (hardware: required); episodes end by key')
+    p.add_argument('--robot-config', default='',
+                   help='robot parameters YAML (empty: config/sim_robot.yaml for sim, '
+                        'config/so101_follower.yaml for hardware)')
     p.add_argument('--mix', default='expert:0.6,noisy:0.3,random:0.1',
-                   help='behaviour weights: expert, noisy, random')
+                   help='--teleop sim: behaviour weights: expert, noisy, random')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--config', default=None, help='training YAML (task, image crop)')
     p.add_argument('--domain-id', type=int, default=None,

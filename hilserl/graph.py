@@ -19,7 +19,7 @@ MODES = ('train', 'eval', 'record')
 BACKENDS = ('sim', 'hardware')
 HUMAN_DEVICES = ('keyboard', 'gamepad', 'leader')
 TELEOP_DEVICES = ('sim', 'keyboard', 'gamepad', 'leader', 'none')
-SUCCESS_SOURCES = ('sim', 'classifier')
+SUCCESS_SOURCES = ('sim', 'classifier', 'key')
 
 # name, default, description: shared by the launch files and the `hilserl` command
 LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
@@ -34,7 +34,8 @@ LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
     ('num_episodes', '0', 'stop after this many episodes (0: train forever; eval default 10)'),
     ('namespace', '', 'namespace for every node and topic (e.g. one arm of several)'),
     ('run_dir', 'outputs/run', 'checkpoints, metrics and episode bags go here'),
-    ('success_source', 'sim', 'sim (ground truth) or classifier (reward_classifier node)'),
+    ('success_source', 'sim', 'sim (ground truth), classifier (reward_classifier node) or key '
+                              '(the human\'s success key: a real arm before a classifier exists)'),
     ('classifier_model', '', 'classifier checkpoint directory (success_source:=classifier)'),
     ('demo_dir', '', 'episode bags whose transitions seed the offline buffer'),
     ('device', 'auto', 'torch device for the learner: auto | cpu | cuda[:N]'),
@@ -75,12 +76,16 @@ class GraphArgs:
                 raise ValueError(f'{name}={getattr(self, name)!r}: must be {expected}')
         if self.mode == 'eval' and not self.checkpoint:
             raise ValueError('eval needs checkpoint (a pretrained_model directory)')
+        if self.success_source == 'key' and self.teleop not in HUMAN_DEVICES:
+            raise ValueError(f'success_source=key needs a human at a device (teleop one of '
+                             f'{HUMAN_DEVICES})')
         if self.success_source == 'classifier' and not self.classifier_model:
             raise ValueError('success_source=classifier needs classifier_model')
-        if self.backend == 'sim' and self.success_source == 'sim':
-            return
-        if self.success_source == 'sim':
+        if self.success_source == 'sim' and self.backend != 'sim':
             raise ValueError('success_source=sim needs backend=sim (no ground truth on hardware)')
+        if self.teleop == 'sim' and self.backend != 'sim' and self.mode != 'eval':
+            raise ValueError('teleop=sim (the simulated human) needs backend=sim; on hardware '
+                             'use keyboard, gamepad or leader')
 
     def config_path(self) -> Path:
         return Path(self.config) if self.config else share_path('config', 'train.yaml')
@@ -103,6 +108,18 @@ class NodeSpec:
     @property
     def executable(self) -> str:
         return self.name
+
+
+def keyboard_teleop_command(namespace: str = '', device: str = 'keyboard') -> str:
+    """What gives a graph's keyboard a terminal of its own where its nodes have none (`ros2
+    launch`): the whole teleop for teleop:=keyboard, the episode labels beside a leader arm."""
+    ros_args = []
+    if namespace.strip('/'):
+        ros_args += ['-r', f'__ns:=/{namespace.strip("/")}']
+    if device == 'leader':
+        ros_args += ['-p', 'labels_only:=true']
+    return ' '.join(['ros2 run hilserl keyboard_teleop'] + (['--ros-args'] + ros_args
+                                                             if ros_args else []))
 
 
 def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[NodeSpec]:

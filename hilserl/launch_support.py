@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import List
 
 from hilserl.config import load_train_config
-from hilserl.graph import LAUNCH_ARGUMENTS, GraphArgs, build_graph
+from hilserl.graph import LAUNCH_ARGUMENTS, GraphArgs, build_graph, keyboard_teleop_command
 from hilserl.pretrained import check_encoder_weights
 
 SIGTERM_TIMEOUT_S = 30
@@ -38,7 +38,7 @@ def clock_remapping(namespace: str) -> List:
 def graph_actions(context) -> List:
     """OpaqueFunction body: one launch_ros Node per graph node; in eval the launch ends when
     the actor has run its episodes."""
-    from launch.actions import EmitEvent, RegisterEventHandler
+    from launch.actions import EmitEvent, LogInfo, RegisterEventHandler
     from launch.event_handlers import OnProcessExit
     from launch.events import Shutdown
     from launch_ros.actions import Node
@@ -48,6 +48,13 @@ def graph_actions(context) -> List:
         check_encoder_weights(cfg.sac)
     actions, actor = [], None
     for spec in build_graph(args, cfg):
+        if spec.needs_terminal:  # launched nodes have no stdin: the keys get a terminal apart
+            device = spec.parameters['device']
+            actions.append(LogInfo(msg=f'teleop:={device}: run `'
+                                   f'{keyboard_teleop_command(args.namespace, device)}` in a '
+                                   f'terminal of its own for the keys'))
+            if device == 'keyboard':
+                continue  # keyboard_teleop is the whole device
         # launch escalates to SIGTERM after sigterm_timeout (default 5 s): the driver's exit
         # move (<= 6 s) and the learner's final checkpoint need longer
         node = Node(package='hilserl', executable=spec.executable, name=spec.name,

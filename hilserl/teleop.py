@@ -38,6 +38,8 @@ KEY_AXES: Dict[str, Tuple[int, float]] = {
 KEY_LABELS = {'k': LABEL_SUCCESS, 'j': LABEL_FAILURE, 'esc': LABEL_FAILURE,
               'u': LABEL_RERECORD, 'left': LABEL_RERECORD}
 TOGGLE_KEYS = {' ', 'i'}
+KEY_HELP = ('w/s +x/-x, a/d +y/-y, r/f +z/-z, q/e close/open gripper, space or i toggle '
+            'intervention, k success, j or Esc failure, u or Left re-record')
 ESCAPE_SEQUENCES = {'\x1b[D': 'left', '\x1b[C': 'right', '\x1b[A': 'up', '\x1b[B': 'down',
                     '\x1b': 'esc'}
 

@@ -43,7 +43,8 @@ from hilserl_policy.episode import EpisodeRunner, ObservationAssembler, StaleObs
 from hilserl_policy.evaluation import EvalRecorder
 from hilserl_policy.transport import decode_weights, encode_transition
 
-SUCCESS_TOPICS = {'sim': Topics.SIM_SUCCESS, 'classifier': Topics.SUCCESS}
+# key: no success topic, the human's success key (teleop/episode_label) is the only success
+SUCCESS_TOPICS = {'sim': Topics.SIM_SUCCESS, 'classifier': Topics.SUCCESS, 'key': None}
 
 
 class ActorNode(Node):
@@ -57,7 +58,8 @@ class ActorNode(Node):
         checkpoint = declare(self, 'checkpoint', '', 'pretrained_model directory to start from '
                              '(required in eval)', read_only=True)
         success_source = declare(self, 'success_source', 'sim',
-                                 'sim (ground truth) or classifier', read_only=True)
+                                 'sim (ground truth), classifier or key (only the human\'s '
+                                 'success key)', read_only=True)
         self.num_episodes = declare(self, 'num_episodes', 0, 'stop after this many episodes '
                                     '(0: never)', int_range=(0, 1_000_000), read_only=True)
         self.output_dir = Path(declare(self, 'output_dir', 'outputs/eval',
@@ -146,7 +148,9 @@ class ActorNode(Node):
         self.create_subscription(Bool, Topics.DRIVER_READY, self._on_driver_ready,
                                  qos_profile(Topics.DRIVER_READY))
         success_topic = SUCCESS_TOPICS[success_source]
-        self.create_subscription(Bool, success_topic, self._on_success, qos_profile(success_topic))
+        if success_topic is not None:
+            self.create_subscription(Bool, success_topic, self._on_success,
+                                     qos_profile(success_topic))
         if self.mode == 'train':
             self.create_subscription(UInt8MultiArray, Topics.POLICY_WEIGHTS, self._on_weights,
                                      qos_profile(Topics.POLICY_WEIGHTS))
@@ -173,7 +177,7 @@ class ActorNode(Node):
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
             f'sac_actor up: mode={self.mode}, {self.cfg.task.control_rate_hz:g} Hz, success '
-            f'from {success_topic}, {self.cfg.task.max_episode_steps} steps per episode')
+            f'from {success_topic or "the success key"}, {self.cfg.task.max_episode_steps} steps per episode')
 
     # --- inputs -------------------------------------------------------------------------------
     def _now_s(self) -> float:
@@ -342,6 +346,8 @@ class ActorNode(Node):
         self.human_used_ns = self.get_clock().now().nanoseconds - 1
         self._publish_event(self.runner.start())
         self._set_phase('running')
+        if not self.sim_clock:  # a person at the arm: the episode is theirs from now on
+            self.get_logger().info(f'episode {self.runner.episode_index} started: go')
         return True
 
     def _propose_step(self) -> bool:

@@ -51,6 +51,10 @@ class DriverNode(Node):
                            int_range=(9600, 1_000_000), read_only=True)
         calibration_file = declare(self, 'calibration_file', '',
                                    'LeRobot SO-101 calibration JSON (hardware)', read_only=True)
+        self.bus_timeout_ms = declare(self, 'bus_timeout_ms', 0.0, 'hardware: floor of a '
+                                      'servo reply timeout (ms; 0: the SDK\'s own, ~35 ms); '
+                                      'raise it for slow USB adapters or a simulated bus',
+                                      float_range=(0.0, 2000.0), read_only=True)
         self.rate_hz = declare(self, 'publish_rate_hz', 100.0,
                                'joint_states rate and control tick (Hz)',
                                float_range=(1.0, 500.0), read_only=True)
@@ -193,7 +197,7 @@ class DriverNode(Node):
             raise ValueError('backend=hardware needs the calibration_file parameter '
                              '(a LeRobot SO-101 calibration JSON)')
         calibration = load_calibration(calibration_file)
-        self.bus = FeetechBus(port, baudrate)
+        self.bus = FeetechBus(port, baudrate, timeout_ms=self.bus_timeout_ms or None)
         backend = HardwareBackend(self.bus, calibration)
         backend.connect()
         return backend

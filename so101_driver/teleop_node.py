@@ -7,6 +7,10 @@ simulated human answers each stamped policy proposal (policy/action) once, with 
 that very tick, computed from that tick's state; it restarts its patience and behaviour at each
 episode start (episode/events) and presses "success" when it sees the cube lifted.
 Key bindings: see hilserl/teleop.py and the README.
+
+`keyboard_teleop` (keyboard_main) is the keyboard device in a terminal of its own, as
+teleop_twist_keyboard: nodes started by `ros2 launch` have no stdin, so there the graph leaves
+the keyboard to it (`ros2 run hilserl keyboard_teleop`). It publishes the same topics.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import json
 
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Float32MultiArray, String
 
@@ -28,8 +33,9 @@ from hilserl.conversions import (ConversionError, action_from_msg, action_stamp_
                                  human_to_joy, joint_state_to_arrays, stamp_to_nanoseconds)
 from hilserl.expert import ScriptedExpert
 from hilserl.kinematics import SO101Kinematics
-from hilserl.teleop import (GamepadTeleop, KeyboardTeleop, LeaderArmTeleop, SimHumanConfig,
-                            SimHumanTeleop, parse_terminal_keys)
+from hilserl.graph import keyboard_teleop_command
+from hilserl.teleop import (KEY_HELP, GamepadTeleop, KeyboardTeleop, LeaderArmTeleop,
+                            SimHumanConfig, SimHumanTeleop, parse_terminal_keys)
 
 DEVICES = ('keyboard', 'gamepad', 'leader', 'sim', 'none')
 
@@ -60,9 +66,12 @@ class TerminalKeys:
 
 
 class TeleopNode(Node):
-    def __init__(self, **kwargs):
-        super().__init__('teleop', **kwargs)
+    def __init__(self, node_name: str = 'teleop', **kwargs):
+        super().__init__(node_name, **kwargs)
         self.device = declare(self, 'device', 'sim', f'one of {DEVICES}', read_only=True)
+        self.labels_only = declare(self, 'labels_only', False, 'keyboard: publish only the '
+                                   'episode labels (the keys beside a leader arm started by '
+                                   'ros2 launch)', read_only=True)
         rate_hz = declare(self, 'control_rate_hz', 10.0, 'publish rate (Hz)',
                           float_range=(1.0, 100.0), read_only=True)
         ee_step_m = declare(self, 'ee_step_m', [0.02, 0.02, 0.02],
@@ -75,9 +84,12 @@ class TeleopNode(Node):
         if self.device in ('keyboard', 'leader'):
             if sys.stdin.isatty():
                 self.keys = TerminalKeys()
+                self.get_logger().info(f'keys: {KEY_HELP}')
             else:
-                self.get_logger().warning('stdin is not a terminal: keyboard keys are off (run '
-                                          'teleop in its own terminal for keys)')
+                self.get_logger().warning(
+                    f'stdin is not a terminal: keyboard keys are off; run '
+                    f'`{keyboard_teleop_command(self.get_namespace(), self.device)}` in a '
+                    f'terminal of its own')
         if self.device == 'gamepad':
             os.environ.setdefault('SDL_VIDEODRIVER', 'dummy')
             import pygame
@@ -225,6 +237,10 @@ class TeleopNode(Node):
                 self.keyboard.feed(key, now)
         if self.device == 'keyboard':
             out = self.keyboard.output(now)
+            if self.labels_only:
+                if out.label:
+                    self.label_pub.publish(String(data=out.label))
+                return
         elif self.device == 'gamepad':
             self._pygame.event.pump()
             out = self.gamepad.output(
@@ -254,6 +270,16 @@ class TeleopNode(Node):
 
 def main(args=None):
     return spin_node(TeleopNode, args=args)
+
+
+def keyboard_main(args=None):
+    """`keyboard_teleop`: the keyboard in this terminal, publishing the teleop topics."""
+    if not sys.stdin.isatty():
+        print('keyboard_teleop: stdin is not a terminal; run it in a terminal of its own',
+              file=sys.stderr)
+        return 2
+    return spin_node(lambda: TeleopNode(node_name='keyboard_teleop', parameter_overrides=[
+        Parameter('device', value='keyboard')]), args=args)
 
 
 if __name__ == '__main__':

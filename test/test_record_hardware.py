@@ -1,0 +1,175 @@
+"""A real-arm recording from nothing, end to end: `hilserl record --backend hardware --teleop
+keyboard` with the driver on the pty STS3215 bus simulator (the real wire protocol), the camera
+on a video file (OpenCV opens it like a device: the boundary, not the node, is simulated), and a
+person's key presses typed into the terminal (a pty) that the keyboard teleop reads. The bags it
+records must feed the learner (demo transitions) and `hilserl train-classifier` (key labels)."""
+import os
+import pty
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip('rclpy')
+cv2 = pytest.importorskip('cv2')
+
+from conftest import free_domain_id  # noqa: E402
+from hilserl.conventions import JOINT_NAMES  # noqa: E402
+from so101_driver.calibration import default_calibration, rad_to_ticks, save_calibration  # noqa: E402,E501
+from so101_driver.ee_control import TOP_DOWN_SEED_RAD  # noqa: E402
+from so101_driver.sts_simulator import SimulatedBus  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+W, H = 160, 120
+STARTUP_S = 120.0   # several Python processes importing torch / rclpy on a loaded machine
+EPISODE_S = 60.0
+# per episode: keys held (key, seconds), the label key, the outcome it must give
+SCRIPT = ((0, (('w', 1.0), ('r', 0.6)), 'k', 'SUCCESS'),   # forward, up: success
+          (1, (('a', 1.0),), 'j', 'FAILURE'),              # left: failure
+          (2, (('q', 0.6), ('r', 0.6)), 'k', 'SUCCESS'))   # close the gripper, up: success
+
+
+def write_camera_video(path: Path, frames: int = 400) -> None:
+    """A textured scene that changes every frame (never blank, never frozen)."""
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 15, (W, H))
+    assert writer.isOpened()
+    for _ in range(frames):
+        coarse = rng.integers(0, 256, (H // 8, W // 8, 3), np.uint8)
+        writer.write(np.kron(coarse, np.ones((8, 8, 1), np.uint8)))
+    writer.release()
+
+
+def robot_config(tmp: Path, port: str) -> Path:
+    """config/so101_follower.yaml as an owner edits it: their port, calibration and camera."""
+    calibration = tmp / 'follower.json'
+    save_calibration(default_calibration(), calibration)
+    video = tmp / 'camera.avi'
+    write_camera_video(video)
+    data = yaml.safe_load((ROOT / 'config' / 'so101_follower.yaml').read_text())
+    driver = data['/**/so101_driver']['ros__parameters']
+    driver.update(port=port, calibration_file=str(calibration), on_exit='hold',
+                  bus_timeout_ms=300.0)  # the simulator shares a loaded machine
+    camera = data['/**/gripper_camera']['ros__parameters']
+    camera.update(device=str(video), width_px=W, height_px=H, fps=15.0)
+    path = tmp / 'follower.yaml'
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Lines:
+    """The command's output, line by line, from a reader thread."""
+
+    def __init__(self, stream):
+        self.queue, self.seen = queue.Queue(), []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            self.queue.put(line.rstrip())
+        self.queue.put(None)
+
+    def wait_for(self, pattern: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.seen.append(line)
+            if re.search(pattern, line):
+                return line
+        raise AssertionError(f'no {pattern!r} in the output:\n' + '\n'.join(self.seen[-40:]))
+
+
+def hold(terminal_fd: int, key: str, seconds: float) -> None:
+    """A held key, as a terminal delivers it: the character repeated."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        os.write(terminal_fd, key.encode())
+        time.sleep(0.04)
+
+
+def test_keyboard_recording_on_the_simulated_bus_feeds_learner_and_classifier(tmp_path):
+    from hilserl import cli
+    from hilserl.bags import complete_episodes
+    from hilserl_policy.demos import load_demo_episodes
+    from reward_classifier_node.train import load_frames
+
+    cal = default_calibration()
+    home = np.append(TOP_DOWN_SEED_RAD, 0.7)
+    bus = SimulatedBus(positions={cal[n].id: rad_to_ticks(n, home[k], cal[n])
+                                  for k, n in enumerate(JOINT_NAMES)})
+    config = tmp_path / 'train.yaml'
+    config.write_text(yaml.safe_dump({
+        'task': {'episode_time_s': 30.0, 'random_ee_reset': False},
+        'image': {'width_px': W, 'height_px': H, 'crop_tlhw_px': [0, 20, 120, 120]}}))
+    run = tmp_path / 'run'
+    master, slave = pty.openpty()  # the person's terminal
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'hilserl.cli', 'record', '--backend', 'hardware', '--teleop',
+         'keyboard', '--robot-config', str(robot_config(tmp_path, bus.port)), '--config',
+         str(config), '--output', str(run), '--episodes', '3', '--domain-id',
+         str(free_domain_id()), '--max-minutes', '5'],
+        stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=ROOT, start_new_session=True)
+    os.close(slave)
+    lines = Lines(proc.stdout)
+    try:
+        lines.wait_for(r'keys: w/s', STARTUP_S)  # the teleop reads this terminal
+        for episode, held, label, outcome in SCRIPT:
+            lines.wait_for(f'episode {episode} started: go', STARTUP_S if episode == 0
+                           else EPISODE_S)
+            for key, seconds in held:
+                hold(master, key, seconds)
+            os.write(master, label.encode())
+            lines.wait_for(f'episode {episode} ended: {outcome}', EPISODE_S)
+        lines.wait_for(r'3 episodes \(2 successful\)', EPISODE_S)
+        assert proc.wait(timeout=EPISODE_S) == 0, '\n'.join(lines.seen[-40:])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=60)
+        os.close(master)
+        bus.close()
+
+    # the arm moved: the follower's servos were sent goals away from home
+    moved = [max(abs(g - bus.servos[k + 1].goals_received[0])
+                 for g in bus.servos[k + 1].goals_received) for k in range(len(JOINT_NAMES))]
+    assert max(moved) > 20, moved
+
+    episodes = sorted(complete_episodes(run), key=lambda e: e[1]['episode'])
+    assert [meta['outcome'] for _, meta in episodes] == ['success', 'failure', 'success']
+
+    # demonstrations the learner reads: every step the human's, the keys' actions in them
+    demos = {meta['episode']: transitions for _, meta, transitions in load_demo_episodes(run)}
+    assert sorted(demos) == [0, 1, 2]
+    for index, axis in ((0, 0), (1, 1), (2, 3)):
+        steps = demos[index]
+        assert steps and all(t.intervention for t in steps)
+        sign = -1.0 if axis == 3 else 1.0   # w: +x, a: +y, q: close (-1)
+        assert any(t.action[axis] == sign for t in steps), (index, [t.action for t in steps])
+    assert demos[0][-1].terminated and demos[2][-1].terminated
+    assert not demos[1][-1].terminated and demos[1][-1].truncated
+
+    # classifier data: the success key marks positives, the failure has none
+    frames = {f.name: f for f in load_frames(run, 'key')}
+    labels = [frames[name].labels for name in sorted(frames)]
+    assert labels[0].any() and not labels[0].all()
+    assert not labels[1].any()
+    assert labels[2].any()
+    code = cli.main(['train-classifier', '--episodes', str(run), '--output',
+                     str(tmp_path / 'classifier'), '--epochs', '1', '--max-minutes', '2'])
+    assert code == 0
+    assert any((tmp_path / 'classifier').iterdir())
