@@ -23,13 +23,16 @@ class RewardTracker:
         self.episode_return = 0.0
         self.succeeded = False
 
-    def step(self, success: bool) -> Tuple[float, bool, bool]:
+    def step(self, success: bool, key_success: bool = False) -> Tuple[float, bool, bool]:
+        """`success`: the detector's (classifier or ground truth) flag for this frame.
+        `key_success`: the human pressed success; a person's judgement is final: the success
+        reward and the end at once (no minimum step count, no streak of frames)."""
         self.steps += 1
         counted = bool(success) and self.steps > self.cfg.min_steps_before_success
         self.success_streak = self.success_streak + 1 if counted else 0
-        reward = self.cfg.success_reward if counted else -self.cfg.step_penalty
+        reward = self.cfg.success_reward if counted or key_success else -self.cfg.step_penalty
         self.episode_return += reward
-        terminated = self.success_streak >= self.cfg.success_frames_to_end
+        terminated = key_success or self.success_streak >= self.cfg.success_frames_to_end
         self.succeeded |= terminated
         truncated = not terminated and self.steps >= self.cfg.max_episode_steps
         return reward, terminated, truncated

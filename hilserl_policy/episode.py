@@ -131,10 +131,8 @@ class EpisodeRunner:
             raise RuntimeError('step() outside an episode: call start() first')
         if self._pending is not None:
             prev_image, prev_state, prev_action, prev_intervention = self._pending
-            reward, terminated, truncated = self.tracker.step(success or label == 'success')
-            if label == 'success':
-                terminated, truncated = True, False
-            elif label in ('failure', 'rerecord') and not terminated:
+            reward, terminated, truncated = self.tracker.step(success, label == 'success')
+            if label in ('failure', 'rerecord') and not terminated:
                 truncated = True
             stats.steps += 1
             stats.episode_return += reward

@@ -161,6 +161,7 @@ def test_keyboard_recording_on_the_simulated_bus_feeds_learner_and_classifier(tm
         sign = -1.0 if axis == 3 else 1.0   # w: +x, a: +y, q: close (-1)
         assert any(t.action[axis] == sign for t in steps), (index, [t.action for t in steps])
     assert demos[0][-1].terminated and demos[2][-1].terminated
+    assert demos[0][-1].reward > 0 and demos[2][-1].reward > 0  # the key is the reward
     assert not demos[1][-1].terminated and demos[1][-1].truncated
 
     # classifier data: the success key marks positives, the failure has none

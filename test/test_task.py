@@ -36,3 +36,12 @@ def test_seed_success_rule_from_train_yaml():
     assert [o[1] for o in outcomes].index(True) == 39
     assert [o[0] for o in outcomes[:30]] == [-0.05] * 30
     assert [o[0] for o in outcomes[30:]] == [10.0] * 10
+
+
+def test_the_success_key_is_final_whatever_the_detector_rule():
+    """A person's success key (success_source key, or over a classifier) ends the episode with
+    the success reward at once, even before min_steps_before_success or a streak of frames."""
+    tracker = RewardTracker(TaskConfig(min_steps_before_success=30, success_frames_to_end=10))
+    assert tracker.step(False) == (-0.05, False, False)
+    assert tracker.step(False, key_success=True) == (10.0, True, False)
+    assert tracker.succeeded
