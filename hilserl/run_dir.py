@@ -13,6 +13,7 @@ changed YAML cannot silently continue a run it does not describe.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -123,9 +124,31 @@ def latest_checkpoint(run_dir) -> Optional[Path]:
         path = root / marker.read_text().strip()
         if (path / 'pretrained_model' / 'model.safetensors').is_file():
             return path
-    done = sorted(p for p in root.glob('[0-9]*') if p.is_dir() and not p.name.endswith('.tmp')
-                  and (p / 'pretrained_model' / 'model.safetensors').is_file())
+    done = complete_checkpoints(run_dir)
     return done[-1] if done else None
+
+
+def complete_checkpoints(run_dir) -> List[Path]:
+    """The run's complete checkpoints (weights written, not a `.tmp`), oldest first."""
+    root = Path(run_dir) / 'checkpoints'
+    return sorted(p for p in root.glob('[0-9]*') if p.is_dir() and not p.name.endswith('.tmp')
+                  and (p / 'pretrained_model' / 'model.safetensors').is_file())
+
+
+def disk_usage_bytes(path) -> int:
+    """Bytes the files under `path` occupy on disk (allocated blocks: sparse files count what
+    they use); 0 when it does not exist. Unnamed temporary files (the replay image store) are
+    not in any directory and not counted."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                stat = os.lstat(os.path.join(folder, name))
+            except OSError:  # deleted meanwhile
+                continue
+            blocks = getattr(stat, 'st_blocks', None)  # absent on Windows
+            total += stat.st_size if blocks is None else blocks * 512
+    return total
 
 
 def remove_stale_checkpoints(run_dir) -> List[Path]:

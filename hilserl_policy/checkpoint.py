@@ -4,6 +4,12 @@ checkpoints/<step:06d>/training_state (optimisers, temperature, step, RNG, repla
 Written into `<step>.tmp` and renamed, then `checkpoints/last` is replaced atomically: a crash at
 any moment leaves the previous checkpoint intact and `latest_checkpoint()` never sees a partial
 one (`hilserl.run_dir.remove_stale_checkpoints` deletes a crashed save's `.tmp` at learner start).
+
+Replay buffers are saved incrementally: `checkpoints/replay/<online|offline>/segment_*.npz`
+hold the transitions, each segment those added between two checkpoints, and a checkpoint's
+`training_state/<name>_buffer.json` lists the segments its buffer consists of. After each save
+`prune_checkpoints` keeps the newest `sac.keep_last_checkpoints` checkpoints (never the newest
+or the one the run resumed from) and deletes the segments no kept checkpoint needs.
 """
 from __future__ import annotations
 
@@ -11,13 +17,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 
 from hilserl.config import TrainConfig, from_dict
-from hilserl.run_dir import latest_checkpoint  # noqa: F401 - re-exported (path logic, no torch)
-from hilserl_policy.replay import ReplayBuffer
+from hilserl.run_dir import complete_checkpoints, latest_checkpoint  # noqa: F401 - re-exported
+from hilserl_policy.replay import ReplayBuffer, segment_files
 from hilserl_policy.sac import SAC
 
 
@@ -58,8 +64,8 @@ def save_checkpoint(run_dir, agent: SAC, cfg: TrainConfig, online: Optional[Repl
                 'rng': agent.rng.bit_generator.state}, state_dir / 'optimizers.pt')
     (state_dir / 'state.json').write_text(json.dumps({'step': agent.step, **(extra or {})}))
     for name, buffer in (('online', online), ('offline', offline)):
-        if buffer is not None:
-            buffer.save(state_dir / f'{name}_buffer.npz')
+        if buffer is not None:  # only the transitions added since the previous checkpoint
+            buffer.save_incremental(root / 'replay' / name, state_dir / f'{name}_buffer.json')
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -67,6 +73,35 @@ def save_checkpoint(run_dir, agent: SAC, cfg: TrainConfig, online: Optional[Repl
     marker.write_text(final.name)
     os.replace(marker, root / 'last')
     return final
+
+
+def prune_checkpoints(run_dir, keep_last: int, protect: Iterable = (),
+                      in_use: Iterable = ()) -> List[Path]:
+    """Delete all but the newest `keep_last` checkpoints (0: none), never the newest one nor
+    those in `protect` (the checkpoint a run resumed from), then the replay segments that no
+    remaining checkpoint and nothing in `in_use` (the live buffers' segments) needs. Only the
+    learner writes checkpoints, so nothing else is writing meanwhile. Returns the deleted
+    checkpoints."""
+    done = complete_checkpoints(run_dir)
+    keep = {p.resolve() for p in done[-keep_last:]} if keep_last > 0 else \
+        {p.resolve() for p in done}
+    newest = latest_checkpoint(run_dir)
+    keep |= {Path(p).resolve() for p in (newest, *protect) if p is not None}
+    deleted = [p for p in done if p.resolve() not in keep]
+    for path in deleted:
+        shutil.rmtree(path)
+    needed = {Path(p).resolve() for p in in_use}
+    try:
+        for checkpoint in complete_checkpoints(run_dir):
+            for manifest in (checkpoint / 'training_state').glob('*_buffer.json'):
+                needed.update(segment_files(manifest))
+    except (OSError, ValueError, KeyError):  # an unreadable manifest: delete no segment
+        return deleted
+    replay = Path(run_dir) / 'checkpoints' / 'replay'
+    for segment in (replay.glob('*/segment_*') if replay.is_dir() else ()):
+        if segment.resolve() not in needed:
+            segment.unlink()
+    return deleted
 
 
 def load_pretrained(model_dir, device: Optional[str] = None) -> Tuple[SAC, TrainConfig]:
@@ -115,8 +150,12 @@ def resume(checkpoint_dir, device: Optional[str] = None, image_dir=None
     buffers = []
     for name, capacity in (('online', cfg.sac.online_buffer_capacity),
                            ('offline', cfg.sac.offline_buffer_capacity)):
-        path = state_dir / f'{name}_buffer.npz'
         featurizer = agent.featurize if cfg.sac.feature_cache_shifts else None
-        buffers.append(ReplayBuffer.load(path, capacity, featurizer, image_dir)
-                       if path.is_file() else None)
+        manifest, full = state_dir / f'{name}_buffer.json', state_dir / f'{name}_buffer.npz'
+        if manifest.is_file():
+            buffers.append(ReplayBuffer.load_incremental(manifest, capacity, featurizer,
+                                                         image_dir))
+        else:  # checkpoints written before incremental saves: the whole buffer in one file
+            buffers.append(ReplayBuffer.load(full, capacity, featurizer, image_dir)
+                           if full.is_file() else None)
     return agent, cfg, buffers[0], buffers[1], state

@@ -19,7 +19,8 @@ import numpy as np
 from hilserl.allocator import retain_freed_memory
 from hilserl.config import TrainConfig
 from hilserl.run_dir import remove_stale_checkpoints
-from hilserl_policy.checkpoint import build_agent, latest_checkpoint, resume, save_checkpoint
+from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, prune_checkpoints,
+                                      resume, save_checkpoint)
 from hilserl_policy.replay import ReplayBuffer, Transition, sample_mixed
 
 EPISODE_KEYS = ('episode', 'success', 'steps', 'return', 'interventions', 'outcome')
@@ -165,6 +166,8 @@ class Learner:
         self._incoming: queue.Queue = queue.Queue()  # unbounded: a put never waits
         self.last_checkpoint_s = time.monotonic()
         self._checkpointed = self._progress_key()
+        self.checkpoints_deleted = 0  # by sac.keep_last_checkpoints, in this process
+        self.log: Callable[[str], None] = lambda message: None  # the node's logger
 
     # --- data ---------------------------------------------------------------------------------
     def add(self, t: Transition, demo: bool = False) -> bool:
@@ -304,6 +307,17 @@ class Learner:
                                        'transitions': dict(self.counts),
                                        'drop_reasons': dict(self.drop_reasons),
                                        'episodes': list(self.episodes)})
+            in_use = [buffer.segment_dir / seg['file'] for buffer in (self.online, self.offline)
+                      for seg in buffer.segments]
+            deleted = prune_checkpoints(self.run_dir, self.cfg.sac.keep_last_checkpoints,
+                                        [self.resumed_from] if self.resumed_from else [],
+                                        in_use)
+        self.checkpoints_deleted += len(deleted)
+        if deleted:
+            self.log(f'checkpoint {path.name} saved; deleted {len(deleted)} older '
+                     f'({", ".join(p.name for p in deleted)}; keep_last_checkpoints '
+                     f'{self.cfg.sac.keep_last_checkpoints}, {self.checkpoints_deleted} deleted '
+                     'so far)')
         self.last_checkpoint_s = time.monotonic() if now_s is None else now_s
         return path
 

@@ -31,7 +31,7 @@ from hilserl.base_node import declare, diagnostic_array, qos_profile, spin_node
 from hilserl.config import load_train_config
 from hilserl.conventions import Topics
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry
-from hilserl.run_dir import RunConfigMismatch, record_run_config
+from hilserl.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
 from hilserl_policy.learner import Learner, torch_threads
 from hilserl_policy.transport import decode_transition, encode_weights
 
@@ -65,6 +65,7 @@ class LearnerNode(Node):
         from hilserl.pretrained import PretrainedWeightsMissing
         try:
             self.learner = Learner(self.cfg, self.run_dir, device=device)
+            self.learner.log = self.get_logger().info
         except PretrainedWeightsMissing as exc:  # one line, not a traceback
             self.get_logger().fatal(str(exc))
             raise SystemExit(2) from None
@@ -208,7 +209,8 @@ class LearnerNode(Node):
         line = (f'episodes {episodes} ({successes} successful; {self.learner.recent_summary()})  '
                 f'{self.transfer_summary()}  buffers {len(self.learner.online)}/'
                 f'{len(self.learner.offline)}  step {self.learner.agent.step}  critic updates/s '
-                f'{self.learner.critic_updates_per_s:.2f}')
+                f'{self.learner.critic_updates_per_s:.2f}  run dir '
+                f'{disk_usage_bytes(self.run_dir) / 1e9:.2f} GB on disk')
         if m:
             line += f'  critic_loss {m["critic_loss"]:.3f}  alpha {m["alpha"]:.4f}'
         self.get_logger().info(line)

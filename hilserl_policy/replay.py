@@ -9,13 +9,15 @@ unnamed temporary file there (`ImageStore`). `RLPD` mixes the online and offline
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -147,6 +149,10 @@ class ReplayBuffer:
         self.featurizer = featurizer
         self.features = self.next_features = None  # allocated at the first add
         self._pending_next_features = None
+        # Incremental saves: the segment files (oldest first) that hold transitions
+        # [first, end) in total_added numbering, and the directory they live in.
+        self.segments: List[dict] = []
+        self.segment_dir: Optional[Path] = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -247,6 +253,10 @@ class ReplayBuffer:
             return self._gather(order)
 
     # --- persistence --------------------------------------------------------------------------
+    def _order(self) -> np.ndarray:
+        """Slots of the stored transitions, oldest first."""
+        return (np.arange(self.size) + (self.cursor - self.size)) % self.capacity
+
     def save(self, path, chunk: int = 256) -> None:
         """Write the filled part (oldest first) as an .npz, atomically (tmp + rename).
 
@@ -254,11 +264,8 @@ class ReplayBuffer:
         memory, and a transition's next image is written only where it is not the following
         transition's image (the stream breaks the buffer already keeps, and the newest
         transition): a file costs about one image per transition."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + '.tmp.npz')
-        with self._lock, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
-            order = (np.arange(self.size) + (self.cursor - self.size)) % self.capacity
+        with self._lock:
+            order = self._order()
             breaks = np.flatnonzero(self.next_stored[order])
             break_images = self.next_images[order[breaks]]
             if self.size:  # the newest transition's next image is still pending
@@ -269,17 +276,115 @@ class ReplayBuffer:
                           total_added=np.asarray(self.total_added),
                           format_version=np.asarray(2), next_break_index=breaks.astype(np.int64),
                           next_break_image=np.ascontiguousarray(break_images))
-            for name, array in arrays.items():
-                with zf.open(f'{name}.npy', 'w', force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asarray(array))
-            with zf.open('image.npy', 'w', force_zip64=True) as f:
-                np.lib.format.write_array_header_2_0(f, {
-                    'descr': '|u1', 'fortran_order': False,
-                    'shape': (self.size, *self.image_shape)})
-                for first in range(0, self.size, chunk):
-                    rows = order[first:first + chunk]
-                    f.write(np.ascontiguousarray(self.images[rows]).tobytes())
-        os.replace(tmp, path)
+            _write_npz(path, arrays, self.images, order, self.image_shape, chunk)
+
+    def save_incremental(self, segment_dir, manifest_path, chunk: int = 256) -> Optional[Path]:
+        """Save by appending: the transitions added since the previous incremental save go to
+        one new segment file in `segment_dir` (shared by every checkpoint of the run), and
+        `manifest_path` (JSON) lists the segments that hold this buffer now. A checkpoint at
+        200,000 transitions thus writes only what arrived since the last one. A segment keeps
+        its transitions, the next images at stream breaks (including that of the previous
+        segment's last transition, known only now) and its last transition's pending next image.
+        Returns the new segment (None when nothing was added)."""
+        segment_dir = Path(segment_dir).resolve()
+        with self._lock:
+            total, oldest = self.total_added, self.total_added - self.size
+            if self.segment_dir != segment_dir:  # first save here (or loaded from elsewhere)
+                self.segments, self.segment_dir = [], segment_dir
+            start = max(self.segments[-1]['end'] if self.segments else oldest, oldest)
+            written = None
+            if total > start:
+                rows = self._slots(np.arange(start, total))
+                known = np.arange(max(start - 1, oldest), total - 1)  # next images now known
+                known = known[self.next_stored[self._slots(known)]]
+                arrays = self._gather(rows, images=False, features=False)
+                arrays.update(first=np.asarray(start), format_version=np.asarray(3),
+                              next_break_index=known.astype(np.int64),
+                              next_break_image=np.ascontiguousarray(
+                                  self.next_images[self._slots(known)]),
+                              tail_next_image=np.ascontiguousarray(self._pending_next))
+                name = f'segment_{start:012d}_{total:012d}_{uuid.uuid4().hex[:8]}.npz'
+                written = segment_dir / name
+                _write_npz(written, arrays, self.images, rows, self.image_shape, chunk)
+                self.segments.append({'file': name, 'first': int(start), 'end': int(total)})
+            self.segments = [seg for seg in self.segments if seg['end'] > oldest]
+            manifest = {'format': 'replay_segments', 'version': 1, 'capacity': self.capacity,
+                        'total_added': total, 'size': self.size,
+                        'image_shape': list(self.image_shape), 'state_dim': self.state_dim,
+                        'action_dim': self.action_dim,
+                        'segment_dir': os.path.relpath(segment_dir,
+                                                       Path(manifest_path).resolve().parent),
+                        'segments': list(self.segments)}
+        manifest_path = Path(manifest_path)
+        manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = manifest_path.with_name(manifest_path.name + '.tmp')
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, manifest_path)
+        return written
+
+    def _slots(self, global_index: np.ndarray) -> np.ndarray:
+        """total_added numbering -> buffer slots (valid for the stored transitions)."""
+        return (self.cursor - (self.total_added - np.asarray(global_index))) % self.capacity
+
+    @classmethod
+    def load_incremental(cls, manifest_path, capacity: Optional[int] = None, featurizer=None,
+                         image_dir=None) -> 'ReplayBuffer':
+        """The buffer a `save_incremental` manifest describes, transition for transition."""
+        manifest_path = Path(manifest_path)
+        manifest = json.loads(manifest_path.read_text())
+        segment_dir = (manifest_path.parent / manifest['segment_dir']).resolve()
+        total, size = int(manifest['total_added']), int(manifest['size'])
+        oldest = total - size
+        buffer = cls(int(capacity or manifest['capacity']), manifest['image_shape'],
+                     manifest['state_dim'], manifest['action_dim'], None, image_dir)
+        segments = manifest['segments']
+        breaks: Dict[int, np.ndarray] = {}
+        for seg in segments:
+            with np.load(segment_dir / seg['file']) as data:
+                breaks.update((i, image) for i, image in zip(
+                    data['next_break_index'].tolist(), data['next_break_image']) if i >= oldest)
+        if segments:
+            with np.load(segment_dir / segments[-1]['file']) as data:
+                breaks.setdefault(total - 1, data['tail_next_image'])
+
+        def rows():  # (global index, small arrays, row, image) of every stored transition
+            for seg in segments:
+                path = segment_dir / seg['file']
+                with np.load(path) as data:
+                    small = {k: data[k] for k in KEYS if k in data.files}
+                images = _read_images(path)
+                next(images)  # the shape
+                for row, image in enumerate(images):
+                    g = seg['first'] + row
+                    if g >= oldest:
+                        yield g, small, row, image
+
+        stream = rows()
+        current = next(stream, None)
+        while current is not None:
+            following = next(stream, None)
+            g, small, row, image = current
+            if g in breaks:
+                next_image = breaks[g]
+            elif following is not None and following[0] == g + 1:
+                next_image = following[3]
+            else:
+                raise IOError(f'{manifest_path}: segment data misses the next image of '
+                              f'transition {g}')
+            buffer.add(Transition(image, small['state'][row], small['action'][row],
+                                  float(small['reward'][row]), next_image,
+                                  small['next_state'][row], bool(small['terminated'][row]),
+                                  bool(small['truncated'][row]),
+                                  bool(small['intervention'][row])))
+            current = following
+        if len(buffer) != min(size, buffer.capacity):
+            raise IOError(f'{manifest_path}: {len(buffer)} transitions found, {size} expected')
+        buffer.total_added = total
+        buffer.segments = [dict(seg) for seg in segments]
+        buffer.segment_dir = segment_dir
+        if featurizer is not None:
+            buffer.attach_featurizer(featurizer)
+        return buffer
 
     @classmethod
     def load(cls, path, capacity: Optional[int] = None, featurizer=None, image_dir=None
@@ -297,33 +402,20 @@ class ReplayBuffer:
             else:
                 breaks = dict(zip(small['next_break_index'].tolist(),
                                   small['next_break_image']))
-        with zipfile.ZipFile(path) as zf, zf.open('image.npy') as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, _ = read_header(f)
-            n, item_bytes = shape[0], int(np.prod(shape[1:]))
-            buffer = cls(int(capacity or small['capacity']), shape[1:],
-                         small['state'].shape[1], small['action'].shape[1], None,
-                         image_dir)
-
-            def read_image():
-                raw = f.read(item_bytes)
-                if len(raw) != item_bytes:
-                    raise IOError(f'{path}: truncated image data')
-                return np.frombuffer(raw, np.uint8).reshape(shape[1:])
-
-            image = read_image() if n else None
-            for i in range(n):
-                following = read_image() if i + 1 < n else None
-                next_image = breaks[i] if i in breaks else following
-                buffer.add(Transition(image, small['state'][i], small['action'][i],
-                                      float(small['reward'][i]), next_image,
-                                      small['next_state'][i], bool(small['terminated'][i]),
-                                      bool(small['truncated'][i]),
-                                      bool(small['intervention'][i])))
-                image = following
-            buffer.total_added = int(small['total_added'])
+        images = _read_images(path)
+        shape = next(images)
+        buffer = cls(int(capacity or small['capacity']), shape[1:], small['state'].shape[1],
+                     small['action'].shape[1], None, image_dir)
+        image = next(images, None)
+        for i in range(shape[0]):
+            following = next(images, None)
+            next_image = breaks[i] if i in breaks else following
+            buffer.add(Transition(image, small['state'][i], small['action'][i],
+                                  float(small['reward'][i]), next_image,
+                                  small['next_state'][i], bool(small['terminated'][i]),
+                                  bool(small['truncated'][i]), bool(small['intervention'][i])))
+            image = following
+        buffer.total_added = int(small['total_added'])
         if featurizer is not None:
             buffer.attach_featurizer(featurizer)
         return buffer
@@ -346,6 +438,49 @@ class ReplayBuffer:
             for first in range(0, len(stored), batch):
                 rows = stored[first:first + batch]
                 self.next_features[rows] = featurizer(np.ascontiguousarray(self.next_images[rows]))
+
+
+def _write_npz(path, arrays: Dict[str, np.ndarray], images: ImageStore, rows: np.ndarray,
+               image_shape, chunk: int = 256) -> None:
+    """`arrays` and the images of `rows` (as image.npy, streamed in chunks) as an uncompressed
+    .npz, atomically (tmp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp.npz')
+    with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, array in arrays.items():
+            with zf.open(f'{name}.npy', 'w', force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(array))
+        with zf.open('image.npy', 'w', force_zip64=True) as f:
+            np.lib.format.write_array_header_2_0(f, {
+                'descr': '|u1', 'fortran_order': False, 'shape': (len(rows), *image_shape)})
+            for first in range(0, len(rows), chunk):
+                f.write(np.ascontiguousarray(images[rows[first:first + chunk]]).tobytes())
+    os.replace(tmp, path)
+
+
+def _read_images(path) -> Iterator:
+    """The shape of a saved file's image.npy, then its images one at a time (streamed)."""
+    with zipfile.ZipFile(path) as zf, zf.open('image.npy') as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, _ = read_header(f)
+        yield tuple(shape)
+        item_bytes = int(np.prod(shape[1:]))
+        for _ in range(shape[0]):
+            raw = f.read(item_bytes)
+            if len(raw) != item_bytes:
+                raise IOError(f'{path}: truncated image data')
+            yield np.frombuffer(raw, np.uint8).reshape(shape[1:])
+
+
+def segment_files(manifest_path) -> List[Path]:
+    """The segment files a `save_incremental` manifest needs."""
+    manifest_path = Path(manifest_path)
+    manifest = json.loads(manifest_path.read_text())
+    segment_dir = (manifest_path.parent / manifest['segment_dir']).resolve()
+    return [segment_dir / seg['file'] for seg in manifest['segments']]
 
 
 def sample_mixed(online: ReplayBuffer, offline: Optional[ReplayBuffer], batch_size: int,

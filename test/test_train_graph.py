@@ -69,7 +69,7 @@ def test_train_graph_runs_episodes_and_writes_bags_checkpoints_metrics(trained):
         assert events[0] == 'start' and events.count('end') == 1
     checkpoint = latest_checkpoint(run)
     assert checkpoint is not None
-    assert (checkpoint / 'training_state' / 'online_buffer.npz').is_file()
+    assert (checkpoint / 'training_state' / 'online_buffer.json').is_file()
     header = (run / 'metrics.csv').read_text().splitlines()[0]
     assert 'critic_loss' in header
 
