@@ -140,6 +140,9 @@ class TaskConfig:
     random_ee_reset: bool = True
     random_ee_range_xy_m: float = 0.03
     reset_gripper_rad: float = 0.7        # gripper opening at reset
+    # Wait after the arm is home before an episode starts (s): on the arm, the human's time to
+    # re-place the cube (the seed's reset delay); the graph passes it to the actor.
+    reset_delay_s: float = 0.5
     workspace_min_m: Tuple[float, float, float] = (0.10, -0.15, 0.01)
     workspace_max_m: Tuple[float, float, float] = (0.35, 0.15, 0.25)
     lift_height_m: float = 0.03           # success: cube this far above the table while grasped
@@ -175,6 +178,9 @@ class TaskConfig:
         _require(0 <= self.random_ee_range_xy_m <= 0.1, 'task.random_ee_range_xy_m',
                  self.random_ee_range_xy_m, 'must be in [0, 0.1] m')
         _finite('task.reset_gripper_rad', self.reset_gripper_rad)
+        _finite('task.reset_delay_s', self.reset_delay_s)
+        _require(0 <= self.reset_delay_s <= 60, 'task.reset_delay_s', self.reset_delay_s,
+                 'must be in [0, 60] s')
         _positive('task.lift_height_m', self.lift_height_m)
         _finite('task.success_reward', self.success_reward)
         _finite('task.step_penalty', self.step_penalty)

@@ -183,6 +183,7 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
         'output_dir': str(run_dir / ('eval' if eval_mode else 'train')),
         'run_dir': str(episodes_dir),
         'sim_clock': sim_clock, 'wait_for_teleop': sim_clock and teleop == 'sim',
+        'reset_settle_s': task.reset_delay_s,
         'device': 'cpu'}))
     if train_mode:
         nodes.append(NodeSpec('sac_learner', 'hilserl_policy.learner_node', {

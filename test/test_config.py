@@ -22,6 +22,7 @@ def test_shipped_train_yaml_is_the_seed_configuration():
     # the episode; evaluation resets to the home pose (README "Seed values vs ours")
     assert (cfg.task.success_frames_to_end, cfg.task.min_steps_before_success) == (10, 30)
     assert cfg.task.classifier_threshold == 0.7 and cfg.task.eval_random_ee_reset is False
+    assert cfg.task.reset_delay_s == 2.0
     assert cfg.sac.keep_last_checkpoints == 3
 
 
@@ -29,6 +30,7 @@ def test_simulated_learning_configuration_keeps_its_success_and_reset_rules():
     task = load_train_config(CONFIG_DIR / 'sim_learn_conv.yaml').task
     assert (task.success_frames_to_end, task.min_steps_before_success) == (1, 0)
     assert task.classifier_threshold is None and task.eval_random_ee_reset is True
+    assert task.reset_delay_s == 0.5
 
 
 def test_every_yaml_value_has_a_comment():
@@ -67,6 +69,7 @@ def test_gripper_range_mismatch_with_tanh_is_refused(tmp_path):
     ({'task': {'min_steps_before_success': 95, 'success_frames_to_end': 10}},
      r'task\.min_steps_before_success=95.*never end'),
     ({'task': {'eval_random_ee_reset': 1}}, 'true or false'),
+    ({'task': {'reset_delay_s': -1}}, r'task\.reset_delay_s=-1'),
     ({'sac': {'keep_last_checkpoints': -1}}, r'sac\.keep_last_checkpoints=-1'),
 ])
 def test_bad_values_name_field_and_value(overrides, match):

@@ -88,7 +88,8 @@ def test_launch_description_builds_when_launch_ros_is_available():
 def test_classifier_threshold_and_eval_reset_come_from_the_training_config(tmp_path):
     """task.classifier_threshold reaches the reward_classifier node, which reports every frame
     (consecutive positives are counted once, by task.success_frames_to_end); eval resets follow
-    task.eval_random_ee_reset, training resets task.random_ee_reset."""
+    task.eval_random_ee_reset, training resets task.random_ee_reset; task.reset_delay_s is the
+    actor's wait before an episode."""
     def graph(mode, task_yaml, **extra):
         config = tmp_path / f'{mode}.yaml'
         config.write_text(f'task: {task_yaml}\n')
@@ -96,7 +97,9 @@ def test_classifier_threshold_and_eval_reset_come_from_the_training_config(tmp_p
             mode=mode, config=str(config), success_source='classifier',
             classifier_model=str(tmp_path), **extra))}
 
-    nodes = graph('train', '{classifier_threshold: 0.83, eval_random_ee_reset: false}')
+    nodes = graph('train', '{classifier_threshold: 0.83, eval_random_ee_reset: false, '
+                           'reset_delay_s: 1.5}')
+    assert nodes['sac_actor'].parameters['reset_settle_s'] == 1.5
     assert nodes['reward_classifier'].parameters['threshold'] == 0.83
     assert nodes['reward_classifier'].parameters['debounce_frames'] == 1
     assert nodes['so101_driver'].parameters['random_ee_reset'] is True
