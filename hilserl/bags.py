@@ -378,6 +378,22 @@ def image_msg_to_array(msg) -> np.ndarray:
     return image_to_array(msg)
 
 
+def success_key_stamps(episode: EpisodeData) -> List[int]:
+    """Bag stamps of the human's success key, first first: the teleop's label messages and the
+    actor's `label` events (the key it acted on: in the bag even when the recorder had not yet
+    discovered the teleop's publisher, as can happen in an episode that starts at once)."""
+    stamps = [s for s, m in episode.messages.get(Topics.EPISODE_LABEL, []) if m.data == 'success']
+    for stamp, msg in episode.messages.get(Topics.EPISODE_EVENTS, []):
+        try:
+            event = json.loads(msg.data)
+        except (json.JSONDecodeError, TypeError):
+            continue
+        if isinstance(event, dict) and event.get('event') == 'label' and \
+                event.get('label') == 'success':
+            stamps.append(stamp)
+    return sorted(stamps)
+
+
 def labelled_frames(episode: EpisodeData, topic: str = Topics.IMAGE_CROP,
                     label_source: str = 'key', frames_before_label: int = 0
                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -395,8 +411,7 @@ def labelled_frames(episode: EpisodeData, topic: str = Topics.IMAGE_CROP,
     images = np.stack([image_msg_to_array(m) for _, m in frames])
     labels = np.zeros(len(frames), dtype=np.int64)
     if label_source == 'key':
-        success_times = [s for s, m in episode.messages.get(Topics.EPISODE_LABEL, [])
-                         if m.data == 'success']
+        success_times = success_key_stamps(episode)
         if success_times:
             first_positive = int(np.searchsorted(stamps, success_times[0], side='right')) - 1 \
                 - frames_before_label

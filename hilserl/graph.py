@@ -166,6 +166,8 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
             'device': teleop, 'control_rate_hz': task.control_rate_hz,
             'ee_step_m': list(act.ee_step_m), 'seed': seed,
             **({'behaviour_mix': args.behaviour_mix} if teleop == 'sim' else {})},
+            # the leader arm's port and calibration: a /**/teleop section of the robot file
+            parameter_files=(robot_file,) if teleop == 'leader' else (),
             needs_terminal=teleop in ('keyboard', 'leader')))
     if args.success_source == 'classifier':
         nodes.append(NodeSpec('reward_classifier', 'reward_classifier_node.classifier_node', {

@@ -401,6 +401,8 @@ class ActorNode(Node):
                 self._episode_ended()
             return
         label, self.label = self.label, None
+        if label:  # the key it acts on, on the events topic the recorder surely listens to
+            self._publish_event(self.runner.stats.event('label', label=label))
         result = self.runner.step(image, state, self.success, human_action, intervention, label,
                                   policy_action=policy_action)
         if result.transition is not None:

@@ -60,7 +60,8 @@ def load_frames(root, label_source: str = 'key', frames_before_label: int = 0,
                 topic: str = Topics.IMAGE_CROP) -> List[EpisodeFrames]:
     episodes = []
     for path in list_episodes(root):
-        data = read_episode(path, [topic, Topics.EPISODE_LABEL, Topics.SIM_SUCCESS])
+        data = read_episode(path, [topic, Topics.EPISODE_LABEL, Topics.EPISODE_EVENTS,
+                                   Topics.SIM_SUCCESS])
         images, labels, _ = labelled_frames(data, topic, label_source, frames_before_label)
         if len(images):
             episodes.append(EpisodeFrames(path.name, images, labels))

@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import List
 
 import numpy as np
 import pytest
@@ -100,50 +102,75 @@ def hold(terminal_fd: int, key: str, seconds: float) -> None:
         time.sleep(0.04)
 
 
-def test_keyboard_recording_on_the_simulated_bus_feeds_learner_and_classifier(tmp_path):
-    from hilserl import cli
-    from hilserl.bags import complete_episodes
-    from hilserl_policy.demos import load_demo_episodes
-    from reward_classifier_node.train import load_frames
-
+@pytest.fixture(scope='module')
+def arm(tmp_path_factory):
+    """A new owner's SO-101 on the simulated bus: the follower at home, their robot file (port,
+    calibration, camera) and a training config (the camera's frame size and crop; an encoder a
+    CPU trains from scratch)."""
+    tmp = tmp_path_factory.mktemp('arm')
     cal = default_calibration()
     home = np.append(TOP_DOWN_SEED_RAD, 0.7)
     bus = SimulatedBus(positions={cal[n].id: rad_to_ticks(n, home[k], cal[n])
                                   for k, n in enumerate(JOINT_NAMES)})
-    config = tmp_path / 'train.yaml'
+    config = tmp / 'train.yaml'
     config.write_text(yaml.safe_dump({
         'task': {'episode_time_s': 30.0, 'random_ee_reset': False},
-        'image': {'width_px': W, 'height_px': H, 'crop_tlhw_px': [0, 20, 120, 120]}}))
-    run = tmp_path / 'run'
+        'image': {'width_px': W, 'height_px': H, 'crop_tlhw_px': [0, 20, 120, 120]},
+        'sac': {'encoder': 'small_conv', 'freeze_encoder': False,
+                'pretrained_encoder_path': None, 'feature_cache_shifts': 0}}))
+    yield SimpleNamespace(tmp=tmp, bus=bus, config=config, robot=robot_config(tmp, bus.port))
+    bus.close()
+
+
+def drive(arm, args, script, last_line: str) -> List[str]:
+    """`hilserl ARGS` with a pty as its terminal, typing SCRIPT-like keys per episode; returns
+    its output once it has printed `last_line` and exited with 0."""
     master, slave = pty.openpty()  # the person's terminal
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'hilserl.cli', 'record', '--backend', 'hardware', '--teleop',
-         'keyboard', '--robot-config', str(robot_config(tmp_path, bus.port)), '--config',
-         str(config), '--output', str(run), '--episodes', '3', '--domain-id',
-         str(free_domain_id()), '--max-minutes', '5'],
+        [sys.executable, '-m', 'hilserl.cli', *args, '--backend', 'hardware', '--teleop',
+         'keyboard', '--robot-config', str(arm.robot), '--config', str(arm.config),
+         '--domain-id', str(free_domain_id()), '--max-minutes', '5'],
         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         cwd=ROOT, start_new_session=True)
     os.close(slave)
     lines = Lines(proc.stdout)
     try:
         lines.wait_for(r'keys: w/s', STARTUP_S)  # the teleop reads this terminal
-        for episode, held, label, outcome in SCRIPT:
+        for episode, held, label, outcome in script:
             lines.wait_for(f'episode {episode} started: go', STARTUP_S if episode == 0
                            else EPISODE_S)
             for key, seconds in held:
                 hold(master, key, seconds)
             os.write(master, label.encode())
             lines.wait_for(f'episode {episode} ended: {outcome}', EPISODE_S)
-        lines.wait_for(r'3 episodes \(2 successful\)', EPISODE_S)
+        lines.wait_for(last_line, EPISODE_S)
         assert proc.wait(timeout=EPISODE_S) == 0, '\n'.join(lines.seen[-40:])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
             proc.wait(timeout=60)
         os.close(master)
-        bus.close()
+    return lines.seen
 
+
+@pytest.fixture(scope='module')
+def recorded(arm):
+    """`hilserl record --backend hardware --teleop keyboard`: three episodes by key."""
+    run = arm.tmp / 'demos'
+    drive(arm, ['record', '--output', str(run), '--episodes', '3'], SCRIPT,
+          r'3 episodes \(2 successful\)')
+    return run
+
+
+def test_keyboard_recording_on_the_simulated_bus_feeds_learner_and_classifier(arm, recorded,
+                                                                              tmp_path):
+    from hilserl import cli
+    from hilserl.bags import complete_episodes
+    from hilserl_policy.demos import load_demo_episodes
+    from reward_classifier_node.train import load_frames
+
+    bus, run = arm.bus, recorded
     # the arm moved: the follower's servos were sent goals away from home
     moved = [max(abs(g - bus.servos[k + 1].goals_received[0])
                  for g in bus.servos[k + 1].goals_received) for k in range(len(JOINT_NAMES))]
@@ -174,3 +201,113 @@ def test_keyboard_recording_on_the_simulated_bus_feeds_learner_and_classifier(tm
                      str(tmp_path / 'classifier'), '--epochs', '1', '--max-minutes', '2'])
     assert code == 0
     assert any((tmp_path / 'classifier').iterdir())
+
+
+def test_training_with_the_success_key_on_the_simulated_bus(arm, recorded, tmp_path):
+    """Before any classifier: `hilserl train --success-source key` on the arm, seeded with the
+    recorded demonstrations; the human's success key is the reward."""
+    run = tmp_path / 'run'
+    out = drive(arm, ['train', '--success-source', 'key', '--demo-dir', str(recorded),
+                      '--run-dir', str(run), '--episodes', '1'],
+                ((0, (('w', 0.6),), 'k', 'SUCCESS'),), r'hilserl train: stopped \(done\)')
+    from hilserl_policy.demos import load_demo_episodes
+    [(_, meta, transitions)] = list(load_demo_episodes(run))
+    assert meta['success'] and transitions[-1].terminated
+    assert transitions[-1].reward == 10.0  # the key's success reward (the config's default)
+    assert any((run / 'checkpoints').iterdir()), out[-20:]
+
+
+def test_the_success_key_is_found_by_the_actor_event_when_the_label_message_is_missing():
+    """The recorder may not yet have discovered the teleop's label publisher in an episode that
+    starts at once; the actor's `label` event on episode/events marks the key all the same."""
+    import json
+
+    from hilserl.bags import EpisodeData, labelled_frames
+    from hilserl.conventions import Topics
+    from hilserl.conversions import array_to_image
+
+    frames = [(t, array_to_image(np.full((4, 4, 3), t, np.uint8), 'rgb8')) for t in range(10)]
+    event = SimpleNamespace(data=json.dumps({'event': 'label', 'label': 'success'}))
+    episode = EpisodeData(Path('.'), {}, {Topics.IMAGE_CROP: frames,
+                                          Topics.EPISODE_EVENTS: [(6, event)]})
+    _, labels, _ = labelled_frames(episode)
+    assert labels.tolist() == [0] * 6 + [1] * 4
+
+
+def test_keyboard_teleop_executable_publishes_the_teleop_topics_from_its_terminal(ros_context):
+    """`keyboard_teleop` in a terminal of its own (ros2 launch gives nodes no stdin): keys typed
+    there arrive as teleop/action and teleop/episode_label; without a terminal it refuses."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from sensor_msgs.msg import Joy
+    from std_msgs.msg import String
+
+    from hilserl.base_node import qos_profile
+    from hilserl.conventions import Topics
+    command = [sys.executable, '-c', 'import sys; from so101_driver.teleop_node import '
+               'keyboard_main; sys.exit(keyboard_main())']
+    refused = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             cwd=ROOT, timeout=STARTUP_S)
+    assert refused.returncode == 2 and 'not a terminal' in refused.stderr
+    probe = Node('probe', context=ros_context)
+    seen = {'actions': [], 'labels': []}
+    probe.create_subscription(Joy, Topics.HUMAN_ACTION, seen['actions'].append,
+                              qos_profile(Topics.HUMAN_ACTION))
+    probe.create_subscription(String, Topics.EPISODE_LABEL, seen['labels'].append,
+                              qos_profile(Topics.EPISODE_LABEL))
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(probe)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(command, stdin=slave, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True,
+                            env=dict(os.environ, ROS_DOMAIN_ID=str(ros_context.get_domain_id())))
+    os.close(slave)
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while time.monotonic() < deadline and not seen['actions']:
+            executor.spin_once(timeout_sec=0.1)
+        assert seen['actions'], 'keyboard_teleop published nothing'
+        deadline = time.monotonic() + EPISODE_S
+        while time.monotonic() < deadline and not (
+                seen['labels'] and any(m.axes[2] == 1.0 for m in seen['actions'])):
+            os.write(master, b'r')
+            if len(seen['actions']) % 20 == 19:
+                os.write(master, b'k')
+            executor.spin_once(timeout_sec=0.04)
+        assert any(m.axes[2] == 1.0 for m in seen['actions'])   # r: up
+        assert seen['labels'][0].data == 'success'                # k
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        os.close(master)
+        executor.shutdown()
+        probe.destroy_node()
+
+
+def test_launch_leaves_the_keyboard_to_keyboard_teleop(arm):
+    """`ros2 launch ... teleop:=keyboard`: no teleop node (it would have no stdin), and a line
+    saying what to run; with a leader the node runs and the keys are labels only."""
+    launch = pytest.importorskip('launch')
+    pytest.importorskip('launch_ros')
+    from hilserl.graph import LAUNCH_ARGUMENTS
+    from hilserl.launch_support import graph_actions
+
+    def actions(teleop):
+        context = launch.LaunchContext()
+        context.launch_configurations.update({name: default for name, default, _ in
+                                              LAUNCH_ARGUMENTS})
+        context.launch_configurations.update(mode='record', backend='hardware', teleop=teleop,
+                                             success_source='key', config=str(arm.config),
+                                             robot_config=str(arm.robot), namespace='arm1')
+        made = graph_actions(context)
+        return ([a.node_executable for a in made if hasattr(a, 'node_executable')],
+                [a.msg for a in made if isinstance(a, launch.actions.LogInfo)])
+
+    nodes, said = actions('keyboard')
+    assert 'teleop' not in nodes and 'so101_driver' in nodes
+    assert any('ros2 run hilserl keyboard_teleop --ros-args -r __ns:=/arm1' in
+               ''.join(getattr(p, 'text', str(p)) for p in m) for m in said), said
+    nodes, said = actions('leader')
+    assert 'teleop' in nodes
+    assert any('labels_only:=true' in ''.join(getattr(p, 'text', str(p)) for p in m)
+               for m in said), said
