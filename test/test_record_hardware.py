@@ -197,17 +197,27 @@ def test_keyboard_recording_on_the_simulated_bus_feeds_learner_and_classifier(ar
     assert labels[0].any() and not labels[0].all()
     assert not labels[1].any()
     assert labels[2].any()
-    code = cli.main(['train-classifier', '--episodes', str(run), '--output',
-                     str(tmp_path / 'classifier'), '--epochs', '1', '--max-minutes', '2'])
-    assert code == 0
-    assert any((tmp_path / 'classifier').iterdir())
+    model = tmp_path / 'classifier'
+    assert cli.main(['train-classifier', '--episodes', str(run), '--output', str(model),
+                     '--epochs', '1', '--max-minutes', '2']) == 0
+    assert cli.main(['eval-classifier', '--model', str(model), '--episodes', str(run)]) == 0
+    assert (model / 'config.json').is_file()
 
 
-def test_training_with_the_success_key_on_the_simulated_bus(arm, recorded, tmp_path):
-    """Before any classifier: `hilserl train --success-source key` on the arm, seeded with the
-    recorded demonstrations; the human's success key is the reward."""
+@pytest.mark.parametrize('source', ['key', 'classifier'])
+def test_training_on_the_simulated_bus(arm, recorded, tmp_path, source):
+    """`hilserl train` on the arm, seeded with the recorded demonstrations: before any
+    classifier with the human's success key as the reward (`--success-source key`), then with
+    a classifier trained on the recorded bags (the key still ends an episode)."""
+    from hilserl import cli
+    extra = []
+    if source == 'classifier':
+        model = tmp_path / 'classifier'
+        assert cli.main(['train-classifier', '--episodes', str(recorded), '--output',
+                         str(model), '--epochs', '1', '--max-minutes', '2']) == 0
+        extra = ['--classifier-model', str(model)]
     run = tmp_path / 'run'
-    out = drive(arm, ['train', '--success-source', 'key', '--demo-dir', str(recorded),
+    out = drive(arm, ['train', '--success-source', source, *extra, '--demo-dir', str(recorded),
                       '--run-dir', str(run), '--episodes', '1'],
                 ((0, (('w', 0.6),), 'k', 'SUCCESS'),), r'hilserl train: stopped \(done\)')
     from hilserl_policy.demos import load_demo_episodes
