@@ -93,9 +93,44 @@ def learner_part(args) -> dict:
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    step_flop = counted_flop(lambda: agent.update(sample))
+    # what storing one transition costs the learner (the frozen encoder on K shifts per image
+    # with the feature cache), and its share of one core at the 10 Hz control rate
+    insert_flop = counted_flop(lambda: fill(online, 1, rng)) if featurizer else 0.0
     return {'encoder': args.encoder, 'step_s': step_s, 'updates_per_s': 20 / step_s,
+            'step_flop': step_flop, 'insert_ms': fill_s / (2 * args.transitions) * 1e3,
+            'insert_flop': insert_flop,
             'rss_gib': rss_gib, 'fill_s': fill_s, 'device': str(agent.device),
             'cache_shifts': sac.feature_cache_shifts, 'replay_images': args.replay_images}
+
+
+def counted_flop(fn) -> float:
+    """FLOPs of one call, counted by torch from the shapes of the operations it really runs
+    (convolutions, matmuls and their backward; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def peak_part(args) -> dict:
+    """This machine's fp32 limit at the benchmark's thread count: a large square matmul, best of
+    several (the figure every other one is a percentage of)."""
+    import torch
+    torch.set_num_threads(args.threads)
+    device = torch.device('cuda' if args.device.startswith('cuda') else 'cpu')
+    n = 4096
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = float('inf')
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return {'peak_gflops': 2 * n ** 3 / best / 1e9}
 
 
 def actor_part(args) -> dict:
@@ -116,7 +151,8 @@ def actor_part(args) -> dict:
             torch.cuda.synchronize()
         latencies.append(time.perf_counter() - t0)
     return {'actor_p50_ms': float(np.percentile(latencies, 50) * 1e3),
-            'actor_p99_ms': float(np.percentile(latencies, 99) * 1e3)}
+            'actor_p99_ms': float(np.percentile(latencies, 99) * 1e3),
+            'act_flop': counted_flop(lambda: agent.act(image, state, False))}
 
 
 def encoder_weights(args):
@@ -159,25 +195,30 @@ def main():
                         help='frozen ResNet-10 weights: a directory or a repo id in the local '
                              'Hugging Face cache (random weights in its layout when absent)')
     parser.add_argument('--encoder', help=argparse.SUPPRESS)
-    parser.add_argument('--part', choices=('learner', 'actor'), help=argparse.SUPPRESS)
+    parser.add_argument('--part', choices=('learner', 'actor', 'peak'), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.encoder:
-        print(json.dumps(learner_part(args) if args.part == 'learner' else actor_part(args)))
+    if args.part:
+        parts = {'learner': learner_part, 'actor': actor_part, 'peak': peak_part}
+        print(json.dumps(parts[args.part](args)))
         return
     stand_in = encoder_weights(args)
+
+    def run_part(encoder, part, threads):
+        cmd = [sys.executable, __file__, '--encoder', encoder, '--part', part]
+        for name in ('device', 'steps', 'cache_shifts', 'transitions', 'threads',
+                     'actor_threads', 'actor_iterations', 'replay_images', 'pretrained_encoder'):
+            cmd += ['--' + name.replace('_', '-'), str(getattr(args, name))]
+        print(f'# running {encoder} {part} ...', file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                             env={**os.environ, 'OMP_NUM_THREADS': str(threads)})
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    peak = run_part('none', 'peak', args.threads)['peak_gflops']
     rows = []
     for encoder in args.encoders.split(','):
         row = {}
         for part in ('learner', 'actor'):  # separate processes: RSS and latency their own
-            cmd = [sys.executable, __file__, '--encoder', encoder, '--part', part]
-            for name in ('device', 'steps', 'cache_shifts', 'transitions', 'threads',
-                         'actor_threads', 'actor_iterations', 'replay_images',
-                         'pretrained_encoder'):
-                cmd += ['--' + name.replace('_', '-'), str(getattr(args, name))]
-            print(f'# running {encoder} {part} ...', file=sys.stderr, flush=True)
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                                 env={**os.environ, 'OMP_NUM_THREADS': str(args.threads)})
-            row.update(json.loads(out.stdout.strip().splitlines()[-1]))
+            row.update(run_part(encoder, part, args.threads))
         rows.append(row)
     print(f'learner/actor speed, {rows[0]["device"]}, torch threads {args.threads} (actor '
           f'{args.actor_threads}), {args.transitions} transitions per buffer, median of '
@@ -199,6 +240,30 @@ def main():
         for k, v in ANCHOR.items()))
     if stand_in is not None:
         print(f'{LABELS["resnet10"]}: {stand_in}')
+    print(f'\nagainst this machine\'s limit: fp32 peak {peak:.0f} GFLOP/s (4096x4096 matmul, '
+          f'{args.threads} threads, best of 5); floor = counted FLOPs / peak')
+    print('| figure | measured | counted GFLOP | floor | % of limit |')
+    print('|---|---|---|---|---|')
+    for r in rows:
+        label = LABELS[r['encoder']]
+        floors = ((f'{label}: optimisation step', r['step_s'], r['step_flop']),
+                  (f'{label}: act p50', r['actor_p50_ms'] / 1e3, r['act_flop']))
+        for name, seconds, flop in floors:
+            floor_s = flop / (peak * 1e9)
+            print(f'| {name} | {seconds * 1e3:.1f} ms | {flop / 1e9:.2f} | {floor_s * 1e3:.1f} ms '
+                  f'| {100 * floor_s / seconds:.0f} % |')
+        if r['insert_flop']:
+            floor_s = r['insert_flop'] / (peak * 1e9)
+            print(f'| {label}: storing one transition (cache fill) | {r["insert_ms"]:.1f} ms | '
+                  f'{r["insert_flop"] / 1e9:.2f} | {floor_s * 1e3:.1f} ms | '
+                  f'{100 * floor_s / (r["insert_ms"] / 1e3):.0f} % |')
+    for r in rows:
+        if r['insert_flop']:
+            # 10 transitions per second, each insert_ms of one core: insert_ms % of a core
+            print(f'{LABELS[r["encoder"]]}: storing transitions at the 10 Hz control rate costs '
+                  f'{r["insert_ms"]:.0f} % of one core ({r["insert_ms"]:.1f} ms each); one '
+                  f'optimisation step plus one stored transition: '
+                  f'{r["step_s"] + r["insert_ms"] / 1e3:.2f} s')
     for r in rows:
         if r['cache_shifts']:
             print(f'{LABELS[r["encoder"]]}: {r["cache_shifts"]} cached shifts per image; filling '
