@@ -27,6 +27,9 @@ from hilserl.bags import EPISODE_TOPICS, EpisodeWriter
 from hilserl.conventions import Topics
 
 
+SIM_PREROLL_WINDOW_NS = 10_000_000_000
+
+
 class EpisodeRecorder:
     def __init__(self, run_dir, topics: Optional[Dict[str, str]] = None,
                  close_delay_ns: int = 500_000_000, preroll_ns: int = 300_000_000,
@@ -40,7 +43,11 @@ class EpisodeRecorder:
         self.close_delay_ns = close_delay_ns
         self.late_limit_ns = late_limit_ns  # wall: longest wait for an episode's transitions
         self.sim_clock = sim_clock
-        self.preroll_ns = 0 if sim_clock else preroll_ns
+        self.preroll_ns = preroll_ns
+        # Held back while no bag is open: on the simulated clock an episode takes exactly the
+        # ticks from its `start` on, but that event may be delivered after several of them (a
+        # reliable topic's retransmission under load), so keep a few seconds of ticks.
+        self.preroll_window_ns = SIM_PREROLL_WINDOW_NS if sim_clock else preroll_ns
         self.start_stamp_ns: Optional[int] = None
         self.end_stamp_ns: Optional[int] = None
         self._preroll = deque()   # (topic, data, stamp_ns) received while no bag is open
@@ -78,9 +85,12 @@ class EpisodeRecorder:
             self.writer = EpisodeWriter(self._episode_dir(int(event.get('episode', 0))),
                                         self.topics, compress=self.compress)
             self.log(f'recording {self.writer.dir}')
+            first_ns = now_ns if self.sim_clock else now_ns - self.preroll_ns
             for topic, data, stamp in self._preroll:
-                if stamp >= now_ns - self.preroll_ns:
+                if stamp >= first_ns:
                     self.writer.write_cdr(topic, data, stamp)
+                else:
+                    self.dropped += 1  # the reset before this episode
             self._preroll.clear()
         if self.writer is not None:
             self.on_message(Topics.EPISODE_EVENTS, text, now_ns, serialized=False)
@@ -111,7 +121,7 @@ class EpisodeRecorder:
             self.dropped += 1
             return
         self._preroll.append((topic, bytes(data), stamp_ns))
-        while self._preroll and self._preroll[0][2] < stamp_ns - self.preroll_ns:
+        while self._preroll and self._preroll[0][2] < stamp_ns - self.preroll_window_ns:
             self._preroll.popleft()
             self.dropped += 1
 

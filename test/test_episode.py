@@ -184,3 +184,23 @@ def test_sim_clock_recorder_waits_for_announced_transitions(tmp_path):
     assert recorder.writer is None and recorder.missing_transitions == 1
     assert read_episode(tmp_path / 'episodes' / 'episode_000001').metadata[
         'missing_transitions'] == 1
+
+
+def test_sim_clock_recorder_keeps_ticks_that_came_before_a_late_start_event(tmp_path):
+    """Under load a reliable topic's retransmission can deliver the `start` event after several
+    of the episode's ticks: they belong to the episode all the same (filed by their stamps)."""
+    factory = MessageFactory()
+    recorder = EpisodeRecorder(tmp_path, sim_clock=True)
+    tick = 10 ** 8
+    reward = factory.store.serialize_cdr(factory.float32(0.0), 'std_msgs/msg/Float32')
+    for k in range(5, 25):  # ticks 5-9: the reset before; 10-24: the episode's first 15
+        recorder.on_message(Topics.REWARD, reward, k * tick)
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 10 * tick}),
+                      24 * tick)
+    recorder.on_event(json.dumps({'event': 'end', 'episode': 0, 'outcome': 'timeout',
+                                  'stamp_ns': 30 * tick}), 30 * tick)
+    recorder.finish()
+    episode = read_episode(tmp_path / 'episodes' / 'episode_000000')
+    stamps = [s for s, _ in episode.messages[Topics.REWARD]]
+    assert stamps == [k * tick for k in range(10, 25)]
+    assert recorder.dropped == 5
