@@ -110,8 +110,10 @@ def main():
     parser.add_argument('--only', choices=('hilserl', 'launch'), help='one of the two only')
     parser.add_argument('--keep', action='store_true', help='keep the logs and run folders')
     args = parser.parse_args()
-    hogs = [subprocess.Popen([sys.executable, '-c', 'while True: pass'])
-            for _ in range(args.hogs)]
+    # the CPU-bound processes die with this bench however it ends (PR_SET_PDEATHSIG)
+    hog = ('import ctypes, signal; ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))\n'
+           'while True: pass')
+    hogs = [subprocess.Popen([sys.executable, '-c', hog]) for _ in range(args.hogs)]
     work = Path(tempfile.mkdtemp(prefix='bench_shutdown_'))
     try:
         config = quick_config(work)
