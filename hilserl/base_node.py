@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Callable, Optional, Sequence
 
 import rclpy
@@ -57,9 +58,13 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
+        # A callback or rclpy's own take raced the SIGINT shutdown (a closed context): a clean
+        # exit. rclpy shuts the context down from its signal handler, so give it a moment.
+        deadline = time.monotonic() + 1.0
+        while rclpy.ok() and time.monotonic() < deadline:
+            time.sleep(0.05)
         if rclpy.ok():
             raise
-        # a callback raced the SIGINT shutdown (published on a closed context): a clean exit
     finally:
         # Closing keeps data (the open bag, the final checkpoint, the arm's exit move): a second
         # Ctrl-C, launch's forwarded SIGINT or its SIGTERM must not cut it short with a traceback.

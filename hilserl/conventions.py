@@ -35,6 +35,7 @@ class Topics:
     DRIVER_MARKERS = 'driver/markers'        # visualization_msgs/MarkerArray (workspace, target)
     DIAGNOSTICS = 'diagnostics'              # diagnostic_msgs/DiagnosticArray
     DRIVER_READY = 'driver/ready'            # std_msgs/Bool (latched)
+    RECORDER_READY = 'episode_recorder/ready'  # std_msgs/Bool (latched): it hears the graph
     SIM_CUBE_POSE = 'sim/cube_pose'          # geometry_msgs/PoseStamped, simulation ground truth
     SIM_GRASPED = 'sim/grasped'              # std_msgs/Bool, simulation ground truth
     SIM_SUCCESS = 'sim/success'              # std_msgs/Bool, simulation ground truth (lifted)
@@ -97,6 +98,7 @@ TOPIC_QOS = {
     Topics.DRIVER_MARKERS: Qos.STATE,
     Topics.DIAGNOSTICS: Qos.STATE,
     Topics.DRIVER_READY: Qos.LATCHED,
+    Topics.RECORDER_READY: Qos.LATCHED,
     Topics.LEARNER_PROGRESS: Qos.STATE,
     Topics.SIM_CUBE_POSE: Qos.STATE,
     Topics.SIM_GRASPED: Qos.STATE,

@@ -185,6 +185,7 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
         'output_dir': str(run_dir / ('eval' if eval_mode else 'train')),
         'run_dir': str(episodes_dir),
         'sim_clock': sim_clock, 'wait_for_teleop': sim_clock and teleop == 'sim',
+        'wait_for_recorder': bool(args.record),
         'reset_settle_s': task.reset_delay_s,
         'device': 'cpu'}))
     if train_mode:

@@ -82,6 +82,10 @@ class ActorNode(Node):
         self.wait_for_teleop = declare(self, 'wait_for_teleop', False, 'sim_clock: act on a '
                                        'tick only with the teleop answer for that tick (the '
                                        'simulated human)', read_only=True)
+        self.wait_for_recorder = declare(self, 'wait_for_recorder', False, 'start no episode '
+                                         'before the episode recorder says it hears the camera, '
+                                         'driver and this node (a bag missing its first '
+                                         'episode\'s images otherwise)', read_only=True)
         self.steps_after_success = declare(self, 'record_steps_after_success', 6, 'record: '
                                            'keep the human acting (and the bag recording) this '
                                            'many steps after success: classifier positives',
@@ -147,6 +151,9 @@ class ActorNode(Node):
         self.driver_ready = False
         self.create_subscription(Bool, Topics.DRIVER_READY, self._on_driver_ready,
                                  qos_profile(Topics.DRIVER_READY))
+        self.recorder_ready = False
+        self.create_subscription(Bool, Topics.RECORDER_READY, self._on_recorder_ready,
+                                 qos_profile(Topics.RECORDER_READY))
         success_topic = SUCCESS_TOPICS[success_source]
         if success_topic is not None:
             self.create_subscription(Bool, success_topic, self._on_success,
@@ -230,6 +237,9 @@ class ActorNode(Node):
 
     def _on_driver_ready(self, msg: Bool):
         self.driver_ready = bool(msg.data)
+
+    def _on_recorder_ready(self, msg: Bool):
+        self.recorder_ready = bool(msg.data)
 
     def _on_success(self, msg: Bool):
         self.success = bool(msg.data)
@@ -338,6 +348,9 @@ class ActorNode(Node):
             return False
         # settling: on hardware the arm drives home after the reset call returns: wait for ready
         if waited_s < self.reset_settle_s or not self.driver_ready:
+            return False
+        if self.wait_for_recorder and not self.recorder_ready:
+            self.stale_reason = 'waiting for the episode recorder to hear the graph'
             return False
         self.assembler.reset()
         self.label = None

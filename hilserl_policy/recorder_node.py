@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 
 from hilserl.bag_repair import repair_killed_episodes
 from hilserl.bags import EPISODE_TOPICS, message_stamp_ns
@@ -17,6 +17,10 @@ from hilserl.base_node import declare, message_class, qos_profile, spin_node
 from hilserl.conventions import TOPIC_QOS, Qos, Topics
 from hilserl.recording import EpisodeRecorder
 
+
+
+# Published in every mode by the camera, the driver and the actor.
+REQUIRED_TOPICS = (Topics.IMAGE_CROP, Topics.JOINT_STATES, Topics.EE_ACTION)
 
 
 class RecorderNode(Node):
@@ -55,13 +59,19 @@ class RecorderNode(Node):
         # executor serves subscriptions in creation order
         self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
                                  qos_profile(Topics.EPISODE_EVENTS))
+        self.subscriptions_by_topic = {}
         for topic, type_name in topics.items():
             if topic == Topics.EPISODE_EVENTS:
                 continue
-            self.create_subscription(message_class(type_name), topic,
-                                     lambda data, topic=topic: self._on_raw(topic, data),
-                                     self._qos(topic), raw=True)
-        self.create_timer(0.1, self.recorder.poll, clock=Clock(clock_type=ClockType.STEADY_TIME))
+            self.subscriptions_by_topic[topic] = self.create_subscription(
+                message_class(type_name), topic,
+                lambda data, topic=topic: self._on_raw(topic, data), self._qos(topic), raw=True)
+        # Matching is per publisher and takes a while on a loaded machine: the actor starts no
+        # episode before every topic an episode cannot do without has a publisher here.
+        self.ready_pub = self.create_publisher(Bool, Topics.RECORDER_READY,
+                                               qos_profile(Topics.RECORDER_READY))
+        self.ready = False
+        self.create_timer(0.1, self._poll, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f'episode_recorder up: {len(topics)} topics -> {run_dir}/episodes')
 
     def _repair_killed_episodes(self):
@@ -71,6 +81,13 @@ class RecorderNode(Node):
             repair_killed_episodes(self.recorder.root, lambda line: log.info(f'bag repair: {line}'))
         except OSError as exc:
             log.warning(f'bag repair of {self.recorder.root} failed: {exc}')
+
+    def _poll(self):
+        self.recorder.poll()
+        if not self.ready and all(self.subscriptions_by_topic[t].get_publisher_count() > 0
+                                  for t in REQUIRED_TOPICS if t in self.subscriptions_by_topic):
+            self.ready = True
+            self.ready_pub.publish(Bool(data=True))
 
     @staticmethod
     def _qos(topic: str):
