@@ -74,3 +74,25 @@ def encoder_weights(tmp_path_factory):
                 build_encoder(name), tmp_path_factory.mktemp(f'{name}_weights')))
         return made[name, seed]
     return directory
+
+
+@pytest.fixture(autouse=True)
+def _normal_scheduling(request):
+    """Every test starts at normal scheduling on every CPU. Something in the suite has been seen
+    to leave the pytest process at SCHED_FIFO on one CPU; its children inherit that, and a
+    CPU-bound child then starves every process started after it (the suite hung). Reset it and
+    name the test that changed it."""
+    if not hasattr(os, 'sched_getscheduler'):
+        yield
+        return
+    all_cpus = set(range(os.cpu_count() or 1))
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    if os.sched_getaffinity(0) != all_cpus:
+        os.sched_setaffinity(0, all_cpus)
+    yield
+    policy, cpus = os.sched_getscheduler(0), os.sched_getaffinity(0)
+    if policy != os.SCHED_OTHER or cpus != all_cpus:
+        import warnings
+        warnings.warn(f'{request.node.nodeid} left the test process at scheduling policy '
+                      f'{policy}, CPUs {sorted(cpus)} (reset for the next test)')
