@@ -1,5 +1,6 @@
 """`hilserl bag-info` and the bag_replay node on a recorded episode: every message comes back on
 its topic, in order, with the recorded spacing scaled by the rate factor."""
+import json
 import time
 
 import pytest
@@ -66,7 +67,10 @@ def test_replay_republishes_every_message_with_its_timing(ros_context, episode):
         probe.destroy_node()
     assert replay.finished and replay.published == sum(len(v) for v in recorded.messages.values())
     assert len(seen['image']) == n_images and len(seen['joints']) == n_joints
-    assert len(seen['events']) == 2
+    # every recorded event comes back (start, end, and the label the actor acted on, if any)
+    kinds = [json.loads(m.data)['event'] for m in seen['events']]
+    assert len(kinds) == len(recorded.messages[Topics.EPISODE_EVENTS])
+    assert kinds.count('start') == 1 and kinds.count('end') == 1, kinds
     span_s = seen['image'][-1] - seen['image'][0]
     # the recorded spacing is kept (never faster); a loaded machine may only stretch it
     assert recorded_span_s / rate * 0.7 < span_s < recorded_span_s / rate * 3 + 5.0
