@@ -127,7 +127,8 @@ class EpisodeRecorder:
 
     def _transitions_owed(self) -> int:
         expected = (self.pending_metadata or {}).get('transitions')
-        if not isinstance(expected, int) or self.writer is None:
+        if not isinstance(expected, int) or self.writer is None or \
+                Topics.TRANSITIONS not in self.topics:  # not recorded: none to wait for
             return 0
         return max(0, expected - self.writer.counts.get(Topics.TRANSITIONS, 0))
 
@@ -148,7 +149,7 @@ class EpisodeRecorder:
         if self.writer is None:
             return None
         metadata = self.pending_metadata or {**self.extra, 'outcome': 'interrupted'}
-        owed = self._transitions_owed() if Topics.TRANSITIONS in self.topics else 0
+        owed = self._transitions_owed()
         if owed:
             self.missing_transitions += owed
             metadata['missing_transitions'] = owed
