@@ -183,6 +183,15 @@ class SimulatedBus:
         with self._lock:
             self.servos[servo_id].latched_error |= error_bits
 
+    def move_by_hand(self, servo_id: int, position_ticks: float) -> None:
+        """A person moves a limp servo (a leader arm) to this encoder reading; a servo holding
+        torque resists and stays where it is driven."""
+        with self._lock:
+            servo = self.servos[servo_id]
+            if servo.get('torque_enable'):
+                raise RuntimeError(f'servo {servo_id} holds torque: it cannot be moved by hand')
+            servo.actual_ticks = float(position_ticks)
+
     # --- lifecycle --------------------------------------------------------------------------
     def close(self):
         self._stop.set()

@@ -122,14 +122,16 @@ def arm(tmp_path_factory):
     bus.close()
 
 
-def drive(arm, args, script, last_line: str) -> List[str]:
-    """`hilserl ARGS` with a pty as its terminal, typing SCRIPT-like keys per episode; returns
-    its output once it has printed `last_line` and exited with 0."""
+def drive(arm, args, script, last_line: str, teleop: str = 'keyboard', robot=None,
+          hands=None) -> List[str]:
+    """`hilserl ARGS` with a pty as its terminal, typing SCRIPT-like keys per episode (and, with
+    `hands(episode)`, moving a leader arm); returns its output once it has printed `last_line`
+    and exited with 0."""
     master, slave = pty.openpty()  # the person's terminal
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     proc = subprocess.Popen(
         [sys.executable, '-m', 'hilserl.cli', *args, '--backend', 'hardware', '--teleop',
-         'keyboard', '--robot-config', str(arm.robot), '--config', str(arm.config),
+         teleop, '--robot-config', str(robot or arm.robot), '--config', str(arm.config),
          '--domain-id', str(free_domain_id()), '--max-minutes', '5'],
         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         cwd=ROOT, start_new_session=True)
@@ -140,6 +142,8 @@ def drive(arm, args, script, last_line: str) -> List[str]:
         for episode, held, label, outcome in script:
             lines.wait_for(f'episode {episode} started: go', STARTUP_S if episode == 0
                            else EPISODE_S)
+            if hands is not None:
+                hands(episode)
             for key, seconds in held:
                 hold(master, key, seconds)
             os.write(master, label.encode())
@@ -225,6 +229,67 @@ def test_training_on_the_simulated_bus(arm, recorded, tmp_path, source):
     assert meta['success'] and transitions[-1].terminated
     assert transitions[-1].reward == 10.0  # the key's success reward (the config's default)
     assert any((run / 'checkpoints').iterdir()), out[-20:]
+
+
+def test_leader_arm_recording_on_the_simulated_bus(arm, tmp_path):
+    """`hilserl record --backend hardware --teleop leader`: a second SO-101 on its own simulated
+    bus, limp, moved by hand (its encoders change; nothing else is simulated). Its TCP motion
+    becomes the recorded actions and the follower follows from where it is, without a jump; the
+    keys in the terminal give the label."""
+    from hilserl.kinematics import SO101Kinematics
+    from hilserl_policy.demos import load_demo_episodes
+
+    cal = default_calibration()
+    home = np.append(TOP_DOWN_SEED_RAD, 0.7)
+    leader = SimulatedBus(positions={cal[n].id: rad_to_ticks(n, home[k], cal[n])
+                                     for k, n in enumerate(JOINT_NAMES)})
+    leader_cal = tmp_path / 'leader.json'
+    save_calibration(cal, leader_cal)
+    robot = yaml.safe_load(arm.robot.read_text())
+    robot['/**/teleop'] = {'ros__parameters': {'leader_port': leader.port,
+                                               'leader_calibration_file': str(leader_cal)}}
+    robot_file = tmp_path / 'follower_and_leader.yaml'
+    robot_file.write_text(yaml.safe_dump(robot))
+    pan_turn_rad, pan, gripper = 0.3, JOINT_NAMES[0], JOINT_NAMES[5]
+
+    def hands(episode):
+        """Turn the leader's base by hand over 1 s, then open its gripper."""
+        for k in range(1, 11):
+            leader.move_by_hand(cal[pan].id, rad_to_ticks(pan, home[0] + pan_turn_rad * k / 10,
+                                                          cal[pan]))
+            time.sleep(0.1)
+        for k in range(1, 4):
+            leader.move_by_hand(cal[gripper].id, rad_to_ticks(gripper, home[5] + 0.12 * k,
+                                                              cal[gripper]))
+            time.sleep(0.15)
+
+    follower_goals_before = len(arm.bus.servos[cal[pan].id].goals_received)
+    run = tmp_path / 'leader_demos'
+    try:
+        drive(arm, ['record', '--output', str(run), '--episodes', '1'],
+              ((0, (), 'k', 'SUCCESS'),), r'1 episodes? \(1 successful\)', teleop='leader',
+              robot=robot_file, hands=hands)
+    finally:
+        leader.close()
+
+    kin = SO101Kinematics()
+    turned = home[:5].copy()
+    turned[0] += 0.02
+    expected_xy = kin.fk(turned)[:2, 3] - kin.fk(home[:5])[:2, 3]
+    [(_, meta, steps)] = list(load_demo_episodes(run))
+    assert meta['success'] and all(t.intervention for t in steps)
+    moving = [t.action for t in steps if np.linalg.norm(t.action[:2]) > 0.2]
+    assert len(moving) >= 5, [t.action for t in steps]
+    for action in moving:  # the recorded motion is the leader TCP's direction
+        cosine = action[:2] @ expected_xy / np.linalg.norm(action[:2]) / np.linalg.norm(
+            expected_xy)
+        assert cosine > np.cos(np.radians(25)), (action, expected_xy)
+    assert any(t.action[3] == 1.0 for t in steps)  # the leader's gripper opened
+    goals = arm.bus.servos[cal[pan].id].goals_received[follower_goals_before:]
+    turned_ticks = goals[-1] - goals[0]  # the pan servo turned as the leader's did
+    assert turned_ticks > 0.5 * pan_turn_rad / np.radians(360 / 4096), goals  # it followed
+    per_goal_rad = np.abs(np.diff(goals)) * np.radians(360 / 4096)
+    assert per_goal_rad.max() < 0.1, per_goal_rad.max()  # from where it is: no jump
 
 
 def test_the_success_key_is_found_by_the_actor_event_when_the_label_message_is_missing():
