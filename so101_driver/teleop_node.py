@@ -93,7 +93,9 @@ class TeleopNode(Node):
         if self.device == 'gamepad':
             os.environ.setdefault('SDL_VIDEODRIVER', 'dummy')
             import pygame
-            pygame.init()
+            # Only what a gamepad needs (events, joysticks): pygame.init() would also open the
+            # audio device, which fails noisily on a headless machine.
+            pygame.display.init()
             pygame.joystick.init()
             if pygame.joystick.get_count() == 0:
                 raise RuntimeError('device=gamepad: no joystick found')
