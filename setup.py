@@ -26,8 +26,8 @@ NODE_SCRIPTS = [
     'reward_classifier = reward_classifier_node.classifier_node:main',
     'sac_actor = hilserl_policy.actor_node:main',
     'sac_learner = hilserl_policy.learner_node:main',
-    'episode_recorder = hilserl_policy.recorder_node:main',
-    'bag_replay = hilserl_policy.replay_node:main',
+    'episode_recorder = hilserl_tools.recorder_node:main',
+    'bag_replay = hilserl_tools.replay_node:main',
 ]
 
 setup(
@@ -48,6 +48,6 @@ setup(
     description='HIL-SERL for the SO-101 arm on ROS 2',
     license='Apache-2.0',
     entry_points={
-        'console_scripts': NODE_SCRIPTS + ['hilserl = hilserl.cli:main'],
+        'console_scripts': NODE_SCRIPTS + ['hilserl = hilserl_tools.cli:main'],
     },
 )

@@ -21,10 +21,13 @@ def per_call_ms(fn, n=500):
 def main():
     frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
     msg = array_to_image(frame, 'rgb8')
-    print(f'crop [0,80,480,480] + resize 128x128 : {per_call_ms(lambda: crop_resize(frame, (0, 80, 480, 480), (128, 128))):.3f} ms')
-    print(f'blank/shape check                    : {per_call_ms(lambda: frame_problem(frame, (480, 640), 2.0)):.3f} ms')
-    print(f'array -> Image (640x480 rgb8)        : {per_call_ms(lambda: array_to_image(frame, "rgb8")):.3f} ms')
-    print(f'Image -> array (640x480 rgb8)        : {per_call_ms(lambda: image_to_array(msg)):.3f} ms')
+    cases = (('crop [0,80,480,480] + resize 128x128',
+              lambda: crop_resize(frame, (0, 80, 480, 480), (128, 128))),
+             ('blank/shape check', lambda: frame_problem(frame, (480, 640), 2.0)),
+             ('array -> Image (640x480 rgb8)', lambda: array_to_image(frame, 'rgb8')),
+             ('Image -> array (640x480 rgb8)', lambda: image_to_array(msg)))
+    for label, call in cases:
+        print(f'{label:<37}: {per_call_ms(call):.3f} ms')
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ from pathlib import Path
 import common  # noqa: F401
 import torch
 
-from hilserl import cli
+from hilserl_tools import cli
 from hilserl.bags import complete_episodes
 from reward_classifier_node.evaluate import evaluate_episodes, format_table
 from reward_classifier_node.model import ClassifierConfig

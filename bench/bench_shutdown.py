@@ -96,7 +96,8 @@ def one_stop(cmd, env, run_dir: Path, log_path: Path, timeout_s: float) -> dict:
     kept = all((e / 'bag' / 'metadata.yaml').is_file() and (e / 'episode.json').is_file()
                for e in episodes)
     out = log_path.read_text()
-    return {'stop_s': round(stop_s, 2), 'process_gone_s': gone_s, 'episodes': len(episodes), 'bags_complete': kept,
+    return {'stop_s': round(stop_s, 2), 'process_gone_s': gone_s, 'episodes': len(episodes),
+            'bags_complete': kept,
             'final_checkpoint': 'final checkpoint' in out,
             'traceback': 'Traceback' in out or 'KeyboardInterrupt' in out}
 
@@ -120,7 +121,7 @@ def main():
         env = {**os.environ, 'ROS_DOMAIN_ID': str(args.domain_id), 'PYTHONUNBUFFERED': '1',
                'PYTHONFAULTHANDLER': '1'}
         runners = {} if args.only == 'launch' else {'hilserl train': lambda run: [
-            sys.executable, '-m', 'hilserl.cli', 'train', '--config', str(config), '--demos',
+            sys.executable, '-m', 'hilserl_tools.cli', 'train', '--config', str(config), '--demos',
             '0', '--episodes', '0', '--run-dir', str(run)]}
         launch_env = env
         if args.only == 'hilserl':

@@ -14,7 +14,7 @@ from pathlib import Path
 import common  # noqa: F401
 import numpy as np
 
-from hilserl import cli
+from hilserl_tools import cli
 from hilserl.bags import complete_episodes
 
 

@@ -74,7 +74,7 @@ def curve_rows(run_dir: Path, window: int, started_wall_s: float):
             'steps': int(meta.get('steps', 0)),
             'intervention_rate': round(int(meta.get('interventions', 0)) / steps, 4),
             f'success_last_{window}': round(float(np.mean([bool(m.get('success'))
-                                                             for m in recent])), 4),
+                                                           for m in recent])), 4),
             f'unaided_success_last_{window}': round(float(np.mean([
                 bool(m.get('success')) and not m.get('interventions') for m in recent])), 4),
             f'intervention_rate_last_{window}': round(float(np.mean([
@@ -131,7 +131,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = with_overrides(Path(args.config), args.set, out) if args.set else Path(args.config)
-    hilserl = [sys.executable, '-m', 'hilserl.cli']
+    hilserl = [sys.executable, '-m', 'hilserl_tools.cli']
     domain = ['--domain-id', str(args.domain_id)] if args.domain_id is not None else []
     log = out / 'graph.log'
     started, started_wall_s = time.monotonic(), time.time()

@@ -38,7 +38,7 @@ LABELS = {'resnet10': 'frozen ResNet-10 (feature cache)', 'small_conv': 'small c
 
 
 def fill(buffer, n, rng, episode_steps=100):
-    from hilserl_policy.replay import Transition
+    from hilserl.transition import Transition
     image = rng.integers(0, 256, (3, 128, 128), dtype=np.uint8)
     for i in range(n):
         end = (i + 1) % episode_steps == 0
@@ -232,8 +232,10 @@ def main():
     for r in rows:
         a = ANCHOR[r['encoder']]
         ratio = lambda ours, theirs, lower=True: (theirs / ours if lower else ours / theirs)  # noqa
-        print(f'| {LABELS[r["encoder"]]:<34} | {r["step_s"]:8.2f} ({ratio(r["step_s"], a["step_s"]):5.1f}x)'
-              f'{"":>5} | {r["updates_per_s"]:6.2f} ({ratio(r["updates_per_s"], a["updates_per_s"], False):5.1f}x) | '
+        step_ratio = ratio(r['step_s'], a['step_s'])
+        updates_ratio = ratio(r['updates_per_s'], a['updates_per_s'], False)
+        print(f'| {LABELS[r["encoder"]]:<34} | {r["step_s"]:8.2f} ({step_ratio:5.1f}x)'
+              f'{"":>5} | {r["updates_per_s"]:6.2f} ({updates_ratio:5.1f}x) | '
               f'{r["actor_p50_ms"]:5.2f} / {r["actor_p99_ms"]:5.2f} '
               f'({ratio(r["actor_p99_ms"], a["actor_p99_ms"]):4.1f}x) | '
               f'{r["rss_gib"]:5.2f} ({ratio(r["rss_gib"], a["rss_gib"]):4.1f}x) |')

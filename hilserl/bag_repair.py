@@ -92,7 +92,10 @@ def _parse(op: int, content) -> object:
         record = Channel(f.uint(2), f.uint(2), f.string(), f.string())
         f.sized(4)  # metadata map (rosbag2: offered QoS profiles)
     elif op == OP_MESSAGE:
-        channel_id, _sequence, log_time, _publish_time = f.uint(2), f.uint(4), f.uint(8), f.uint(8)
+        channel_id = f.uint(2)
+        f.uint(4)  # sequence
+        log_time = f.uint(8)
+        f.uint(8)  # publish time
         return Message(channel_id, log_time, bytes(f.take(len(f.data) - f.pos)))
     else:
         raise RecordError(f'opcode 0x{op:02x} is not allowed here')
@@ -207,7 +210,8 @@ def scan_mcap(path) -> Scan:
             return scan
         while True:
             offset = f.tell()
-            head = f.read(9)
+            # never past the size seen at the start: a live recording grows while it is read
+            head = f.read(min(9, max(0, size - offset)))
             if not head:
                 scan.stopped = f'file ends after {offset} bytes without a summary (killed writer)'
                 return scan

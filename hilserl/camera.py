@@ -23,8 +23,9 @@ class CameraConfig:
     fps: float = 30.0
     fourcc: str = 'MJPG'
     blank_std_threshold: float = 2.0     # frame std below this (0-255 scale) = blank
-    frozen_frames_limit: int = 5         # this many identical consecutive frames = frozen; 0 = off
-                                         # (off for renders: a still simulated scene is identical)
+    # this many identical consecutive frames = frozen; 0 = off (for renders: a still simulated
+    # scene is identical frame after frame)
+    frozen_frames_limit: int = 5
     max_consecutive_failures: int = 3    # bad frames before reopening the device
     reopen_backoff_s: float = 0.5        # first reopen delay, doubled each time
     max_backoff_s: float = 8.0

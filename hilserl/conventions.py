@@ -17,10 +17,13 @@ class Topics:
     """Relative topic names (never start with '/')."""
     JOINT_STATES = 'joint_states'
     TCP_POSE = 'tcp_pose'                    # geometry_msgs/PoseStamped, in BASE_FRAME
-    EE_ACTION = 'action'                     # std_msgs/Float32MultiArray [dx, dy, dz, gripper] in [-1, 1]
+    # std_msgs/Float32MultiArray [dx, dy, dz, gripper] in [-1, 1]
+    EE_ACTION = 'action'
     POLICY_ACTION = 'policy/action'          # std_msgs/Float32MultiArray: the policy's proposal
-    JOINT_COMMAND = 'joint_position_controller/commands'  # std_msgs/Float64MultiArray (ros2_control style)
-    HUMAN_ACTION = 'teleop/action'           # sensor_msgs/Joy: axes [dx, dy, dz, gripper], buttons [intervention]
+    # std_msgs/Float64MultiArray (ros2_control forward command controller style)
+    JOINT_COMMAND = 'joint_position_controller/commands'
+    # sensor_msgs/Joy: axes [dx, dy, dz, gripper], buttons [intervention]
+    HUMAN_ACTION = 'teleop/action'
     INTERVENTION = 'intervention'            # std_msgs/Bool
     EPISODE_LABEL = 'teleop/episode_label'   # std_msgs/String: success | failure | rerecord
     IMAGE_RAW = 'gripper_cam/image_raw'      # sensor_msgs/Image, full frame
@@ -39,7 +42,8 @@ class Topics:
     SIM_CUBE_POSE = 'sim/cube_pose'          # geometry_msgs/PoseStamped, simulation ground truth
     SIM_GRASPED = 'sim/grasped'              # std_msgs/Bool, simulation ground truth
     SIM_SUCCESS = 'sim/success'              # std_msgs/Bool, simulation ground truth (lifted)
-    LEARNER_PROGRESS = 'learner/progress'    # std_msgs/Int64MultiArray [received, stored, steps, training]
+    # std_msgs/Int64MultiArray [received, stored, steps, training]
+    LEARNER_PROGRESS = 'learner/progress'
 
 
 class ActionSource:

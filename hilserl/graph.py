@@ -3,7 +3,8 @@
 `build_graph()` returns the nodes (executable, module, parameters, parameter files) for a mode
 and a set of `GraphArgs`. The launch files turn them into launch_ros `Node` actions (and add
 robot_state_publisher and rviz2, which exist only with a distro); the `hilserl`
-command runs each as its own process with the same parameters (`hilserl.process_graph`).
+command runs each as its own process with the same parameters
+(`hilserl_tools.process_graph`).
 Nothing here imports rclpy or launch.
 """
 from __future__ import annotations
@@ -13,10 +14,21 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from hilserl.config import TrainConfig, load_train_config
+from hilserl.conventions import Topics
 from hilserl.paths import share_path
 
 MODES = ('train', 'eval', 'record')
 BACKENDS = ('sim', 'hardware')
+# Every node process starts with these (unless already set), under `hilserl` and `ros2 launch`.
+NODE_ENVIRONMENT = {
+    'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA?max_msg_size=4MB',  # 640x480 images over DDS
+    'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+    'MUJOCO_GL': 'osmesa',
+    'PYOPENGL_PLATFORM': 'osmesa',
+    'OMP_NUM_THREADS': '1',
+    'PYTHONUNBUFFERED': '1',
+}
+
 HUMAN_DEVICES = ('keyboard', 'gamepad', 'leader')
 TELEOP_DEVICES = ('sim', 'keyboard', 'gamepad', 'leader', 'none')
 SUCCESS_SOURCES = ('sim', 'classifier', 'key')
@@ -119,7 +131,22 @@ def keyboard_teleop_command(namespace: str = '', device: str = 'keyboard') -> st
     if device == 'leader':
         ros_args += ['-p', 'labels_only:=true']
     return ' '.join(['ros2 run hilserl keyboard_teleop'] + (['--ros-args'] + ros_args
-                                                             if ros_args else []))
+                                                            if ros_args else []))
+
+
+def recorded_publishers(mode: str, backend: str, teleop: str) -> List[str]:
+    """The recorded topics the graph's own nodes publish from start-up: the recorder is ready
+    (and the first episode starts) once each has a publisher matched to it. A keyboard under
+    `ros2 launch` runs in its own terminal, maybe later: not waited for."""
+    topics = [Topics.IMAGE_CROP, Topics.JOINT_STATES, Topics.TCP_POSE, Topics.EE_ACTION,
+              Topics.POLICY_ACTION, Topics.EPISODE_EVENTS, Topics.REWARD]
+    if mode in ('train', 'record'):
+        topics.append(Topics.TRANSITIONS)
+    if backend == 'sim':
+        topics += [Topics.SIM_SUCCESS, Topics.SIM_CUBE_POSE]
+    if teleop == 'sim':  # the simulated human's labels are what its episodes are judged by
+        topics += [Topics.HUMAN_ACTION, Topics.INTERVENTION, Topics.EPISODE_LABEL]
+    return topics
 
 
 def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[NodeSpec]:
@@ -194,9 +221,10 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
             'demo_dir': str(Path(args.demo_dir).resolve()) if args.demo_dir else '',
             'device': args.device}))
     if args.record:
-        nodes.append(NodeSpec('episode_recorder', 'hilserl_policy.recorder_node', {
+        nodes.append(NodeSpec('episode_recorder', 'hilserl_tools.recorder_node', {
             'run_dir': str(episodes_dir), 'config_digest': cfg.digest(),
-            'sim_clock': sim_clock}))
+            'sim_clock': sim_clock,
+            'required_topics': recorded_publishers(args.mode, args.backend, teleop)}))
     if sim_clock:
         for node in nodes:
             node.parameters['use_sim_time'] = True

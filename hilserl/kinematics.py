@@ -15,6 +15,7 @@ import numpy as np
 
 from hilserl.paths import share_path
 
+
 def default_urdf_path() -> Path:
     """The SO-101 URDF: the source tree copy, else the installed share/hilserl copy."""
     return share_path('urdf', 'so101.urdf')

@@ -1,6 +1,6 @@
 """Glue between the graph description (hilserl.graph) and ROS 2 launch: used by
-launch/graph.launch.py (included by train.launch.py and eval.launch.py). launch / launch_ros are imported lazily, so this
-module imports (and is tested) on machines without a distro."""
+launch/graph.launch.py (included by train.launch.py and eval.launch.py). launch / launch_ros are
+imported lazily, so this module imports (and is tested) on machines without a distro."""
 from __future__ import annotations
 
 from typing import List

@@ -126,7 +126,7 @@ def episode_from_transitions(transitions, name: str = '', success: bool = False
 def transitions_from_episode(episode: DatasetEpisode, n_obs_steps: int = 1) -> Iterator:
     """Transitions of one episode; `n_obs_steps` frames stacked on the channel axis, the
     episode's first frame repeated before it (as the actor stacks them)."""
-    from hilserl_policy.replay import Transition
+    from hilserl.transition import Transition
     n = len(episode)
     frames = [f.transpose(2, 0, 1) for f in episode.image]
     frames.append(episode.final_image.transpose(2, 0, 1) if episode.final_image is not None
@@ -383,7 +383,7 @@ def export_lerobot(source, out_dir, fps: Optional[float] = None, video: bool = T
     and interrupted ones are left out, as for demonstrations) as a LeRobot dataset. fps: the
     run's control rate unless given; state names from the run's configuration."""
     from hilserl.config import load_train_config
-    from hilserl_policy.demos import load_demo_episodes
+    from hilserl.demos import load_demo_episodes
     source = Path(source)
     if not source.exists():
         raise DatasetError(f'{source} does not exist')
@@ -674,7 +674,7 @@ def write_demo_bags(root, out_dir, cfg, camera: Optional[str] = None,
     dataset or the view it was read with changed (a `source.json` says which)."""
     from hilserl.bags import EpisodeWriter, MessageFactory, write_json_atomic
     from hilserl.conventions import Topics
-    from hilserl_policy.transport import encode_transition
+    from hilserl.transition import encode_transition
     root, out_dir = Path(root).resolve(), Path(out_dir)
     info_text = (root / INFO_PATH).read_text() if (root / INFO_PATH).is_file() else ''
     source = json.loads(json.dumps({  # as it reads back (tuples -> lists)

@@ -28,7 +28,8 @@ def build_state(features: Sequence[str], position_rad, velocity_rad_s,
                 xyz, euler = kinematics.tcp_xyz_euler(position[:5])
             parts.append(xyz if feature == 'ee_xyz' else euler)
         else:
-            raise ValueError(f'unknown state feature {feature!r}; known {sorted(STATE_FEATURE_DIMS)}')
+            raise ValueError(f'unknown state feature {feature!r}; '
+                             f'known {sorted(STATE_FEATURE_DIMS)}')
     state = np.concatenate(parts).astype(np.float32)
     if not np.all(np.isfinite(state)):
         raise ValueError(f'non-finite state {state}')

@@ -195,7 +195,7 @@ class SimHumanConfig:
     patience_steps: int = 3              # consecutive deviating steps before taking over
     stall_s: float = 1.0                 # no policy action this long -> take over
     min_intervention_steps: int = 8      # once in control, keep it this many steps
-    behaviour_mix: str = 'expert:1'      # per episode: expert | noisy | random (demo/classifier data)
+    behaviour_mix: str = 'expert:1'      # per episode: expert | noisy | random (demos, classifier)
     noise_std: float = 0.5               # 'noisy': Gaussian action noise
     slip_probability: float = 0.04       # 'noisy': chance per step of opening the gripper
 

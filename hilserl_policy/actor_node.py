@@ -39,9 +39,10 @@ from hilserl.conversions import (ConversionError, action_to_msg, image_to_array,
                                  joint_state_to_arrays, joy_to_human, stamp_dimension,
                                  stamp_to_nanoseconds)
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry
+from hilserl.transition import encode_transition
 from hilserl_policy.episode import EpisodeRunner, ObservationAssembler, StaleObservation
 from hilserl_policy.evaluation import EvalRecorder
-from hilserl_policy.transport import decode_weights, encode_transition
+from hilserl_policy.transport import decode_weights
 
 # key: no success topic, the human's success key (teleop/episode_label) is the only success
 SUCCESS_TOPICS = {'sim': Topics.SIM_SUCCESS, 'classifier': Topics.SUCCESS, 'key': None}
@@ -184,7 +185,8 @@ class ActorNode(Node):
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
             f'sac_actor up: mode={self.mode}, {self.cfg.task.control_rate_hz:g} Hz, success '
-            f'from {success_topic or "the success key"}, {self.cfg.task.max_episode_steps} steps per episode')
+            f'from {success_topic or "the success key"}, '
+            f'{self.cfg.task.max_episode_steps} steps per episode')
 
     # --- inputs -------------------------------------------------------------------------------
     def _now_s(self) -> float:

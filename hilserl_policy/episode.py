@@ -16,7 +16,7 @@ from hilserl.config import TrainConfig
 from hilserl.kinematics import SO101Kinematics
 from hilserl.observation import build_state
 from hilserl.task import RewardTracker
-from hilserl_policy.replay import Transition
+from hilserl.transition import Transition
 
 
 class StaleObservation(Exception):
@@ -158,11 +158,3 @@ class EpisodeRunner:
         result.intervention = bool(intervention and human_action is not None)
         self._pending = (image, state, executed, result.intervention)
         return result
-
-    def abort(self, reason: str) -> Optional[str]:
-        """End the running episode without a transition (e.g. driver fault)."""
-        if not self.running:
-            return None
-        self.stats.outcome = 'aborted'
-        self._pending = None
-        return self.stats.event('end', reason=reason)

@@ -19,9 +19,10 @@ import numpy as np
 from hilserl.allocator import retain_freed_memory
 from hilserl.config import TrainConfig
 from hilserl.run_dir import remove_stale_checkpoints
+from hilserl.transition import Transition
 from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, prune_checkpoints,
-                                      resume, save_checkpoint)
-from hilserl_policy.replay import ReplayBuffer, Transition, sample_mixed
+                                       resume, save_checkpoint)
+from hilserl_policy.replay import ReplayBuffer, sample_mixed
 
 EPISODE_KEYS = ('episode', 'success', 'steps', 'return', 'interventions', 'outcome')
 

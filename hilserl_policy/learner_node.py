@@ -32,8 +32,9 @@ from hilserl.config import load_train_config
 from hilserl.conventions import Topics
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry
 from hilserl.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
+from hilserl.transition import decode_transition
 from hilserl_policy.learner import Learner, torch_threads
-from hilserl_policy.transport import decode_transition, encode_weights
+from hilserl_policy.transport import encode_weights
 
 
 class LearnerNode(Node):
@@ -76,7 +77,7 @@ class LearnerNode(Node):
                                    f'online / {len(self.learner.offline)} offline transitions, '
                                    f'{episodes} episodes, {successes} successful)')
         if demo_dir and len(self.learner.offline) == 0:
-            from hilserl_policy.demos import load_demo_transitions
+            from hilserl.demos import load_demo_transitions
             added, unreadable = 0, []
             for t in load_demo_transitions(demo_dir, unreadable=unreadable):
                 added += self.learner.add(t, demo=True)
@@ -185,7 +186,7 @@ class LearnerNode(Node):
             return
         state, meta = self.learner.policy_weights()
         self.weights_pub.publish(UInt8MultiArray(data=array.array('B', encode_weights(state,
-                                                                                     meta))))
+                                                                                      meta))))
         self.pushed_step, self.pushed_at_s = step, time.monotonic()
 
     def _publish_progress(self):

@@ -15,46 +15,15 @@ import tempfile
 import threading
 import uuid
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
+from hilserl.transition import Transition
+
 KEYS = ('image', 'state', 'action', 'reward', 'next_image', 'next_state', 'terminated',
         'truncated', 'intervention')
-
-
-@dataclass(frozen=True)
-class Transition:
-    image: np.ndarray        # (C, H, W) uint8, C = 3 * n_obs_steps
-    state: np.ndarray        # (D,) float32
-    action: np.ndarray       # (A,) float32 in [-1, 1]: the executed action (human's if intervening)
-    reward: float
-    next_image: np.ndarray
-    next_state: np.ndarray
-    terminated: bool         # task ended (success): no bootstrap
-    truncated: bool          # time limit / reset: bootstrap, but the episode ends here
-    intervention: bool       # the human chose this action
-
-    def validate(self, image_shape, state_dim, action_dim) -> None:
-        if self.image.shape != tuple(image_shape) or self.image.dtype != np.uint8:
-            raise ValueError(f'image {self.image.shape} {self.image.dtype}: expected '
-                             f'{tuple(image_shape)} uint8')
-        if self.next_image.shape != tuple(image_shape) or self.next_image.dtype != np.uint8:
-            raise ValueError(f'next_image {self.next_image.shape} {self.next_image.dtype}: '
-                             f'expected {tuple(image_shape)} uint8')
-        for name, value, size in (('state', self.state, state_dim),
-                                  ('next_state', self.next_state, state_dim),
-                                  ('action', self.action, action_dim)):
-            if np.shape(value) != (size,):
-                raise ValueError(f'{name} has shape {np.shape(value)}, expected ({size},)')
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f'{name} is not finite: {value}')
-        if not np.isfinite(self.reward):
-            raise ValueError(f'reward is not finite: {self.reward}')
-        if np.any(np.abs(self.action) > 1.0 + 1e-6):
-            raise ValueError(f'action {self.action} leaves [-1, 1]')
 
 
 class ImageStore:
@@ -157,10 +126,6 @@ class ReplayBuffer:
 
     def __len__(self) -> int:
         return self.size
-
-    @property
-    def bytes_per_transition(self) -> int:
-        return int(np.prod(self.image_shape)) + 4 * (2 * self.state_dim + self.action_dim) + 4 + 3
 
     def add(self, t: Transition) -> None:
         t.validate(self.image_shape, self.state_dim, self.action_dim)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hilserl.config import SACConfig
-from hilserl_policy.augment import random_shift
+from hilserl.augment import random_shift
 from hilserl_policy.networks import (Backbone, CriticEnsemble, GraspCritic, ObservationEncoder,
                                      TanhGaussianActor)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from hilserl.bags import labelled_frames, list_episodes, read_episode
 from hilserl.conventions import Topics
-from hilserl_policy.augment import random_shift
+from hilserl.augment import random_shift
 from reward_classifier_node.model import ClassifierConfig, RewardClassifier, save_classifier
 
 

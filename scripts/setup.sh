@@ -41,9 +41,11 @@ echo "[setup] installing Python dependencies into $VENV (first run: about a minu
 # Some machines' pip config points at local mirrors that warn for every missing name: hide that noise only.
 pip_install() { "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v '^WARNING: Location' >&2); }
 pip_install -r requirements.txt
-pip_install --no-deps -e .
+# PEP 660 editable install always: pip falls back to the deprecated `setup.py develop` (which
+# rejects setup.cfg's colcon script_dir) once `wheel` is in the venv (the launch tooling adds it).
+pip_install --no-deps --use-pep517 -e .
 # Fail loudly here rather than in the first test.
-"$VENV/bin/python" -c 'import rclpy, sensor_msgs.msg, torch, mujoco, scservo_sdk, rosbags, cv2, yaml, pyarrow, av, hilserl'
+"$VENV/bin/python" -c 'import rclpy, sensor_msgs.msg, torch, mujoco, scservo_sdk, rosbags, cv2, yaml, pyarrow, av, hilserl, hilserl_tools'
 rm -f "$VENV"/.hilserl-setup-*
 touch "$stamp"
 echo "[setup] done"

@@ -26,7 +26,6 @@ from hilserl.diagnostics import DiagnosticEntry
 from hilserl.image_ops import crop_resize
 
 
-
 class SimRenderSource:
     """Renders the MuJoCo gripper camera at the most recently published arm/cube state."""
 

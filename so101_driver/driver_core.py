@@ -123,7 +123,8 @@ class DriverCore:
     def ee_action(self, values, now_s: float) -> Tuple[bool, str]:
         action = np.asarray(values, dtype=np.float64).reshape(-1)
         if action.shape != (4,):
-            return self._reject(f'EE action needs 4 values [dx, dy, dz, gripper], got {action.size}')
+            return self._reject(f'EE action needs 4 values [dx, dy, dz, gripper], '
+                                f'got {action.size}')
         if not np.all(np.isfinite(action)):
             return self._reject(f'EE action has non-finite values {action.tolist()}')
         busy = self._ready_for_commands()
@@ -211,7 +212,7 @@ class DriverCore:
             return reading
         speed = {'reset': self.cfg.reset_velocity_rad_s,
                  'shutdown': self._shutdown_velocity_rad_s}.get(self.mode,
-                                                               self.cfg.max_joint_velocity_rad_s)
+                                                                self.cfg.max_joint_velocity_rad_s)
         max_step = speed * dt_s
         step = np.clip(self.target - self.written, -max_step, max_step)
         self.written = np.clip(self.written + step, self._lo, self._hi)

@@ -3,8 +3,8 @@
 Subscribes  action (std_msgs/Float32MultiArray [dx, dy, dz, gripper] in [-1, 1]),
             joint_position_controller/commands (std_msgs/Float64MultiArray, 6 joint goals, rad).
 Publishes   joint_states, tcp_pose (PoseStamped in base_link), diagnostics, driver/ready (Bool);
-            in simulation also sim/cube_pose (PoseStamped), sim/grasped and sim/success (Bool, ground
-            truth).
+            in simulation also sim/cube_pose (PoseStamped), sim/grasped and sim/success
+            (Bool, ground truth).
 Services    reset (std_srvs/Trigger), torque (std_srvs/SetBool), estop (std_srvs/SetBool).
 
 Simulation with `sim_clock` (the default): the driver owns time. It publishes /clock and the state

@@ -58,8 +58,11 @@ def _quat_wxyz(rot: np.ndarray) -> np.ndarray:
 
 def _origin(element) -> tuple:
     origin = element.find('origin') if element is not None else None
-    xyz = [float(v) for v in (origin.get('xyz', '0 0 0') if origin is not None else '0 0 0').split()]
-    rpy = [float(v) for v in (origin.get('rpy', '0 0 0') if origin is not None else '0 0 0').split()]
+
+    def attribute(name):
+        return [float(v) for v in (origin.get(name, '0 0 0') if origin is not None
+                                   else '0 0 0').split()]
+    xyz, rpy = attribute('xyz'), attribute('rpy')
     return np.array(xyz), rpy_to_matrix(rpy)
 
 

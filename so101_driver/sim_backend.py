@@ -8,7 +8,7 @@ import numpy as np
 
 from hilserl.conventions import JOINT_NAMES
 from so101_driver.backend import ArmBackend, JointReading, TaskState
-from so101_driver.mujoco_scene import CAMERA_NAME, TCP_SITE, SceneConfig, load_model
+from so101_driver.mujoco_scene import CAMERA_NAME, SceneConfig, load_model
 
 
 class SimBackend(ArmBackend):
@@ -32,7 +32,6 @@ class SimBackend(ArmBackend):
         self._moving_jaw_geoms = {self.model.geom(i).id for i in range(self.model.ngeom)
                                   if self.model.geom(i).name.startswith('moving_jaw')}
         self._table_geom = self.model.geom('table').id
-        self._tcp_site = self.model.site(TCP_SITE).id
         self._renderer = None
         self._torque = True
         mujoco.mj_forward(self.model, self.data)
@@ -113,9 +112,6 @@ class SimBackend(ArmBackend):
             d.qpos[self._cube_qpos + 3:self._cube_qpos + 7] = cube_quat_wxyz
         self._mj.mj_kinematics(self.model, d)
         self._mj.mj_camlight(self.model, d)  # camera poses follow the bodies
-
-    def tcp_xyz(self) -> np.ndarray:
-        return self.data.site_xpos[self._tcp_site].copy()
 
     def render(self, camera: str = CAMERA_NAME) -> np.ndarray:
         """(480, 640, 3) uint8 RGB image from a scene camera."""

@@ -43,7 +43,7 @@ def sim_episodes(tmp_path_factory):
     record`: driver, camera, simulated human, actor, recorder): expert and random behaviours,
     6 s episodes so failures stay short. Returns (run directory, [(episode dir, metadata)])."""
     pytest.importorskip('rclpy')
-    from hilserl import cli
+    from hilserl_tools import cli
     from hilserl.bags import complete_episodes
     root = tmp_path_factory.mktemp('sim_episodes')
     config = root / 'short.yaml'

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hilserl import cli
+from hilserl_tools import cli
 from hilserl.bag_repair import ASIDE, repair_episode, repair_killed_episodes, scan_mcap
 from hilserl.bags import (CHUNK_AGE_S, CHUNK_BYTES, EpisodeWriter, MessageFactory,
                           iter_raw_messages, list_episodes, read_episode)
@@ -192,7 +192,7 @@ def test_junk_is_refused_not_returned(tmp_path):
 def test_a_recorder_starting_on_the_run_repairs_it(tmp_path, ros_context):
     from rclpy.parameter import Parameter
 
-    from hilserl_policy.recorder_node import RecorderNode
+    from hilserl_tools.recorder_node import RecorderNode
     run = tmp_path / 'run'
     written, flushed = _write_episode(run / 'episodes' / 'episode_000003', count=30)
     killed = run / 'episodes' / 'episode_000003'
@@ -232,7 +232,7 @@ def test_sigkilled_recorder_loses_nothing_it_flushed(tmp_path, capsys):
     run, log = tmp_path / 'run', tmp_path / 'recorder.log'
     with open(log, 'w') as out:
         proc = subprocess.Popen(
-            [sys.executable, '-m', 'hilserl_policy.recorder_node', '--ros-args', '-p',
+            [sys.executable, '-m', 'hilserl_tools.recorder_node', '--ros-args', '-p',
              f'run_dir:={run}'], stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, 'ROS_DOMAIN_ID': str(domain), 'PYTHONUNBUFFERED': '1'})
     context = rclpy.Context()

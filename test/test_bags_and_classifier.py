@@ -7,7 +7,7 @@ import pytest
 
 from hilserl.bags import labelled_frames, list_episodes, read_episode
 from hilserl.conventions import Topics
-from hilserl_policy.demos import load_demo_transitions
+from hilserl.demos import load_demo_transitions
 
 
 @pytest.fixture(scope='module')

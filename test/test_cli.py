@@ -1,7 +1,7 @@
 """The `hilserl` command's offline tools: record, config validation, clear errors."""
 import json
 
-from hilserl import cli
+from hilserl_tools import cli
 from hilserl.bags import list_episodes
 
 
@@ -55,7 +55,7 @@ def test_train_without_the_pretrained_encoder_is_refused_before_any_node(tmp_pat
 def test_a_truncated_bag_is_one_line_and_skipped_as_a_demo(sim_episodes, tmp_path, capsys):
     import shutil
 
-    from hilserl_policy.demos import load_demo_transitions
+    from hilserl.demos import load_demo_transitions
     _, episodes = sim_episodes
     for i in range(2):
         shutil.copytree(episodes[i][0], tmp_path / 'run' / 'episodes' / f'episode_00000{i}')

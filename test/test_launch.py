@@ -78,7 +78,7 @@ def test_rviz_config_is_yaml_with_the_suite_topics():
 
 def test_launch_description_builds_when_launch_ros_is_available():
     pytest.importorskip('launch_ros', reason='launch_ros is not installable without a ROS 2 '
-                                              'distro; the static tests above cover the files')
+                        'distro; the static tests above cover the files')
     from launch.launch_description_sources import get_launch_description_from_python_launch_file
     for path in LAUNCH_FILES:
         description = get_launch_description_from_python_launch_file(str(path))

@@ -57,7 +57,7 @@ def test_learner_threads_default_to_every_core_but_one():
 
 
 def _transition(i):
-    from hilserl_policy.replay import Transition
+    from hilserl.transition import Transition
     rng = np.random.default_rng(i)
     image = rng.integers(0, 256, (3, *HW), dtype=np.uint8)
     state = np.full(18, float(i), np.float32)  # the marker: which transition this is
@@ -78,7 +78,7 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
     from hilserl.base_node import qos_profile
     from hilserl.conventions import Topics
     from hilserl_policy.learner_node import LearnerNode
-    from hilserl_policy.transport import encode_transition
+    from hilserl.transition import encode_transition
 
     config = tmp_path / 'tiny.yaml'
     config.write_text(CONFIG)

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip('rclpy')
 
 from hilserl.graph import GraphArgs, build_graph  # noqa: E402
-from hilserl.process_graph import node_command  # noqa: E402
+from hilserl_tools.process_graph import node_command  # noqa: E402
 
 from conftest import free_domain_id  # noqa: E402
 
@@ -58,8 +58,8 @@ def test_two_namespaced_graphs_on_one_domain_keep_apart(tmp_path):
     domain = str(free_domain_id())
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
     procs = {ns: subprocess.Popen(
-        [sys.executable, '-m', 'hilserl.cli', 'record', '--episodes', '2', '--mix', 'expert:1',
-         '--namespace', ns, '--seed', str(i), '--output', str(tmp_path / ns),
+        [sys.executable, '-m', 'hilserl_tools.cli', 'record', '--episodes', '2', '--mix',
+         'expert:1', '--namespace', ns, '--seed', str(i), '--output', str(tmp_path / ns),
          '--domain-id', domain], env=env, cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True) for i, ns in enumerate(('arm1', 'arm2'))}
     outs = {ns: p.communicate(timeout=300)[0] for ns, p in procs.items()}

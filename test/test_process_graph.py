@@ -23,7 +23,7 @@ def _node_pids(marker: str):
 
 def _start_recording(run_dir, own_session: bool = False):
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'hilserl.cli', 'record', '--episodes', '1000', '--mix',
+        [sys.executable, '-m', 'hilserl_tools.cli', 'record', '--episodes', '1000', '--mix',
          'random:1', '--output', str(run_dir), '--domain-id', str(free_domain_id())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, 'PYTHONUNBUFFERED': '1'}, start_new_session=own_session)
@@ -85,7 +85,7 @@ def test_nodes_of_a_backgrounded_hilserl_still_stop_and_die_with_it(tmp_path):
     that, or neither stop() nor the parent-death signal (SIGINT) would reach them."""
     run_dir = tmp_path / 'background'
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'hilserl.cli', 'record', '--episodes', '1000', '--mix',
+        [sys.executable, '-m', 'hilserl_tools.cli', 'record', '--episodes', '1000', '--mix',
          'random:1', '--output', str(run_dir), '--domain-id', str(free_domain_id())],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         env={**os.environ, 'PYTHONUNBUFFERED': '1'},

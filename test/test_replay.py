@@ -12,11 +12,11 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from hilserl import cli  # noqa: E402
+from hilserl_tools import cli  # noqa: E402
 from hilserl.base_node import qos_profile  # noqa: E402
 from hilserl.bags import read_episode  # noqa: E402
 from hilserl.conventions import Topics  # noqa: E402
-from hilserl_policy.replay_node import ReplayNode  # noqa: E402
+from hilserl_tools.replay_node import ReplayNode  # noqa: E402
 
 
 @pytest.fixture(scope='module')

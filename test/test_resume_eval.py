@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hilserl import cli
+from hilserl_tools import cli
 from hilserl.config import ConfigError, SACConfig, load_train_config
 from hilserl.run_dir import (RUN_CONFIG_NAME, RunConfigMismatch, check_run_config,
                              checkpoint_model_dir, config_differences, load_checkpoint_config,

@@ -84,7 +84,7 @@ def test_train_launch_runs_and_a_terminal_ctrl_c_keeps_everything(installed):
     assert 'Traceback' not in out and 'KeyboardInterrupt' not in out, out[-3000:]
     episodes = sorted((run_dir / 'episodes').glob('episode_*'))
     assert len(episodes) >= 3 and all((e / 'bag' / 'metadata.yaml').is_file() and
-                                       (e / 'episode.json').is_file() for e in episodes)
+                                      (e / 'episode.json').is_file() for e in episodes)
     assert 'final checkpoint' in out and list((run_dir / 'checkpoints').glob('[0-9]*'))
 
 

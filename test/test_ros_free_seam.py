@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ['hilserl', 'so101_driver', 'hilserl_policy', 'reward_classifier_node']
+PACKAGES = ['hilserl', 'so101_driver', 'hilserl_policy', 'reward_classifier_node', 'hilserl_tools']
 # rclpy helpers for nodes; named like a node module on purpose.
 ALLOWED = {'hilserl.base_node'}
 

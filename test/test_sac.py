@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from hilserl.config import SACConfig, TrainConfig, ActionConfig, ImageConfig
-from hilserl_policy.augment import random_shift, replicate_pad
+from hilserl.augment import random_shift, replicate_pad
 from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, load_pretrained, resume,
                                        save_checkpoint)
 from hilserl_policy.learner import Learner
-from hilserl_policy.replay import ReplayBuffer, Transition, sample_mixed
+from hilserl_policy.replay import ReplayBuffer, sample_mixed
 from hilserl_policy.sac import SAC, polyak_update
-from hilserl_policy.transport import (decode_transition, decode_weights, encode_transition,
-                                      encode_weights)
+from hilserl_policy.transport import decode_weights, encode_weights
+from hilserl.transition import Transition, decode_transition, encode_transition
 
 HW = (32, 32)
 SMALL = SACConfig(batch_size=16, utd_ratio=2, hidden_dims=(32, 32), latent_dim=16,
@@ -103,16 +103,69 @@ def test_temperature_moves_toward_the_target_entropy():
     del emb
 
 
-def test_terminated_stops_bootstrapping_but_truncated_does_not():
+def constant_critics(ensemble, values):
+    """Each member of a critic ensemble outputs its constant, whatever the input."""
+    with torch.no_grad():
+        ensemble.net[-1].weight.zero_()
+        ensemble.net[-1].bias[:, 0, 0] = torch.tensor(values)
+
+
+def constant_head(net, values):
+    with torch.no_grad():
+        net[-1].weight.zero_()
+        net[-1].bias.copy_(torch.tensor(values))
+
+
+@pytest.mark.parametrize('terminated, expected', [(1.0, 1.0), (0.0, 1.0 + 0.97 * 2.0)])
+def test_td_target_is_reward_plus_discounted_min_critic_unless_terminated(terminated, expected):
+    """Target critics at 5 and 2: r + gamma * min = 1 + 0.97 * 2 while the episode goes on
+    (or was truncated), exactly r once terminated; max (5) or no mask give other numbers."""
+    agent = make_agent(discount=0.97, use_backup_entropy=False)
+    constant_critics(agent.critic_target, [5.0, 2.0])
+    emb = torch.randn(8, agent.encoder.out_dim)
+    batch = {'reward': torch.ones(8), 'terminated': torch.full((8,), terminated),
+             'action': torch.zeros(8, 4)}
+    _, metrics = agent.critic_loss(emb, emb, batch)
+    assert metrics['td_target_mean'] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize('terminated, expected', [(1.0, 1.0), (0.0, 1.0 + 0.97 * 3.0)])
+def test_grasp_td_target_bootstraps_the_target_at_the_online_argmax_unless_terminated(
+        terminated, expected):
+    """Double DQN: the online grasp critic picks `open` (index 2), the target values it at 3;
+    the taken action (stay) is valued 0 online, so the loss is the target squared."""
+    agent = build_agent(TrainConfig(image=ImageConfig(resize_hw_px=HW),
+                                    sac=dataclasses.replace(SMALL, discount=0.97),
+                                    action=ActionConfig(gripper_mode='discrete')))
+    constant_head(agent.grasp_critic.net, [0.0, 0.0, 1.0])
+    constant_head(agent.grasp_target.net, [9.0, 7.0, 3.0])
+    emb = torch.randn(8, agent.encoder.out_dim)
+    batch = {'reward': torch.ones(8), 'terminated': torch.full((8,), terminated),
+             'action': torch.zeros(8, 4)}
+    _, metrics = agent.grasp_critic_loss(emb, emb, batch)
+    assert metrics['grasp_critic_loss'] == pytest.approx(expected ** 2, rel=1e-5)
+
+
+def test_actor_loss_uses_the_pessimistic_critic():
+    """Critics at 5 and 2: the actor maximises min Q = 2 (minus the entropy term)."""
     agent = make_agent()
+    constant_critics(agent.critic, [5.0, 2.0])
+    emb = torch.randn(8, agent.encoder.out_dim)
+    loss, _, metrics = agent.actor_loss(emb)
+    alpha = agent.alpha.item()
+    assert loss.item() == pytest.approx(-alpha * metrics['entropy'] - 2.0, abs=1e-4)
+
+
+def test_terminated_stops_bootstrapping_but_truncated_does_not():
+    """A mixed batch: terminated rows get r; the others (running or truncated: the batch has no
+    truncated field, a time limit bootstraps) r + gamma * V."""
+    agent = make_agent(discount=0.97)
+    constant_critics(agent.critic_target, [100.0, 100.0])
     emb = torch.randn(8, agent.encoder.out_dim)
     batch = {'reward': torch.ones(8), 'terminated': torch.tensor([1.0] * 4 + [0.0] * 4),
              'action': torch.zeros(8, 4)}
-    with torch.no_grad():
-        agent.critic_target.net[-1].bias.fill_(100.0)  # large next-state value
     _, m = agent.critic_loss(emb, emb, batch)
-    target = m['td_target_mean']
-    assert 1.0 < target < 1.0 + agent.cfg.discount * 101  # half bootstrapped, half not
+    assert m['td_target_mean'] == pytest.approx((1.0 + (1.0 + 0.97 * 100.0)) / 2, abs=1e-4)
 
 
 def test_augmentation_keeps_shape_and_dtype_and_is_identity_at_pad_zero():

@@ -6,12 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from hilserl import cli
+from hilserl_tools import cli
 from hilserl.bags import list_episodes, read_episode
 from hilserl.conventions import Topics
 from hilserl.conversions import image_to_array
 from hilserl_policy.checkpoint import latest_checkpoint
-from hilserl_policy.transport import decode_transition
+from hilserl.transition import decode_transition
 
 TINY = """
 task:

@@ -15,17 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import yaml
 
-from hilserl.graph import NodeSpec
-
-# Every node process gets these unless the caller's environment already sets them.
-NODE_ENVIRONMENT = {
-    'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA?max_msg_size=4MB',  # 640x480 images over DDS
-    'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-    'MUJOCO_GL': 'osmesa',
-    'PYOPENGL_PLATFORM': 'osmesa',
-    'OMP_NUM_THREADS': '1',
-    'PYTHONUNBUFFERED': '1',
-}
+from hilserl.graph import NODE_ENVIRONMENT, NodeSpec
 
 
 def _interrupt(signum, frame):

@@ -14,7 +14,6 @@ from hilserl.bags import iter_raw_messages
 from hilserl.conventions import TOPIC_QOS, Qos
 
 
-
 class ReplayNode(Node):
     def __init__(self, **kwargs):
         super().__init__('bag_replay', **kwargs)

@@ -171,7 +171,7 @@ def _eval_config(graph_args):
 
 def _start_graph(graph_args, cfg, args, echo=None) -> int:
     from hilserl.graph import build_graph
-    from hilserl.process_graph import ProcessGraph
+    from hilserl_tools.process_graph import ProcessGraph
     mode, run_dir = graph_args.mode, Path(graph_args.run_dir)
     if graph_args.rviz:
         print('hilserl: rviz needs a ROS 2 distro (ros2 launch hilserl ...); ignored here',
@@ -282,7 +282,7 @@ def _repair_before_start(graph_args) -> None:
 
 
 def _cmd_replay(args) -> int:
-    from hilserl_policy.replay_node import main as replay_main
+    from hilserl_tools.replay_node import main as replay_main
     ros_args = ['--ros-args', '-p', f'bag:={Path(args.bag).resolve()}', '-p',
                 f'rate:={args.rate}', '-p', f'loop:={"true" if args.loop else "false"}']
     return replay_main(['hilserl_replay'] + ros_args)
@@ -451,7 +451,6 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError, OSError) as exc:  # missing files, read-only run dirs
         print(f'hilserl {args.command}: {exc}', file=sys.stderr)
         return 2
-
 
 
 if __name__ == '__main__':

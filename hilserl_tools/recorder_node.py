@@ -6,6 +6,7 @@ and episode/events; optionally gripper_cam/image_raw (large).
 """
 from __future__ import annotations
 
+import dataclasses
 
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -18,7 +19,8 @@ from hilserl.conventions import TOPIC_QOS, Qos, Topics
 from hilserl.recording import EpisodeRecorder
 
 
-
+# Messages a reader keeps per reliable topic while busy (~49 MB at most of 128x128 images).
+RECORDER_DEPTH = 1000
 # Published in every mode by the camera, the driver and the actor.
 REQUIRED_TOPICS = (Topics.IMAGE_CROP, Topics.JOINT_STATES, Topics.EE_ACTION)
 
@@ -37,6 +39,11 @@ class RecorderNode(Node):
                             'time: an episode holds exactly its ticks', read_only=True)
         record_tf = declare(self, 'record_tf', True, 'also record tf and tf_static when '
                             'tf2_msgs is installed (a ROS 2 distro)', read_only=True)
+        self.required_topics = tuple(declare(
+            self, 'required_topics', list(REQUIRED_TOPICS), 'recorded topics that must have a '
+            'publisher matched here before episode_recorder/ready (the graph lists what its '
+            'nodes publish: a message published before matching is not in the bag)',
+            read_only=True))
         topics = dict(EPISODE_TOPICS)
         if record_raw:
             topics[Topics.IMAGE_RAW] = 'sensor_msgs/msg/Image'
@@ -57,9 +64,8 @@ class RecorderNode(Node):
         self.topic_types = dict(topics)
         # events first: when an episode's start and its first messages are ready together, the
         # executor serves subscriptions in creation order
-        self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
-                                 qos_profile(Topics.EPISODE_EVENTS))
-        self.subscriptions_by_topic = {}
+        self.subscriptions_by_topic = {Topics.EPISODE_EVENTS: self.create_subscription(
+            String, Topics.EPISODE_EVENTS, self._on_event, qos_profile(Topics.EPISODE_EVENTS))}
         for topic, type_name in topics.items():
             if topic == Topics.EPISODE_EVENTS:
                 continue
@@ -85,7 +91,8 @@ class RecorderNode(Node):
     def _poll(self):
         self.recorder.poll()
         if not self.ready and all(self.subscriptions_by_topic[t].get_publisher_count() > 0
-                                  for t in REQUIRED_TOPICS if t in self.subscriptions_by_topic):
+                                  for t in self.required_topics
+                                  if t in self.subscriptions_by_topic):
             self.ready = True
             self.ready_pub.publish(Bool(data=True))
 
@@ -93,7 +100,13 @@ class RecorderNode(Node):
     def _qos(topic: str):
         if topic == 'tf_static':  # latched by robot_state_publisher
             return qos_profile(Qos.LATCHED)
-        return qos_profile(TOPIC_QOS.get(topic, Qos.STATE))
+        spec = TOPIC_QOS.get(topic, Qos.STATE)
+        # A deep reader queue: while this node opens a bag (the first one takes a second on a
+        # loaded machine) the simulated clock may run many ticks ahead, and a keep-last queue
+        # of 10 would lose the oldest of them from the bag. (Best-effort raw frames may drop.)
+        if not spec.reliable:
+            return qos_profile(spec)
+        return qos_profile(dataclasses.replace(spec, depth=max(spec.depth, RECORDER_DEPTH)))
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds

@@ -9,8 +9,7 @@ import numpy as np
 
 from hilserl.bags import list_episodes, read_episode
 from hilserl.conventions import Topics
-from hilserl_policy.replay import Transition
-from hilserl_policy.transport import decode_transition
+from hilserl.transition import Transition, decode_transition
 
 
 def load_demo_episodes(root, successful_only: bool = False,
