@@ -28,6 +28,10 @@ from hilserl.conventions import Topics
 
 
 SIM_PREROLL_WINDOW_NS = 10_000_000_000
+# On the simulated clock the next tick's state may arrive before the actor's `end` event (other
+# topics, no order between them): the newest second of ticks waits in memory until an `end`
+# says whether it belongs to the episode.
+SIM_HOLD_NS = 1_000_000_000
 
 
 class EpisodeRecorder:
@@ -51,6 +55,8 @@ class EpisodeRecorder:
         self.start_stamp_ns: Optional[int] = None
         self.end_stamp_ns: Optional[int] = None
         self._preroll = deque()   # (topic, data, stamp_ns) received while no bag is open
+        self._held = deque()      # sim clock: (topic, data, stamp_ns) of the newest ticks
+        self._newest_stamp_ns = 0
         self.compress = compress
         self.extra = dict(extra_metadata or {})
         self.log = log
@@ -86,18 +92,24 @@ class EpisodeRecorder:
                                         self.topics, compress=self.compress)
             self.log(f'recording {self.writer.dir}')
             first_ns = now_ns if self.sim_clock else now_ns - self.preroll_ns
-            for topic, data, stamp in self._preroll:
+            preroll, self._preroll = self._preroll, deque()
+            for topic, data, stamp in preroll:
                 if stamp >= first_ns:
-                    self.writer.write_cdr(topic, data, stamp)
+                    self._write(topic, data, stamp)
                 else:
                     self.dropped += 1  # the reset before this episode
-            self._preroll.clear()
         if self.writer is not None:
             self.on_message(Topics.EPISODE_EVENTS, text, now_ns, serialized=False)
         if kind == 'end' and self.writer is not None:
             self.pending_metadata = {**self.extra, **event}
             self.close_at_ns = self.wall_clock_ns() + self.close_delay_ns
             self.end_stamp_ns = now_ns
+            held, self._held = self._held, deque()
+            for topic, data, stamp in held:
+                if stamp > now_ns:   # the next episode's first tick (or the reset's)
+                    self._keep_for_preroll(topic, data, stamp, True)
+                else:
+                    self.writer.write_cdr(topic, data, stamp)
 
     def on_message(self, topic: str, data, stamp_ns: int, serialized: bool = True) -> None:
         if self.sim_clock and self.writer is not None:
@@ -111,10 +123,29 @@ class EpisodeRecorder:
             self._keep_for_preroll(topic, data, stamp_ns, serialized)
             return
         if serialized:
-            self.writer.write_cdr(topic, data, stamp_ns)
+            self._write(topic, data, stamp_ns)
         else:
             self.writer.write(topic, self.writer.store.types['std_msgs/msg/String'](data=data),
                               stamp_ns)
+
+    def _write(self, topic: str, data, stamp_ns: int) -> None:
+        """Into the open bag; on the simulated clock through the hold (until an `end` event or
+        a second of newer ticks shows the message is the episode's)."""
+        if not self.sim_clock or self.end_stamp_ns is not None:
+            self.writer.write_cdr(topic, data, stamp_ns)
+            return
+        self._held.append((topic, bytes(data), stamp_ns))
+        self._newest_stamp_ns = max(self._newest_stamp_ns, stamp_ns)
+        self._release_held(self._newest_stamp_ns - SIM_HOLD_NS)
+
+    def _release_held(self, up_to_ns: int) -> None:
+        kept = deque()
+        for topic, data, stamp in self._held:
+            if stamp <= up_to_ns:
+                self.writer.write_cdr(topic, data, stamp)
+            else:
+                kept.append((topic, data, stamp))
+        self._held = kept
 
     def _keep_for_preroll(self, topic: str, data, stamp_ns: int, serialized: bool) -> None:
         if not serialized:
@@ -149,6 +180,7 @@ class EpisodeRecorder:
         if self.writer is None:
             return None
         metadata = self.pending_metadata or {**self.extra, 'outcome': 'interrupted'}
+        self._release_held(self._newest_stamp_ns)  # an interrupted episode keeps everything
         owed = self._transitions_owed()
         if owed:
             self.missing_transitions += owed

@@ -107,7 +107,12 @@ class TeleopNode(Node):
                                        'serial port of the leader arm', read_only=True),
                                declare(self, 'leader_calibration_file', '',
                                        'LeRobot calibration JSON of the leader arm',
-                                       read_only=True), ee_step_m)
+                                       read_only=True), ee_step_m,
+                               declare(self, 'leader_bus_timeout_ms', 0.0,
+                                       'floor of a leader bus read timeout (ms); 0 = the '
+                                       'SDK\'s own, from the packet length (raise it for a slow '
+                                       'USB adapter)', float_range=(0.0, 1000.0),
+                                       read_only=True))
         if self.device == 'sim':
             self.expert = ScriptedExpert()
             self.sim_human = SimHumanTeleop(SimHumanConfig(
@@ -153,13 +158,13 @@ class TeleopNode(Node):
             self.create_timer(1.0 / rate_hz, self._tick)
         self.get_logger().info(f'teleop up: device={self.device}, {rate_hz:g} Hz')
 
-    def _start_leader(self, port, calibration_file, ee_step_m):
+    def _start_leader(self, port, calibration_file, ee_step_m, timeout_ms):
         from so101_driver.calibration import load_calibration
         from so101_driver.feetech_bus import FeetechBus
         from so101_driver.hardware_backend import HardwareBackend
         if not calibration_file:
             raise ValueError('device=leader needs leader_calibration_file')
-        self.leader_bus = FeetechBus(port)
+        self.leader_bus = FeetechBus(port, timeout_ms=timeout_ms or None)
         self.leader_bus.open()
         self.leader = HardwareBackend(self.leader_bus, load_calibration(calibration_file))
         self.leader.set_torque(False)  # the leader is moved by hand

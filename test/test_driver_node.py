@@ -46,6 +46,7 @@ def graph(request, ros_context, tmp_path):
         sim_bus = SimulatedBus(positions=start)
         save_calibration(cal, tmp_path / 'cal.json')
         overrides += [Parameter('port', value=sim_bus.port),
+                      Parameter('bus_timeout_ms', value=300.0),  # the simulator shares the CPUs
                       Parameter('calibration_file', value=str(tmp_path / 'cal.json'))]
     driver = DriverNode(context=ros_context, parameter_overrides=overrides)
     probe = Node('probe', context=ros_context)

@@ -17,14 +17,14 @@ def obs(i):
     return np.full((3, 4, 4), i, np.uint8), np.full(18, i, np.float32)
 
 
-def run(runner, steps, success_at=None, label_at=None, intervene=False):
+def run(runner, steps, success_at=None, label_at=None, intervene=False, label='failure'):
     results = []
     for i in range(steps):
         image, state = obs(i)
         results.append(runner.step(image, state, success=(i == success_at),
                                    human_action=np.array([1, 0, 0, -1], np.float32),
                                    intervention=intervene,
-                                   label=('failure' if i == label_at else None)))
+                                   label=(label if i == label_at else None)))
         if results[-1].ended:
             break
     return results
@@ -54,6 +54,7 @@ def test_success_terminates_and_interventions_execute_the_human_action():
     assert np.array_equal(results[0].policy_action, [0.5] * 4)
     last = results[-1]
     assert last.transition.terminated and last.transition.intervention
+    assert not last.transition.truncated
     assert last.reward == CFG.task.success_reward
     assert runner.stats.success and runner.stats.interventions == 2
 
@@ -63,7 +64,23 @@ def test_failure_key_ends_with_truncation():
     runner.start()
     results = run(runner, 10, label_at=1)
     assert results[-1].ended and results[-1].transition.truncated
-    assert runner.stats.outcome == 'failure'
+    assert not results[-1].transition.terminated
+    assert runner.stats.outcome == 'failure' and not runner.stats.success
+
+
+def test_success_key_terminates_at_once_with_the_success_reward():
+    """A person's success key is final: the episode ends on that step, terminated (no bootstrap
+    past a success), not truncated, with the success reward, before any minimum step count."""
+    cfg = TrainConfig(task=TaskConfig(episode_time_s=2.0, min_steps_before_success=3,
+                                      success_frames_to_end=10))
+    runner = EpisodeRunner(cfg, lambda image, state: np.zeros(4, np.float32))
+    runner.start()
+    results = run(runner, 10, label_at=1, label='success')
+    assert len(results) == 2 and results[-1].ended
+    last = results[-1].transition
+    assert last.terminated and not last.truncated
+    assert last.reward == cfg.task.success_reward
+    assert runner.stats.success and runner.stats.outcome == 'success'
 
 
 def test_stale_or_missing_observations_pause_the_policy():
@@ -204,3 +221,43 @@ def test_sim_clock_recorder_keeps_ticks_that_came_before_a_late_start_event(tmp_
     stamps = [s for s, _ in episode.messages[Topics.REWARD]]
     assert stamps == [k * tick for k in range(10, 25)]
     assert recorder.dropped == 5
+
+
+def test_sim_clock_recorder_files_a_tick_that_overtook_the_end_event_in_the_next_episode(
+        tmp_path):
+    """The driver's next tick (after the episode's last action) may reach the recorder before
+    the actor's `end` event: it is not the ended episode's, it opens the next one's preroll."""
+    factory = MessageFactory()
+    recorder = EpisodeRecorder(tmp_path, sim_clock=True)
+    tick = 10 ** 8
+    reward = factory.store.serialize_cdr(factory.float32(0.0), 'std_msgs/msg/Float32')
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 10 * tick}),
+                      10 * tick)
+    for k in range(10, 41):  # ticks 10-40; the episode ends at 39, tick 40 comes first
+        recorder.on_message(Topics.REWARD, reward, k * tick)
+    recorder.on_event(json.dumps({'event': 'end', 'episode': 0, 'outcome': 'timeout',
+                                  'stamp_ns': 39 * tick}), 39 * tick)
+    recorder.on_message(Topics.REWARD, reward, 41 * tick)
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 1, 'stamp_ns': 40 * tick}),
+                      40 * tick)
+    recorder.on_event(json.dumps({'event': 'end', 'episode': 1, 'outcome': 'timeout',
+                                  'stamp_ns': 41 * tick}), 41 * tick)
+    recorder.finish()
+    first = read_episode(tmp_path / 'episodes' / 'episode_000000')
+    assert [s for s, _ in first.messages[Topics.REWARD]] == [k * tick for k in range(10, 40)]
+    second = read_episode(tmp_path / 'episodes' / 'episode_000001')
+    assert [s for s, _ in second.messages[Topics.REWARD]] == [40 * tick, 41 * tick]
+
+
+def test_sim_clock_recorder_keeps_held_ticks_of_an_interrupted_episode(tmp_path):
+    factory = MessageFactory()
+    recorder = EpisodeRecorder(tmp_path, sim_clock=True)
+    tick = 10 ** 8
+    reward = factory.store.serialize_cdr(factory.float32(0.0), 'std_msgs/msg/Float32')
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 0}), 0)
+    for k in range(5):
+        recorder.on_message(Topics.REWARD, reward, k * tick)
+    recorder.finish()  # Ctrl-C: no end event
+    episode = read_episode(tmp_path / 'episodes' / 'episode_000000')
+    assert len(episode.messages[Topics.REWARD]) == 5
+    assert episode.metadata['outcome'] == 'interrupted'

@@ -107,6 +107,29 @@ def limit_ticks(cal, kin):
             for k, n in enumerate(JOINT_NAMES)}
 
 
+def uncounted(faulted, counted_at, slack=3):
+    """Faulted packets without a counted fault of their own. A fault is counted at its packet,
+    or, when a loaded machine delivered a reply after the bus had timed out and moved on, at
+    one of the next `slack` packets (the out-of-step reply is seen there); each counted fault
+    accounts for one faulted packet only."""
+    available = sorted(counted_at)
+    missed = []
+    for packet in sorted(faulted):
+        match = next((i for i, c in enumerate(available) if packet <= c <= packet + slack), None)
+        if match is None:
+            missed.append(packet)
+        else:
+            available.pop(match)
+    return missed
+
+
+def test_fault_accounting_matches_each_fault_once():
+    assert uncounted({5, 9}, [5, 9]) == []
+    assert uncounted({5}, [6]) == []            # seen one packet late
+    assert uncounted({5, 6}, [6]) == [6]        # one count cannot stand for two faults
+    assert uncounted({5}, [4, 9]) == [5]        # neither before nor too late
+
+
 @pytest.mark.parametrize('rate', [0.01, 0.05, 0.20])
 @pytest.mark.parametrize('mode', ['checksum', 'truncate', 'random', 'silent'])
 def test_driver_survives_faults_and_recovers(mode, rate):
@@ -143,7 +166,6 @@ def test_driver_survives_faults_and_recovers(mode, rate):
 
         stats = rig.bus.stats
         faulted = set(rig.sim.faulted_packets)
-        counted = {f.packet_index for f in stats.recent_faults}
         summary = (f'{mode} {rate:.0%}: {rig.ticks} ticks, {rig.commands} commands, '
                    f'{len(faulted)} faulted packets, {stats.faults} bus faults '
                    f'{stats.faults_by_kind}, {read_failures} failed reads, '
@@ -153,7 +175,7 @@ def test_driver_survives_faults_and_recovers(mode, rate):
 
         assert rig.sim.replies_faulted > 0, summary
         assert stats.faults == len(stats.recent_faults), 'fault log overflowed'
-        missed = sorted(faulted - counted)
+        missed = uncounted(faulted, [f.packet_index for f in stats.recent_faults])
         assert not missed, f'{summary}: faults not counted at packets {missed[:20]}'
         assert stats.faults >= len(faulted)
 

@@ -130,7 +130,7 @@ def drive(arm, args, script, last_line: str, teleop: str = 'keyboard', robot=Non
     master, slave = pty.openpty()  # the person's terminal
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'hilserl.cli', *args, '--backend', 'hardware', '--teleop',
+        [sys.executable, '-m', 'hilserl_tools.cli', *args, '--backend', 'hardware', '--teleop',
          teleop, '--robot-config', str(robot or arm.robot), '--config', str(arm.config),
          '--domain-id', str(free_domain_id()), '--max-minutes', '5'],
         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -169,9 +169,9 @@ def recorded(arm):
 
 def test_keyboard_recording_on_the_simulated_bus_feeds_learner_and_classifier(arm, recorded,
                                                                               tmp_path):
-    from hilserl import cli
+    from hilserl_tools import cli
     from hilserl.bags import complete_episodes
-    from hilserl_policy.demos import load_demo_episodes
+    from hilserl.demos import load_demo_episodes
     from reward_classifier_node.train import load_frames
 
     bus, run = arm.bus, recorded
@@ -213,7 +213,7 @@ def test_training_on_the_simulated_bus(arm, recorded, tmp_path, source):
     """`hilserl train` on the arm, seeded with the recorded demonstrations: before any
     classifier with the human's success key as the reward (`--success-source key`), then with
     a classifier trained on the recorded bags (the key still ends an episode)."""
-    from hilserl import cli
+    from hilserl_tools import cli
     extra = []
     if source == 'classifier':
         model = tmp_path / 'classifier'
@@ -224,7 +224,7 @@ def test_training_on_the_simulated_bus(arm, recorded, tmp_path, source):
     out = drive(arm, ['train', '--success-source', source, *extra, '--demo-dir', str(recorded),
                       '--run-dir', str(run), '--episodes', '1'],
                 ((0, (('w', 0.6),), 'k', 'SUCCESS'),), r'hilserl train: stopped \(done\)')
-    from hilserl_policy.demos import load_demo_episodes
+    from hilserl.demos import load_demo_episodes
     [(_, meta, transitions)] = list(load_demo_episodes(run))
     assert meta['success'] and transitions[-1].terminated
     assert transitions[-1].reward == 10.0  # the key's success reward (the config's default)
@@ -237,7 +237,7 @@ def test_leader_arm_recording_on_the_simulated_bus(arm, tmp_path):
     becomes the recorded actions and the follower follows from where it is, without a jump; the
     keys in the terminal give the label."""
     from hilserl.kinematics import SO101Kinematics
-    from hilserl_policy.demos import load_demo_episodes
+    from hilserl.demos import load_demo_episodes
 
     cal = default_calibration()
     home = np.append(TOP_DOWN_SEED_RAD, 0.7)
@@ -247,7 +247,8 @@ def test_leader_arm_recording_on_the_simulated_bus(arm, tmp_path):
     save_calibration(cal, leader_cal)
     robot = yaml.safe_load(arm.robot.read_text())
     robot['/**/teleop'] = {'ros__parameters': {'leader_port': leader.port,
-                                               'leader_calibration_file': str(leader_cal)}}
+                                               'leader_calibration_file': str(leader_cal),
+                                               'leader_bus_timeout_ms': 300.0}}
     robot_file = tmp_path / 'follower_and_leader.yaml'
     robot_file.write_text(yaml.safe_dump(robot))
     pan_turn_rad, pan, gripper = 0.3, JOINT_NAMES[0], JOINT_NAMES[5]
