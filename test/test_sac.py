@@ -377,13 +377,20 @@ def test_subsampled_critic_targets_and_frozen_resnet_encoder_run(encoder_weights
     assert not any(k.startswith('backbone') for k in agent.policy_state())
 
 
-def test_device_auto_falls_back_to_cpu_and_bad_device_is_refused():
+@pytest.mark.parametrize('has_cuda', [False, True])
+def test_device_auto_falls_back_to_cpu_and_bad_device_is_refused(monkeypatch, has_cuda):
+    """Both ways on any machine: CUDA's availability is what torch reports, set here."""
     from hilserl_policy.sac import resolve_device
-    if not torch.cuda.is_available():
-        assert resolve_device('auto').type == 'cpu'
-        with pytest.raises(ValueError, match='CUDA'):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: has_cuda)
+    assert resolve_device('auto').type == ('cuda' if has_cuda else 'cpu')
+    assert resolve_device('cpu').type == 'cpu'
+    if has_cuda:
+        assert resolve_device('cuda:0') == torch.device('cuda', 0)
+    else:
+        with pytest.raises(ValueError, match='CUDA is not available'):
             resolve_device('cuda')
-    assert isinstance(SAC, type)
+    with pytest.raises(RuntimeError):
+        resolve_device('gpu')  # not a torch device name
 
 
 # --- fast path: feature cache (exactness guards) -------------------------------------------------
