@@ -11,7 +11,7 @@ from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, load_pret
                                        save_checkpoint)
 from hilserl_policy.learner import Learner
 from hilserl_policy.replay import ReplayBuffer, sample_mixed
-from hilserl_policy.sac import SAC, polyak_update
+from hilserl_policy.sac import polyak_update
 from hilserl_policy.transport import decode_weights, encode_weights
 from hilserl.transition import Transition, decode_transition, encode_transition
 
