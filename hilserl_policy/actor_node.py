@@ -384,8 +384,11 @@ class ActorNode(Node):
     def _fresh_human(self):
         """(action, intervention) of the human for this tick: an action is used once; while
         the human holds control without a new action, the arm holds (zeros)."""
-        if self.human is None:
-            return None, self.mode == 'record'
+        if self.human is None:  # no device heard yet: in record mode the arm holds, a human step
+            if self.mode == 'record':
+                self.counters['human_actions_missing'] += 1
+                return np.zeros(self.cfg.action.dim), True
+            return None, False
         action, intervention, stamp_ns = self.human
         intervention = intervention or self.mode == 'record'
         # the simulated human answers this very tick; a device sends on its own timer
