@@ -55,3 +55,26 @@ def test_exec_depends_cover_ros_imports():
 def test_topic_names_are_relative():
     for topic in TOPIC_QOS:
         assert not topic.startswith('/'), topic
+
+
+def test_robot_files_hold_no_value_the_graph_sets():
+    """A robot parameter file holds hardware values only: a key the graph passes from the
+    training config (action scale, workspace, home pose, crop) would be overridden there, an
+    edit without effect."""
+    import yaml
+
+    from hilserl.graph import GraphArgs, build_graph
+    for robot in sorted((ROOT / 'config').glob('*.yaml')):
+        sections = yaml.safe_load(robot.read_text())
+        if not any(key.startswith('/**/') for key in sections or {}):
+            continue  # not a ROS parameters file (training configs)
+        for mode, backend in (('train', 'sim'), ('record', 'hardware'), ('eval', 'sim')):
+            extra = {'checkpoint': 'x'} if mode == 'eval' else {}
+            graph = build_graph(GraphArgs(mode=mode, backend=backend, robot_config=str(robot),
+                                          teleop='keyboard' if backend == 'hardware' else 'sim',
+                                          success_source='key' if backend == 'hardware'
+                                          else 'sim', **extra))
+            for node in graph:
+                in_file = sections.get(f'/**/{node.executable}', {}).get('ros__parameters', {})
+                both = sorted(set(in_file) & set(node.parameters) - {'backend'})
+                assert not both, f'{robot.name}: {node.executable} {both} are set by the graph'
