@@ -201,8 +201,7 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
             'model_dir': str(Path(args.classifier_model).resolve()),
             # 0: the checkpoint's own threshold. Consecutive positives are counted once, by the
             # actor's RewardTracker (task.success_frames_to_end): the node reports every frame.
-            'threshold': task.classifier_threshold or 0.0, 'debounce_frames': 1,
-            'success_reward': task.success_reward, 'step_penalty': task.step_penalty}))
+            'threshold': task.classifier_threshold or 0.0, 'debounce_frames': 1}))
     episodes_dir = run_dir / 'eval' if eval_mode else run_dir
     nodes.append(NodeSpec('sac_actor', 'hilserl_policy.actor_node', {
         'config_file': config_file, 'mode': args.mode,

@@ -2,9 +2,9 @@
 
 Subscribes  gripper_cam/image_crop (sensor_msgs/Image).
 Publishes   reward_classifier/probability (Float32), reward_classifier/success (Bool, after
-            `debounce_frames` consecutive frames at or above `threshold`),
-            reward_classifier/reward (Float32: success_reward or -step_penalty), diagnostics.
-`threshold` can be changed at runtime (validated to lie in (0, 1)).
+            `debounce_frames` consecutive frames at or above `threshold`), diagnostics.
+`threshold` can be changed at runtime (validated to lie in (0, 1)). The reward is not made here:
+the actor's RewardTracker (hilserl/task.py) turns success into reward and episode ends.
 """
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ from hilserl.diagnostics import OK, WARN, DiagnosticEntry
 from reward_classifier_node.inference import SuccessDetector
 from reward_classifier_node.model import load_classifier
 
-REWARD_TOPIC = 'reward_classifier/reward'
-
 
 class ClassifierNode(Node):
     def __init__(self, **kwargs):
@@ -33,10 +31,6 @@ class ClassifierNode(Node):
                             "checkpoint's validated threshold", float_range=(0.0, 1.0))
         debounce = declare(self, 'debounce_frames', 3, 'consecutive frames above threshold '
                            'before success is reported', int_range=(1, 100), read_only=True)
-        self.success_reward = declare(self, 'success_reward', 10.0, 'reward on success',
-                                      read_only=True)
-        self.step_penalty = declare(self, 'step_penalty', 0.05, 'penalty otherwise',
-                                    read_only=True)
         if not model_dir:
             raise ValueError('reward_classifier needs model_dir (train one with '
                              '`hilserl train-classifier`)')
@@ -49,7 +43,6 @@ class ClassifierNode(Node):
         self.prob_pub = self.create_publisher(Float32, Topics.SUCCESS_PROBABILITY,
                                               qos_profile(Topics.SUCCESS_PROBABILITY))
         self.success_pub = self.create_publisher(Bool, Topics.SUCCESS, qos_profile(Topics.SUCCESS))
-        self.reward_pub = self.create_publisher(Float32, REWARD_TOPIC, qos_profile(Topics.REWARD))
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
                                               qos_profile(Topics.DIAGNOSTICS))
         self.create_subscription(Image, Topics.IMAGE_CROP, self._on_image,
@@ -79,8 +72,6 @@ class ClassifierNode(Node):
         prob, success = self.detector.update([view])
         self.prob_pub.publish(Float32(data=prob))
         self.success_pub.publish(Bool(data=success))
-        self.reward_pub.publish(Float32(data=self.success_reward if success
-                                        else -self.step_penalty))
 
     def _publish_diagnostics(self):
         p50, p99 = self.detector.latency_ms(0.5), self.detector.latency_ms(0.99)
