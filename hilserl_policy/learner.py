@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -25,6 +25,10 @@ from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, prune_che
 from hilserl_policy.replay import ReplayBuffer, sample_mixed
 
 EPISODE_KEYS = ('episode', 'success', 'steps', 'return', 'interventions', 'outcome')
+# Transitions that queued up are stored together: a frozen encoder filling the feature cache
+# costs several times less per image in one batch than image by image (GroupNorm ResNet-10 at
+# 128x128 on 2 CPU threads: ~12 ms per image at 32-64, 35-40 ms alone).
+STORE_BATCH = 32
 
 
 def recent_summary(episodes: List[dict]) -> str:
@@ -165,6 +169,7 @@ class Learner:
         self.episodes: List[dict] = list(state.get('episodes', []))
         self.sequence = SequenceTracker()
         self._incoming: queue.Queue = queue.Queue()  # unbounded: a put never waits
+        self._in_hand = 0  # taken from the queue, being stored
         self.last_checkpoint_s = time.monotonic()
         self._checkpointed = self._progress_key()
         self.checkpoints_deleted = 0  # by sac.keep_last_checkpoints, in this process
@@ -176,13 +181,46 @@ class Learner:
         only, for demos) to the offline buffer. Invalid ones are counted and dropped."""
         return self._add(t, demo) is None
 
-    def _add(self, t: Transition, demo: bool = False) -> Optional[str]:
-        """None when stored, else why not."""
+    def add_many(self, transitions: Iterable[Transition], demo: bool = False) -> int:
+        """`add` for many (demonstrations at start-up), featurized in batches; returns how many
+        were stored."""
+        stored, chunk = 0, []
+        for t in transitions:
+            chunk.append(t)
+            if len(chunk) == STORE_BATCH:
+                stored += self._add_batch(chunk, demo).count(None)
+                chunk = []
+        return stored + self._add_batch(chunk, demo).count(None)
+
+    def _add_batch(self, transitions: List[Transition], demo: bool = False
+                   ) -> List[Optional[str]]:
+        """`_add` for each; the frozen encoder's features of all valid images in one call."""
+        features: List[Optional[np.ndarray]] = [None] * len(transitions)
+        featurizer = self.online.featurizer
+        if featurizer is not None and transitions:
+            valid = []
+            for k, t in enumerate(transitions):
+                try:
+                    t.validate(self.online.image_shape, self.online.state_dim,
+                               self.online.action_dim)
+                    valid.append(k)
+                except ValueError:
+                    pass  # refused (and counted) by _add, with the reason
+            if valid:
+                batch = featurizer(np.stack([transitions[k].image for k in valid]))
+                for k, row in zip(valid, batch):
+                    features[k] = row
+        return [self._add(t, demo, f) for t, f in zip(transitions, features)]
+
+    def _add(self, t: Transition, demo: bool = False,
+             features: Optional[np.ndarray] = None) -> Optional[str]:
+        """None when stored, else why not. `features`: the cache entry of t.image, if known
+        (computed once for both buffers)."""
         try:
             if not demo:
-                self.online.add(t)
+                self.online.add(t, features)
             if demo or t.intervention:
-                self.offline.add(t)
+                self.offline.add(t, features)
         except ValueError as exc:  # shape, NaN or range: the message names the field
             self.rejected += 1
             return str(exc)
@@ -210,26 +248,41 @@ class Learner:
         self.counts['dropped'] += 1
         self.drop_reasons[reason.split(' ', 1)[0].rstrip(':')] += 1  # the field, not its value
 
-    def store_next(self, timeout_s: float = 0.2) -> Optional[Tuple[bool, str]]:
-        """Store the oldest submitted transition: (True, '') or (False, why it was dropped);
-        None when nothing arrived within `timeout_s`. The buffer lock it takes is held by an
-        update only while a batch is copied (a checkpoint holds it longer: the queue waits)."""
+    def store_next(self, timeout_s: float = 0.2, max_batch: int = STORE_BATCH
+                   ) -> Optional[List[Tuple[bool, str]]]:
+        """Store the oldest submitted transition and those queued behind it (up to
+        `max_batch`, in order): one (True, '') or (False, why it was dropped) each; None when
+        nothing arrived within `timeout_s`. The buffer lock it takes is held by an update only
+        while a batch is copied (a checkpoint holds it longer: the queue waits)."""
         try:
-            t = self._incoming.get(timeout=timeout_s) if timeout_s > 0 else \
-                self._incoming.get_nowait()
+            batch = [self._incoming.get(timeout=timeout_s) if timeout_s > 0 else
+                     self._incoming.get_nowait()]
         except queue.Empty:
             return None
-        reason = self._add(t)
-        if reason is not None:
-            self._drop(reason)
-            return False, reason
-        self.counts['stored'] += 1
-        return True, ''
+        while len(batch) < max_batch:
+            try:
+                batch.append(self._incoming.get_nowait())
+            except queue.Empty:
+                break
+        self._in_hand = len(batch)
+        try:
+            reasons = self._add_batch(batch)
+        finally:
+            self._in_hand = 0
+        results = []
+        for reason in reasons:
+            if reason is None:
+                self.counts['stored'] += 1
+                results.append((True, ''))
+            else:
+                self._drop(reason)
+                results.append((False, reason))
+        return results
 
     @property
     def pending(self) -> int:
         """Submitted, not yet stored or dropped."""
-        return self._incoming.qsize()
+        return self._incoming.qsize() + self._in_hand
 
     def episode_ended(self, event: dict) -> int:
         """The actor's `end` event: counted, and checked against the transitions that arrived;

@@ -78,9 +78,9 @@ class LearnerNode(Node):
                                    f'{episodes} episodes, {successes} successful)')
         if demo_dir and len(self.learner.offline) == 0:
             from hilserl.demos import load_demo_transitions
-            added, unreadable = 0, []
-            for t in load_demo_transitions(demo_dir, unreadable=unreadable):
-                added += self.learner.add(t, demo=True)
+            unreadable = []
+            added = self.learner.add_many(load_demo_transitions(demo_dir, unreadable=unreadable),
+                                          demo=True)
             for path, reason in unreadable:
                 self.get_logger().warning(f'demo episode skipped, unreadable bag: {path} '
                                           f'({reason})')
@@ -148,14 +148,12 @@ class LearnerNode(Node):
     def _ingest_loop(self):
         try:
             while not self.stop.is_set():
-                result = self.learner.store_next(timeout_s=0.2)
-                if result is None:
-                    continue
-                stored, reason = result
-                if stored:
+                results = self.learner.store_next(timeout_s=0.2)
+                for stored, reason in results or ():
+                    if not stored:
+                        self.get_logger().warning(f'transition dropped: {reason}')
+                if results:
                     self._publish_progress()
-                else:
-                    self.get_logger().warning(f'transition dropped: {reason}')
         except Exception as exc:  # noqa: BLE001 - reported; the queue keeps the rest
             self._fail('ingestion', exc)
 

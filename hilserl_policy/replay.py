@@ -127,10 +127,13 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, t: Transition) -> None:
+    def add(self, t: Transition, features: Optional[np.ndarray] = None) -> None:
+        """`features`: the featurizer's output for `t.image`, when the caller computed it (in
+        a batch, once for both buffers); computed here otherwise."""
         t.validate(self.image_shape, self.state_dim, self.action_dim)
-        features = None
-        if self.featurizer is not None:  # outside the lock: sampling goes on meanwhile
+        if self.featurizer is None:
+            features = None
+        elif features is None:  # outside the lock: sampling goes on meanwhile
             features = self.featurizer(t.image[None])[0]
         # One lock for every read and write of the arrays: `add` (the learner's ingest thread)
         # and `sample` (its update thread) run concurrently; each holds it for a copy only.

@@ -464,6 +464,45 @@ def test_feature_cache_needs_a_frozen_encoder():
         SACConfig(freeze_encoder=False, feature_cache_shifts=2)
 
 
+def test_queued_transitions_are_stored_as_one_batch_with_features_computed_once(
+        tmp_path, encoder_weights):
+    """Transitions that queued up are stored by one store_next call, the frozen encoder run once
+    for all their images (an intervention's features shared by both buffers); an invalid one
+    in the batch is dropped with its reason and the rest stored."""
+    cfg = tiny_config(encoder='small_conv', freeze_encoder=True, feature_cache_shifts=2,
+                      pretrained_encoder_path=encoder_weights('small_conv'))
+    learner = Learner(cfg, tmp_path)
+    calls = []
+    featurize = learner.online.featurizer
+
+    def counting(images):
+        calls.append(len(images))
+        return featurize(images)
+    learner.online.featurizer = learner.offline.featurizer = counting
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (7, 3, *HW), dtype=np.uint8)  # one stream: next = following
+    sent = [dataclasses.replace(transition(rng, intervention=(i % 2 == 0)), image=images[i],
+                                next_image=images[i + 1]) for i in range(6)]
+    bad = transition(rng)
+    bad.state[0] = np.nan
+    for t in sent[:3] + [bad] + sent[3:]:
+        learner.submit(t)
+    assert learner.pending == 7
+    results = learner.store_next(timeout_s=0.0)
+    assert [ok for ok, _ in results] == [True] * 3 + [False] + [True] * 3
+    assert 'state' in results[3][1] and learner.counts['dropped'] == 1
+    # one batch for the six images; the offline buffer (interventions 0, 2, 4 only) also needs
+    # the next image's features where its stream breaks (after 0 and after 2)
+    assert calls == [6, 1, 1] and learner.pending == 0 and learner.counts['stored'] == 6
+    assert learner.store_next(timeout_s=0.0) is None
+    online, offline = learner.online.all(), learner.offline.all()
+    np.testing.assert_array_equal(online['image'], images[:6])
+    np.testing.assert_array_equal(offline['image'], images[0:6:2])
+    # the interventions' cache entries are the same values in both buffers (computed once)
+    np.testing.assert_array_equal(learner.offline.features[:3], learner.online.features[0:6:2])
+    assert np.abs(learner.online.features[:6]).sum(axis=tuple(range(1, 6))).min() > 0
+
+
 def test_learner_resumes_from_its_last_checkpoint(tmp_path):
     cfg = tiny_config(checkpoint_every_steps=2)
     learner = Learner(cfg, tmp_path)
