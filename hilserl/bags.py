@@ -9,7 +9,6 @@ messages with the helpers below. Both go through `EpisodeWriter`.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import time
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import numpy as np
 
 from hilserl.conventions import Topics
 from hilserl.conversions import STAMP_LABEL
+from hilserl.files import write_text_atomic
 
 TYPESTORE_NAME = 'ros2_kilted'
 
@@ -168,9 +168,7 @@ def _lock_file(path: Optional[Path]):
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = Path(str(path) + '.tmp')
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 # --- message builders (rosbags types) ---------------------------------------------------------

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Optional, Tuple
 import yaml
 
 from hilserl.conventions import ACTION_NAMES
+from hilserl.files import write_text_atomic
 from hilserl.pretrained import DEFAULT_REPO, frozen_without_weights_message
 
 # Output range of each policy squashing function: the action bounds must equal it.
@@ -458,12 +458,7 @@ def _deep_merge(base: dict, update: dict) -> dict:
 
 def save_config(config, path) -> None:
     """Write a config dataclass as YAML atomically (tmp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + '.tmp')
-    with open(tmp, 'w') as f:
-        yaml.safe_dump(_plain(dataclasses.asdict(config)), f, sort_keys=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False))
 
 
 def _plain(value):

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
+from hilserl.files import write_text_atomic
 from hilserl.transition import Transition
 
 KEYS = ('image', 'state', 'action', 'reward', 'next_image', 'next_state', 'terminated',
@@ -283,11 +284,7 @@ class ReplayBuffer:
                         'segment_dir': os.path.relpath(segment_dir,
                                                        Path(manifest_path).resolve().parent),
                         'segments': list(self.segments)}
-        manifest_path = Path(manifest_path)
-        manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = manifest_path.with_name(manifest_path.name + '.tmp')
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, manifest_path)
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=1))
         return written
 
     def _slots(self, global_index: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, Mapping
 
 from hilserl.conventions import JOINT_NAMES
+from hilserl.files import write_text_atomic
 
 DEGREES_PER_TICK = 360.0 / 4095.0  # LeRobot divides by 4095, not 4096
 
@@ -83,11 +84,7 @@ def parse_calibration(data: Mapping, source: str = 'calibration') -> Dict[str, M
 
 
 def save_calibration(calibration: Mapping[str, MotorCalibration], path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')
-    tmp.write_text(json.dumps({n: asdict(c) for n, c in calibration.items()}, indent=4))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({n: asdict(c) for n, c in calibration.items()}, indent=4))
 
 
 def ticks_to_rad(joint: str, raw: int, cal: MotorCalibration) -> float:

@@ -108,3 +108,24 @@ def test_every_shipped_training_configuration_loads():
     cfg = load_train_config(CONFIG_DIR / 'sim_learn_cached.yaml',
                             {'sac': {'pretrained_encoder_path': 'run/pretrained_model'}})
     assert cfg.sac.freeze_encoder and cfg.sac.feature_cache_shifts == 2
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A crash before the rename leaves the old content (and no half-written file)."""
+    import os
+
+    from hilserl.files import write_text_atomic
+    target = tmp_path / 'sub' / 'config.yaml'
+    write_text_atomic(target, 'old: 1\n')
+    assert target.read_text() == 'old: 1\n'
+
+    def crash(*args):
+        raise OSError('killed')
+    monkeypatch.setattr(os, 'replace', crash)
+    with pytest.raises(OSError):
+        write_text_atomic(target, 'new: 2\n')
+    assert target.read_text() == 'old: 1\n'
+    monkeypatch.undo()
+    write_text_atomic(target, 'new: 2\n')
+    assert target.read_text() == 'new: 2\n' and sorted(p.name for p in target.parent.iterdir()) \
+        == ['config.yaml']
