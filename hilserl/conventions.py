@@ -1,7 +1,8 @@
 """Topic names, frames and QoS classes of the whole suite, in one place.
 
 Topic names are relative so a launch `namespace` (e.g. two arms) applies to all of them.
-QoS is described here as plain data; `hilserl.base_node.qos_profile()` turns it into rclpy's.
+QoS is described here as plain data; `hilserl.node_support.qos_profile()` turns it into
+rclpy's.
 """
 from __future__ import annotations
 

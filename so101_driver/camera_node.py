@@ -16,7 +16,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
-from hilserl.base_node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.node_support import declare, diagnostic_array, qos_profile, spin_node
 from hilserl.camera import CameraConfig, CameraSupervisor, OpenCVSource
 from hilserl.config import ImageConfig
 from hilserl.conventions import JOINT_NAMES, Frames, Topics
