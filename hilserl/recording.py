@@ -111,7 +111,10 @@ class EpisodeRecorder:
                 else:
                     self.writer.write_cdr(topic, data, stamp)
 
-    def on_message(self, topic: str, data, stamp_ns: int, serialized: bool = True) -> None:
+    def on_message(self, topic: str, data, stamp_ns: int, serialized: bool = True,
+                   ticked: bool = True) -> None:
+        """`ticked`: the stamp is the message's own (header or layout: its tick); False for
+        types without one (Bool, Float32, String), filed at the time they were received."""
         if self.sim_clock and self.writer is not None:
             if self.end_stamp_ns is not None and stamp_ns > self.end_stamp_ns:
                 self._keep_for_preroll(topic, data, stamp_ns, serialized)  # the next tick's
@@ -122,7 +125,11 @@ class EpisodeRecorder:
         if self.writer is None:
             self._keep_for_preroll(topic, data, stamp_ns, serialized)
             return
-        if serialized:
+        if serialized and not ticked:
+            # No tick of its own: the time it arrived may be later than its tick under load, so
+            # it cannot say which episode it belongs to better than its arrival before `end`.
+            self.writer.write_cdr(topic, data, stamp_ns)
+        elif serialized:
             self._write(topic, data, stamp_ns)
         else:
             self.writer.write(topic, self.writer.store.types['std_msgs/msg/String'](data=data),

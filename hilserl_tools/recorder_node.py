@@ -124,6 +124,8 @@ class RecorderNode(Node):
                 stamp_ns = own_ns
             else:
                 stamp_ns = max(stamp_ns, self.latest_tick_ns)
+            self.recorder.on_message(topic, data, stamp_ns, ticked=own_ns is not None)
+            return
         self.recorder.on_message(topic, data, stamp_ns)
 
     def _on_event(self, msg: String):

@@ -261,3 +261,23 @@ def test_sim_clock_recorder_keeps_held_ticks_of_an_interrupted_episode(tmp_path)
     episode = read_episode(tmp_path / 'episodes' / 'episode_000000')
     assert len(episode.messages[Topics.REWARD]) == 5
     assert episode.metadata['outcome'] == 'interrupted'
+
+
+def test_sim_clock_recorder_keeps_unticked_messages_that_arrive_before_the_end(tmp_path):
+    """A Bool or String has no stamp of its own: filed at its arrival (later than its tick on a
+    loaded machine), it belongs to the episode that is open when it arrives, as a success key
+    pressed on the episode's last tick."""
+    factory = MessageFactory()
+    recorder = EpisodeRecorder(tmp_path, sim_clock=True)
+    tick = 10 ** 8
+    reward = factory.store.serialize_cdr(factory.float32(0.0), 'std_msgs/msg/Float32')
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 10 * tick}),
+                      10 * tick)
+    recorder.on_message(Topics.REWARD, reward, 10 * tick)
+    recorder.on_message(Topics.REWARD, reward, 14 * tick, ticked=False)  # arrived late
+    recorder.on_event(json.dumps({'event': 'end', 'episode': 0, 'outcome': 'success',
+                                  'stamp_ns': 11 * tick}), 11 * tick)
+    recorder.on_message(Topics.REWARD, reward, 15 * tick, ticked=False)  # after the end
+    recorder.finish()
+    episode = read_episode(tmp_path / 'episodes' / 'episode_000000')
+    assert [s for s, _ in episode.messages[Topics.REWARD]] == [10 * tick, 14 * tick]
