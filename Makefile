@@ -8,7 +8,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA?max_msg_size=4MB
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test train eval bench bench-learner learn clean
+.PHONY: setup test train eval bench bench-learner learn mutate clean
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,14 @@ bench-learner: setup
 
 learn: setup
 	$(PY) bench/learn_graph.py
+
+# Mutation run over the reward/episode, replay and SAC loss logic (mutmut 2.5.1, installed on
+# demand; not part of `make test`): per-module scores, survivors in build/mutate/. It mutates a
+# copy of the tree (build/mutate/src_<module>), never the checkout. MUTATE=task picks modules.
+MUTATE ?= task episode replay sac
+mutate: setup
+	@$(PY) -m mutmut version 2>/dev/null | grep -q ' 2\.5\.1$$' || $(PY) -m pip install -q mutmut==2.5.1
+	nice -n 19 $(PY) scripts/mutate.py $(MUTATE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -281,3 +281,114 @@ def test_sim_clock_recorder_keeps_unticked_messages_that_arrive_before_the_end(t
     recorder.finish()
     episode = read_episode(tmp_path / 'episodes' / 'episode_000000')
     assert [s for s, _ in episode.messages[Topics.REWARD]] == [10 * tick, 14 * tick]
+
+
+# --- exact behaviour the mutation run (`make mutate`) found untested ------------------------
+
+def test_either_input_missing_still_waits_and_the_staleness_limit_is_inclusive():
+    assembler = ObservationAssembler(TrainConfig(
+        observation=ObservationConfig(max_staleness_s=0.25)))
+    assembler.set_joints(np.zeros(6), np.zeros(6), 1.0)
+    with pytest.raises(StaleObservation, match='^waiting for the first image and joint state$'):
+        assembler.observe(1.0)  # joints but no image yet
+    only_image = ObservationAssembler(TrainConfig())
+    only_image.set_image(np.zeros((128, 128, 3), np.uint8), 1.0)
+    with pytest.raises(StaleObservation, match='^waiting for the first image and joint state$'):
+        only_image.observe(1.0)
+    assembler.set_image(np.zeros((128, 128, 3), np.uint8), 1.0)
+    assembler.observe(1.25)  # exactly at the limit: still usable
+    with pytest.raises(StaleObservation, match=r'^image is 0\.50 s old \(limit 0\.25 s\)$'):
+        assembler.observe(1.5)
+    assembler.set_image(np.zeros((128, 128, 3), np.uint8), 1.5)
+    with pytest.raises(StaleObservation,
+                       match=r'^joint_states is 0\.50 s old \(limit 0\.25 s\)$'):
+        assembler.observe(1.5)
+    with pytest.raises(ValueError, match=r'^policy image is \(64, 64, 3\) uint8, expected '
+                                         r'\(128, 128, 3\) uint8 \(check the camera'):
+        assembler.set_image(np.zeros((64, 64, 3), np.uint8), 2.0)
+    with pytest.raises(ValueError, match=r'^policy image is \(128, 128, 3\) float32'):
+        assembler.set_image(np.zeros((128, 128, 3), np.float32), 2.0)
+
+
+def test_state_is_built_from_positions_and_velocities_and_frames_are_stacked():
+    from hilserl.kinematics import SO101Kinematics
+    from hilserl.observation import build_state
+    cfg = TrainConfig(observation=ObservationConfig(n_obs_steps=3))
+    assembler = ObservationAssembler(cfg)
+    position, velocity = np.linspace(-0.5, 0.5, 6), np.linspace(1.0, 2.0, 6)
+    assembler.set_joints(position, velocity, 0.0)
+    frames = [np.full((128, 128, 3), k, np.uint8) for k in range(3)]
+    assembler.set_image(frames[0], 0.0)
+    image, state = assembler.observe(0.0)
+    expected = build_state(cfg.observation.state_features, position, velocity, SO101Kinematics())
+    np.testing.assert_array_equal(state, expected)
+    np.testing.assert_array_equal(state[:12],
+                                  np.concatenate([position, velocity]).astype(np.float32))
+    assert image.shape == (9, 128, 128)
+    assert [int(image[3 * k, 0, 0]) for k in range(3)] == [0, 0, 0]  # the first frame repeated
+    for k in (1, 2):
+        assembler.set_image(frames[k], 0.0)
+        image, _ = assembler.observe(0.0)
+    assert [int(image[3 * k, 0, 0]) for k in range(3)] == [0, 1, 2]  # oldest first
+    assembler.reset()
+    image, _ = assembler.observe(0.0)
+    assert [int(image[3 * k, 0, 0]) for k in range(3)] == [2, 2, 2]
+
+
+def test_events_carry_exact_counts_and_episode_numbers():
+    cfg = TrainConfig(task=TaskConfig(episode_time_s=0.3, step_penalty=0.123456))
+    runner = EpisodeRunner(cfg, lambda image, state: np.zeros(4, np.float32))
+    assert runner.running is False
+    with pytest.raises(RuntimeError, match=r'^step\(\) outside an episode: call start\(\) first$'):
+        runner.step(*obs(0), False, None, False)
+    assert json.loads(runner.start()) == {
+        'event': 'start', 'episode': 0, 'steps': 0, 'return': 0.0, 'interventions': 0,
+        'success': False, 'outcome': 'running'}
+    assert runner.running is True
+    results = run(runner, 10, intervene=True)
+    assert runner.running is False
+    assert json.loads(results[-1].events[0]) == {
+        'event': 'end', 'episode': 0, 'steps': 3, 'return': -0.3704, 'interventions': 3,
+        'success': False, 'outcome': 'timeout'}
+    assert runner.stats.episode_return == pytest.approx(-3 * 0.123456)
+    assert json.loads(runner.start())['episode'] == 1
+    assert json.loads(runner.start(7))['episode'] == 7
+    assert json.loads(runner.start())['episode'] == 8
+
+
+def test_step_results_hold_only_what_happened():
+    runner = EpisodeRunner(CFG, lambda image, state: np.zeros(4, np.float32))
+    runner.start()
+    first = runner.step(*obs(0), False, None, False)
+    assert first.reward is None and first.transition is None and first.events == []
+    assert first.ended is False and first.intervention is False
+    runner.step(*obs(1), False, None, False)
+    end = runner.step(*obs(2), False, None, False, label='rerecord')
+    assert end.ended is True and end.transition.truncated and not end.transition.terminated
+    assert runner.stats.outcome == 'rerecord'
+    assert end.policy_action is None and end.executed_action is None
+    assert end.intervention is False  # nothing was executed on the ending step
+
+
+def test_actions_are_clipped_and_the_human_acts_only_when_intervening():
+    policy = np.array([-3.0, 3.0, 0.5, -0.5], np.float32)
+    human = np.array([2.0, -2.0, 0.25, 1.0], np.float32)
+    runner = EpisodeRunner(CFG, lambda image, state: policy)
+    runner.start()
+    # a human action without the intervention flag (the pad is idle): the policy acts
+    result = runner.step(*obs(0), False, human, False)
+    np.testing.assert_array_equal(result.policy_action, [-1, 1, 0.5, -0.5])
+    np.testing.assert_array_equal(result.executed_action, [-1, 1, 0.5, -0.5])
+    assert result.intervention is False
+    # intervening: the human's action, clipped, is executed
+    result = runner.step(*obs(1), False, human, True)
+    np.testing.assert_array_equal(result.policy_action, [-1, 1, 0.5, -0.5])
+    np.testing.assert_array_equal(result.executed_action, [1, -1, 0.25, 1])
+    assert result.intervention is True
+    assert result.transition.intervention is False  # the previous step was the policy's
+    np.testing.assert_array_equal(result.transition.action, [-1, 1, 0.5, -0.5])
+    # the intervention flag without a human action: the policy acts
+    result = runner.step(*obs(2), False, None, True)
+    assert result.intervention is False and result.transition.intervention is True
+    np.testing.assert_array_equal(result.transition.action, [1, -1, 0.25, 1])
+    np.testing.assert_array_equal(result.executed_action, [-1, 1, 0.5, -0.5])

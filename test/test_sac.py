@@ -677,3 +677,47 @@ def test_learner_and_actor_hold_the_same_frozen_resnet10(tmp_path, encoder_weigh
     finally:
         shutil.move(moved, weights)
     assert loaded_cfg == cfg and loaded.backbone_digest() == learner.backbone_digest()
+
+
+# --- exact behaviour the mutation run (`make mutate`) found untested ------------------------
+
+def test_subsampled_td_target_uses_the_min_of_a_random_subset_of_target_critics():
+    """REDQ-style: num_subsample_critics=1 of critics at 5 and 2 bootstraps from one of them,
+    picked at random per batch (so both values occur), never always the min of all."""
+    agent = make_agent(discount=0.97, use_backup_entropy=False, num_subsample_critics=1)
+    constant_critics(agent.critic_target, [5.0, 2.0])
+    emb = torch.randn(8, agent.encoder.out_dim)
+    batch = {'reward': torch.ones(8), 'terminated': torch.zeros(8), 'action': torch.zeros(8, 4)}
+    targets = {round(agent.critic_loss(emb, emb, batch)[1]['td_target_mean'], 4)
+               for _ in range(20)}
+    assert targets == {round(1.0 + 0.97 * 5.0, 4), round(1.0 + 0.97 * 2.0, 4)}
+
+
+def test_backup_entropy_subtracts_alpha_times_the_next_log_prob(monkeypatch):
+    """use_backup_entropy: V(s') = min Q(s', a') - alpha * log pi(a'|s'); with log pi fixed at
+    -1.5 and critics at 5 and 2 the target is r + gamma * (2 + 1.5 alpha)."""
+    agent = make_agent(discount=0.97, use_backup_entropy=True, temperature_init=0.2)
+    constant_critics(agent.critic_target, [5.0, 2.0])
+    monkeypatch.setattr(agent.actor, 'sample',
+                        lambda emb: (torch.zeros(len(emb), 4), torch.full((len(emb),), -1.5)))
+    emb = torch.randn(8, agent.encoder.out_dim)
+    batch = {'reward': torch.ones(8), 'terminated': torch.zeros(8), 'action': torch.zeros(8, 4)}
+    _, metrics = agent.critic_loss(emb, emb, batch)
+    assert agent.alpha.item() == pytest.approx(0.2)
+    assert metrics['td_target_mean'] == pytest.approx(1.0 + 0.97 * (2.0 + 1.5 * 0.2), abs=1e-5)
+
+
+def test_grasp_critic_is_trained_on_the_gripper_command_of_the_taken_action():
+    """The taken grasp action is the last action dimension (+1: open, index 2, valued 1 online),
+    not another dimension (0 there: stay, valued 0): loss (1 + 0.97 * 3 - 1)^2."""
+    agent = build_agent(TrainConfig(image=ImageConfig(resize_hw_px=HW),
+                                    sac=dataclasses.replace(SMALL, discount=0.97),
+                                    action=ActionConfig(gripper_mode='discrete')))
+    constant_head(agent.grasp_critic.net, [0.0, 0.0, 1.0])
+    constant_head(agent.grasp_target.net, [9.0, 7.0, 3.0])
+    emb = torch.randn(8, agent.encoder.out_dim)
+    action = torch.zeros(8, 4)
+    action[:, -1] = 1.0
+    batch = {'reward': torch.ones(8), 'terminated': torch.zeros(8), 'action': action}
+    _, metrics = agent.grasp_critic_loss(emb, emb, batch)
+    assert metrics['grasp_critic_loss'] == pytest.approx((0.97 * 3.0) ** 2, rel=1e-5)

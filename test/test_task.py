@@ -45,3 +45,28 @@ def test_the_success_key_is_final_whatever_the_detector_rule():
     assert tracker.step(False) == (-0.05, False, False)
     assert tracker.step(False, key_success=True) == (10.0, True, False)
     assert tracker.succeeded
+
+
+def test_reset_starts_a_fresh_episode():
+    """`succeeded` is False until an episode terminates, and reset() clears the step count, the
+    streak, the return and `succeeded` (a new episode is judged on its own frames)."""
+    tracker = RewardTracker(TaskConfig(episode_time_s=0.3, control_rate_hz=10,
+                                       success_frames_to_end=2))
+    assert tracker.succeeded is False
+    assert tracker.step(True) == (10.0, False, False) and tracker.succeeded is False
+    assert tracker.step(True) == (10.0, True, False) and tracker.succeeded is True
+    tracker.reset()
+    assert (tracker.steps, tracker.success_streak, tracker.episode_return,
+            tracker.succeeded) == (0, 0, 0.0, False)
+    assert tracker.step(True) == (10.0, False, False)  # the streak starts again
+    assert tracker.step(False) == (-0.05, False, False)
+    assert tracker.step(False) == (-0.05, False, True)  # 3 steps: the time limit
+    assert tracker.succeeded is False and tracker.episode_return == 10.0 - 0.05 - 0.05
+
+
+def test_succeeded_stays_set_once_the_episode_terminated():
+    tracker = RewardTracker(TaskConfig())
+    tracker.step(False, key_success=True)
+    assert tracker.succeeded is True
+    tracker.step(False)  # a frame after the end does not undo the success
+    assert tracker.succeeded is True
