@@ -104,12 +104,10 @@ class EpisodeRecorder:
             self.pending_metadata = {**self.extra, **event}
             self.close_at_ns = self.wall_clock_ns() + self.close_delay_ns
             self.end_stamp_ns = now_ns
-            held, self._held = self._held, deque()
-            for topic, data, stamp in held:
-                if stamp > now_ns:   # the next episode's first tick (or the reset's)
-                    self._keep_for_preroll(topic, data, stamp, True)
-                else:
-                    self.writer.write_cdr(topic, data, stamp)
+            self._release_held(now_ns)
+            for topic, data, stamp in self._held:  # the next episode's first tick (or reset's)
+                self._keep_for_preroll(topic, data, stamp, True)
+            self._held.clear()
 
     def on_message(self, topic: str, data, stamp_ns: int, serialized: bool = True,
                    ticked: bool = True) -> None:
@@ -142,8 +140,9 @@ class EpisodeRecorder:
             self.writer.write_cdr(topic, data, stamp_ns)
             return
         self._held.append((topic, bytes(data), stamp_ns))
-        self._newest_stamp_ns = max(self._newest_stamp_ns, stamp_ns)
-        self._release_held(self._newest_stamp_ns - SIM_HOLD_NS)
+        if stamp_ns > self._newest_stamp_ns:  # once per new tick, not per message
+            self._newest_stamp_ns = stamp_ns
+            self._release_held(stamp_ns - SIM_HOLD_NS)
 
     def _release_held(self, up_to_ns: int) -> None:
         kept = deque()
