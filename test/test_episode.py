@@ -203,23 +203,30 @@ def test_sim_clock_recorder_waits_for_announced_transitions(tmp_path):
         'missing_transitions'] == 1
 
 
+TICK = 10 ** 8  # one control period of simulated time, ns
+
+
+def sim_clock_recorder(tmp_path):
+    """A simulated-clock recorder and a serialized Float32 (no stamp of its own) to file."""
+    factory = MessageFactory()
+    return (EpisodeRecorder(tmp_path, sim_clock=True),
+            factory.store.serialize_cdr(factory.float32(0.0), 'std_msgs/msg/Float32'))
+
+
 def test_sim_clock_recorder_keeps_ticks_that_came_before_a_late_start_event(tmp_path):
     """Under load a reliable topic's retransmission can deliver the `start` event after several
     of the episode's ticks: they belong to the episode all the same (filed by their stamps)."""
-    factory = MessageFactory()
-    recorder = EpisodeRecorder(tmp_path, sim_clock=True)
-    tick = 10 ** 8
-    reward = factory.store.serialize_cdr(factory.float32(0.0), 'std_msgs/msg/Float32')
+    recorder, reward = sim_clock_recorder(tmp_path)
     for k in range(5, 25):  # ticks 5-9: the reset before; 10-24: the episode's first 15
-        recorder.on_message(Topics.REWARD, reward, k * tick)
-    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 10 * tick}),
-                      24 * tick)
+        recorder.on_message(Topics.REWARD, reward, k * TICK)
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 10 * TICK}),
+                      24 * TICK)
     recorder.on_event(json.dumps({'event': 'end', 'episode': 0, 'outcome': 'timeout',
-                                  'stamp_ns': 30 * tick}), 30 * tick)
+                                  'stamp_ns': 30 * TICK}), 30 * TICK)
     recorder.finish()
     episode = read_episode(tmp_path / 'episodes' / 'episode_000000')
     stamps = [s for s, _ in episode.messages[Topics.REWARD]]
-    assert stamps == [k * tick for k in range(10, 25)]
+    assert stamps == [k * TICK for k in range(10, 25)]
     assert recorder.dropped == 5
 
 
@@ -227,36 +234,30 @@ def test_sim_clock_recorder_files_a_tick_that_overtook_the_end_event_in_the_next
         tmp_path):
     """The driver's next tick (after the episode's last action) may reach the recorder before
     the actor's `end` event: it is not the ended episode's, it opens the next one's preroll."""
-    factory = MessageFactory()
-    recorder = EpisodeRecorder(tmp_path, sim_clock=True)
-    tick = 10 ** 8
-    reward = factory.store.serialize_cdr(factory.float32(0.0), 'std_msgs/msg/Float32')
-    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 10 * tick}),
-                      10 * tick)
+    recorder, reward = sim_clock_recorder(tmp_path)
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 10 * TICK}),
+                      10 * TICK)
     for k in range(10, 41):  # ticks 10-40; the episode ends at 39, tick 40 comes first
-        recorder.on_message(Topics.REWARD, reward, k * tick)
+        recorder.on_message(Topics.REWARD, reward, k * TICK)
     recorder.on_event(json.dumps({'event': 'end', 'episode': 0, 'outcome': 'timeout',
-                                  'stamp_ns': 39 * tick}), 39 * tick)
-    recorder.on_message(Topics.REWARD, reward, 41 * tick)
-    recorder.on_event(json.dumps({'event': 'start', 'episode': 1, 'stamp_ns': 40 * tick}),
-                      40 * tick)
+                                  'stamp_ns': 39 * TICK}), 39 * TICK)
+    recorder.on_message(Topics.REWARD, reward, 41 * TICK)
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 1, 'stamp_ns': 40 * TICK}),
+                      40 * TICK)
     recorder.on_event(json.dumps({'event': 'end', 'episode': 1, 'outcome': 'timeout',
-                                  'stamp_ns': 41 * tick}), 41 * tick)
+                                  'stamp_ns': 41 * TICK}), 41 * TICK)
     recorder.finish()
     first = read_episode(tmp_path / 'episodes' / 'episode_000000')
-    assert [s for s, _ in first.messages[Topics.REWARD]] == [k * tick for k in range(10, 40)]
+    assert [s for s, _ in first.messages[Topics.REWARD]] == [k * TICK for k in range(10, 40)]
     second = read_episode(tmp_path / 'episodes' / 'episode_000001')
-    assert [s for s, _ in second.messages[Topics.REWARD]] == [40 * tick, 41 * tick]
+    assert [s for s, _ in second.messages[Topics.REWARD]] == [40 * TICK, 41 * TICK]
 
 
 def test_sim_clock_recorder_keeps_held_ticks_of_an_interrupted_episode(tmp_path):
-    factory = MessageFactory()
-    recorder = EpisodeRecorder(tmp_path, sim_clock=True)
-    tick = 10 ** 8
-    reward = factory.store.serialize_cdr(factory.float32(0.0), 'std_msgs/msg/Float32')
+    recorder, reward = sim_clock_recorder(tmp_path)
     recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 0}), 0)
     for k in range(5):
-        recorder.on_message(Topics.REWARD, reward, k * tick)
+        recorder.on_message(Topics.REWARD, reward, k * TICK)
     recorder.finish()  # Ctrl-C: no end event
     episode = read_episode(tmp_path / 'episodes' / 'episode_000000')
     assert len(episode.messages[Topics.REWARD]) == 5
@@ -267,20 +268,17 @@ def test_sim_clock_recorder_keeps_unticked_messages_that_arrive_before_the_end(t
     """A Bool or String has no stamp of its own: filed at its arrival (later than its tick on a
     loaded machine), it belongs to the episode that is open when it arrives, as a success key
     pressed on the episode's last tick."""
-    factory = MessageFactory()
-    recorder = EpisodeRecorder(tmp_path, sim_clock=True)
-    tick = 10 ** 8
-    reward = factory.store.serialize_cdr(factory.float32(0.0), 'std_msgs/msg/Float32')
-    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 10 * tick}),
-                      10 * tick)
-    recorder.on_message(Topics.REWARD, reward, 10 * tick)
-    recorder.on_message(Topics.REWARD, reward, 14 * tick, ticked=False)  # arrived late
+    recorder, reward = sim_clock_recorder(tmp_path)
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 10 * TICK}),
+                      10 * TICK)
+    recorder.on_message(Topics.REWARD, reward, 10 * TICK)
+    recorder.on_message(Topics.REWARD, reward, 14 * TICK, ticked=False)  # arrived late
     recorder.on_event(json.dumps({'event': 'end', 'episode': 0, 'outcome': 'success',
-                                  'stamp_ns': 11 * tick}), 11 * tick)
-    recorder.on_message(Topics.REWARD, reward, 15 * tick, ticked=False)  # after the end
+                                  'stamp_ns': 11 * TICK}), 11 * TICK)
+    recorder.on_message(Topics.REWARD, reward, 15 * TICK, ticked=False)  # after the end
     recorder.finish()
     episode = read_episode(tmp_path / 'episodes' / 'episode_000000')
-    assert [s for s, _ in episode.messages[Topics.REWARD]] == [10 * tick, 14 * tick]
+    assert [s for s, _ in episode.messages[Topics.REWARD]] == [10 * TICK, 14 * TICK]
 
 
 # --- exact behaviour the mutation run (`make mutate`) found untested ------------------------

@@ -116,6 +116,17 @@ def constant_head(net, values):
         net[-1].bias.copy_(torch.tensor(values))
 
 
+def constant_grasp_agent():
+    """Discrete gripper, discount 0.97; the online grasp critic values {close, stay, open} at
+    0, 0, 1 (it picks open), the target at 9, 7, 3, whatever the input."""
+    agent = build_agent(TrainConfig(image=ImageConfig(resize_hw_px=HW),
+                                    sac=dataclasses.replace(SMALL, discount=0.97),
+                                    action=ActionConfig(gripper_mode='discrete')))
+    constant_head(agent.grasp_critic.net, [0.0, 0.0, 1.0])
+    constant_head(agent.grasp_target.net, [9.0, 7.0, 3.0])
+    return agent
+
+
 @pytest.mark.parametrize('terminated, expected', [(1.0, 1.0), (0.0, 1.0 + 0.97 * 2.0)])
 def test_td_target_is_reward_plus_discounted_min_critic_unless_terminated(terminated, expected):
     """Target critics at 5 and 2: r + gamma * min = 1 + 0.97 * 2 while the episode goes on
@@ -134,11 +145,7 @@ def test_grasp_td_target_bootstraps_the_target_at_the_online_argmax_unless_termi
         terminated, expected):
     """Double DQN: the online grasp critic picks `open` (index 2), the target values it at 3;
     the taken action (stay) is valued 0 online, so the loss is the target squared."""
-    agent = build_agent(TrainConfig(image=ImageConfig(resize_hw_px=HW),
-                                    sac=dataclasses.replace(SMALL, discount=0.97),
-                                    action=ActionConfig(gripper_mode='discrete')))
-    constant_head(agent.grasp_critic.net, [0.0, 0.0, 1.0])
-    constant_head(agent.grasp_target.net, [9.0, 7.0, 3.0])
+    agent = constant_grasp_agent()
     emb = torch.randn(8, agent.encoder.out_dim)
     batch = {'reward': torch.ones(8), 'terminated': torch.full((8,), terminated),
              'action': torch.zeros(8, 4)}
@@ -710,11 +717,7 @@ def test_backup_entropy_subtracts_alpha_times_the_next_log_prob(monkeypatch):
 def test_grasp_critic_is_trained_on_the_gripper_command_of_the_taken_action():
     """The taken grasp action is the last action dimension (+1: open, index 2, valued 1 online),
     not another dimension (0 there: stay, valued 0): loss (1 + 0.97 * 3 - 1)^2."""
-    agent = build_agent(TrainConfig(image=ImageConfig(resize_hw_px=HW),
-                                    sac=dataclasses.replace(SMALL, discount=0.97),
-                                    action=ActionConfig(gripper_mode='discrete')))
-    constant_head(agent.grasp_critic.net, [0.0, 0.0, 1.0])
-    constant_head(agent.grasp_target.net, [9.0, 7.0, 3.0])
+    agent = constant_grasp_agent()
     emb = torch.randn(8, agent.encoder.out_dim)
     action = torch.zeros(8, 4)
     action[:, -1] = 1.0
