@@ -13,15 +13,18 @@ clock must not keep a finished episode's bag open.
 With `sim_clock` every message is filed under its tick (header stamps; the recorder node takes
 care of that) and events carry theirs (`stamp_ns`): an episode holds exactly the ticks from its
 `start` to its `end` event, whatever order the topics arrive in (no frames of the reset before
-it, none of the next reset after it).
+it, none of the next reset after it). An ended episode's bag stays open beside the next one
+until the driver's and camera's ticks have passed its end: a busy recorder takes one message
+per topic in turn, so the next `start` can come before the last ticks of the episode before.
 """
 from __future__ import annotations
 
 import json
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from hilserl.bags import EPISODE_TOPICS, EpisodeWriter
 from hilserl.conventions import Topics
@@ -32,6 +35,22 @@ SIM_PREROLL_WINDOW_NS = 10_000_000_000
 # topics, no order between them): the newest second of ticks waits in memory until an `end`
 # says whether it belongs to the episode.
 SIM_HOLD_NS = 1_000_000_000
+# Published on every tick of the simulated clock (driver, camera): once both have passed an
+# ended episode's last tick, nothing more of it is on its way from them.
+EVERY_TICK_TOPICS = (Topics.JOINT_STATES, Topics.IMAGE_CROP)
+
+
+@dataclass
+class EndedEpisode:
+    """Simulated clock: an episode whose `end` came, open for its ticks still on their way."""
+    writer: EpisodeWriter
+    metadata: dict
+    start_ns: int
+    end_ns: int
+    close_at_ns: int
+
+    def holds(self, stamp_ns: int) -> bool:
+        return self.start_ns <= stamp_ns <= self.end_ns
 
 
 class EpisodeRecorder:
@@ -57,6 +76,8 @@ class EpisodeRecorder:
         self._preroll = deque()   # (topic, data, stamp_ns) received while no bag is open
         self._held = deque()      # sim clock: (topic, data, stamp_ns) of the newest ticks
         self._newest_stamp_ns = 0
+        self._newest_tick_by_topic: Dict[str, int] = {}
+        self._ended: List[EndedEpisode] = []  # sim clock: ended, waiting for their last ticks
         self.compress = compress
         self.extra = dict(extra_metadata or {})
         self.log = log
@@ -86,7 +107,9 @@ class EpisodeRecorder:
         if self.sim_clock and isinstance(event.get('stamp_ns'), int):
             now_ns = event['stamp_ns']
         if kind == 'start':
-            self.finish()  # a start without an end (actor restarted): close the old one
+            if self.sim_clock and self.pending_metadata is not None:
+                self._set_aside_ended()
+            self._close_current()  # a start without an end (actor restarted): close the old one
             self.start_stamp_ns = now_ns
             self.writer = EpisodeWriter(self._episode_dir(int(event.get('episode', 0))),
                                         self.topics, compress=self.compress)
@@ -113,6 +136,15 @@ class EpisodeRecorder:
                    ticked: bool = True) -> None:
         """`ticked`: the stamp is the message's own (header or layout: its tick); False for
         types without one (Bool, Float32, String), filed at the time they were received."""
+        if self.sim_clock:
+            if ticked and topic in EVERY_TICK_TOPICS:
+                self._newest_tick_by_topic[topic] = max(
+                    stamp_ns, self._newest_tick_by_topic.get(topic, stamp_ns))
+            ended = next((e for e in self._ended if e.holds(stamp_ns)), None)
+            if ended is not None:  # a late tick of an episode that has ended
+                if serialized:
+                    ended.writer.write_cdr(topic, data, stamp_ns)
+                return
         if self.sim_clock and self.writer is not None:
             if self.end_stamp_ns is not None and stamp_ns > self.end_stamp_ns:
                 self._keep_for_preroll(topic, data, stamp_ns, serialized)  # the next tick's
@@ -162,40 +194,75 @@ class EpisodeRecorder:
             self._preroll.popleft()
             self.dropped += 1
 
-    def _transitions_owed(self) -> int:
-        expected = (self.pending_metadata or {}).get('transitions')
-        if not isinstance(expected, int) or self.writer is None or \
+    def _transitions_owed(self, writer: Optional[EpisodeWriter], metadata: Optional[dict]) -> int:
+        expected = (metadata or {}).get('transitions')
+        if not isinstance(expected, int) or writer is None or \
                 Topics.TRANSITIONS not in self.topics:  # not recorded: none to wait for
             return 0
-        return max(0, expected - self.writer.counts.get(Topics.TRANSITIONS, 0))
+        return max(0, expected - writer.counts.get(Topics.TRANSITIONS, 0))
+
+    def _ticks_owed(self, writer: EpisodeWriter, end_ns: Optional[int]) -> bool:
+        """Sim clock: the driver's or camera's ticks up to the episode's end not all in yet."""
+        if not self.sim_clock or end_ns is None:
+            return False
+        return any(self._newest_tick_by_topic.get(topic, end_ns) < end_ns
+                   for topic in EVERY_TICK_TOPICS if writer.counts.get(topic))
+
+    def _due(self, writer, metadata, close_at_ns, end_ns) -> bool:
+        late_ns = self.wall_clock_ns() - close_at_ns
+        return late_ns >= 0 and (late_ns >= self.late_limit_ns or not (
+            self._transitions_owed(writer, metadata) or self._ticks_owed(writer, end_ns)))
 
     def poll(self) -> None:
         """Close an ended episode's bag after the close delay, or later while transitions that
-        its `end` event announced are still on their way (up to `late_limit_ns`). Also puts
-        the open bag's pending chunk on disk once it is due (what a SIGKILL can lose)."""
+        its `end` event announced (or, on the simulated clock, its last ticks) are still on
+        their way, up to `late_limit_ns`. Also puts the open bags' pending chunks on disk once
+        due (what a SIGKILL can lose)."""
+        for ended in list(self._ended):
+            ended.writer.flush_if_due()
+            if self._due(ended.writer, ended.metadata, ended.close_at_ns, ended.end_ns):
+                self._ended.remove(ended)
+                self._close(ended.writer, ended.metadata)
         if self.writer is not None:
             self.writer.flush_if_due()
-        if self.close_at_ns is None:
-            return
-        late_ns = self.wall_clock_ns() - self.close_at_ns
-        if late_ns >= 0 and (late_ns >= self.late_limit_ns or not self._transitions_owed()):
-            self.finish()
+        if self.close_at_ns is not None and self._due(self.writer, self.pending_metadata,
+                                                      self.close_at_ns, self.end_stamp_ns):
+            self._close_current()
+
+    def _set_aside_ended(self) -> None:
+        """Sim clock: the next episode starts while this one's last ticks may still come."""
+        self._ended.append(EndedEpisode(self.writer, self.pending_metadata,
+                                        self.start_stamp_ns, self.end_stamp_ns,
+                                        self.close_at_ns))
+        self.writer, self.pending_metadata, self.close_at_ns = None, None, None
+        self.end_stamp_ns = None
 
     def finish(self) -> Optional[Path]:
-        """Close the open bag (with metadata when the episode ended); returns its directory."""
+        """Close every open bag (with metadata where the episode ended); returns the directory
+        of the newest one."""
+        for ended in self._ended:
+            self._close(ended.writer, ended.metadata)
+        self._ended = []
+        return self._close_current()
+
+    def _close_current(self) -> Optional[Path]:
         if self.writer is None:
             return None
-        metadata = self.pending_metadata or {**self.extra, 'outcome': 'interrupted'}
         self._release_held(self._newest_stamp_ns)  # an interrupted episode keeps everything
-        owed = self._transitions_owed()
+        path = self._close(self.writer, self.pending_metadata)
+        self.writer, self.pending_metadata, self.close_at_ns = None, None, None
+        self.end_stamp_ns = None
+        return path
+
+    def _close(self, writer: EpisodeWriter, metadata: Optional[dict]) -> Path:
+        metadata = dict(metadata or {**self.extra, 'outcome': 'interrupted'})
+        owed = self._transitions_owed(writer, metadata)
         if owed:
             self.missing_transitions += owed
             metadata['missing_transitions'] = owed
             self.log(f'episode bag closed without {owed} announced transition(s)')
-        metadata['counts'] = dict(self.writer.counts)
-        path = self.writer.close(metadata)
-        self.writer, self.pending_metadata, self.close_at_ns = None, None, None
-        self.end_stamp_ns = None
+        metadata['counts'] = dict(writer.counts)
+        path = writer.close(metadata)
         self.episodes_written += 1
         self.log(f'episode bag closed: {path} ({metadata.get("outcome")})')
         return path

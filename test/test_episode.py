@@ -281,6 +281,56 @@ def test_sim_clock_recorder_keeps_unticked_messages_that_arrive_before_the_end(t
     assert [s for s, _ in episode.messages[Topics.REWARD]] == [10 * TICK, 14 * TICK]
 
 
+def test_sim_clock_recorder_files_an_ended_episodes_late_ticks_after_the_next_start(tmp_path):
+    """A busy recorder (the first bag takes a second to open on a loaded machine) takes one
+    message per topic in turn: the `end` and the next `start` can be handled before the last
+    ticks of the episode. Those still go into its bag, which stays open until the driver's and
+    the camera's ticks have passed its end; a reward (no stamp of its own) handled among them
+    goes there too."""
+    factory = MessageFactory()
+    wall_ns = [0]
+    recorder = EpisodeRecorder(tmp_path, close_delay_ns=100, wall_clock_ns=lambda: wall_ns[0],
+                               sim_clock=True)
+
+    def joints(k):
+        state = factory._JointState(header=factory.header(k * TICK), name=['a'],
+                                    position=np.zeros(1), velocity=np.zeros(1),
+                                    effort=np.zeros(0))
+        recorder.on_message(Topics.JOINT_STATES, factory.store.serialize_cdr(
+            state, 'sensor_msgs/msg/JointState'), k * TICK)
+
+    reward = factory.store.serialize_cdr(factory.float32(0.0), 'std_msgs/msg/Float32')
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 0, 'stamp_ns': 10 * TICK}),
+                      10 * TICK)
+    for k in range(10, 13):
+        joints(k)
+    recorder.on_event(json.dumps({'event': 'end', 'episode': 0, 'outcome': 'timeout',
+                                  'stamp_ns': 20 * TICK}), 20 * TICK)
+    recorder.on_event(json.dumps({'event': 'start', 'episode': 1, 'stamp_ns': 22 * TICK}),
+                      22 * TICK)
+    for k in range(13, 18):
+        joints(k)
+    recorder.on_message(Topics.REWARD, reward, 17 * TICK, ticked=False)
+    wall_ns[0] = 1_000
+    recorder.poll()
+    assert len(recorder._ended) == 1  # ticks 18-20 of episode 0 are still on their way
+    for k in range(18, 26):  # 21: the reset between the two episodes
+        joints(k)
+    recorder.poll()
+    assert recorder._ended == []
+    recorder.on_event(json.dumps({'event': 'end', 'episode': 1, 'outcome': 'timeout',
+                                  'stamp_ns': 25 * TICK}), 25 * TICK)
+    recorder.finish()
+    first = read_episode(tmp_path / 'episodes' / 'episode_000000')
+    second = read_episode(tmp_path / 'episodes' / 'episode_000001')
+    assert [s for s, _ in first.messages[Topics.JOINT_STATES]] == \
+        [k * TICK for k in range(10, 21)]
+    assert len(first.messages[Topics.REWARD]) == 1 and Topics.REWARD not in second.messages
+    assert [s for s, _ in second.messages[Topics.JOINT_STATES]] == \
+        [k * TICK for k in range(22, 26)]
+    assert first.metadata['outcome'] == second.metadata['outcome'] == 'timeout'
+
+
 # --- exact behaviour the mutation run (`make mutate`) found untested ------------------------
 
 def test_either_input_missing_still_waits_and_the_staleness_limit_is_inclusive():
