@@ -45,6 +45,8 @@ from hilserl_policy.evaluation import EvalRecorder
 from hilserl_policy.transport import decode_weights
 
 # key: no success topic, the human's success key (teleop/episode_label) is the only success
+# Lock-step: proposals in a row that the driver gave up on before the simulated human answered.
+UNANSWERED_TICKS_BEFORE_RESUBSCRIBE = 3
 SUCCESS_TOPICS = {'sim': Topics.SIM_SUCCESS, 'classifier': Topics.SUCCESS, 'key': None}
 
 
@@ -136,7 +138,8 @@ class ActorNode(Node):
         self.weights_step = self.agent.step if self.agent is not None else -1
         self.counters = {'ticks': 0, 'stale_ticks': 0, 'bad_messages': 0, 'weights_loaded': 0,
                          'weights_rejected': 0, 'reset_failures': 0, 'human_actions_used': 0,
-                         'human_actions_missing': 0}
+                         'human_actions_missing': 0, 'unanswered_proposals': 0,
+                         'teleop_resubscribed': 0}
         self.stale_reason = ''
         self.done_since_s: Optional[float] = None  # wall time the last episode ended
         self.episodes_done = 0
@@ -145,8 +148,8 @@ class ActorNode(Node):
                                  qos_profile(Topics.IMAGE_CROP))
         self.create_subscription(JointState, Topics.JOINT_STATES, self._on_joints,
                                  qos_profile(Topics.JOINT_STATES))
-        self.create_subscription(Joy, Topics.HUMAN_ACTION, self._on_human,
-                                 qos_profile(Topics.HUMAN_ACTION))
+        self.human_sub = self._subscribe_human()
+        self.unanswered_ticks = 0  # lock-step: proposals in a row the simulated human missed
         self.create_subscription(String, Topics.EPISODE_LABEL, self._on_label,
                                  qos_profile(Topics.EPISODE_LABEL))
         self.driver_ready = False
@@ -222,6 +225,26 @@ class ActorNode(Node):
         self.joints_stamp_ns = stamp_ns
         self._on_observation()
 
+    def _subscribe_human(self):
+        return self.create_subscription(Joy, Topics.HUMAN_ACTION, self._on_human,
+                                        qos_profile(Topics.HUMAN_ACTION))
+
+    def _proposal_unanswered(self) -> None:
+        """The driver moved on (its action timeout) without the simulated human's answer.
+        Under heavy load a DDS reader has been seen to stay matched yet receive nothing: after
+        a few ticks in a row, a fresh subscription makes discovery match it anew."""
+        self.counters['unanswered_proposals'] += 1
+        self.unanswered_ticks += 1
+        self.stale_reason = 'no answer from the simulated human (teleop) to the proposal'
+        if self.unanswered_ticks >= UNANSWERED_TICKS_BEFORE_RESUBSCRIBE:
+            self.get_logger().warning(
+                f'{self.unanswered_ticks} proposals in a row without the simulated human\'s '
+                f'answer: subscribing to {Topics.HUMAN_ACTION} anew')
+            self.destroy_subscription(self.human_sub)
+            self.human_sub = self._subscribe_human()
+            self.counters['teleop_resubscribed'] += 1
+            self.unanswered_ticks = 0
+
     def _on_human(self, msg: Joy):
         try:
             self.human = joy_to_human(msg, self.cfg.action.dim)
@@ -284,6 +307,19 @@ class ActorNode(Node):
                    for info in self.get_subscriptions_info_by_topic(
                        self.transition_pub.topic_name))
 
+    def _recorder_matched(self) -> bool:
+        """The recorder's `ready` says its readers found our writers; discovery runs on each
+        side apart, so also check that our event and transition writers have found it (and
+        every other reader the graph knows of): an event sent before that is lost."""
+        for publisher in (self.event_pub, getattr(self, 'transition_pub', None)):
+            if publisher is None:
+                continue
+            readers = self.get_subscriptions_info_by_topic(publisher.topic_name)
+            if not any(info.node_name == 'episode_recorder' for info in readers) or \
+                    publisher.get_subscription_count() < len(readers):
+                return False
+        return True
+
     def _set_phase(self, phase: str) -> None:
         self.phase = phase
         self.phase_since_s = self._now_s()
@@ -302,6 +338,8 @@ class ActorNode(Node):
                 (self.tick_ns is not None and stamp_ns <= self.tick_ns):
             return
         self.tick_ns = stamp_ns
+        if self.proposal is not None and self.wait_for_teleop:
+            self._proposal_unanswered()
         self.proposal = None
         self.counters['ticks'] += 1
         if not self._advance_phase() or not self._propose_step():
@@ -351,7 +389,7 @@ class ActorNode(Node):
         # settling: on hardware the arm drives home after the reset call returns: wait for ready
         if waited_s < self.reset_settle_s or not self.driver_ready:
             return False
-        if self.wait_for_recorder and not self.recorder_ready:
+        if self.wait_for_recorder and not (self.recorder_ready and self._recorder_matched()):
             self.stale_reason = 'waiting for the episode recorder to hear the graph'
             return False
         self.assembler.reset()
@@ -406,6 +444,7 @@ class ActorNode(Node):
     def _finish_step(self):
         image, state, policy_action = self.proposal
         self.proposal = None
+        self.unanswered_ticks = 0
         human_action, intervention = self._fresh_human()
         if self.phase == 'post_roll':  # record: keep the human lifting for classifier frames
             executed = human_action if human_action is not None else np.zeros(4)
