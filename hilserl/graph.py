@@ -28,6 +28,11 @@ NODE_ENVIRONMENT = {
     'OMP_NUM_THREADS': '1',
     'PYTHONUNBUFFERED': '1',
 }
+# A 0.1 s reliable-writer heartbeat (config/fastdds_profiles.xml says why); Fast DDS 2.x (Humble,
+# Jazzy) reads the older variable name.
+_FASTDDS_PROFILES = share_path('config', 'fastdds_profiles.xml')
+NODE_ENVIRONMENT.update({'FASTDDS_DEFAULT_PROFILES_FILE': str(_FASTDDS_PROFILES),
+                         'FASTRTPS_DEFAULT_PROFILES_FILE': str(_FASTDDS_PROFILES)})
 
 HUMAN_DEVICES = ('keyboard', 'gamepad', 'leader')
 TELEOP_DEVICES = ('sim', 'keyboard', 'gamepad', 'leader', 'none')

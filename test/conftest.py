@@ -8,12 +8,14 @@ import signal
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-os.environ.setdefault('MUJOCO_GL', 'osmesa')
-os.environ.setdefault('PYOPENGL_PLATFORM', 'osmesa')
-os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA?max_msg_size=4MB')
-
 import pytest  # noqa: E402
+
+from hilserl.graph import NODE_ENVIRONMENT  # noqa: E402
+
+# In-process test nodes start as the graph's nodes do (transport, heartbeat, rendering).
+for _name, _value in NODE_ENVIRONMENT.items():
+    if _name not in ('OMP_NUM_THREADS', 'PYTHONUNBUFFERED'):
+        os.environ.setdefault(_name, _value)
 
 _next_domain = [40 + (os.getpid() % 50)]
 
