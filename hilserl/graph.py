@@ -9,6 +9,7 @@ Nothing here imports rclpy or launch.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -28,14 +29,16 @@ NODE_ENVIRONMENT = {
     'OMP_NUM_THREADS': '1',
     'PYTHONUNBUFFERED': '1',
 }
-# A 0.1 s reliable-writer heartbeat (config/fastdds_profiles.xml says why); Fast DDS 2.x (Humble,
-# Jazzy) reads the older variable name.
-_FASTDDS_PROFILES = share_path('config', 'fastdds_profiles.xml')
-NODE_ENVIRONMENT.update({'FASTDDS_DEFAULT_PROFILES_FILE': str(_FASTDDS_PROFILES),
-                         'FASTRTPS_DEFAULT_PROFILES_FILE': str(_FASTDDS_PROFILES)})
+# A 0.1 s reliable-writer heartbeat (config/fastdds_profiles.xml says why). Fast DDS 2.x (Humble,
+# Jazzy) reads the older variable name; 3.x (Kilted on) warns about it.
+_PROFILES_VARIABLE = ('FASTRTPS_DEFAULT_PROFILES_FILE'
+                      if os.environ.get('ROS_DISTRO') in ('humble', 'iron', 'jazzy')
+                      else 'FASTDDS_DEFAULT_PROFILES_FILE')
+NODE_ENVIRONMENT[_PROFILES_VARIABLE] = str(share_path('config', 'fastdds_profiles.xml'))
 
 HUMAN_DEVICES = ('keyboard', 'gamepad', 'leader')
 TELEOP_DEVICES = ('sim', 'keyboard', 'gamepad', 'leader', 'none')
+DRIVERS = ('so101', 'external')
 SUCCESS_SOURCES = ('sim', 'classifier', 'key')
 
 # name, default, description: shared by the launch files and the `hilserl` command
@@ -56,6 +59,12 @@ LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
     ('classifier_model', '', 'classifier checkpoint directory (success_source:=classifier)'),
     ('demo_dir', '', 'episode bags whose transitions seed the offline buffer'),
     ('device', 'auto', 'torch device for the learner: auto | cpu | cuda[:N]'),
+    ('driver', 'so101', 'so101 (this package drives the Feetech servos or the simulation) or '
+                        'external (a ros2_control stack owns the joints: joint_states from its '
+                        'joint_state_broadcaster, goals to joint_command_topic; hardware only)'),
+    ('joint_command_topic', 'forward_position_controller/commands',
+     'driver:=external: the forward position controller\'s command topic '
+     '(std_msgs/Float64MultiArray, in the order of its joints parameter)'),
 )
 
 
@@ -76,6 +85,8 @@ class GraphArgs:
     classifier_model: str = ''
     demo_dir: str = ''
     device: str = 'auto'
+    driver: str = 'so101'
+    joint_command_topic: str = 'forward_position_controller/commands'
     behaviour_mix: str = 'expert:1'   # record: the simulated human's per-episode behaviours
     seed_offset: int = 0              # added to the config's seed (resets, behaviours)
 
@@ -83,6 +94,9 @@ class GraphArgs:
         checks = [(self.mode in MODES, 'mode', f'one of {MODES}'),
                   (self.backend in BACKENDS, 'backend', f'one of {BACKENDS}'),
                   (self.teleop in TELEOP_DEVICES, 'teleop', f'one of {TELEOP_DEVICES}'),
+                  (self.driver in DRIVERS, 'driver', f'one of {DRIVERS}'),
+                  (bool(self.joint_command_topic.strip('/')), 'joint_command_topic',
+                   'a topic name'),
                   (self.success_source in SUCCESS_SOURCES, 'success_source',
                    f'one of {SUCCESS_SOURCES}'),
                   (self.num_episodes >= 0, 'num_episodes', '>= 0'),
@@ -91,6 +105,9 @@ class GraphArgs:
         for ok, name, expected in checks:
             if not ok:
                 raise ValueError(f'{name}={getattr(self, name)!r}: must be {expected}')
+        if self.driver == 'external' and self.backend != 'hardware':
+            raise ValueError('driver=external needs backend=hardware (a real arm behind a '
+                             'ros2_control stack; the simulation is driven by so101_driver)')
         if self.mode == 'eval' and not self.checkpoint:
             raise ValueError('eval needs checkpoint (a pretrained_model directory)')
         if self.success_source == 'key' and self.teleop not in HUMAN_DEVICES:
@@ -180,6 +197,9 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
         'random_ee_reset': task.eval_random_ee_reset if eval_mode else task.random_ee_reset,
         'random_ee_range_xy_m': task.random_ee_range_xy_m,
         'seed': seed}
+    if args.driver == 'external':  # EE control here, the joints behind the user's controller
+        driver.update({'backend': 'external', 'on_exit': 'hold',
+                       'external_command_topic': args.joint_command_topic})
     if sim_clock:
         driver.update({
             'sim_clock': True, 'control_rate_hz': task.control_rate_hz,

@@ -1,4 +1,5 @@
-"""so101_driver node: the SO-101 arm (Feetech hardware or MuJoCo simulation) on ROS 2.
+"""so101_driver node: the SO-101 arm (Feetech hardware, MuJoCo simulation, or a ros2_control stack
+that owns the joints) on ROS 2.
 
 Subscribes  action (std_msgs/Float32MultiArray [dx, dy, dz, gripper] in [-1, 1]),
             joint_position_controller/commands (std_msgs/Float64MultiArray, 6 joint goals, rad).
@@ -6,6 +7,12 @@ Publishes   joint_states, tcp_pose (PoseStamped in base_link), diagnostics, driv
             in simulation also sim/cube_pose (PoseStamped), sim/grasped and sim/success
             (Bool, ground truth).
 Services    reset (std_srvs/Trigger), torque (std_srvs/SetBool), estop (std_srvs/SetBool).
+
+With backend `external` the joints are a ros2_control stack's: joint_states come from its
+joint_state_broadcaster (this node publishes none) and the goals go, at the tick rate, to its
+forward position controller (`external_command_topic`, std_msgs/Float64MultiArray in the
+controller's joint order); end-effector control, workspace, slew limits, watchdog and resets
+stay here.
 
 Simulation with `sim_clock` (the default): the driver owns time. It publishes /clock and the state
 of each control tick stamped with simulated time, waits for the action answering that stamp
@@ -32,7 +39,7 @@ from hilserl.node_support import (declare, diagnostic_array, marker, pose_stampe
                                   qos_profile, spin_node)
 from hilserl.conventions import JOINT_NAMES, Frames, Topics
 from hilserl.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
-                                 nanoseconds_to_stamp, validated_action)
+                                 joint_state_to_arrays, nanoseconds_to_stamp, validated_action)
 from hilserl.kinematics import SO101Kinematics
 from hilserl.sim_clock import LearnerPacer, LockStepClock, SimClockConfig
 from so101_driver.backend import BackendError
@@ -43,8 +50,8 @@ from so101_driver.ee_control import EEControlConfig
 class DriverNode(Node):
     def __init__(self, **kwargs):
         super().__init__('so101_driver', **kwargs)
-        backend_name = declare(self, 'backend', 'sim', 'sim (MuJoCo) or hardware (Feetech bus)',
-                               read_only=True)
+        backend_name = declare(self, 'backend', 'sim', 'sim (MuJoCo), hardware (Feetech bus) or '
+                               'external (a ros2_control stack owns the joints)', read_only=True)
         port = declare(self, 'port', '/dev/ttyACM0', 'serial port of the Feetech bus',
                        read_only=True)
         baudrate = declare(self, 'baudrate', 1_000_000, 'bus baud rate',
@@ -101,14 +108,18 @@ class DriverNode(Node):
                                     float_range=(0.0, 0.1), read_only=True)
         seed = declare(self, 'seed', 0, 'random seed of resets', int_range=(0, 2**31 - 1),
                        read_only=True)
-        self.on_exit = declare(self, 'on_exit', 'hold' if backend_name == 'sim'
-                               else 'rest_then_torque_off',
+        self.on_exit = declare(self, 'on_exit', 'rest_then_torque_off'
+                               if backend_name == 'hardware' else 'hold',
                                f'at shutdown: one of {list(EXIT_MODES)} (rest_then_torque_off: '
                                'move slowly to the folded rest pose, then torque off; hold: keep '
                                'torque on where the arm is; torque_off: the arm falls!)',
                                read_only=True)
         if self.on_exit not in EXIT_MODES:
             raise ValueError(f'on_exit={self.on_exit!r}: must be one of {list(EXIT_MODES)}')
+        if backend_name == 'external' and self.on_exit != 'hold':
+            raise ValueError(f'on_exit={self.on_exit!r} with backend=external: must be hold (the '
+                             'controller stack owns torque, and its joint states stop arriving '
+                             'once this node stops)')
         sim_clock = declare(self, 'sim_clock', True, 'sim: the driver owns simulated time '
                             '(/clock, lock-step with the actor); false: wall-clock ticks',
                             read_only=True)
@@ -130,21 +141,25 @@ class DriverNode(Node):
         self.kin = SO101Kinematics()
         self.bus = None
         self.sim = None
-        if backend_name == 'sim':
+        self.external = None
+        if backend_name == 'external':
+            backend = self.external = self._external_backend()
+        elif backend_name == 'sim':
             from so101_driver.sim_backend import SimBackend
             self.sim = SimBackend()
             backend = self.sim
         elif backend_name == 'hardware':
             backend = self._hardware_backend(port, baudrate, calibration_file)
         else:
-            raise ValueError(f"backend={backend_name!r}: must be 'sim' or 'hardware'")
+            raise ValueError(f"backend={backend_name!r}: must be 'sim', 'hardware' or 'external'")
         self.core = DriverCore(backend, self.config, self.kin, seed=seed)
         self.rng = np.random.default_rng(seed)
         if self.sim is not None:
             self._sim_reset()
 
-        self.joint_pub = self.create_publisher(JointState, Topics.JOINT_STATES,
-                                               qos_profile(Topics.JOINT_STATES))
+        if self.external is None:
+            self.joint_pub = self.create_publisher(JointState, Topics.JOINT_STATES,
+                                                   qos_profile(Topics.JOINT_STATES))
         self.tcp_pub = self.create_publisher(PoseStamped, Topics.TCP_POSE,
                                              qos_profile(Topics.TCP_POSE))
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
@@ -202,7 +217,39 @@ class DriverNode(Node):
         backend.connect()
         return backend
 
+    def _external_backend(self):
+        from so101_driver.external_backend import ExternalJointBackend
+        command_topic = declare(self, 'external_command_topic',
+                                'forward_position_controller/commands', 'backend=external: the '
+                                'forward position controller\'s command topic '
+                                '(std_msgs/Float64MultiArray)', read_only=True)
+        joint_order = declare(self, 'external_joint_order', list(JOINT_NAMES),
+                              'backend=external: the controller\'s `joints` parameter (the '
+                              'order of its command values)', read_only=True)
+        timeout_s = declare(self, 'external_state_timeout_s', 0.5, 'backend=external: joint '
+                            'states older than this count as a failed read: hold (s)',
+                            float_range=(0.01, 10.0), read_only=True)
+        self.external_pub = self.create_publisher(Float64MultiArray, command_topic,
+                                                  qos_profile(Topics.JOINT_COMMAND))
+        backend = ExternalJointBackend(
+            lambda goal: self.external_pub.publish(Float64MultiArray(data=goal.tolist())),
+            self._now_s, joint_order, timeout_s)
+        self.create_subscription(JointState, Topics.JOINT_STATES, self._on_external_joints,
+                                 qos_profile(Topics.JOINT_STATES))
+        return backend
+
     # --- callbacks --------------------------------------------------------------------------
+    def _on_external_joints(self, msg: JointState):
+        try:
+            position, velocity, effort = joint_state_to_arrays(msg, JOINT_NAMES)
+        except ConversionError as exc:
+            counters = self.core.counters
+            counters['bad_joint_states'] = counters.get('bad_joint_states', 0) + 1
+            self.get_logger().warning(f'external joint_states ignored: {exc}',
+                                      throttle_duration_sec=2.0)
+            return
+        self.external.on_joint_state(position, velocity, effort, self._now_s())
+
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
@@ -332,9 +379,10 @@ class DriverNode(Node):
         self._publish_ready()
 
     def _publish_reading(self, reading, stamp) -> None:
-        self.joint_pub.publish(arrays_to_joint_state(JOINT_NAMES, reading.position,
-                                                     reading.velocity, reading.effort,
-                                                     stamp=stamp))
+        if self.external is None:  # else the stack's joint_state_broadcaster publishes them
+            self.joint_pub.publish(arrays_to_joint_state(JOINT_NAMES, reading.position,
+                                                         reading.velocity, reading.effort,
+                                                         stamp=stamp))
         self.tcp_pub.publish(pose_stamped(self.kin.fk(reading.position[:5]), Frames.BASE, stamp))
 
     def _publish_sim_truth(self, stamp) -> None:

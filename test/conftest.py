@@ -20,6 +20,18 @@ for _name, _value in NODE_ENVIRONMENT.items():
 _next_domain = [40 + (os.getpid() % 50)]
 
 
+def spin_for(executor, seconds, until=None, step_s=0.01):
+    """Spin until `until()` holds (True) or `seconds` pass (its last value; True without one):
+    generous limits, so a loaded machine is slow rather than failing."""
+    import time
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=step_s)
+        if until is not None and until():
+            return True
+    return until() if until else True
+
+
 @pytest.fixture
 def ros_context():
     """An isolated rclpy Context on its own domain id; shut down after the test."""

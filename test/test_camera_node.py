@@ -1,6 +1,5 @@
 """gripper_camera node: a real OpenCV capture of a video file with a blank burst and an end of
 stream (the device disappears), and the MuJoCo camera driven by the sim driver's state."""
-import time
 
 import cv2
 import numpy as np
@@ -18,15 +17,7 @@ from hilserl.conventions import Topics  # noqa: E402
 from hilserl.conversions import image_to_array  # noqa: E402
 from hilserl.image_ops import crop_resize  # noqa: E402
 from so101_driver.camera_node import CameraNode  # noqa: E402
-
-
-def spin_for(executor, seconds, until=None):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        executor.spin_once(timeout_sec=0.005)
-        if until is not None and until():
-            return True
-    return until() if until else True
+from conftest import spin_for  # noqa: E402
 
 
 def write_video(path, frames):

@@ -1,5 +1,4 @@
 """so101_driver node, sim and hardware (pty bus) backends, with identical topic semantics."""
-import time
 
 import numpy as np
 import pytest
@@ -20,15 +19,7 @@ from so101_driver.calibration import default_calibration, rad_to_ticks, save_cal
 from so101_driver.driver_node import DriverNode  # noqa: E402
 from so101_driver.ee_control import TOP_DOWN_SEED_RAD  # noqa: E402
 from so101_driver.sts_simulator import SimulatedBus  # noqa: E402
-
-
-def spin_for(executor, seconds, until=None):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        executor.spin_once(timeout_sec=0.01)
-        if until is not None and until():
-            return True
-    return until() if until else True
+from conftest import spin_for  # noqa: E402
 
 
 @pytest.fixture(params=['sim', 'hardware'])

@@ -58,6 +58,21 @@ def test_graph_arguments_have_descriptions_and_bad_values_are_refused():
         GraphArgs(success_source='classifier')
 
 
+def test_driver_external_hands_the_joints_to_a_ros2_control_stack():
+    args = dict(backend='hardware', teleop='keyboard', success_source='key')
+    nodes = {n.name: n for n in build_graph(GraphArgs(**args, driver='external',
+                                                      joint_command_topic='arm/commands'))}
+    driver = nodes['so101_driver'].parameters
+    assert (driver['backend'], driver['on_exit'], driver['external_command_topic']) == \
+        ('external', 'hold', 'arm/commands')
+    assert 'backend' not in {n.name: n for n in build_graph(GraphArgs(**args))}[
+        'so101_driver'].parameters  # so101: the robot file's backend (hardware)
+    with pytest.raises(ValueError, match='driver=external needs backend=hardware'):
+        GraphArgs(driver='external')
+    with pytest.raises(ValueError, match='driver'):
+        GraphArgs(driver='gazebo')
+
+
 def test_train_config_drives_the_driver_and_camera_parameters(tmp_path):
     config = tmp_path / 'c.yaml'
     config.write_text('task: {workspace_min_m: [0.12, -0.1, 0.02]}\n'
