@@ -105,14 +105,15 @@ class ActorNode(Node):
         if self.mode != 'record':
             import torch
             torch.set_num_threads(1)  # the learner owns the other core
-            from hilserl_policy.checkpoint import build_agent, load_pretrained
+            # the policy alone: critics, targets and optimisers are the learner's
+            from hilserl_policy.policy import build_policy, load_pretrained
             if checkpoint:
                 self.agent, _ = load_pretrained(checkpoint, device)
                 self.get_logger().info(f'policy from {checkpoint} (step {self.agent.step})')
             elif self.mode == 'eval':
                 raise ValueError('mode=eval needs the checkpoint parameter')
             else:
-                self.agent = build_agent(self.cfg, device=device)
+                self.agent = build_policy(self.cfg, device=device)
             self.backbone_digest = self.agent.backbone_digest()
         self.deterministic = self.mode == 'eval'
         self.assembler = ObservationAssembler(self.cfg)

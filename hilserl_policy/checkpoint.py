@@ -1,5 +1,7 @@
-"""Checkpoints: checkpoints/<step:06d>/pretrained_model (config.json + model.safetensors) and
-checkpoints/<step:06d>/training_state (optimisers, temperature, step, RNG, replay buffers).
+"""Checkpoints: checkpoints/<step:06d>/pretrained_model (config.json + model.safetensors: the
+policy's state dict, all an actor loads) and checkpoints/<step:06d>/training_state (the
+algorithm's critics, targets and temperature in algorithm.safetensors; optimisers, step, RNG,
+replay buffers).
 
 Written into `<step>.tmp` and renamed, then `checkpoints/last` is replaced atomically: a crash at
 any moment leaves the previous checkpoint intact and `latest_checkpoint()` never sees a partial
@@ -21,8 +23,10 @@ from typing import Iterable, List, Optional, Tuple
 
 import torch
 
-from hilserl.config import TrainConfig, from_dict
+from hilserl.config import TrainConfig
 from hilserl.run_dir import complete_checkpoints, latest_checkpoint  # noqa: F401 - re-exported
+from hilserl_policy.policy import (  # noqa: F401 - load_pretrained re-exported
+    build_policy, load_pretrained, load_strict, read_pretrained, split_old_layout)
 from hilserl_policy.replay import ReplayBuffer, segment_files
 from hilserl_policy.sac import SAC
 
@@ -54,8 +58,10 @@ def save_checkpoint(run_dir, agent: SAC, cfg: TrainConfig, online: Optional[Repl
               'state_dim': agent.state_dim, 'action_dim': agent.action_dim,
               'step': agent.step, 'backbone_digest': agent.backbone_digest()}
     (model_dir / 'config.json').write_text(json.dumps(config, indent=2))
-    save_file({k: v.detach().cpu().contiguous() for k, v in agent.state_dict().items()},
+    save_file({k: v.detach().cpu().contiguous() for k, v in agent.policy.state_dict().items()},
               str(model_dir / 'model.safetensors'))
+    save_file({k: v.detach().cpu().contiguous() for k, v in agent.algorithm_state().items()},
+              str(state_dir / 'algorithm.safetensors'))
     torch.save({'critic_opt': agent.critic_opt.state_dict(),
                 'actor_opt': agent.actor_opt.state_dict(),
                 'temperature_opt': agent.temperature_opt.state_dict(),
@@ -104,40 +110,24 @@ def prune_checkpoints(run_dir, keep_last: int, protect: Iterable = (),
     return deleted
 
 
-def load_pretrained(model_dir, device: Optional[str] = None) -> Tuple[SAC, TrainConfig]:
-    """A `pretrained_model` directory (or a checkpoint directory holding one) -> agent."""
-    from safetensors.torch import load_file
-    model_dir = Path(model_dir)
-    if (model_dir / 'pretrained_model').is_dir():
-        model_dir = model_dir / 'pretrained_model'
-    config_path = model_dir / 'config.json'
-    if not config_path.is_file():
-        raise FileNotFoundError(f'{model_dir} is not a policy checkpoint (no config.json)')
-    meta = json.loads(config_path.read_text())
-    cfg = from_dict(TrainConfig, meta['train_config'])
-    # the checkpoint holds the whole agent, a frozen encoder included: the pretrained
-    # directory it was trained with is not needed here
-    agent = build_agent(cfg, meta['image_shape'][1:], device, weights_from_checkpoint=True)
-    weights_path = model_dir / 'model.safetensors'
-    state = load_file(str(weights_path))
-    missing = sorted(set(agent.state_dict()) - set(state))
-    unexpected = sorted(set(state) - set(agent.state_dict()))
-    if missing or unexpected:  # e.g. written with an older encoder layout
-        raise ValueError(f'{weights_path} does not fit this version\'s networks: '
-                         f'{len(missing)} tensors missing (e.g. {missing[:2]}), '
-                         f'{len(unexpected)} unknown (e.g. {unexpected[:2]})')
-    agent.load_state_dict(state)
-    agent.step = int(meta['step'])
-    return agent, cfg
-
-
 def resume(checkpoint_dir, device: Optional[str] = None, image_dir=None
            ) -> Tuple[SAC, TrainConfig, Optional[ReplayBuffer], Optional[ReplayBuffer], dict]:
     """Restore agent, optimisers, RNG and buffers: training continues where it stopped.
     `image_dir`: keep the buffers' images in a file there (see replay.ImageStore)."""
+    from safetensors.torch import load_file
     checkpoint_dir = Path(checkpoint_dir)
-    agent, cfg = load_pretrained(checkpoint_dir / 'pretrained_model', device)
+    model_dir, meta, cfg = read_pretrained(checkpoint_dir / 'pretrained_model')
+    agent = build_agent(cfg, meta['image_shape'][1:], device, weights_from_checkpoint=True)
+    weights_path = model_dir / 'model.safetensors'
+    policy_state, algorithm_state = split_old_layout(load_file(str(weights_path)), agent.policy)
+    load_strict(agent.policy, policy_state, weights_path)
     state_dir = checkpoint_dir / 'training_state'
+    if (state_dir / 'algorithm.safetensors').is_file():
+        algorithm_state = load_file(str(state_dir / 'algorithm.safetensors'))
+    algorithm = {f'policy.{k}': v for k, v in agent.policy.state_dict().items()}
+    algorithm.update(algorithm_state)
+    load_strict(agent, algorithm, state_dir / 'algorithm.safetensors')
+    agent.step = int(meta['step'])
     opt = torch.load(state_dir / 'optimizers.pt', weights_only=False)
     agent.critic_opt.load_state_dict(opt['critic_opt'])
     agent.actor_opt.load_state_dict(opt['actor_opt'])

@@ -1,4 +1,7 @@
-"""SAC + DrQ for image + state observations, RLPD by configuration (drqv2 / jaxrl style).
+"""SAC + DrQ for image + state observations, RLPD by configuration (drqv2 / jaxrl style): the
+algorithm around a `Policy` (hilserl_policy/policy.py: backbone, encoder, actor head, grasp
+critic), owning what only training needs: critics and their targets, the temperature, the
+optimisers and `update()`.
 
 `update(sample)` draws `utd_ratio` batches: every batch updates the critics (and the discrete
 grasp critic) with a Polyak target step; the last one also updates the actor and the temperature.
@@ -9,8 +12,6 @@ feature maps are shared by critics, actor and grasp critic.
 from __future__ import annotations
 
 import copy
-import hashlib
-import warnings
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -20,53 +21,36 @@ from torch import nn
 
 from hilserl.config import SACConfig
 from hilserl.augment import random_shift
-from hilserl_policy.networks import (Backbone, CriticEnsemble, GraspCritic, ObservationEncoder,
-                                     TanhGaussianActor)
+from hilserl_policy.networks import CriticEnsemble, GraspCritic
+from hilserl_policy.policy import Policy, resolve_device  # noqa: F401 - resolve_device re-exported
 
 Batch = Dict[str, np.ndarray]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device={name!r} requested but CUDA is not available')
-    return device
 
 
 class SAC(nn.Module):
     def __init__(self, cfg: SACConfig, image_shape, state_dim: int, action_dim: int,
                  discrete_gripper: bool = False, device: str = 'cpu', seed: int = 0,
                  weights_from_checkpoint: bool = False):
-        """`weights_from_checkpoint`: a checkpoint's state is loaded right after (its frozen
-        encoder included), so the pretrained encoder directory is not read."""
+        """The arguments of the `Policy` it trains (built first, from the same seed, so an
+        actor's `build_policy` starts from the same weights)."""
         super().__init__()
         self.cfg = cfg
-        self.image_shape = tuple(image_shape)
+        self.policy = Policy(cfg, image_shape, state_dim, action_dim, discrete_gripper, 'cpu',
+                             seed, weights_from_checkpoint)
+        self.image_shape = self.policy.image_shape
         self.state_dim, self.action_dim = state_dim, action_dim
         self.discrete_gripper = discrete_gripper
-        # the continuous part: all dims, or all but the gripper when a grasp critic picks it
-        self.continuous_dim = action_dim - 1 if discrete_gripper else action_dim
-        torch.manual_seed(seed)  # initial weights are reproducible from the seed
-        channels, h, w = self.image_shape
-        self.backbone = Backbone(cfg.encoder, (h, w), cfg.freeze_encoder,
-                                 cfg.pretrained_encoder_path, weights_from_checkpoint)
-        self.encoder = ObservationEncoder(self.backbone.fmap_shape, channels // 3, state_dim,
-                                          cfg.latent_dim)
+        self.continuous_dim = self.policy.continuous_dim
         emb = self.encoder.out_dim
-        self.actor = TanhGaussianActor(emb, self.continuous_dim, cfg.hidden_dims,
-                                       cfg.log_std_min, cfg.log_std_max)
         self.critic = CriticEnsemble(cfg.num_critics, emb, self.continuous_dim, cfg.hidden_dims,
                                      cfg.critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.grasp_critic = GraspCritic(emb, cfg.hidden_dims) if discrete_gripper else None
         self.grasp_target = (copy.deepcopy(self.grasp_critic).requires_grad_(False)
                              if discrete_gripper else None)
         self.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.temperature_init))))
         self.target_entropy = (cfg.target_entropy if cfg.target_entropy is not None
                                else -self.continuous_dim / 2.0)
-        self.device = resolve_device(device)
+        self.device = self.policy.device = resolve_device(device)
         self.to(self.device)
         critic_params = list(self.critic.parameters()) + list(self.encoder.parameters())
         if not cfg.freeze_encoder:
@@ -80,76 +64,48 @@ class SAC(nn.Module):
         # the feature cache is filled from another thread than the update: its own generator
         self.cache_generator = torch.Generator().manual_seed(seed + 1)
         self.rng = np.random.default_rng(seed)
-        self._acting_programs: Dict[tuple, nn.Module] = {}
         self.step = 0  # optimisation steps (one actor update each)
+
+    # the policy's parts, which the losses train
+    @property
+    def backbone(self):
+        return self.policy.backbone
+
+    @property
+    def encoder(self):
+        return self.policy.encoder
+
+    @property
+    def actor(self):
+        return self.policy.actor
+
+    @property
+    def grasp_critic(self):
+        return self.policy.grasp_critic
 
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()
 
-    # --- acting -------------------------------------------------------------------------------
-    @torch.inference_mode()
     def act(self, image: np.ndarray, state: np.ndarray, deterministic: bool) -> np.ndarray:
-        """One observation ((C, H, W) uint8, (D,) float32) -> action (A,) float32 in [-1, 1].
+        return self.policy.act(image, state, deterministic)
 
-        Runs a traced graph of backbone -> encoder -> actor head (see `acting_program`): at
-        batch 1 the per-module Python overhead is most of the cost. The squashing and sampling
-        arithmetic runs in numpy on the few outputs (noise from torch's generator), for the
-        same reason."""
-        images = torch.as_tensor(image, device=self.device).unsqueeze(0)
-        states = torch.as_tensor(state, dtype=torch.float32, device=self.device).unsqueeze(0)
-        mean, log_std, grasp_q = (t[0].float().cpu().numpy()
-                                  for t in self.acting_program(images, states)(images, states))
-        raw = mean if deterministic else (
-            mean + torch.randn(mean.shape).numpy() * np.exp(log_std))
-        action = np.tanh(raw).astype(np.float32)
-        if self.discrete_gripper:
-            value = GraspCritic.to_value(torch.tensor(int(grasp_q.argmax()))).item()
-            action = np.append(action, np.float32(value))
-        return action
+    def policy_state(self) -> Dict[str, torch.Tensor]:
+        return self.policy.policy_state()
 
-    def acting_program(self, images: torch.Tensor, states: torch.Tensor
-                       ) -> Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, ...]]:
-        """The acting graph for these input shapes, traced once: (images, states) -> (mean,
-        log_std, grasp Q). The traced heads (and a trained backbone) share parameters and
-        buffers with this module, so weights loaded in place (`load_policy_state`, an optimiser
-        step) are used at once; a frozen backbone is also frozen into constants and rebuilt
-        when its weights are replaced."""
-        key = (tuple(images.shape), tuple(states.shape))
-        program = self._acting_programs.get(key)
-        if program is None:
-            try:
-                backbone, heads = self._trace_acting_program(images, states)
-            except Exception as error:  # e.g. a torch without TorchScript: same maths, slower
-                warnings.warn(f'acting graph not traced ({error}); acting module by module')
-                backbone = self.backbone
-                heads = _ActingHeads(self.encoder, self.actor, self.grasp_critic)
-            program = lambda x, s: heads(backbone(x), s)  # noqa: E731
-            self._acting_programs[key] = program
-        return program
+    def load_policy_state(self, state: Dict[str, torch.Tensor]) -> None:
+        self.policy.load_policy_state(state)
 
-    def _trace_acting_program(self, images: torch.Tensor, states: torch.Tensor):
-        modes = [(m, m.training) for m in self.modules()]
-        self.eval()  # acting never uses dropout or batch statistics
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                # torch 2.13 marks TorchScript deprecated; it is still the cheapest way to run
-                # a small graph at batch 1 (torch.compile costs a long compile per weight set)
-                warnings.simplefilter('ignore', torch.jit.TracerWarning)
-                warnings.simplefilter('ignore', DeprecationWarning)
-                backbone = torch.jit.trace(self.backbone, images, check_trace=False)
-                if self.cfg.freeze_encoder:
-                    backbone = torch.jit.freeze(backbone)
-                heads = _ActingHeads(self.encoder, self.actor, self.grasp_critic)
-                heads = torch.jit.trace(heads, (self.backbone(images), states), check_trace=False)
-                return backbone, heads
-        finally:
-            for module, mode in modes:
-                module.training = mode
+    def backbone_digest(self) -> str:
+        return self.policy.backbone_digest()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        self._acting_programs.clear()  # a frozen backbone's constants may be replaced
+        self.policy._acting_programs.clear()  # a frozen backbone's constants may be replaced
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def algorithm_state(self) -> Dict[str, torch.Tensor]:
+        """What training adds to the policy's weights: critics, targets, temperature."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith('policy.')}
 
     # --- losses -------------------------------------------------------------------------------
     def critic_loss(self, emb, next_emb, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -295,59 +251,6 @@ class SAC(nn.Module):
         self.step += 1
         metrics['step'] = self.step
         return metrics
-
-    # --- weights ------------------------------------------------------------------------------
-    def policy_state(self) -> Dict[str, torch.Tensor]:
-        """What an actor needs: encoder head, actor, grasp critic, and the backbone when it is
-        trained (a frozen one is loaded by the actor from the same pretrained weights; see
-        `backbone_digest`)."""
-        parts = {'encoder': self.encoder, 'actor': self.actor}
-        if self.grasp_critic is not None:
-            parts['grasp_critic'] = self.grasp_critic
-        if not self.cfg.freeze_encoder:
-            parts['backbone'] = self.backbone
-        return {f'{name}.{k}': v.detach().cpu().contiguous()
-                for name, module in parts.items() for k, v in module.state_dict().items()}
-
-    def load_policy_state(self, state: Dict[str, torch.Tensor]) -> None:
-        modules = {'encoder': self.encoder, 'actor': self.actor, 'backbone': self.backbone,
-                   'grasp_critic': self.grasp_critic}
-        grouped: Dict[str, Dict[str, torch.Tensor]] = {}
-        for key, value in state.items():
-            name, _, rest = key.partition('.')
-            if name not in modules or modules[name] is None:
-                raise KeyError(f'policy weights carry unknown part {name!r}')
-            grouped.setdefault(name, {})[rest] = value
-        for name, part in grouped.items():
-            modules[name].load_state_dict(part)
-        if 'backbone' in grouped:
-            self._acting_programs.clear()
-
-    def backbone_digest(self) -> str:
-        if self.cfg.freeze_encoder and getattr(self, '_frozen_digest', None):
-            return self._frozen_digest
-        h = hashlib.sha256()
-        for key, value in sorted(self.backbone.state_dict().items()):
-            h.update(key.encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes())
-        digest = h.hexdigest()[:16]
-        if self.cfg.freeze_encoder:
-            self._frozen_digest = digest  # frozen weights never change: hash once
-        return digest
-
-
-class _ActingHeads(nn.Module):
-    """Feature maps + state -> (mean, log_std, grasp Q): the traceable acting head."""
-
-    def __init__(self, encoder: nn.Module, actor: TanhGaussianActor, grasp_critic):
-        super().__init__()
-        self.encoder, self.actor, self.grasp_critic = encoder, actor, grasp_critic
-
-    def forward(self, fmaps: torch.Tensor, states: torch.Tensor):
-        emb = self.encoder(fmaps, states)
-        mean, log_std = self.actor.mean_log_std(emb)
-        grasp_q = self.grasp_critic(emb) if self.grasp_critic is not None else mean[:, :0]
-        return mean, log_std, grasp_q
 
 
 @torch.no_grad()

@@ -243,6 +243,45 @@ def test_checkpoint_round_trip_restores_identical_actions(tmp_path):
     assert m1['critic_loss'] == pytest.approx(m2['critic_loss'], rel=1e-5)
 
 
+def test_pretrained_model_is_the_policy_and_training_state_the_algorithm(tmp_path):
+    """What an actor loads is the policy's state dict (no critics); the critics, targets and
+    temperature come back from training_state; a checkpoint written before the split (the whole
+    agent in pretrained_model) still loads both ways."""
+    from safetensors.torch import load_file, save_file
+    from hilserl_policy.policy import Policy
+    cfg = tiny_config()
+    agent = build_agent(cfg)
+    buffer, rng = filled_buffer()
+    agent.update(lambda: buffer.sample(16, rng))
+    path = save_checkpoint(tmp_path, agent, cfg, buffer, None)
+    weights = load_file(str(path / 'pretrained_model' / 'model.safetensors'))
+    assert set(weights) == set(agent.policy.state_dict())
+    assert not any(k.startswith(('critic', 'log_alpha')) for k in weights)
+    loaded, _ = load_pretrained(path)
+    assert isinstance(loaded, Policy) and not hasattr(loaded, 'critic') and loaded.step == 1
+    resumed = resume(path)[0]
+    for key, value in agent.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+    # the layout before the split: everything in pretrained_model, no algorithm.safetensors
+    save_file({k.removeprefix('policy.'): v.contiguous() for k, v in agent.state_dict().items()},
+              str(path / 'pretrained_model' / 'model.safetensors'))
+    (path / 'training_state' / 'algorithm.safetensors').unlink()
+    old = resume(path)[0]
+    assert all(torch.equal(old.state_dict()[k], v) for k, v in agent.state_dict().items())
+    assert all(torch.equal(load_pretrained(path)[0].state_dict()[k], v)
+               for k, v in agent.policy.state_dict().items())
+
+
+def test_the_actor_side_needs_no_algorithm_module():
+    import subprocess
+    import sys
+    code = ('import sys, hilserl_policy.policy; '
+            'print(sorted(m for m in sys.modules if m.startswith("hilserl_policy")))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True).stdout
+    assert eval(out) == ['hilserl_policy', 'hilserl_policy.networks', 'hilserl_policy.policy']
+
+
 def test_rlpd_sampling_is_50_50():
     online, rng = filled_buffer()
     offline = ReplayBuffer(64, (3, *HW), 18, 4)
