@@ -91,6 +91,20 @@ def declare(node, name: str, default, description: str, **descriptor_kwargs):
     return node.get_parameter(name).value
 
 
+def declare_config(node, cls, read_only: bool = True) -> dict:
+    """Declare every `hilserl.parameters.param` field of the dataclass `cls` as a parameter
+    (default, description and range from the field) and return their values as keyword
+    arguments for `cls` (lists back to tuples where the default is a tuple)."""
+    from hilserl.parameters import parameter_fields
+    values = {}
+    for name, default, spec in parameter_fields(cls):
+        ranges = {k: spec[k] for k in ('float_range', 'int_range') if spec[k] is not None}
+        value = declare(node, name, list(default) if isinstance(default, tuple) else default,
+                        spec['description'], read_only=read_only, **ranges)
+        values[name] = tuple(value) if isinstance(default, tuple) else value
+    return values
+
+
 def diagnostic_array(entries, stamp, hardware_id: str = ''):
     """hilserl DiagnosticEntry list -> diagnostic_msgs/DiagnosticArray."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

@@ -15,16 +15,24 @@ from typing import Optional
 
 import numpy as np
 
+from hilserl.parameters import param
+
 # Simulated time starts here rather than at 0, which ROS reads as "no time received yet".
 SIM_START_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
 class SimClockConfig:
-    control_rate_hz: float = 10.0
-    action_timeout_s: float = 2.0          # wall clock; then the tick holds (counted)
-    max_real_time_factor: float = 0.0      # 0: as fast as the graph answers; 1: real time
-    min_updates_per_step: float = 0.0      # learner pacing; 0: free-running
+    control_rate_hz: float = param(10.0, 'sim_clock: control ticks per simulated second (Hz)',
+                                   float_range=(1.0, 100.0))
+    action_timeout_s: float = param(2.0, 'sim_clock: wall time a tick waits for its action '
+                                    'before holding (s)', float_range=(0.01, 600.0))
+    max_real_time_factor: float = param(0.0, 'sim_clock: at most this many simulated seconds '
+                                        'per wall second (0: no limit; 1 for a person at the '
+                                        'keys)', float_range=(0.0, 100.0))
+    min_updates_per_step: float = param(0.0, 'sim_clock: wait until the learner did this many '
+                                        'optimisation steps per transition (0: do not wait)',
+                                        float_range=(0.0, 1000.0))
     pacing_slack_steps: int = 2            # transitions in flight the pacing tolerates
     learner_silence_s: float = 120.0       # wall: a learner this quiet no longer paces
 

@@ -12,8 +12,10 @@ import numpy as np
 
 from hilserl.conventions import JOINT_NAMES
 from hilserl.kinematics import SO101Kinematics
+from hilserl.parameters import param
 from so101_driver.backend import ArmBackend, BackendError, JointReading
-from so101_driver.ee_control import EEControlConfig, EEController, home_joint_goal
+from so101_driver.ee_control import (TASK_DEFAULTS, EEControlConfig, EEController,
+                                     home_joint_goal)
 from so101_driver.sts_protocol import error_text
 
 from hilserl.diagnostics import ERROR, OK, WARN, DiagnosticEntry
@@ -22,14 +24,22 @@ from hilserl.diagnostics import ERROR, OK, WARN, DiagnosticEntry
 @dataclass(frozen=True)
 class DriverConfig:
     ee: EEControlConfig = field(default_factory=EEControlConfig)
-    command_timeout_s: float = 0.5          # no valid command for this long -> hold
-    max_joint_velocity_rad_s: float = 3.0   # slew limit of written goals (per tick)
-    reset_velocity_rad_s: float = 0.8       # slower while going home
+    command_timeout_s: float = param(0.5, 'hold position when no valid command arrives for this '
+                                     'long (s)', float_range=(0.05, 10.0))
+    max_joint_velocity_rad_s: float = param(3.0, 'slew limit of joint goals (rad/s)',
+                                            float_range=(0.1, 6.0))
+    reset_velocity_rad_s: float = param(0.8, 'joint speed while going home (rad/s)',
+                                        float_range=(0.1, 3.0))
     reset_tolerance_rad: float = 0.03
-    reset_tcp_xyz_m: Tuple[float, float, float] = (0.25, 0.0, 0.07)
-    reset_gripper_rad: float = 0.7
-    random_ee_reset: bool = True
-    random_ee_range_xy_m: float = 0.03
+    reset_tcp_xyz_m: Tuple[float, float, float] = param(
+        TASK_DEFAULTS.reset_tcp_xyz_m, 'home TCP position in base_link (m)')
+    reset_gripper_rad: float = param(TASK_DEFAULTS.reset_gripper_rad, 'gripper at home (rad)',
+                                     float_range=(-0.17, 1.74))
+    random_ee_reset: bool = param(TASK_DEFAULTS.random_ee_reset,
+                                  'randomise the home TCP in x/y on reset')
+    random_ee_range_xy_m: float = param(TASK_DEFAULTS.random_ee_range_xy_m,
+                                        '+- range of the reset randomisation (m)',
+                                        float_range=(0.0, 0.1))
     temperature_warn_c: float = 60.0
     temperature_error_c: float = 75.0
     # Exit (DriverCore.shutdown): folded, TCP ~4 cm above the base plate, gripper closed.

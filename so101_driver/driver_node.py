@@ -35,8 +35,8 @@ from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int64MultiA
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.node_support import (declare, diagnostic_array, marker, pose_stamped,
-                                  qos_profile, spin_node)
+from hilserl.node_support import (declare, declare_config, diagnostic_array, marker,
+                                  pose_stamped, qos_profile, spin_node)
 from hilserl.conventions import JOINT_NAMES, Frames, Topics
 from hilserl.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
                                  joint_state_to_arrays, nanoseconds_to_stamp, validated_action)
@@ -68,41 +68,9 @@ class DriverNode(Node):
         health_period_s = declare(self, 'health_period_s', 1.0,
                                   'temperature/voltage read and diagnostics period (s)',
                                   float_range=(0.1, 60.0), read_only=True)
-        ee = EEControlConfig(
-            ee_step_m=tuple(declare(self, 'ee_step_m', [0.02, 0.02, 0.02],
-                                    'metres per action unit along x, y, z', read_only=True)),
-            gripper_step_rad=declare(self, 'gripper_step_rad', 0.35,
-                                     'gripper change per action unit (rad)',
-                                     float_range=(0.01, 1.0), read_only=True),
-            workspace_min_m=tuple(declare(self, 'workspace_min_m', [0.10, -0.15, 0.01],
-                                          'TCP box lower corner in base_link (m)',
-                                          read_only=True)),
-            workspace_max_m=tuple(declare(self, 'workspace_max_m', [0.35, 0.15, 0.25],
-                                          'TCP box upper corner in base_link (m)',
-                                          read_only=True)),
-        )
-        self.config = DriverConfig(
-            ee=ee,
-            command_timeout_s=declare(self, 'command_timeout_s', 0.5,
-                                      'hold position when no valid command arrives for this '
-                                      'long (s)', float_range=(0.05, 10.0), read_only=True),
-            max_joint_velocity_rad_s=declare(self, 'max_joint_velocity_rad_s', 3.0,
-                                             'slew limit of joint goals (rad/s)',
-                                             float_range=(0.1, 6.0), read_only=True),
-            reset_velocity_rad_s=declare(self, 'reset_velocity_rad_s', 0.8,
-                                         'joint speed while going home (rad/s)',
-                                         float_range=(0.1, 3.0), read_only=True),
-            reset_tcp_xyz_m=tuple(declare(self, 'reset_tcp_xyz_m', [0.25, 0.0, 0.07],
-                                          'home TCP position in base_link (m)',
-                                          read_only=True)),
-            reset_gripper_rad=declare(self, 'reset_gripper_rad', 0.7, 'gripper at home (rad)',
-                                      float_range=(-0.17, 1.74), read_only=True),
-            random_ee_reset=declare(self, 'random_ee_reset', True,
-                                    'randomise the home TCP in x/y on reset', read_only=True),
-            random_ee_range_xy_m=declare(self, 'random_ee_range_xy_m', 0.03,
-                                         '+- range of the reset randomisation (m)',
-                                         float_range=(0.0, 0.1), read_only=True),
-        )
+        # one default, description and range per value: the config dataclasses' fields
+        self.config = DriverConfig(ee=EEControlConfig(**declare_config(self, EEControlConfig)),
+                                   **declare_config(self, DriverConfig))
         self.cube_range_m = declare(self, 'cube_spawn_range_xy_m', 0.04,
                                     'sim: +- cube placement range around the home TCP (m)',
                                     float_range=(0.0, 0.1), read_only=True)
@@ -123,21 +91,7 @@ class DriverNode(Node):
         sim_clock = declare(self, 'sim_clock', True, 'sim: the driver owns simulated time '
                             '(/clock, lock-step with the actor); false: wall-clock ticks',
                             read_only=True)
-        self.clock_cfg = SimClockConfig(
-            control_rate_hz=declare(self, 'control_rate_hz', 10.0, 'sim_clock: control ticks '
-                                    'per simulated second (Hz)', float_range=(1.0, 100.0),
-                                    read_only=True),
-            action_timeout_s=declare(self, 'action_timeout_s', 2.0, 'sim_clock: wall time a '
-                                     'tick waits for its action before holding (s)',
-                                     float_range=(0.01, 600.0), read_only=True),
-            max_real_time_factor=declare(self, 'max_real_time_factor', 0.0, 'sim_clock: at '
-                                         'most this many simulated seconds per wall second (0: '
-                                         'no limit; 1 for a person at the keys)',
-                                         float_range=(0.0, 100.0), read_only=True),
-            min_updates_per_step=declare(self, 'min_updates_per_step', 0.0, 'sim_clock: wait '
-                                         'until the learner did this many optimisation steps '
-                                         'per transition (0: do not wait)',
-                                         float_range=(0.0, 1000.0), read_only=True))
+        self.clock_cfg = SimClockConfig(**declare_config(self, SimClockConfig))
         self.kin = SO101Kinematics()
         self.bus = None
         self.sim = None

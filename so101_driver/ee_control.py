@@ -17,19 +17,30 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from hilserl.config import ActionConfig, TaskConfig
 from hilserl.kinematics import SO101Kinematics
+from hilserl.parameters import param
 
 # IK iterations per try (half of them for the approach pass): a reachable 2 cm step converges in
 # about 5; the cap bounds the ticks spent on unreachable targets.
 _IK_ITERATIONS = 12
 
 
+# The task's values: the graph passes the training config's (config/train.yaml) to the driver.
+ACTION_DEFAULTS, TASK_DEFAULTS = ActionConfig(), TaskConfig()
+
+
 @dataclass(frozen=True)
 class EEControlConfig:
-    ee_step_m: Tuple[float, float, float] = (0.02, 0.02, 0.02)
-    gripper_step_rad: float = 0.35
-    workspace_min_m: Tuple[float, float, float] = (0.10, -0.15, 0.01)
-    workspace_max_m: Tuple[float, float, float] = (0.35, 0.15, 0.25)
+    ee_step_m: Tuple[float, float, float] = param(
+        ACTION_DEFAULTS.ee_step_m, 'metres per action unit along x, y, z')
+    gripper_step_rad: float = param(ACTION_DEFAULTS.gripper_step_rad,
+                                    'gripper change per action unit (rad)',
+                                    float_range=(0.01, 1.0))
+    workspace_min_m: Tuple[float, float, float] = param(
+        TASK_DEFAULTS.workspace_min_m, 'TCP box lower corner in base_link (m)')
+    workspace_max_m: Tuple[float, float, float] = param(
+        TASK_DEFAULTS.workspace_max_m, 'TCP box upper corner in base_link (m)')
     approach_axis: Optional[Tuple[float, float, float]] = (0.0, 0.0, -1.0)  # held; None = free
     approach_tolerance_rad: float = 0.1    # tool axis off approach_axis (never more than before)
     max_joint_step_rad: float = 0.25       # per tick, arm joints
