@@ -128,6 +128,51 @@ class MetricsLog:
             csv.DictWriter(f, self.fields).writerow(row)
 
 
+class TensorBoardLog:
+    """Scalars for `tensorboard --logdir RUN_DIR`: the training metrics by optimisation step
+    (train/...) and each episode's outcome by episode number (episode/...), beside metrics.csv.
+    Without the tensorboard package only metrics.csv is written (`unavailable` says why)."""
+
+    def __init__(self, log_dir, utd_ratio: int):
+        self.utd_ratio = utd_ratio
+        self.unavailable = ''
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # a distro install without `pip install tensorboard`
+            self.writer, self.unavailable = None, str(exc)
+            return
+        self.writer = SummaryWriter(str(log_dir), flush_secs=10)
+
+    def train(self, metrics: Dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        step, wall = int(metrics.get('step', 0)), metrics.get('wall_time')
+        for key, value in metrics.items():
+            if key not in ('step', 'wall_time') and isinstance(value, (int, float)) and \
+                    np.isfinite(value):
+                self.writer.add_scalar(f'train/{key}', value, step, walltime=wall)
+        if metrics.get('step_time_s'):
+            self.writer.add_scalar('train/critic_updates_per_s',
+                                   self.utd_ratio / metrics['step_time_s'], step, walltime=wall)
+
+    def episode(self, number: int, episode: dict, recent: List[dict]) -> None:
+        if self.writer is None:
+            return
+        steps = max(int(episode.get('steps', 0)), 1)
+        values = {'success': float(bool(episode.get('success'))),
+                  'return': float(episode.get('return', 0.0)),
+                  'steps': float(episode.get('steps', 0)),
+                  'intervention_rate': float(episode.get('interventions', 0)) / steps,
+                  'success_rate_last_10': float(np.mean([bool(e.get('success'))
+                                                         for e in recent]))}
+        for key, value in values.items():
+            self.writer.add_scalar(f'episode/{key}', value, number)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 class Learner:
     def __init__(self, cfg: TrainConfig, run_dir, resume_from_latest: bool = True,
                  device: Optional[str] = None):
@@ -158,6 +203,7 @@ class Learner:
                                                     image_shape, s, a, featurizer, image_dir)
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.metrics_log = MetricsLog(self.run_dir / 'metrics.csv')
+        self.tensorboard = TensorBoardLog(self.run_dir / 'tensorboard', cfg.sac.utd_ratio)
         self.lock = threading.Lock()  # agent parameters: update vs. weight export/checkpoint
         self.last_metrics: Dict[str, float] = {}
         self._update_times = []
@@ -295,6 +341,7 @@ class Learner:
 
     def record_episode(self, event: dict) -> None:
         self.episodes.append({k: event[k] for k in EPISODE_KEYS if k in event})
+        self.tensorboard.episode(len(self.episodes) - 1, self.episodes[-1], self.episodes[-10:])
 
     def episode_counts(self) -> Tuple[int, int]:
         """(episodes, successful episodes) over the whole run, resumes included."""
@@ -326,6 +373,7 @@ class Learner:
                        offline_size=len(self.offline), wall_time=time.time())
         self.last_metrics = metrics
         self.metrics_log.write(metrics)
+        self.tensorboard.train(metrics)
         if self.agent.step % self.cfg.sac.checkpoint_every_steps == 0:
             self.checkpoint()
         else:

@@ -70,6 +70,9 @@ class LearnerNode(Node):
         except PretrainedWeightsMissing as exc:  # one line, not a traceback
             self.get_logger().fatal(str(exc))
             raise SystemExit(2) from None
+        if self.learner.tensorboard.unavailable:
+            self.get_logger().info('no TensorBoard event files (metrics.csv only): '
+                                   f'{self.learner.tensorboard.unavailable}')
         if self.learner.resumed_from is not None:
             episodes, successes = self.learner.episode_counts()
             self.get_logger().info(f'resumed from {self.learner.resumed_from} (step '
@@ -240,6 +243,7 @@ class LearnerNode(Node):
         path = self.learner.maybe_checkpoint(now_s=float('inf'))
         if path is not None:
             print(f'[sac_learner] final checkpoint {path}', flush=True)  # context may be gone
+        self.learner.tensorboard.close()
 
 
 def main(args=None):

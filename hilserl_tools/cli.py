@@ -438,7 +438,23 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument('--images', action='store_true', help='frames as PNG in the Parquet')
     p.add_argument('--task', default=DEFAULT_TASK, help='the task text of every episode')
     p.set_defaults(func=_cmd_export_lerobot)
+
+    p = sub.add_parser('plot', help='PNG charts of a run: success, interventions, return, '
+                                    'losses, updates/s against episodes and wall time')
+    p.add_argument('run_dir', help='a run directory (episodes/ and metrics.csv)')
+    p.add_argument('--out', default='', help='where the PNGs go (default: RUN_DIR/plots)')
+    p.add_argument('--window', type=int, default=10, help='episodes in the moving averages')
+    p.set_defaults(func=_cmd_plot)
     return parser
+
+
+def _cmd_plot(args) -> int:
+    from hilserl_tools.plots import plot_run
+    if args.window < 1:
+        raise ValueError(f'--window {args.window}: must be >= 1')
+    for path in plot_run(args.run_dir, args.out or None, args.window):
+        print(path)
+    return 0
 
 
 def main(argv=None) -> int:

@@ -68,3 +68,32 @@ def test_a_truncated_bag_is_one_line_and_skipped_as_a_demo(sim_episodes, tmp_pat
     unreadable = []
     demos = list(load_demo_transitions(tmp_path / 'run', unreadable=unreadable))
     assert len(demos) == episodes[0][1]['steps'] and [p for p, _ in unreadable] == [broken]
+
+
+def test_plot_draws_a_runs_curves_and_refuses_an_empty_directory(sim_episodes, tmp_path, capsys):
+    import shutil
+
+    import cv2
+    _, episodes = sim_episodes
+    run = tmp_path / 'run'
+    for path, _ in episodes:
+        shutil.copytree(path, run / 'episodes' / path.name)
+    shutil.copytree(episodes[0][0], run / 'demos' / 'episodes' / 'episode_000000')  # not plotted
+    (run / 'metrics.csv').write_text('critic_loss,actor_loss,step,step_time_s,wall_time\n' +
+                                     ''.join(f'{1.0 / k},{-0.1 * k},{k},0.5,{1e9 + 2 * k}\n'
+                                             for k in range(1, 30)))
+    assert cli.main(['plot', str(run)]) == 0
+    written = capsys.readouterr().out.split()
+    assert sorted(p.rsplit('/', 1)[-1] for p in written) == sorted(
+        [f'{what}_vs_{x}.png' for what in ('success_intervention', 'return')
+         for x in ('episodes', 'wall_time')] +
+        [f'{what}_vs_{x}.png' for what in ('losses', 'updates_per_s')
+         for x in ('steps', 'wall_time')])
+    image = cv2.imread(str(run / 'plots' / 'success_intervention_vs_episodes.png'))
+    assert image.shape == (420, 900, 3)
+    blue = (image[..., 0] > 150) & (image[..., 1] < 120) & (image[..., 2] < 60)
+    assert blue.sum() > 200  # the success line is drawn
+    (tmp_path / 'empty').mkdir()
+    assert cli.main(['plot', str(tmp_path / 'empty')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'no episodes' in err and '\n' not in err

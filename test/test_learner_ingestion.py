@@ -166,6 +166,40 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
         torch.set_num_threads(torch_threads_before)
     from hilserl.run_dir import latest_checkpoint
     assert latest_checkpoint(tmp_path) is not None
+    # every metrics.csv row is also a TensorBoard scalar (read back by TensorBoard's own reader)
+    import csv
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / 'tensorboard'))
+    events.Reload()
+    with open(tmp_path / 'metrics.csv') as f:
+        rows = list(csv.DictReader(f))
+    scalars = events.Scalars('train/critic_loss')
+    assert [e.step for e in scalars] == [int(r['step']) for r in rows]
+    assert [e.value for e in scalars] == pytest.approx([float(r['critic_loss']) for r in rows],
+                                                       abs=1e-5)
+    assert len(events.Scalars('train/critic_updates_per_s')) == len(rows)
+
+
+def test_episodes_go_to_tensorboard_by_episode_number(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from hilserl_policy.learner import TensorBoardLog
+    log = TensorBoardLog(tmp_path, utd_ratio=2)
+    episodes = [{'success': True, 'return': 9.4, 'steps': 13, 'interventions': 13},
+                {'success': False, 'return': -3.0, 'steps': 60, 'interventions': 15}]
+    for number, episode in enumerate(episodes):
+        log.episode(number, episode, episodes[:number + 1])
+    log.train({'step': 1, 'critic_loss': 0.5, 'step_time_s': 0.25, 'wall_time': 1.0e9})
+    log.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+
+    def values(tag):
+        return [(e.step, round(e.value, 6)) for e in events.Scalars(tag)]
+    assert values('episode/success') == [(0, 1.0), (1, 0.0)]
+    assert values('episode/intervention_rate') == [(0, 1.0), (1, 0.25)]
+    assert values('episode/success_rate_last_10') == [(0, 1.0), (1, 0.5)]
+    assert values('episode/return') == [(0, 9.4), (1, -3.0)]
+    assert values('train/critic_updates_per_s') == [(1, 8.0)]
 
 
 def test_recent_summary_separates_help_from_success():
