@@ -9,6 +9,7 @@ import numpy as np
 
 from hilserl.bags import list_episodes, read_episode
 from hilserl.conventions import Topics
+from hilserl.progress import progress_bar
 from hilserl.transition import Transition, decode_transition
 
 
@@ -20,7 +21,8 @@ def load_demo_episodes(root, successful_only: bool = False,
     `successful_only` keeps episodes whose metadata says success. A bag that cannot be read
     (e.g. truncated by a killed recorder) is skipped and listed in `unreadable` as
     (path, reason) when a list is given, else raised."""
-    for path in list_episodes(root):
+    paths = list_episodes(root)
+    for path in progress_bar(paths, len(paths), 'reading episode bags', 'episode'):
         try:
             episode = read_episode(path, [Topics.TRANSITIONS])
         except Exception as exc:  # noqa: BLE001 - rosbags raises its own error types

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from hilserl.bags import labelled_frames, list_episodes, read_episode
+from hilserl.progress import progress_bar
 from hilserl.conventions import Topics
 from hilserl.augment import random_shift
 from reward_classifier_node.model import ClassifierConfig, RewardClassifier, save_classifier
@@ -59,7 +60,8 @@ class EpisodeFrames:
 def load_frames(root, label_source: str = 'key', frames_before_label: int = 0,
                 topic: str = Topics.IMAGE_CROP) -> List[EpisodeFrames]:
     episodes = []
-    for path in list_episodes(root):
+    paths = list_episodes(root)
+    for path in progress_bar(paths, len(paths), 'reading episode bags', 'episode'):
         data = read_episode(path, [topic, Topics.EPISODE_LABEL, Topics.EPISODE_EVENTS,
                                    Topics.SIM_SUCCESS])
         images, labels, _ = labelled_frames(data, topic, label_source, frames_before_label)

@@ -97,3 +97,19 @@ def test_plot_draws_a_runs_curves_and_refuses_an_empty_directory(sim_episodes, t
     assert cli.main(['plot', str(tmp_path / 'empty')]) == 2
     err = capsys.readouterr().err.strip()
     assert 'no episodes' in err and '\n' not in err
+
+
+def test_progress_bars_only_at_a_terminal():
+    import io
+
+    from hilserl.progress import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    items = [1, 2, 3]
+    piped = io.StringIO()
+    assert progress_bar(items, 3, 'reading', stream=piped) is items and piped.getvalue() == ''
+    terminal = Terminal()
+    assert list(progress_bar(items, 3, 'reading', stream=terminal)) == items
+    assert 'reading' in terminal.getvalue() and '/3 ' in terminal.getvalue()  # n/total
