@@ -39,6 +39,8 @@ NODE_ENVIRONMENT[_PROFILES_VARIABLE] = str(share_path('config', 'fastdds_profile
 HUMAN_DEVICES = ('keyboard', 'gamepad', 'leader')
 TELEOP_DEVICES = ('sim', 'keyboard', 'gamepad', 'leader', 'none')
 DRIVERS = ('so101', 'external')
+DISCOVERY_RANGES = {'localhost': 'LOCALHOST', 'subnet': 'SUBNET'}
+PARTS = ('all', 'robot', 'learner')
 SUCCESS_SOURCES = ('sim', 'classifier', 'key')
 
 # name, default, description: shared by the launch files and the `hilserl` command
@@ -65,6 +67,10 @@ LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
     ('joint_command_topic', 'forward_position_controller/commands',
      'driver:=external: the forward position controller\'s command topic '
      '(std_msgs/Float64MultiArray, in the order of its joints parameter)'),
+    ('discovery', 'localhost', 'DDS discovery: localhost (this machine only) or subnet (actor '
+                               'and learner on different machines; ROS_STATIC_PEERS is honoured)'),
+    ('part', 'all', 'train: the nodes that run here: all, robot (everything but the learner: '
+                    'the robot\'s computer) or learner (the learner alone: a GPU machine)'),
 )
 
 
@@ -87,6 +93,8 @@ class GraphArgs:
     device: str = 'auto'
     driver: str = 'so101'
     joint_command_topic: str = 'forward_position_controller/commands'
+    discovery: str = 'localhost'
+    part: str = 'all'
     behaviour_mix: str = 'expert:1'   # record: the simulated human's per-episode behaviours
     seed_offset: int = 0              # added to the config's seed (resets, behaviours)
 
@@ -95,6 +103,11 @@ class GraphArgs:
                   (self.backend in BACKENDS, 'backend', f'one of {BACKENDS}'),
                   (self.teleop in TELEOP_DEVICES, 'teleop', f'one of {TELEOP_DEVICES}'),
                   (self.driver in DRIVERS, 'driver', f'one of {DRIVERS}'),
+                  (self.discovery in DISCOVERY_RANGES, 'discovery',
+                   f'one of {tuple(DISCOVERY_RANGES)}'),
+                  (self.part in PARTS, 'part', f'one of {PARTS}'),
+                  (self.part == 'all' or self.mode == 'train', 'part',
+                   'all outside train (only train has a learner to run apart)'),
                   (bool(self.joint_command_topic.strip('/')), 'joint_command_topic',
                    'a topic name'),
                   (self.success_source in SUCCESS_SOURCES, 'success_source',
@@ -123,6 +136,10 @@ class GraphArgs:
 
     def config_path(self) -> Path:
         return Path(self.config) if self.config else share_path('config', 'train.yaml')
+
+    def environment(self) -> Dict[str, str]:
+        """What the graph's nodes start with beyond NODE_ENVIRONMENT: the discovery range."""
+        return {'ROS_AUTOMATIC_DISCOVERY_RANGE': DISCOVERY_RANGES[self.discovery]}
 
     def robot_config_path(self) -> Path:
         if self.robot_config:
@@ -252,4 +269,6 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
     if sim_clock:
         for node in nodes:
             node.parameters['use_sim_time'] = True
+    if args.part != 'all':  # the two halves of one training graph on two machines
+        nodes = [n for n in nodes if (n.name == 'sac_learner') == (args.part == 'learner')]
     return nodes

@@ -38,7 +38,7 @@ def clock_remapping(namespace: str) -> List:
 def graph_actions(context) -> List:
     """OpaqueFunction body: one launch_ros Node per graph node; in eval the launch ends when
     the actor has run its episodes."""
-    from launch.actions import EmitEvent, LogInfo, RegisterEventHandler
+    from launch.actions import EmitEvent, LogInfo, RegisterEventHandler, SetEnvironmentVariable
     from launch.event_handlers import OnProcessExit
     from launch.events import Shutdown
     from launch_ros.actions import Node
@@ -46,7 +46,7 @@ def graph_actions(context) -> List:
     cfg = load_train_config(args.config_path())
     if args.mode == 'train':  # before any node starts: the encoder weights are here
         check_encoder_weights(cfg.sac)
-    actions, actor = [], None
+    actions, actor = [SetEnvironmentVariable(k, v) for k, v in args.environment().items()], None
     for spec in build_graph(args, cfg):
         if spec.needs_terminal:  # launched nodes have no stdin: the keys get a terminal apart
             device = spec.parameters['device']

@@ -43,7 +43,7 @@ def _cmd_config(args) -> int:
 def _add_graph_arguments(parser, mode: str) -> None:
     from hilserl.graph import LAUNCH_ARGUMENTS
     for name, default, description in LAUNCH_ARGUMENTS:
-        if mode == 'eval' and name in ('demo_dir', 'device'):
+        if mode == 'eval' and name in ('demo_dir', 'device', 'part'):
             continue
         flag = '--' + name.replace('_', '-')
         if mode == 'eval' and name == 'teleop':
@@ -96,7 +96,7 @@ def _run_graph(args, mode: str) -> int:
     if mode == 'train' and args.demo_dataset:
         graph_args = _demo_dataset_bags(graph_args, cfg, args.demo_dataset)
     if mode == 'train' and graph_args.backend == 'sim' and not graph_args.demo_dir and \
-            args.demos > 0:
+            args.demos > 0 and graph_args.part != 'robot':  # demos are the learner's
         demo_root = run_dir / 'demos'
         code = _record_demos(graph_args, cfg, demo_root, args)
         if code != 0:
@@ -190,14 +190,17 @@ def _start_graph(graph_args, cfg, args, echo=None) -> int:
             if match:
                 seen.add(int(match.group(1)))
 
-    graph = ProcessGraph(nodes, run_dir / 'params' / mode, graph_args.namespace, output=output,
-                         domain_id=args.domain_id)
+    env = {**os.environ, **graph_args.environment()}  # --discovery decides over the shell's
+    graph = ProcessGraph(nodes, run_dir / 'params' / mode, graph_args.namespace, env=env,
+                         output=output, domain_id=args.domain_id)
     output(f'hilserl {mode}: {", ".join(n.name for n in nodes)} (backend '
            f'{graph_args.backend}, run {run_dir}); Ctrl-C stops')
     started = time.monotonic()
     graph.start()
     timeout = args.max_minutes * 60 if args.max_minutes else None
-    reason = graph.wait(lambda g: 'sac_actor' in g.exited(), timeout)
+    # the run ends with the actor's last episode; a learner alone runs until stopped
+    ender = 'sac_actor' if any(n.name == 'sac_actor' for n in nodes) else nodes[0].name
+    reason = graph.wait(lambda g: ender in g.exited(), timeout)
     if reason == 'done' and graph_args.record:
         # The actor's last `end` event may still be in flight to the recorder: let it close
         # that bag with its outcome rather than as `interrupted`.

@@ -17,6 +17,24 @@ for _name, _value in NODE_ENVIRONMENT.items():
     if _name not in ('OMP_NUM_THREADS', 'PYTHONUNBUFFERED'):
         os.environ.setdefault(_name, _value)
 
+# A training config small enough for whole graphs in tests (small conv, tiny batches).
+TINY_TRAIN_CONFIG = """
+task:
+  episode_time_s: 3.0
+sac:
+  encoder: small_conv
+  freeze_encoder: false
+  pretrained_encoder_path: null
+  batch_size: 32
+  utd_ratio: 2
+  learning_starts: 10
+  online_buffer_capacity: 2000
+  offline_buffer_capacity: 2000
+  checkpoint_every_steps: 5
+  weight_push_period_s: 1.0
+  device: cpu
+"""
+
 _next_domain = [40 + (os.getpid() % 50)]
 
 

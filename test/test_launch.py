@@ -73,6 +73,20 @@ def test_driver_external_hands_the_joints_to_a_ros2_control_stack():
         GraphArgs(driver='gazebo')
 
 
+def test_parts_split_the_training_graph_and_discovery_sets_the_range():
+    whole = [n.name for n in build_graph(GraphArgs())]
+    robot = [n.name for n in build_graph(GraphArgs(part='robot'))]
+    learner = [n.name for n in build_graph(GraphArgs(part='learner'))]
+    assert learner == ['sac_learner'] and sorted(robot + learner) == sorted(whole)
+    assert GraphArgs(discovery='subnet').environment() == {
+        'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}
+    assert GraphArgs().environment() == {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+    with pytest.raises(ValueError, match='part'):
+        GraphArgs(mode='eval', checkpoint='x', part='robot')
+    with pytest.raises(ValueError, match='discovery'):
+        GraphArgs(discovery='wan')
+
+
 def test_train_config_drives_the_driver_and_camera_parameters(tmp_path):
     config = tmp_path / 'c.yaml'
     config.write_text('task: {workspace_min_m: [0.12, -0.1, 0.02]}\n'

@@ -13,22 +13,7 @@ from hilserl.conversions import image_to_array
 from hilserl_policy.checkpoint import latest_checkpoint
 from hilserl.transition import decode_transition
 
-TINY = """
-task:
-  episode_time_s: 3.0
-sac:
-  encoder: small_conv
-  freeze_encoder: false
-  pretrained_encoder_path: null
-  batch_size: 32
-  utd_ratio: 2
-  learning_starts: 10
-  online_buffer_capacity: 2000
-  offline_buffer_capacity: 2000
-  checkpoint_every_steps: 5
-  weight_push_period_s: 1.0
-  device: cpu
-"""
+from conftest import TINY_TRAIN_CONFIG as TINY
 
 
 @pytest.fixture(scope='module')
