@@ -153,6 +153,43 @@ def test_grasp_td_target_bootstraps_the_target_at_the_online_argmax_unless_termi
     assert metrics['grasp_critic_loss'] == pytest.approx(expected ** 2, rel=1e-5)
 
 
+def test_temperature_loss_is_exactly_minus_alpha_times_log_prob_plus_target():
+    agent = make_agent(temperature_init=0.2, target_entropy=-1.5)
+    log_prob = torch.tensor([0.5, -2.0, 1.0, 3.5])
+    loss, metrics = agent.temperature_loss(log_prob)
+    expected = -0.2 * float(np.mean([0.5 - 1.5, -2.0 - 1.5, 1.0 - 1.5, 3.5 - 1.5]))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert metrics == pytest.approx({'temperature_loss': expected, 'alpha': 0.2}, rel=1e-5)
+
+
+def test_actor_loss_with_behaviour_cloning_on_the_human_samples_exactly():
+    """loss = mean(alpha log pi - min Q) + bc_weight * mean|min Q| * MSE(tanh(mean), human action)
+    over the intervention samples only; the same noise gives the same sample."""
+    agent = make_agent(bc_weight=0.4, temperature_init=0.1)
+    constant_critics(agent.critic, [3.0, -2.0])
+    emb = torch.randn(6, agent.encoder.out_dim)
+    batch = {'intervention': torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0]),
+             'action': torch.rand(6, 4) * 2 - 1}
+    torch.manual_seed(7)
+    loss, log_prob, metrics = agent.actor_loss(emb, batch)
+    torch.manual_seed(7)
+    _, reference_log_prob = agent.actor.sample(emb)
+    human = batch['intervention'] > 0.5
+    mean_action = torch.tanh(agent.actor.mean_log_std(emb)[0][human])
+    bc = float(((mean_action - batch['action'][human, :4]) ** 2).mean())
+    sac_part = float((0.1 * reference_log_prob - (-2.0)).mean())
+    assert metrics['bc_loss'] == pytest.approx(bc, rel=1e-5)
+    assert loss.item() == pytest.approx(sac_part + 0.4 * 2.0 * bc, rel=1e-5)
+    assert torch.allclose(log_prob, reference_log_prob)
+    # nobody intervened: no behaviour cloning term, and no bc_loss metric
+    torch.manual_seed(7)
+    loss, _, metrics = agent.actor_loss(emb, {**batch, 'intervention': torch.zeros(6)})
+    assert 'bc_loss' not in metrics and loss.item() == pytest.approx(sac_part, rel=1e-5)
+    # bc_weight 0 is plain SAC: no behaviour cloning even with the human in the batch
+    plain = make_agent(bc_weight=0.0)
+    assert 'bc_loss' not in plain.actor_loss(emb, batch)[2]
+
+
 def test_actor_loss_uses_the_pessimistic_critic():
     """Critics at 5 and 2: the actor maximises min Q = 2 (minus the entropy term)."""
     agent = make_agent()
