@@ -190,6 +190,37 @@ def test_actor_loss_with_behaviour_cloning_on_the_human_samples_exactly():
     assert 'bc_loss' not in plain.actor_loss(emb, batch)[2]
 
 
+def test_grasp_critic_loss_per_sample_with_varying_values():
+    """Random (not constant) grasp critics: each sample's taken action is valued at its own
+    index and bootstrapped at its own online argmax, so a shape slip that broadcasts one
+    sample's value against another's changes the loss."""
+    from hilserl_policy.networks import GraspCritic
+    agent = build_agent(TrainConfig(image=ImageConfig(resize_hw_px=HW),
+                                    sac=dataclasses.replace(SMALL, discount=0.9),
+                                    action=ActionConfig(gripper_mode='discrete')))
+    with torch.no_grad():
+        for p in agent.grasp_target.parameters():  # the target differs from the online critic
+            p.add_(torch.randn_like(p) * 0.5)
+    emb, next_emb = torch.randn(6, agent.encoder.out_dim), torch.randn(6, agent.encoder.out_dim)
+    batch = {'reward': torch.tensor([1.0, 0.0, 0.5, -1.0, 2.0, 0.0]),
+             'terminated': torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0]),
+             'action': torch.zeros(6, 4)}
+    batch['action'][:, -1] = torch.tensor([-1.0, 0.0, 1.0, 1.0, -1.0, 0.0])
+    loss, metrics = agent.grasp_critic_loss(emb, next_emb, batch)
+    with torch.no_grad():
+        online, target = agent.grasp_critic(next_emb), agent.grasp_target(next_emb)
+        taken = agent.grasp_critic(emb)
+        expected = 0.0
+        for i in range(6):
+            best = int(online[i].argmax())
+            y = float(batch['reward'][i]) + 0.9 * (1 - float(batch['terminated'][i])) * \
+                float(target[i, best])
+            index = int(GraspCritic.to_index(batch['action'][i:i + 1, -1])[0])
+            expected += (float(taken[i, index]) - y) ** 2 / 6
+    assert metrics['grasp_critic_loss'] == pytest.approx(expected, rel=1e-5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_actor_loss_uses_the_pessimistic_critic():
     """Critics at 5 and 2: the actor maximises min Q = 2 (minus the entropy term)."""
     agent = make_agent()
