@@ -47,6 +47,8 @@ from hilserl_policy.transport import decode_weights
 # key: no success topic, the human's success key (teleop/episode_label) is the only success
 # Lock-step: proposals in a row that the driver gave up on before the simulated human answered.
 UNANSWERED_TICKS_BEFORE_RESUBSCRIBE = 3
+# Discovery: how long (wall) to wait for readers the graph lists but a writer has not matched.
+RECORDER_MATCH_GRACE_S = 5.0
 SUCCESS_TOPICS = {'sim': Topics.SIM_SUCCESS, 'classifier': Topics.SUCCESS, 'key': None}
 
 
@@ -140,7 +142,7 @@ class ActorNode(Node):
         self.counters = {'ticks': 0, 'stale_ticks': 0, 'bad_messages': 0, 'weights_loaded': 0,
                          'weights_rejected': 0, 'reset_failures': 0, 'human_actions_used': 0,
                          'human_actions_missing': 0, 'unanswered_proposals': 0,
-                         'teleop_resubscribed': 0}
+                         'teleop_resubscribed': 0, 'partial_reader_matches': 0}
         self.stale_reason = ''
         self.done_since_s: Optional[float] = None  # wall time the last episode ended
         self.episodes_done = 0
@@ -157,6 +159,7 @@ class ActorNode(Node):
         self.create_subscription(Bool, Topics.DRIVER_READY, self._on_driver_ready,
                                  qos_profile(Topics.DRIVER_READY))
         self.recorder_ready = False
+        self.partial_match_since_s = None
         self.create_subscription(Bool, Topics.RECORDER_READY, self._on_recorder_ready,
                                  qos_profile(Topics.RECORDER_READY))
         success_topic = SUCCESS_TOPICS[success_source]
@@ -310,15 +313,33 @@ class ActorNode(Node):
 
     def _recorder_matched(self) -> bool:
         """The recorder's `ready` says its readers found our writers; discovery runs on each
-        side apart, so also check that our event and transition writers have found it (and
-        every other reader the graph knows of): an event sent before that is lost."""
+        side apart, so also check that our event and transition writers have found readers
+        (an event sent before that is lost). The graph may list readers a writer never matches
+        (seen across hosts: a reader known from the graph but not yet, or never, matched), so
+        once every writer has at least one match the full count is awaited for a grace period
+        only, rather than for ever."""
+        complete = True
         for publisher in (self.event_pub, getattr(self, 'transition_pub', None)):
             if publisher is None:
                 continue
             readers = self.get_subscriptions_info_by_topic(publisher.topic_name)
-            if not any(info.node_name == 'episode_recorder' for info in readers) or \
-                    publisher.get_subscription_count() < len(readers):
+            matched = publisher.get_subscription_count()
+            if not any(info.node_name == 'episode_recorder' for info in readers) or matched < 1:
+                self.partial_match_since_s = None
                 return False
+            complete = complete and matched >= len(readers)
+        if complete:
+            return True
+        now_s = time.monotonic()
+        if self.partial_match_since_s is None:
+            self.partial_match_since_s = now_s
+        if now_s - self.partial_match_since_s < RECORDER_MATCH_GRACE_S:
+            return False
+        self.counters['partial_reader_matches'] += 1
+        self.get_logger().warning(
+            'starting the episode with fewer matched readers than the graph lists '
+            f'(waited {RECORDER_MATCH_GRACE_S:.0f} s)')
+        self.partial_match_since_s = None
         return True
 
     def _set_phase(self, phase: str) -> None:

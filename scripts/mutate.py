@@ -46,7 +46,7 @@ MODULES = {
     'sac': ('hilserl_policy/sac.py',
             ['test/test_sac.py', '-k', 'td_target or pessimistic or terminated_stops or polyak'
              ' or temperature or update or bc_term or cached_and_direct or backup_entropy'
-             ' or grasp'],
+             ' or grasp or actor_loss'],
             ['SAC.critic_loss', 'SAC.grasp_critic_loss', 'SAC.actor_loss',
              'SAC.temperature_loss', 'polyak_update']),
 }
