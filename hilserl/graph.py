@@ -71,7 +71,11 @@ LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
                                'and learner on different machines; ROS_STATIC_PEERS is honoured)'),
     ('part', 'all', 'train: the nodes that run here: all, robot (everything but the learner: '
                     'the robot\'s computer) or learner (the learner alone: a GPU machine)'),
+    ('robots', '1', 'train, sim: this many simulated arms, each (driver, camera, teleop, actor, '
+                    'recorder) in its namespace robot_0 ... robot_{N-1} with its own episodes and '
+                    'bags under run_dir/robot_i, feeding one learner'),
 )
+ROBOT_NAMESPACE = 'robot_{}'
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class GraphArgs:
     joint_command_topic: str = 'forward_position_controller/commands'
     discovery: str = 'localhost'
     part: str = 'all'
+    robots: int = 1
     behaviour_mix: str = 'expert:1'   # record: the simulated human's per-episode behaviours
     seed_offset: int = 0              # added to the config's seed (resets, behaviours)
 
@@ -113,6 +118,9 @@ class GraphArgs:
                   (self.success_source in SUCCESS_SOURCES, 'success_source',
                    f'one of {SUCCESS_SOURCES}'),
                   (self.num_episodes >= 0, 'num_episodes', '>= 0'),
+                  (1 <= self.robots <= 64, 'robots', 'between 1 and 64'),
+                  (self.robots == 1 or (self.mode == 'train' and self.backend == 'sim'),
+                   'robots', '1 outside train on the simulation (several arms share a learner)'),
                   (not self.namespace.startswith('/') or len(self.namespace) > 1, 'namespace',
                    'a name such as arm1')]
         for ok, name, expected in checks:
@@ -155,10 +163,35 @@ class NodeSpec:
     parameters: Dict[str, object] = field(default_factory=dict)
     parameter_files: Tuple[str, ...] = ()
     needs_terminal: bool = False   # reads keys from the terminal (keyboard / leader teleop)
+    namespace: str = ''            # below the graph's namespace: one arm of several (robot_0)
+    remappings: Tuple[Tuple[str, str], ...] = ()  # (from, to): topics shared across arms
 
     @property
     def executable(self) -> str:
         return self.name
+
+    @property
+    def label(self) -> str:
+        """Unique in a graph: the node name, under its arm's namespace where there are several."""
+        return f'{self.namespace}/{self.name}' if self.namespace else self.name
+
+
+def _join(*parts: str) -> str:
+    return '/'.join(p.strip('/') for p in parts if p.strip('/'))
+
+
+def node_namespace(graph_namespace: str, spec: NodeSpec) -> str:
+    """The node's namespace: the graph's (namespace:=) with the arm's below it; '' for none."""
+    joined = _join(graph_namespace, spec.namespace)
+    return f'/{joined}' if joined else ''
+
+
+def node_remappings(graph_namespace: str, spec: NodeSpec) -> List[Tuple[str, str]]:
+    """/clock is global by convention: each namespaced graph (and each simulated arm) keeps its
+    simulated clock apart. Then the node's own remappings."""
+    namespace = node_namespace(graph_namespace, spec)
+    clock = [('/clock', f'{namespace}/clock')] if namespace else []
+    return clock + list(spec.remappings)
 
 
 def keyboard_teleop_command(namespace: str = '', device: str = 'keyboard') -> str:
@@ -192,17 +225,53 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
     """The graph's nodes. With the sim backend the driver owns simulated time (/clock) and every
     node runs on it (`use_sim_time`): the actor answers each observation tick, the simulated
     human answers each policy proposal, and the driver advances one control period per answer
-    (waiting for the learner in training when `sim.min_updates_per_step` > 0)."""
+    (waiting for the learner in training when `sim.min_updates_per_step` > 0).
+
+    With `robots` > 1 every arm's nodes run in a namespace of their own (robot_i, each with its
+    simulated clock, seed, episodes and bags under run_dir/robot_i); the arms' actors take the
+    one learner's weights and their drivers its progress (pacing counts all arms' transitions),
+    and the learner, on the wall clock, takes every arm's transitions and episode events."""
     cfg = cfg or load_train_config(args.config_path())
+    run_dir = Path(args.run_dir).resolve()
+    config_file = str(args.config_path().resolve())
+    seed = cfg.seed + args.seed_offset + {'train': 0, 'eval': 1000, 'record': 2000}[args.mode]
+    several = args.robots > 1
+    nodes: List[NodeSpec] = []
+    for index in range(args.robots):
+        namespace = ROBOT_NAMESPACE.format(index) if several else ''
+        # the learner's topics, in the graph's namespace, not the arm's
+        shared = tuple((topic, '/' + _join(args.namespace, topic))
+                       for topic in (Topics.POLICY_WEIGHTS, Topics.LEARNER_PROGRESS)
+                       if several)
+        nodes += _robot_nodes(args, cfg, run_dir / namespace if several else run_dir,
+                              seed + 100 * index, namespace, shared)
+    if args.mode == 'train':
+        nodes.append(NodeSpec('sac_learner', 'hilserl_policy.learner_node', {
+            'config_file': config_file, 'run_dir': str(run_dir),
+            'demo_dir': str(Path(args.demo_dir).resolve()) if args.demo_dir else '',
+            'device': args.device,
+            'robot_namespaces': [ROBOT_NAMESPACE.format(i) for i in range(args.robots)]
+            if several else ['']}))
+    if args.backend == 'sim':
+        for node in nodes:
+            # several arms run several simulated clocks: the learner keeps the wall clock
+            node.parameters['use_sim_time'] = not (several and node.name == 'sac_learner')
+    if args.part != 'all':  # the two halves of one training graph on two machines
+        nodes = [n for n in nodes if (n.name == 'sac_learner') == (args.part == 'learner')]
+    return nodes
+
+
+def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, namespace: str,
+                 shared: Tuple[Tuple[str, str], ...]) -> List[NodeSpec]:
+    """One arm: driver, camera, teleop, (classifier), actor and recorder."""
     config_file = str(args.config_path().resolve())
     robot_file = str(args.robot_config_path().resolve())
     task, act = cfg.task, cfg.action
-    eval_mode, train_mode = args.mode == 'eval', args.mode == 'train'
+    eval_mode = args.mode == 'eval'
     sim_clock = args.backend == 'sim'
     # The simulated human would spoil an evaluation: it takes part in train and record only.
     teleop = 'none' if eval_mode and args.teleop == 'sim' else args.teleop
-    run_dir = Path(args.run_dir).resolve()
-    seed = cfg.seed + args.seed_offset + {'train': 0, 'eval': 1000, 'record': 2000}[args.mode]
+    arm = {'namespace': namespace}
     driver = {
         # the task's geometry comes from the training config, the hardware from the robot file
         'ee_step_m': list(act.ee_step_m), 'gripper_step_rad': act.gripper_step_rad,
@@ -221,14 +290,15 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
         driver.update({
             'sim_clock': True, 'control_rate_hz': task.control_rate_hz,
             'action_timeout_s': cfg.sim.action_timeout_s,
-            'min_updates_per_step': cfg.sim.min_updates_per_step if train_mode else 0.0,
+            'min_updates_per_step': cfg.sim.min_updates_per_step if args.mode == 'train' else 0.0,
             # a person at the keys needs the world at the speed of the wall clock
             'max_real_time_factor': 1.0 if teleop in HUMAN_DEVICES else 0.0})
     nodes = [
-        NodeSpec('so101_driver', 'so101_driver.driver_node', driver, (robot_file,)),
+        NodeSpec('so101_driver', 'so101_driver.driver_node', driver, (robot_file,), **arm,
+                 remappings=tuple(r for r in shared if r[0] == Topics.LEARNER_PROGRESS)),
         NodeSpec('gripper_camera', 'so101_driver.camera_node', {
             'crop_tlhw_px': list(cfg.image.crop_tlhw_px),
-            'resize_hw_px': list(cfg.image.resize_hw_px)}, (robot_file,)),
+            'resize_hw_px': list(cfg.image.resize_hw_px)}, (robot_file,), **arm),
     ]
     if teleop != 'none':
         nodes.append(NodeSpec('teleop', 'so101_driver.teleop_node', {
@@ -237,13 +307,13 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
             **({'behaviour_mix': args.behaviour_mix} if teleop == 'sim' else {})},
             # the leader arm's port and calibration: a /**/teleop section of the robot file
             parameter_files=(robot_file,) if teleop == 'leader' else (),
-            needs_terminal=teleop in ('keyboard', 'leader')))
+            needs_terminal=teleop in ('keyboard', 'leader'), **arm))
     if args.success_source == 'classifier':
         nodes.append(NodeSpec('reward_classifier', 'reward_classifier_node.classifier_node', {
             'model_dir': str(Path(args.classifier_model).resolve()),
             # 0: the checkpoint's own threshold. Consecutive positives are counted once, by the
             # actor's RewardTracker (task.success_frames_to_end): the node reports every frame.
-            'threshold': task.classifier_threshold or 0.0, 'debounce_frames': 1}))
+            'threshold': task.classifier_threshold or 0.0, 'debounce_frames': 1}, **arm))
     episodes_dir = run_dir / 'eval' if eval_mode else run_dir
     nodes.append(NodeSpec('sac_actor', 'hilserl_policy.actor_node', {
         'config_file': config_file, 'mode': args.mode,
@@ -255,20 +325,11 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
         'sim_clock': sim_clock, 'wait_for_teleop': sim_clock and teleop == 'sim',
         'wait_for_recorder': bool(args.record),
         'reset_settle_s': task.reset_delay_s,
-        'device': 'cpu'}))
-    if train_mode:
-        nodes.append(NodeSpec('sac_learner', 'hilserl_policy.learner_node', {
-            'config_file': config_file, 'run_dir': str(run_dir),
-            'demo_dir': str(Path(args.demo_dir).resolve()) if args.demo_dir else '',
-            'device': args.device}))
+        'device': 'cpu'},
+        **arm, remappings=tuple(r for r in shared if r[0] == Topics.POLICY_WEIGHTS)))
     if args.record:
         nodes.append(NodeSpec('episode_recorder', 'hilserl_tools.recorder_node', {
             'run_dir': str(episodes_dir), 'config_digest': cfg.digest(),
             'sim_clock': sim_clock,
-            'required_topics': recorded_publishers(args.mode, args.backend, teleop)}))
-    if sim_clock:
-        for node in nodes:
-            node.parameters['use_sim_time'] = True
-    if args.part != 'all':  # the two halves of one training graph on two machines
-        nodes = [n for n in nodes if (n.name == 'sac_learner') == (args.part == 'learner')]
+            'required_topics': recorded_publishers(args.mode, args.backend, teleop)}, **arm))
     return nodes

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import List
 
 from hilserl.config import load_train_config
-from hilserl.graph import LAUNCH_ARGUMENTS, GraphArgs, build_graph, keyboard_teleop_command
+from hilserl.graph import (LAUNCH_ARGUMENTS, ROBOT_NAMESPACE, GraphArgs, NodeSpec, build_graph,
+                           keyboard_teleop_command, node_namespace, node_remappings)
 from hilserl.pretrained import check_encoder_weights
 
 SIGTERM_TIMEOUT_S = 30
@@ -19,7 +20,8 @@ def graph_args_from_context(context) -> GraphArgs:
               for name, _, _ in LAUNCH_ARGUMENTS}
     for flag in ('record', 'rviz'):
         values[flag] = values[flag].lower() in ('true', '1', 'yes')
-    values['num_episodes'] = int(values['num_episodes'])
+    for number in ('num_episodes', 'robots'):
+        values[number] = int(values[number])
     if mode == 'eval' and not values['config'] and values['checkpoint']:
         # the policy must see what it was trained on: the checkpoint's own configuration
         from hilserl.run_dir import load_checkpoint_config
@@ -27,12 +29,6 @@ def graph_args_from_context(context) -> GraphArgs:
     if mode == 'eval' and values['teleop'] == 'sim':
         values['teleop'] = 'none'  # the simulated human would spoil an evaluation
     return GraphArgs(mode=mode, **values)
-
-
-def clock_remapping(namespace: str) -> List:
-    """/clock is global by convention: a namespaced graph keeps its simulated clock apart."""
-    ns = namespace.strip('/')
-    return [('/clock', f'/{ns}/clock')] if ns else []
 
 
 def graph_actions(context) -> List:
@@ -46,7 +42,8 @@ def graph_actions(context) -> List:
     cfg = load_train_config(args.config_path())
     if args.mode == 'train':  # before any node starts: the encoder weights are here
         check_encoder_weights(cfg.sac)
-    actions, actor = [SetEnvironmentVariable(k, v) for k, v in args.environment().items()], None
+    actions = [SetEnvironmentVariable(k, v) for k, v in args.environment().items()]
+    actors = []
     for spec in build_graph(args, cfg):
         if spec.needs_terminal:  # launched nodes have no stdin: the keys get a terminal apart
             device = spec.parameters['device']
@@ -58,16 +55,25 @@ def graph_actions(context) -> List:
         # launch escalates to SIGTERM after sigterm_timeout (default 5 s): the driver's exit
         # move (<= 6 s) and the learner's final checkpoint need longer
         node = Node(package='hilserl', executable=spec.executable, name=spec.name,
-                    namespace=args.namespace, output='screen', emulate_tty=True,
-                    parameters=[*spec.parameter_files, spec.parameters],
-                    remappings=clock_remapping(args.namespace),
+                    namespace=node_namespace(args.namespace, spec), output='screen',
+                    emulate_tty=True, parameters=[*spec.parameter_files, spec.parameters],
+                    remappings=node_remappings(args.namespace, spec),
                     sigterm_timeout=str(SIGTERM_TIMEOUT_S))
         actions.append(node)
         if spec.name == 'sac_actor':
-            actor = node
-    if actor is not None:
-        actions.append(RegisterEventHandler(OnProcessExit(
-            target_action=actor, on_exit=[EmitEvent(event=Shutdown(reason='actor finished'))])))
+            actors.append(node)
+    # the launch ends when every arm's actor has run its episodes
+    finished = set()
+
+    def actor_exited(event, _context, node_count=len(actors)):
+        finished.add(id(event.action))
+        if len(finished) == node_count:
+            return [EmitEvent(event=Shutdown(reason='actor finished'))]
+        return None
+
+    for actor in actors:
+        actions.append(RegisterEventHandler(OnProcessExit(target_action=actor,
+                                                          on_exit=actor_exited)))
     return actions
 
 
@@ -92,22 +98,27 @@ def visualization_actions(context) -> List:
     namespace = LaunchConfiguration('namespace').perform(context)
     sim = LaunchConfiguration('backend').perform(context) == 'sim'
     rviz = LaunchConfiguration('rviz').perform(context).lower() in ('true', '1', 'yes')
+    robots = int(LaunchConfiguration('robots').perform(context))
+    # one robot description (and TF) per arm, in the arm's namespace
+    arms = [NodeSpec('robot_state_publisher', '', namespace=ROBOT_NAMESPACE.format(i)
+                     if robots > 1 else '') for i in range(robots)]
     actions = []
     if _installed('robot_state_publisher'):
-        actions.append(Node(
+        actions += [Node(
             package='robot_state_publisher', executable='robot_state_publisher',
-            namespace=namespace, output='screen',
+            namespace=node_namespace(namespace, arm), output='screen',
             parameters=[{'robot_description': share_path('urdf', 'so101.urdf').read_text(),
                          'use_sim_time': sim}],  # the simulated arm's driver owns /clock
-            remappings=clock_remapping(namespace)))
+            remappings=node_remappings(namespace, arm)) for arm in arms]
     else:
         actions.append(LogInfo(msg='robot_state_publisher is not installed: no robot '
                                    'description or TF (joint_states and tcp_pose still are)'))
     if rviz and _installed('rviz2'):
-        actions.append(Node(package='rviz2', executable='rviz2', namespace=namespace,
+        actions.append(Node(package='rviz2', executable='rviz2',
+                            namespace=node_namespace(namespace, arms[0]),
                             arguments=['-d', str(share_path('config', 'hilserl.rviz'))],
                             parameters=[{'use_sim_time': sim}],
-                            remappings=clock_remapping(namespace)))
+                            remappings=node_remappings(namespace, arms[0])))
     elif rviz:
         actions.append(LogInfo(msg='rviz:=true but rviz2 is not installed: no RViz'))
     return actions

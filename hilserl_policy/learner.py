@@ -24,7 +24,7 @@ from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, prune_che
                                        resume, save_checkpoint)
 from hilserl_policy.replay import ReplayBuffer, sample_mixed
 
-EPISODE_KEYS = ('episode', 'success', 'steps', 'return', 'interventions', 'outcome')
+EPISODE_KEYS = ('episode', 'success', 'steps', 'return', 'interventions', 'outcome', 'robot')
 # Transitions that queued up are stored together: a frozen encoder filling the feature cache
 # costs several times less per image in one batch than image by image (GroupNorm ResNet-10 at
 # 128x128 on 2 CPU threads: ~12 ms per image at 32-64, 35-40 ms alone).
@@ -213,7 +213,7 @@ class Learner:
                        **state.get('transitions', {})}
         self.drop_reasons = Counter(state.get('drop_reasons', {}))
         self.episodes: List[dict] = list(state.get('episodes', []))
-        self.sequence = SequenceTracker()
+        self.sequences: Dict[str, SequenceTracker] = {}  # one per arm (its namespace)
         self._incoming: queue.Queue = queue.Queue()  # unbounded: a put never waits
         self._in_hand = 0  # taken from the queue, being stored
         self.last_checkpoint_s = time.monotonic()
@@ -275,12 +275,16 @@ class Learner:
             return f'storage: {exc}'
         return None
 
-    def submit(self, t: Transition, episode: int = -1, step: int = -1) -> int:
-        """A transition from the actor, in arrival order: queued for `store_next` (never waits
-        for the buffers, an update or a checkpoint). Returns how many transitions the (episode,
-        step) sequence shows went missing just before this one."""
+    def sequence(self, robot: str = '') -> SequenceTracker:
+        """The (episode, step) sequence of one arm's actor (several arms number alike)."""
+        return self.sequences.setdefault(robot, SequenceTracker())
+
+    def submit(self, t: Transition, episode: int = -1, step: int = -1, robot: str = '') -> int:
+        """A transition from the actor of arm `robot`, in arrival order: queued for
+        `store_next` (never waits for the buffers, an update or a checkpoint). Returns how many
+        transitions that arm's (episode, step) sequence shows went missing just before this."""
         self.counts['received'] += 1
-        missing = self.sequence.observe(episode, step)
+        missing = self.sequence(robot).observe(episode, step)
         self.counts['missing'] += missing
         self._incoming.put(t)
         return missing
@@ -330,12 +334,12 @@ class Learner:
         """Submitted, not yet stored or dropped."""
         return self._incoming.qsize() + self._in_hand
 
-    def episode_ended(self, event: dict) -> int:
-        """The actor's `end` event: counted, and checked against the transitions that arrived;
-        returns how many of that episode's transitions are missing."""
-        self.record_episode(event)
-        missing = self.sequence.episode_ended(int(event.get('episode', -1)),
-                                              int(event.get('steps', -1)))
+    def episode_ended(self, event: dict, robot: str = '') -> int:
+        """The `end` event of arm `robot`'s actor: counted, and checked against the
+        transitions that arrived; returns how many of that episode's transitions are missing."""
+        self.record_episode({**event, 'robot': robot} if robot else event)
+        missing = self.sequence(robot).episode_ended(int(event.get('episode', -1)),
+                                                     int(event.get('steps', -1)))
         self.counts['missing'] += missing
         return missing
 

@@ -9,7 +9,8 @@ the weights are published by the update thread itself after an update, so the ex
 waits for one. Received, stored, dropped (with reasons) and missing (gaps in the actors'
 (episode, step) sequence) are counted in the summary line and the diagnostics.
 
-Subscribes  transitions (std_msgs/UInt8MultiArray), episode/events (String JSON).
+Subscribes  transitions (std_msgs/UInt8MultiArray), episode/events (String JSON); with several
+            arms (robot_namespaces) those of each arm, robot_i/transitions ...
 Publishes   policy_weights (std_msgs/UInt8MultiArray, transient local), learner/progress
             (std_msgs/Int64MultiArray [received, stored, optimisation steps, training 0/1], after
             every update and every stored transition), diagnostics.
@@ -37,6 +38,10 @@ from hilserl_policy.learner import Learner, torch_threads
 from hilserl_policy.transport import encode_weights
 
 
+def _arm(robot: str) -> str:
+    return f'{robot} ' if robot else ''
+
+
 class LearnerNode(Node):
     def __init__(self, **kwargs):
         super().__init__('sac_learner', **kwargs)
@@ -52,6 +57,10 @@ class LearnerNode(Node):
         self.summary_period_s = declare(self, 'summary_period_s', 10.0,
                                         'progress line period (s)', float_range=(1.0, 3600.0),
                                         read_only=True)
+        robots = declare(self, 'robot_namespaces', [''],
+                         'the arms whose actors feed this learner: their namespaces relative to '
+                         "the learner's (transitions and episode/events under each); [''] = one "
+                         "arm in the learner's own namespace", read_only=True)
         num_threads = declare(self, 'num_threads', 0, 'torch CPU threads for training; 0: auto, '
                               'every core but one (max(1, os.cpu_count() - 1))',
                               int_range=(0, 256), read_only=True)
@@ -102,10 +111,15 @@ class LearnerNode(Node):
         self._progress_lock = threading.Lock()  # published by the ingest and update threads
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
                                               qos_profile(Topics.DIAGNOSTICS))
-        self.create_subscription(UInt8MultiArray, Topics.TRANSITIONS, self._on_transition,
-                                 qos_profile(Topics.TRANSITIONS))
-        self.create_subscription(String, Topics.EPISODE_EVENTS, self._on_event,
-                                 qos_profile(Topics.EPISODE_EVENTS))
+        for robot in dict.fromkeys(r.strip('/') for r in robots):
+            self.create_subscription(
+                UInt8MultiArray, '/'.join(filter(None, (robot, Topics.TRANSITIONS))),
+                lambda msg, robot=robot: self._on_transition(msg, robot),
+                qos_profile(Topics.TRANSITIONS))
+            self.create_subscription(
+                String, '/'.join(filter(None, (robot, Topics.EPISODE_EVENTS))),
+                lambda msg, robot=robot: self._on_event(msg, robot),
+                qos_profile(Topics.EPISODE_EVENTS))
         # wall clock: a person reads it, while simulated time may crawl behind a busy learner
         self.create_timer(self.summary_period_s, self._summary,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -122,7 +136,7 @@ class LearnerNode(Node):
                                f'torch threads')
 
     # --- executor thread: decode and queue, nothing that waits ---------------------------------
-    def _on_transition(self, msg: UInt8MultiArray):
+    def _on_transition(self, msg: UInt8MultiArray, robot: str = ''):
         try:
             transition, header = decode_transition(bytes(msg.data))
         except ValueError as exc:
@@ -130,20 +144,21 @@ class LearnerNode(Node):
             self.get_logger().warning(f'transition dropped: undecodable: {exc}')
             return
         episode, step = int(header.get('episode', -1)), int(header.get('step', -1))
-        missing = self.learner.submit(transition, episode, step)
+        missing = self.learner.submit(transition, episode, step, robot)
         if missing:
-            self.get_logger().warning(f'{missing} transitions missing before episode {episode} '
-                                      f'step {step} (lost between actor and learner)')
+            self.get_logger().warning(f'{missing} transitions missing before {_arm(robot)}'
+                                      f'episode {episode} step {step} (lost between actor and '
+                                      'learner)')
 
-    def _on_event(self, msg: String):
+    def _on_event(self, msg: String, robot: str = ''):
         try:
             event = json.loads(msg.data)
         except json.JSONDecodeError:
             return
         if event.get('event') == 'end':
-            missing = self.learner.episode_ended(event)
+            missing = self.learner.episode_ended(event, robot)
             if missing:
-                self.get_logger().warning(f'episode {event.get("episode")} ended with '
+                self.get_logger().warning(f'{_arm(robot)}episode {event.get("episode")} ended with '
                                           f'{event.get("steps")} steps; its last {missing} '
                                           'transitions did not arrive')
 
@@ -223,7 +238,8 @@ class LearnerNode(Node):
                   **{k: str(v) for k, v in c.items()},
                   'queued': str(self.learner.pending),
                   'drop_reasons': json.dumps(dict(self.learner.drop_reasons)),
-                  'out_of_order': str(self.learner.sequence.out_of_order),
+                  'out_of_order': str(sum(sequence.out_of_order
+                                          for sequence in self.learner.sequences.values())),
                   'episodes': str(episodes), 'successes': str(successes),
                   'critic_updates_per_s': f'{self.learner.critic_updates_per_s:.3f}'}
         message = self.error or ('transitions lost' if lost else 'training')

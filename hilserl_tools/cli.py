@@ -26,9 +26,10 @@ from pathlib import Path
 
 from hilserl.config import ConfigError, load_train_config
 
-_EPISODE_END = re.compile(r'episode (\d+) ended')
+# '[robot_0/sac_actor] ...': the arm's namespace (several arms number their episodes alike)
+_EPISODE_END = re.compile(r'^\[(?:([^\]/]+)/)?[^\]]*\].*episode (\d+) ended')
 _BAG_CLOSE_WAIT_S = 15.0
-_BAG_CLOSED = re.compile(r'episode bag closed: .*episode_(\d+) ')
+_BAG_CLOSED = re.compile(r'^\[(?:([^\]/]+)/)?[^\]]*\].*episode bag closed: .*episode_(\d+) ')
 
 
 def _cmd_config(args) -> int:
@@ -43,7 +44,7 @@ def _cmd_config(args) -> int:
 def _add_graph_arguments(parser, mode: str) -> None:
     from hilserl.graph import LAUNCH_ARGUMENTS
     for name, default, description in LAUNCH_ARGUMENTS:
-        if mode == 'eval' and name in ('demo_dir', 'device', 'part'):
+        if mode == 'eval' and name in ('demo_dir', 'device', 'part', 'robots'):
             continue
         flag = '--' + name.replace('_', '-')
         if mode == 'eval' and name == 'teleop':
@@ -55,7 +56,9 @@ def _add_graph_arguments(parser, mode: str) -> None:
                                 "checkpoint's own pretrained_model/config.json)")
         elif name == 'num_episodes':
             parser.add_argument('--episodes', '--num-episodes', dest='num_episodes', type=int,
-                                default=int(default), help=description)
+                                default=int(default), help=description + ' (per arm)')
+        elif name == 'robots':
+            parser.add_argument(flag, type=int, default=int(default), help=description)
         else:
             parser.add_argument(flag, default=default, help=description)
     parser.add_argument('--max-minutes', type=float, default=None,
@@ -118,7 +121,7 @@ def _record_demos(graph_args, cfg, demo_root: Path, args) -> int:
     print(f'hilserl: recording {missing} scripted-expert demos in {demo_root}'
           + (f' ({done} already there)' if done else ''), flush=True)
     record_args = dataclasses.replace(graph_args, mode='record', run_dir=str(demo_root),
-                                      num_episodes=missing, teleop='sim', record=True,
+                                      num_episodes=missing, teleop='sim', record=True, robots=1,
                                       behaviour_mix='expert:1', demo_dir='')
     code = _start_graph(record_args, cfg, args, echo=_progress_only)
     if code == 0 and len(complete_episodes(demo_root)) < args.demos:
@@ -188,19 +191,19 @@ def _start_graph(graph_args, cfg, args, echo=None) -> int:
         for pattern, seen in ((_EPISODE_END, episodes_ended), (_BAG_CLOSED, bags_closed)):
             match = pattern.search(line)
             if match:
-                seen.add(int(match.group(1)))
+                seen.add((match.group(1), int(match.group(2))))
 
     env = {**os.environ, **graph_args.environment()}  # --discovery decides over the shell's
     graph = ProcessGraph(nodes, run_dir / 'params' / mode, graph_args.namespace, env=env,
                          output=output, domain_id=args.domain_id)
-    output(f'hilserl {mode}: {", ".join(n.name for n in nodes)} (backend '
+    output(f'hilserl {mode}: {", ".join(n.label for n in nodes)} (backend '
            f'{graph_args.backend}, run {run_dir}); Ctrl-C stops')
     started = time.monotonic()
     graph.start()
     timeout = args.max_minutes * 60 if args.max_minutes else None
-    # the run ends with the actor's last episode; a learner alone runs until stopped
-    ender = 'sac_actor' if any(n.name == 'sac_actor' for n in nodes) else nodes[0].name
-    reason = graph.wait(lambda g: ender in g.exited(), timeout)
+    # the run ends with the actors' last episodes; a learner alone runs until stopped
+    enders = [n.label for n in nodes if n.name == 'sac_actor'] or [nodes[0].label]
+    reason = graph.wait(lambda g: all(label in g.exited() for label in enders), timeout)
     if reason == 'done' and graph_args.record:
         # The actor's last `end` event may still be in flight to the recorder: let it close
         # that bag with its outcome rather than as `interrupted`.

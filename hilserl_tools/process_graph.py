@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import yaml
 
-from hilserl.graph import NODE_ENVIRONMENT, NodeSpec
+from hilserl.graph import NODE_ENVIRONMENT, NodeSpec, node_namespace, node_remappings
 
 
 def _interrupt(signum, frame):
@@ -38,15 +38,16 @@ def _die_with_parent() -> None:
 
 
 def node_command(spec: NodeSpec, params_dir: Path, namespace: str = '') -> List[str]:
-    params_dir.mkdir(parents=True, exist_ok=True)
-    generated = params_dir / f'{spec.name}.yaml'
+    generated = params_dir / f'{spec.label}.yaml'
+    generated.parent.mkdir(parents=True, exist_ok=True)
     # '/**/name': the node in any namespace (a bare name would not match under namespace:=arm1)
     generated.write_text(yaml.safe_dump({f'/**/{spec.name}': {'ros__parameters': spec.parameters}}))
     cmd = [sys.executable, '-m', spec.module, '--ros-args', '-r', f'__node:={spec.name}']
-    if namespace:
-        ns = namespace.strip('/')
-        # /clock is global by convention: each namespaced graph keeps its simulated clock apart
-        cmd += ['-r', f'__ns:=/{ns}', '-r', f'/clock:=/{ns}/clock']
+    full_namespace = node_namespace(namespace, spec)
+    if full_namespace:
+        cmd += ['-r', f'__ns:={full_namespace}']
+    for source, target in node_remappings(namespace, spec):
+        cmd += ['-r', f'{source}:={target}']
     for path in spec.parameter_files:
         cmd += ['--params-file', str(path)]
     cmd += ['--params-file', str(generated)]  # last wins: the graph's values override the robot's
@@ -82,8 +83,8 @@ class ProcessGraph:
                                     stdin=None if terminal else subprocess.DEVNULL,
                                     text=True, bufsize=1, start_new_session=not terminal,
                                     preexec_fn=_die_with_parent)
-            self.processes[spec.name] = proc
-            thread = threading.Thread(target=self._pump, args=(spec.name, proc), daemon=True)
+            self.processes[spec.label] = proc
+            thread = threading.Thread(target=self._pump, args=(spec.label, proc), daemon=True)
             thread.start()
             self._threads.append(thread)
 

@@ -88,6 +88,22 @@ def test_train_launch_runs_and_a_terminal_ctrl_c_keeps_everything(installed):
     assert 'final checkpoint' in out and list((run_dir / 'checkpoints').glob('[0-9]*'))
 
 
+def test_train_launch_with_two_arms_ends_when_both_have_run_their_episodes(installed):
+    """robots:=2: each arm's nodes in robot_0 / robot_1 (their own clocks and bags), one
+    learner; the launch ends by itself once both actors have run num_episodes."""
+    from hilserl.bags import complete_episodes
+    env, work, config = installed
+    run_dir = work / 'two_arms'
+    proc = launch(env, 'train.launch.py', 'robots:=2', 'num_episodes:=1',
+                  f'run_dir:={run_dir}', f'config:={config}')
+    out = finish(proc, 400)
+    assert proc.returncode == 0, out[-3000:]
+    for robot in ('robot_0', 'robot_1'):
+        assert f'[{robot}.sac_actor]: episode 0 ended' in out, out[-3000:]
+        assert [meta['episode'] for _, meta in complete_episodes(run_dir / robot)] == [0]
+    assert out.count('sac_learner up') == 1 and 'Traceback' not in out, out[-3000:]
+
+
 def test_eval_launch_evaluates_a_checkpoint(installed):
     env, work, _ = installed
     checkpoints = sorted((work / 'train' / 'checkpoints').glob('[0-9]*'))
