@@ -4,9 +4,9 @@ For each fault (corrupted checksums, truncated packets, random bytes, a silent s
 and 20 % of status packets, DriverCore + HardwareBackend + FeetechBus run through the pty STS
 bus simulator (the real wire protocol) at the node's 100 Hz tick, with a command every 0.1 s
 (EE deltas, and joint goals beyond the limits) and a health read every second, as driver_node
-does. Each case runs CAMPAIGN_S seconds of faults (8 s by default, not the issue's 20 s, so
-the 12 cases fit in 3 minutes; HILSERL_FAULT_CAMPAIGN_S=20 runs the full length), then
-the faults stop. Checked per case:
+does. Each case runs CAMPAIGN_S seconds of faults (20 s; HILSERL_FAULT_CAMPAIGN_S changes it),
+then the faults stop; the cases run in processes of their own, two at a time, so the twelve take
+about two minutes. Checked per case:
 - no exception escapes (BackendError from the health read is the node's documented signal);
 - every goal position the servos received lies within the joint limits (simulator side);
 - every faulted status packet is counted by the bus, at the instruction packet it answered
@@ -15,7 +15,10 @@ the faults stop. Checked per case:
 - within 1 s of the faults stopping, reads succeed and `ready` is true again.
 Rates are not asserted: a loaded machine ticks late, and the loop just skips ahead.
 """
+import json
 import os
+import subprocess
+import sys
 import time
 import traceback
 
@@ -32,7 +35,8 @@ from so101_driver.feetech_bus import FeetechBus
 from so101_driver.hardware_backend import HardwareBackend
 from so101_driver.sts_simulator import SimulatedBus
 
-CAMPAIGN_S = float(os.environ.get('HILSERL_FAULT_CAMPAIGN_S', '8'))
+CAMPAIGN_S = float(os.environ.get('HILSERL_FAULT_CAMPAIGN_S', '20'))
+PARALLEL_CASES = 2
 TICK_HZ = 100.0
 COMMAND_PERIOD_S = 0.1
 HEALTH_PERIOD_S = 1.0
@@ -130,19 +134,22 @@ def test_fault_accounting_matches_each_fault_once():
     assert uncounted({5}, [4, 9]) == [5]        # neither before nor too late
 
 
-@pytest.mark.parametrize('rate', [0.01, 0.05, 0.20])
-@pytest.mark.parametrize('mode', ['checksum', 'truncate', 'random', 'silent'])
-def test_driver_survives_faults_and_recovers(mode, rate):
+MODES = ('checksum', 'truncate', 'random', 'silent')
+RATES = (0.01, 0.05, 0.20)
+
+
+def run_case(mode: str, rate: float, seconds: float) -> dict:
+    """One case, in a process of its own (see campaign_results): what the test checks."""
     seed = int(rate * 1000) + len(mode)
     rig = Campaign(seed)
+    result = {'crash': None}
     try:
-        crash = None
         try:
             rig.sim.inject_faults(mode, rate, ids=[SILENT_SERVO] if mode == 'silent' else None,
                                   seed=seed)
-            rig.run(CAMPAIGN_S)
+            rig.run(seconds)
             read_failures = rig.core.counters['read_failures']
-            failure_message = rig.core.diagnostics(bus_stats=rig.bus.stats)[0].message \
+            result['failure_message'] = rig.core.diagnostics(bus_stats=rig.bus.stats)[0].message \
                 if rig.core.consecutive_read_failures else ''
             rig.sim.stop_faults()
             stopped = time.monotonic()
@@ -163,43 +170,93 @@ def test_driver_survives_faults_and_recovers(mode, rate):
                 except BackendError:
                     if attempt == 2:
                         raise
+            stats = rig.bus.stats
+            # OK again: a read that a loaded machine scheduled past the bus timeout after
+            # recovery shows as one failed read until the next tick succeeds: a few ticks
+            settle_until = time.monotonic() + RECOVERY_S + 2.0
+            while rig.core.diagnostics(health, stats)[0].level != OK and \
+                    time.monotonic() < settle_until:
+                rig.step()
         except Exception:  # noqa: BLE001 - the campaign counts crashes instead of stopping
-            crash = traceback.format_exc()
-        assert crash is None, f'{mode} {rate:.0%}: exception escaped:\n{crash}'
-
-        stats = rig.bus.stats
+            result['crash'] = traceback.format_exc()
+            return result
         faulted = set(rig.sim.faulted_packets)
-        summary = (f'{mode} {rate:.0%}: {rig.ticks} ticks, {rig.commands} commands, '
-                   f'{len(faulted)} faulted packets, {stats.faults} bus faults '
-                   f'{stats.faults_by_kind}, {read_failures} failed reads, '
-                   f'{rig.health_failures} failed health reads, recovered after '
-                   f'{recovered_after} s')
-        print(summary)
-
-        assert rig.sim.replies_faulted > 0, summary
-        assert stats.faults == len(stats.recent_faults), 'fault log overflowed'
-        missed = uncounted(faulted, [f.packet_index for f in stats.recent_faults])
-        assert not missed, f'{summary}: faults not counted at packets {missed[:20]}'
-        assert stats.faults >= len(faulted)
-
         limits = limit_ticks(rig.cal, rig.core.kin)
-        for servo_id, goals in rig.sim.goals_received().items():
-            lo, hi = limits[servo_id]
-            assert goals, f'servo {servo_id} never received a goal'
-            bad = [g for g in goals if not lo <= g <= hi]
-            assert not bad, f'servo {servo_id} received goals outside [{lo}, {hi}]: {bad[:10]}'
-
-        if failure_message:  # diagnostics name the servo and what went wrong
-            assert '(id ' in failure_message and 'holding' in failure_message, failure_message
-        assert recovered_after is not None and recovered_after <= RECOVERY_S, summary
-        assert not rig.core.torque_lost and all(h.torque_on for h in health.values())
-        # OK again: a read that a loaded machine scheduled past the bus timeout after recovery
-        # shows as one failed read until the next tick succeeds, so give it a few ticks
-        settle_until = time.monotonic() + RECOVERY_S + 2.0
-        while rig.core.diagnostics(health, stats)[0].level != OK and \
-                time.monotonic() < settle_until:
-            rig.step()
-        assert rig.core.diagnostics(health, stats)[0].level == OK, \
-            rig.core.diagnostics(health, stats)[0]
+        goals = rig.sim.goals_received()
+        final = rig.core.diagnostics(health, stats)[0]
+        result.update({
+            'summary': (f'{mode} {rate:.0%}: {seconds:.0f} s, {rig.ticks} ticks, {rig.commands} '
+                        f'commands, {len(faulted)} faulted packets, {stats.faults} bus faults '
+                        f'{stats.faults_by_kind}, {read_failures} failed reads, '
+                        f'{rig.health_failures} failed health reads, recovered after '
+                        f'{recovered_after} s'),
+            'replies_faulted': rig.sim.replies_faulted, 'faults': stats.faults,
+            'faults_logged': len(stats.recent_faults),
+            'missed': uncounted(faulted, [f.packet_index for f in stats.recent_faults])[:20],
+            'faulted': len(faulted),
+            'servos_without_goals': [i for i in limits if not goals.get(i)],
+            'goals_outside': {str(i): [g for g in goals.get(i, [])
+                                       if not limits[i][0] <= g <= limits[i][1]][:10]
+                              for i in limits},
+            'recovered_after': recovered_after,
+            'torque_lost': bool(rig.core.torque_lost),
+            'torque_on': all(h.torque_on for h in health.values()),
+            'final_level': int(final.level), 'final': f'{final.name}: {final.message}'})
+        return result
     finally:
         rig.close()
+
+
+@pytest.fixture(scope='module')
+def campaign_results():
+    """Every case runs CAMPAIGN_S seconds in a process of its own, two at a time (one per core
+    here), so the twelve fit in about two minutes (sequentially they would take four)."""
+    cases = [(mode, rate) for mode in MODES for rate in RATES]
+    waiting, running, results = list(cases), {}, {}
+    while waiting or running:
+        while waiting and len(running) < PARALLEL_CASES:
+            mode, rate = waiting.pop(0)
+            running[(mode, rate)] = subprocess.Popen(
+                [sys.executable, __file__, mode, str(rate), str(CAMPAIGN_S)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for case, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            out, err = proc.communicate()
+            del running[case]
+            lines = out.strip().splitlines()
+            try:
+                results[case] = json.loads(lines[-1])
+            except (IndexError, json.JSONDecodeError):
+                results[case] = {'crash': f'case process exited {proc.returncode}:\n'
+                                          f'{out[-2000:]}\n{err[-3000:]}'}
+        time.sleep(0.2)
+    return results
+
+
+@pytest.mark.parametrize('rate', RATES)
+@pytest.mark.parametrize('mode', MODES)
+def test_driver_survives_faults_and_recovers(campaign_results, mode, rate):
+    result = campaign_results[(mode, rate)]
+    assert result['crash'] is None, f'{mode} {rate:.0%}: exception escaped:\n{result["crash"]}'
+    summary = result['summary']
+    print(summary)
+    assert result['replies_faulted'] > 0, summary
+    assert result['faults'] == result['faults_logged'], 'fault log overflowed'
+    assert not result['missed'], f'{summary}: faults not counted at packets {result["missed"]}'
+    assert result['faults'] >= result['faulted']
+    assert not result['servos_without_goals'], \
+        f'servos {result["servos_without_goals"]} never received a goal'
+    outside = {servo: goals for servo, goals in result['goals_outside'].items() if goals}
+    assert not outside, f'goals outside the joint limits (servo: first ten): {outside}'
+    if result['failure_message']:  # diagnostics name the servo and what went wrong
+        assert '(id ' in result['failure_message'] and 'holding' in result['failure_message'], \
+            result['failure_message']
+    assert result['recovered_after'] is not None and \
+        result['recovered_after'] <= RECOVERY_S, summary
+    assert not result['torque_lost'] and result['torque_on']
+    assert result['final_level'] == OK, result['final']
+
+
+if __name__ == '__main__':  # one case: python test_fault_campaign.py MODE RATE SECONDS
+    print(json.dumps(run_case(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))))
