@@ -10,7 +10,7 @@ machine still gets its curve. Writes, under --out:
   summary.json         episodes, eval success, learner counters, wall time, command lines
 
   python bench/learn_graph.py --episodes 60 --eval-episodes 50 --out outputs/learn
-  python bench/learn_graph.py --config config/sim_learn_conv.yaml --set sac.bc_weight=0
+  python bench/learn_graph.py --config config/sim_learn_conv.yaml --set algorithm.bc_weight=0
 """
 import argparse
 import csv
@@ -43,7 +43,7 @@ def run(cmd, log_path: Path) -> int:
 
 
 def with_overrides(config: Path, overrides, out: Path) -> Path:
-    """A copy of the config with dotted key=value overrides (e.g. sac.bc_weight=0)."""
+    """A copy of the config with dotted key=value overrides (e.g. algorithm.bc_weight=0)."""
     data = yaml.safe_load(config.read_text()) or {}
     for item in overrides:
         key, _, value = item.partition('=')
@@ -119,7 +119,7 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default='config/sim_learn_conv.yaml')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                        help='override a config value, e.g. sac.bc_weight=0 or seed=1')
+                        help='override a config value, e.g. algorithm.bc_weight=0 or seed=1')
     parser.add_argument('--out', default='outputs/learn')
     parser.add_argument('--episodes', type=int, default=60, help='training episodes')
     parser.add_argument('--demos', type=int, default=10)

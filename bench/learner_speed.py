@@ -67,17 +67,17 @@ def fill(buffer, n, rng, episode_steps=100, batch=1):
 def build(args):
     import torch
     torch.set_num_threads(args.threads)
-    from hilserl.config import SACConfig, TrainConfig
+    from hilserl.config import TrainConfig, with_fields
     from hilserl_policy.checkpoint import build_agent
     frozen = args.encoder == 'resnet10'
-    sac = SACConfig(encoder=args.encoder, freeze_encoder=frozen,
-                    pretrained_encoder_path=args.pretrained_encoder if frozen else None,
-                    feature_cache_shifts=args.cache_shifts if frozen else 0,
-                    batch_size=256, utd_ratio=20, device=args.device,
-                    online_buffer_capacity=args.transitions,
-                    replay_image_storage=args.replay_images,
-                    offline_buffer_capacity=args.transitions)
-    return build_agent(TrainConfig(sac=sac)), sac
+    cfg = with_fields(TrainConfig(), encoder=args.encoder, freeze_encoder=frozen,
+                      pretrained_encoder_path=args.pretrained_encoder if frozen else None,
+                      feature_cache_shifts=args.cache_shifts if frozen else 0,
+                      batch_size=256, utd_ratio=20, device=args.device,
+                      online_buffer_capacity=args.transitions,
+                      replay_image_storage=args.replay_images,
+                      offline_buffer_capacity=args.transitions)
+    return build_agent(cfg), cfg.algorithm
 
 
 def learner_part(args) -> dict:
@@ -90,7 +90,7 @@ def learner_part(args) -> dict:
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     image_dir = None
-    if args.replay_images == 'file':  # as the learner (sac.replay_image_storage: file)
+    if args.replay_images == 'file':  # as the learner (replay.replay_image_storage: file)
         scratch = tempfile.TemporaryDirectory(prefix='learner_speed_')  # removed at exit
         image_dir = scratch.name
     online = ReplayBuffer(args.transitions, (3, 128, 128), 18, 4, featurizer, image_dir)
@@ -211,7 +211,7 @@ def main():
                              'node uses 1 beside a learner)')
     parser.add_argument('--actor-iterations', type=int, default=300)
     parser.add_argument('--replay-images', choices=('file', 'memory'), default='file',
-                        help="replay image storage (sac.replay_image_storage): 'file' keeps "
+                        help="replay image storage (replay.replay_image_storage): 'file' keeps "
                              'the pixels in the page cache, outside the learner process')
     parser.add_argument('--encoders', default='resnet10,small_conv')
     parser.add_argument('--pretrained-encoder', default='helper2424/resnet10',

@@ -12,7 +12,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import yaml
 
@@ -206,10 +206,42 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
-class SACConfig:
-    """SAC + DrQ + RLPD. RLPD is configuration: online_ratio, LayerNorm critics, subsampling."""
+class PolicyConfig:
+    """What the actor runs: the image encoder, the latent and MLP sizes, the squashed Gaussian
+    head (also the sizes of the critics the algorithm builds beside it)."""
+    encoder: str = 'resnet10'              # resnet10 | small_conv
+    freeze_encoder: bool = True            # needs pretrained_encoder_path (never frozen random)
+    # A directory with config.json + model.safetensors, or a Hugging Face repo id found in the
+    # local cache (never downloaded): the seed's ResNet-10 is helper2424/resnet10.
+    pretrained_encoder_path: Optional[str] = DEFAULT_REPO
+    latent_dim: int = 256
+    hidden_dims: Tuple[int, ...] = (256, 256)
+    squash: str = 'tanh'
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+    def __post_init__(self):
+        _require(self.encoder in ('resnet10', 'small_conv'), 'policy.encoder', self.encoder,
+                 "must be 'resnet10' or 'small_conv'")
+        if self.freeze_encoder and not self.pretrained_encoder_path:
+            raise ConfigError(frozen_without_weights_message('policy'))
+        _require(self.encoder == 'resnet10' or self.pretrained_encoder_path != DEFAULT_REPO,
+                 'policy.pretrained_encoder_path', self.pretrained_encoder_path,
+                 f'is the ResNet-10 (the default); with policy.encoder={self.encoder!r} set it to '
+                 'null, or to the pretrained_model directory of a run that trained that encoder')
+        _require(len(self.hidden_dims) >= 1 and all(h > 0 for h in self.hidden_dims),
+                 'policy.hidden_dims', self.hidden_dims, 'needs positive layer sizes')
+        _require(self.latent_dim > 0, 'policy.latent_dim', self.latent_dim, 'must be > 0')
+        _require(self.squash in SQUASH_RANGES, 'policy.squash', self.squash,
+                 f'choose from {sorted(SQUASH_RANGES)}')
+        _require(self.log_std_min < self.log_std_max, 'policy.log_std_min', self.log_std_min,
+                 f'must be < policy.log_std_max={self.log_std_max}')
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """SAC + DrQ updates: critics, targets, temperature, optimisers, augmentation."""
     batch_size: int = 256
-    online_ratio: float = 0.5              # fraction of each batch from the online buffer
     utd_ratio: int = 20                    # critic updates per actor update
     discount: float = 0.97
     tau: float = 0.005
@@ -222,31 +254,66 @@ class SACConfig:
     num_critics: int = 2
     num_subsample_critics: Optional[int] = None
     critic_layer_norm: bool = True
-    hidden_dims: Tuple[int, ...] = (256, 256)
-    latent_dim: int = 256
     grad_clip_norm: float = 40.0
-    squash: str = 'tanh'
-    log_std_min: float = -5.0
-    log_std_max: float = 2.0
     # Behaviour cloning on human-intervention (and demo) samples in the actor loss, weighted
     # relative to the batch's mean |Q| (TD3+BC-style, scale-free); 0 = plain SAC (HIL-SERL).
     bc_weight: float = 0.0
     use_augmentation: bool = True
     augmentation_pad: int = 4
-    encoder: str = 'resnet10'              # resnet10 | small_conv
-    freeze_encoder: bool = True            # needs pretrained_encoder_path (never frozen random)
     # Frozen encoder only: features of this many random shifts per stored image are computed
     # once, at insertion, and each update samples one of them (0: encode every batch).
     feature_cache_shifts: int = 0
-    # A directory with config.json + model.safetensors, or a Hugging Face repo id found in the
-    # local cache (never downloaded): the seed's ResNet-10 is helper2424/resnet10.
-    pretrained_encoder_path: Optional[str] = DEFAULT_REPO
+
+    def __post_init__(self):
+        _require(self.batch_size >= 2, 'algorithm.batch_size', self.batch_size, 'must be >= 2')
+        _require(isinstance(self.utd_ratio, int) and self.utd_ratio >= 1, 'algorithm.utd_ratio',
+                 self.utd_ratio, 'must be an integer >= 1')
+        _finite('algorithm.discount', self.discount)
+        _require(0 < self.discount < 1, 'algorithm.discount', self.discount, 'must be in (0, 1)')
+        _unit_interval('algorithm.tau', self.tau, closed_low=False)
+        _positive('algorithm.temperature_init', self.temperature_init)
+        if self.target_entropy is not None:
+            _finite('algorithm.target_entropy', self.target_entropy)
+        for name in ('actor_lr', 'critic_lr', 'temperature_lr', 'grad_clip_norm'):
+            _positive(f'algorithm.{name}', getattr(self, name))
+        _finite('algorithm.bc_weight', self.bc_weight)
+        _require(self.bc_weight >= 0, 'algorithm.bc_weight', self.bc_weight, 'must be >= 0')
+        _require(self.num_critics >= 1, 'algorithm.num_critics', self.num_critics,
+                 'must be >= 1')
+        if self.num_subsample_critics is not None:
+            _require(1 <= self.num_subsample_critics <= self.num_critics,
+                     'algorithm.num_subsample_critics', self.num_subsample_critics,
+                     f'must be in [1, num_critics={self.num_critics}]')
+        _require(0 <= self.augmentation_pad <= 16, 'algorithm.augmentation_pad',
+                 self.augmentation_pad, 'must be in [0, 16] px')
+        _require(isinstance(self.feature_cache_shifts, int) and
+                 0 <= self.feature_cache_shifts <= 16, 'algorithm.feature_cache_shifts',
+                 self.feature_cache_shifts, 'must be an integer in [0, 16]')
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The learner's two buffers and how a batch mixes them (RLPD is configuration)."""
+    online_ratio: float = 0.5              # fraction of each batch from the online buffer
     online_buffer_capacity: int = 200_000
     offline_buffer_capacity: int = 5_000
     # Where the learner's replay images live: 'file' (an unnamed temporary file in the run
     # directory, read back with pread: the OS page cache holds the pixels, not the learner
     # process; freed at exit, even after a crash) or 'memory' (numpy arrays in the process).
     replay_image_storage: str = 'file'
+
+    def __post_init__(self):
+        _unit_interval('replay.online_ratio', self.online_ratio)
+        _require(self.replay_image_storage in ('file', 'memory'), 'replay.replay_image_storage',
+                 self.replay_image_storage, "must be 'file' or 'memory'")
+        for name in ('online_buffer_capacity', 'offline_buffer_capacity'):
+            _require(getattr(self, name) >= 1, f'replay.{name}', getattr(self, name),
+                     'must be >= 1')
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The learner process: when it starts updating, pushes weights, checkpoints; its device."""
     learning_starts: int = 100
     weight_push_period_s: float = 2.0
     checkpoint_every_steps: int = 500
@@ -259,63 +326,21 @@ class SACConfig:
 
     def __post_init__(self):
         _require(self.device == 'auto' or self.device == 'cpu' or
-                 self.device.startswith('cuda'), 'sac.device', self.device,
+                 self.device.startswith('cuda'), 'learner.device', self.device,
                  "must be 'auto', 'cpu' or 'cuda[:N]'")
-        _require(self.batch_size >= 2, 'sac.batch_size', self.batch_size, 'must be >= 2')
-        _unit_interval('sac.online_ratio', self.online_ratio)
-        _require(isinstance(self.utd_ratio, int) and self.utd_ratio >= 1, 'sac.utd_ratio',
-                 self.utd_ratio, 'must be an integer >= 1')
-        _finite('sac.discount', self.discount)
-        _require(0 < self.discount < 1, 'sac.discount', self.discount, 'must be in (0, 1)')
-        _unit_interval('sac.tau', self.tau, closed_low=False)
-        _positive('sac.temperature_init', self.temperature_init)
-        if self.target_entropy is not None:
-            _finite('sac.target_entropy', self.target_entropy)
-        for name in ('actor_lr', 'critic_lr', 'temperature_lr', 'grad_clip_norm',
-                     'weight_push_period_s', 'checkpoint_every_s'):
-            _positive(f'sac.{name}', getattr(self, name))
-        _finite('sac.bc_weight', self.bc_weight)
-        _require(self.bc_weight >= 0, 'sac.bc_weight', self.bc_weight, 'must be >= 0')
-        _require(self.num_critics >= 1, 'sac.num_critics', self.num_critics, 'must be >= 1')
-        if self.num_subsample_critics is not None:
-            _require(1 <= self.num_subsample_critics <= self.num_critics,
-                     'sac.num_subsample_critics', self.num_subsample_critics,
-                     f'must be in [1, num_critics={self.num_critics}]')
-        _require(len(self.hidden_dims) >= 1 and all(h > 0 for h in self.hidden_dims),
-                 'sac.hidden_dims', self.hidden_dims, 'needs positive layer sizes')
-        _require(self.latent_dim > 0, 'sac.latent_dim', self.latent_dim, 'must be > 0')
-        _require(self.squash in SQUASH_RANGES, 'sac.squash', self.squash,
-                 f'choose from {sorted(SQUASH_RANGES)}')
-        _require(self.log_std_min < self.log_std_max, 'sac.log_std_min', self.log_std_min,
-                 f'must be < sac.log_std_max={self.log_std_max}')
-        _require(0 <= self.augmentation_pad <= 16, 'sac.augmentation_pad',
-                 self.augmentation_pad, 'must be in [0, 16] px')
-        _require(self.encoder in ('resnet10', 'small_conv'), 'sac.encoder', self.encoder,
-                 "must be 'resnet10' or 'small_conv'")
-        _require(isinstance(self.feature_cache_shifts, int) and
-                 0 <= self.feature_cache_shifts <= 16, 'sac.feature_cache_shifts',
-                 self.feature_cache_shifts, 'must be an integer in [0, 16]')
-        if self.freeze_encoder and not self.pretrained_encoder_path:
-            raise ConfigError(frozen_without_weights_message('sac'))
-        _require(self.encoder == 'resnet10' or self.pretrained_encoder_path != DEFAULT_REPO,
-                 'sac.pretrained_encoder_path', self.pretrained_encoder_path,
-                 f'is the ResNet-10 (the default); with sac.encoder={self.encoder!r} set it to '
-                 'null, or to the pretrained_model directory of a run that trained that encoder')
-        _require(self.feature_cache_shifts == 0 or self.freeze_encoder,
-                 'sac.feature_cache_shifts', self.feature_cache_shifts,
-                 'needs freeze_encoder: true (a trained encoder changes its features)')
-        _require(self.replay_image_storage in ('file', 'memory'), 'sac.replay_image_storage',
-                 self.replay_image_storage, "must be 'file' or 'memory'")
-        for name in ('online_buffer_capacity', 'offline_buffer_capacity'):
-            _require(getattr(self, name) >= 1, f'sac.{name}', getattr(self, name),
-                     'must be >= 1')
-        _require(self.learning_starts >= 0, 'sac.learning_starts', self.learning_starts,
+        for name in ('weight_push_period_s', 'checkpoint_every_s'):
+            _positive(f'learner.{name}', getattr(self, name))
+        _require(self.learning_starts >= 0, 'learner.learning_starts', self.learning_starts,
                  'must be >= 0')
-        _require(self.checkpoint_every_steps >= 1, 'sac.checkpoint_every_steps',
+        _require(self.checkpoint_every_steps >= 1, 'learner.checkpoint_every_steps',
                  self.checkpoint_every_steps, 'must be >= 1')
         _require(isinstance(self.keep_last_checkpoints, int) and
-                 self.keep_last_checkpoints >= 0, 'sac.keep_last_checkpoints',
+                 self.keep_last_checkpoints >= 0, 'learner.keep_last_checkpoints',
                  self.keep_last_checkpoints, 'must be an integer >= 0 (0: keep all)')
+
+
+# Configurations written before the split had one `sac:` section: its keys, by new section.
+SPLIT_SAC_SECTIONS = ('policy', 'algorithm', 'replay', 'learner')
 
 
 @dataclass(frozen=True)
@@ -340,19 +365,25 @@ class TrainConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     observation: ObservationConfig = field(default_factory=ObservationConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    sac: SACConfig = field(default_factory=SACConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     seed: int = 0
 
     def __post_init__(self):
+        _require(self.algorithm.feature_cache_shifts == 0 or self.policy.freeze_encoder,
+                 'algorithm.feature_cache_shifts', self.algorithm.feature_cache_shifts,
+                 'needs policy.freeze_encoder: true (a trained encoder changes its features)')
         # The seed's bug: gripper bounds [0, 2] while tanh outputs [-1, 1] -> refuse it here.
-        squash_low, squash_high = SQUASH_RANGES[self.sac.squash]
+        squash_low, squash_high = SQUASH_RANGES[self.policy.squash]
         for i, name in enumerate(self.action.names):
             lo, hi = self.action.low[i], self.action.high[i]
             if (lo, hi) != (squash_low, squash_high):
                 raise ConfigError(
                     f'action bounds for {name!r} are [{lo:g}, {hi:g}] but the policy\'s '
-                    f'{self.sac.squash} squashing outputs [{squash_low:g}, {squash_high:g}]; '
+                    f'{self.policy.squash} squashing outputs [{squash_low:g}, {squash_high:g}]; '
                     'they must be equal (scale in the driver, not in the action space)')
         _require(tuple(self.action.names) == ACTION_NAMES, 'action.names', self.action.names,
                  f'the SO-101 driver expects {ACTION_NAMES}')
@@ -410,6 +441,8 @@ def from_dict(cls, data, path: str = ''):
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f'{path or cls.__name__}={data!r}: must be a mapping')
+    if cls is TrainConfig and 'sac' in data:
+        data = split_sac_section(data)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields)
@@ -420,6 +453,45 @@ def from_dict(cls, data, path: str = ''):
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f'{path}.{name}' if path else name)
     return cls(**kwargs)
+
+
+def _section_owners() -> Dict[str, str]:
+    classes = (PolicyConfig, AlgorithmConfig, ReplayConfig, LearnerConfig)
+    return {f.name: name for name, cls in zip(SPLIT_SAC_SECTIONS, classes)
+            for f in dataclasses.fields(cls)}
+
+
+def with_fields(cfg: TrainConfig, **fields) -> TrainConfig:
+    """`cfg` with fields of the policy, algorithm, replay and learner sections replaced by
+    name (each name belongs to one section), validated as a whole."""
+    owners, changes = _section_owners(), {}
+    for name, value in fields.items():
+        if name not in owners:
+            raise ConfigError(f'{name}: not a field of {", ".join(SPLIT_SAC_SECTIONS)}')
+        changes.setdefault(owners[name], {})[name] = value
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)
+                                       for section, values in changes.items()})
+
+
+def split_sac_section(data: dict) -> dict:
+    """A configuration written before the split (one `sac:` section, as in checkpoints and run
+    directories of earlier versions): each key moved to its section. A key also given in its
+    new section, or unknown, is an error naming it."""
+    sac = data['sac'] or {}
+    if not isinstance(sac, dict):
+        raise ConfigError(f'sac={sac!r}: must be a mapping')
+    sections = {name: dict(data.get(name) or {}) for name in SPLIT_SAC_SECTIONS}
+    owners = _section_owners()
+    for key, value in sac.items():
+        if key not in owners:
+            raise ConfigError(f'sac: unknown key {key!r}; the sac section was split into '
+                              f'{", ".join(SPLIT_SAC_SECTIONS)}, known: {sorted(owners)}')
+        section = owners[key]
+        if key in sections[section]:
+            raise ConfigError(f'sac.{key} and {section}.{key} are both given; keep {section}.{key}')
+        sections[section][key] = value
+    return {**{k: v for k, v in data.items() if k != 'sac'},
+            **{name: values for name, values in sections.items() if values}}
 
 
 def load_yaml(path) -> dict:

@@ -41,7 +41,7 @@ def graph_actions(context) -> List:
     args = graph_args_from_context(context)
     cfg = load_train_config(args.config_path())
     if args.mode == 'train':  # before any node starts: the encoder weights are here
-        check_encoder_weights(cfg.sac)
+        check_encoder_weights(cfg.policy)
     actions = [SetEnvironmentVariable(k, v) for k, v in args.environment().items()]
     actors = []
     for spec in build_graph(args, cfg):

@@ -86,9 +86,9 @@ def resolve_pretrained_dir(path: str) -> Path:
         'scratch: freeze_encoder: false, pretrained_encoder_path: null)')
 
 
-def check_encoder_weights(sac) -> Optional[Path]:
+def check_encoder_weights(policy) -> Optional[Path]:
     """Before any node starts: the pretrained encoder a SAC configuration names is on this
     machine (None when it names none: a trained encoder)."""
-    if not sac.pretrained_encoder_path:
+    if not policy.pretrained_encoder_path:
         return None
-    return resolve_pretrained_dir(sac.pretrained_encoder_path)
+    return resolve_pretrained_dir(policy.pretrained_encoder_path)

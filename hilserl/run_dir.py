@@ -26,9 +26,9 @@ from hilserl.config import ConfigError, TrainConfig, from_dict, save_config
 RUN_CONFIG_NAME = 'run_config.yaml'
 # Operational settings a resume may change: they decide where and how often things happen,
 # not what is learned from what.
-RESUMABLE_FIELDS = frozenset({'sac.device', 'sac.checkpoint_every_steps',
-                              'sac.checkpoint_every_s', 'sac.weight_push_period_s',
-                              'sac.keep_last_checkpoints', 'task.eval_random_ee_reset'})
+RESUMABLE_FIELDS = frozenset({'learner.device', 'learner.checkpoint_every_steps',
+                              'learner.checkpoint_every_s', 'learner.weight_push_period_s',
+                              'learner.keep_last_checkpoints', 'task.eval_random_ee_reset'})
 _EPISODE_DIR = re.compile(r'^episode_(\d+)(?:_\d+)?$')
 
 

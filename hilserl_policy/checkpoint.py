@@ -10,7 +10,7 @@ one (`hilserl.run_dir.remove_stale_checkpoints` deletes a crashed save's `.tmp` 
 Replay buffers are saved incrementally: `checkpoints/replay/<online|offline>/segment_*.npz`
 hold the transitions, each segment those added between two checkpoints, and a checkpoint's
 `training_state/<name>_buffer.json` lists the segments its buffer consists of. After each save
-`prune_checkpoints` keeps the newest `sac.keep_last_checkpoints` checkpoints (never the newest
+`prune_checkpoints` keeps the newest `learner.keep_last_checkpoints` checkpoints (never the newest
 or the one the run resumed from) and deletes the segments no kept checkpoint needs.
 """
 from __future__ import annotations
@@ -37,9 +37,9 @@ def build_agent(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
     `weights_from_checkpoint` (a checkpoint's state, encoder included, is loaded next)."""
     hw = tuple(image_hw or cfg.image.resize_hw_px)
     image_shape = (3 * cfg.observation.n_obs_steps, *hw)
-    return SAC(cfg.sac, image_shape, cfg.observation.state_dim, cfg.action.dim,
+    return SAC(cfg.policy, cfg.algorithm, image_shape, cfg.observation.state_dim, cfg.action.dim,
                discrete_gripper=cfg.action.gripper_mode == 'discrete',
-               device=device or cfg.sac.device, seed=cfg.seed,
+               device=device or cfg.learner.device, seed=cfg.seed,
                weights_from_checkpoint=weights_from_checkpoint)
 
 
@@ -138,9 +138,9 @@ def resume(checkpoint_dir, device: Optional[str] = None, image_dir=None
     agent.rng.bit_generator.state = opt['rng']
     state = json.loads((state_dir / 'state.json').read_text())
     buffers = []
-    for name, capacity in (('online', cfg.sac.online_buffer_capacity),
-                           ('offline', cfg.sac.offline_buffer_capacity)):
-        featurizer = agent.featurize if cfg.sac.feature_cache_shifts else None
+    for name, capacity in (('online', cfg.replay.online_buffer_capacity),
+                           ('offline', cfg.replay.offline_buffer_capacity)):
+        featurizer = agent.featurize if cfg.algorithm.feature_cache_shifts else None
         manifest, full = state_dir / f'{name}_buffer.json', state_dir / f'{name}_buffer.npz'
         if manifest.is_file():
             buffers.append(ReplayBuffer.load_incremental(manifest, capacity, featurizer,

@@ -186,7 +186,7 @@ class Learner:
         self.offline: Optional[ReplayBuffer] = None
         self.resumed_from = None
         checkpoint = latest_checkpoint(self.run_dir) if resume_from_latest else None
-        image_dir = (self.run_dir / 'replay' if cfg.sac.replay_image_storage == 'file'
+        image_dir = (self.run_dir / 'replay' if cfg.replay.replay_image_storage == 'file'
                      else None)
         state = {}
         if checkpoint is not None:
@@ -196,14 +196,14 @@ class Learner:
         else:
             self.agent = build_agent(cfg, image_hw, device)
         s, a = cfg.observation.state_dim, cfg.action.dim
-        featurizer = self.agent.featurize if cfg.sac.feature_cache_shifts else None
-        self.online = self.online or ReplayBuffer(cfg.sac.online_buffer_capacity, image_shape,
+        featurizer = self.agent.featurize if cfg.algorithm.feature_cache_shifts else None
+        self.online = self.online or ReplayBuffer(cfg.replay.online_buffer_capacity, image_shape,
                                                   s, a, featurizer, image_dir)
-        self.offline = self.offline or ReplayBuffer(cfg.sac.offline_buffer_capacity,
+        self.offline = self.offline or ReplayBuffer(cfg.replay.offline_buffer_capacity,
                                                     image_shape, s, a, featurizer, image_dir)
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.metrics_log = MetricsLog(self.run_dir / 'metrics.csv')
-        self.tensorboard = TensorBoardLog(self.run_dir / 'tensorboard', cfg.sac.utd_ratio)
+        self.tensorboard = TensorBoardLog(self.run_dir / 'tensorboard', cfg.algorithm.utd_ratio)
         self.lock = threading.Lock()  # agent parameters: update vs. weight export/checkpoint
         self.last_metrics: Dict[str, float] = {}
         self._update_times = []
@@ -218,7 +218,7 @@ class Learner:
         self._in_hand = 0  # taken from the queue, being stored
         self.last_checkpoint_s = time.monotonic()
         self._checkpointed = self._progress_key()
-        self.checkpoints_deleted = 0  # by sac.keep_last_checkpoints, in this process
+        self.checkpoints_deleted = 0  # by learner.keep_last_checkpoints, in this process
         self.log: Callable[[str], None] = lambda message: None  # the node's logger
 
     # --- data ---------------------------------------------------------------------------------
@@ -358,11 +358,11 @@ class Learner:
         return recent_summary(self.episodes[-window:])
 
     def ready(self) -> bool:
-        return len(self.online) + len(self.offline) >= max(self.cfg.sac.learning_starts, 1)
+        return len(self.online) + len(self.offline) >= max(self.cfg.learner.learning_starts, 1)
 
     def sample(self):
-        return sample_mixed(self.online, self.offline, self.cfg.sac.batch_size,
-                            self.cfg.sac.online_ratio, self.rng)
+        return sample_mixed(self.online, self.offline, self.cfg.algorithm.batch_size,
+                            self.cfg.replay.online_ratio, self.rng)
 
     # --- training -----------------------------------------------------------------------------
     def train_step(self, should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
@@ -378,7 +378,7 @@ class Learner:
         self.last_metrics = metrics
         self.metrics_log.write(metrics)
         self.tensorboard.train(metrics)
-        if self.agent.step % self.cfg.sac.checkpoint_every_steps == 0:
+        if self.agent.step % self.cfg.learner.checkpoint_every_steps == 0:
             self.checkpoint()
         else:
             self.maybe_checkpoint()
@@ -388,18 +388,18 @@ class Learner:
     def critic_updates_per_s(self) -> float:
         if not self._update_times:
             return 0.0
-        return self.cfg.sac.utd_ratio * len(self._update_times) / sum(self._update_times)
+        return self.cfg.algorithm.utd_ratio * len(self._update_times) / sum(self._update_times)
 
     def _progress_key(self):
         return (self.agent.step, self.online.total_added, self.offline.total_added,
                 len(self.episodes))
 
     def maybe_checkpoint(self, now_s: Optional[float] = None) -> Optional[Path]:
-        """Checkpoint when sac.checkpoint_every_s has passed since the last one and anything
+        """Checkpoint when learner.checkpoint_every_s has passed since the last one and anything
         changed (steps, stored transitions, episodes); also before learning starts, so an early
         crash keeps the buffers."""
         now_s = time.monotonic() if now_s is None else now_s
-        if now_s - self.last_checkpoint_s < self.cfg.sac.checkpoint_every_s or \
+        if now_s - self.last_checkpoint_s < self.cfg.learner.checkpoint_every_s or \
                 self._progress_key() == self._checkpointed:
             return None
         return self.checkpoint(now_s)
@@ -415,15 +415,15 @@ class Learner:
                                        'episodes': list(self.episodes)})
             in_use = [buffer.segment_dir / seg['file'] for buffer in (self.online, self.offline)
                       for seg in buffer.segments]
-            deleted = prune_checkpoints(self.run_dir, self.cfg.sac.keep_last_checkpoints,
+            deleted = prune_checkpoints(self.run_dir, self.cfg.learner.keep_last_checkpoints,
                                         [self.resumed_from] if self.resumed_from else [],
                                         in_use)
         self.checkpoints_deleted += len(deleted)
         if deleted:
             self.log(f'checkpoint {path.name} saved; deleted {len(deleted)} older '
                      f'({", ".join(p.name for p in deleted)}; keep_last_checkpoints '
-                     f'{self.cfg.sac.keep_last_checkpoints}, {self.checkpoints_deleted} deleted '
-                     'so far)')
+                     f'{self.cfg.learner.keep_last_checkpoints}, {self.checkpoints_deleted} '
+                     'deleted so far)')
         self.last_checkpoint_s = time.monotonic() if now_s is None else now_s
         return path
 
@@ -431,6 +431,6 @@ class Learner:
         with self.lock:
             state = self.agent.policy_state()
             meta = {'step': self.agent.step}
-            if self.cfg.sac.freeze_encoder:  # not sent: the actor must hold the same one
+            if self.cfg.policy.freeze_encoder:  # not sent: the actor must hold the same one
                 meta['backbone_digest'] = self.agent.backbone_digest()
             return state, meta

@@ -131,8 +131,8 @@ class LearnerNode(Node):
         for thread in self.threads:
             thread.start()
         self.get_logger().info(f'sac_learner up: run {self.run_dir}, device '
-                               f'{self.learner.agent.device}, UTD {self.cfg.sac.utd_ratio}, '
-                               f'batch {self.cfg.sac.batch_size}, {torch.get_num_threads()} '
+                               f'{self.learner.agent.device}, UTD {self.cfg.algorithm.utd_ratio}, '
+                               f'batch {self.cfg.algorithm.batch_size}, {torch.get_num_threads()} '
                                f'torch threads')
 
     # --- executor thread: decode and queue, nothing that waits ---------------------------------
@@ -184,7 +184,7 @@ class LearnerNode(Node):
                     continue
                 self.learner.train_step(should_stop=self.stop.is_set)
                 self._publish_progress()
-                if time.monotonic() - self.pushed_at_s >= self.cfg.sac.weight_push_period_s:
+                if time.monotonic() - self.pushed_at_s >= self.cfg.learner.weight_push_period_s:
                     self._push_weights()
         except Exception as exc:  # noqa: BLE001 - reported, then the node keeps its data
             self._fail('training', exc)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hilserl.config import SACConfig, TrainConfig, from_dict
+from hilserl.config import PolicyConfig, TrainConfig, from_dict
 from hilserl_policy.networks import Backbone, GraspCritic, ObservationEncoder, TanhGaussianActor
 
 
@@ -33,7 +33,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Policy(nn.Module):
-    def __init__(self, cfg: SACConfig, image_shape, state_dim: int, action_dim: int,
+    def __init__(self, cfg: PolicyConfig, image_shape, state_dim: int, action_dim: int,
                  discrete_gripper: bool = False, device: str = 'cpu', seed: int = 0,
                  weights_from_checkpoint: bool = False):
         """`weights_from_checkpoint`: a checkpoint's state is loaded right after (its frozen
@@ -177,9 +177,9 @@ def build_policy(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
                  weights_from_checkpoint: bool = False) -> Policy:
     """The policy alone (an actor's): the same initial weights as `build_agent`'s policy."""
     hw = tuple(image_hw or cfg.image.resize_hw_px)
-    return Policy(cfg.sac, (3 * cfg.observation.n_obs_steps, *hw), cfg.observation.state_dim,
+    return Policy(cfg.policy, (3 * cfg.observation.n_obs_steps, *hw), cfg.observation.state_dim,
                   cfg.action.dim, discrete_gripper=cfg.action.gripper_mode == 'discrete',
-                  device=device or cfg.sac.device, seed=cfg.seed,
+                  device=device or cfg.learner.device, seed=cfg.seed,
                   weights_from_checkpoint=weights_from_checkpoint)
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hilserl.config import SACConfig
+from hilserl.config import AlgorithmConfig, PolicyConfig
 from hilserl.augment import random_shift
 from hilserl_policy.networks import CriticEnsemble, GraspCritic
 from hilserl_policy.policy import Policy, resolve_device  # noqa: F401 - resolve_device re-exported
@@ -28,22 +28,23 @@ Batch = Dict[str, np.ndarray]
 
 
 class SAC(nn.Module):
-    def __init__(self, cfg: SACConfig, image_shape, state_dim: int, action_dim: int,
-                 discrete_gripper: bool = False, device: str = 'cpu', seed: int = 0,
-                 weights_from_checkpoint: bool = False):
-        """The arguments of the `Policy` it trains (built first, from the same seed, so an
-        actor's `build_policy` starts from the same weights)."""
+    def __init__(self, policy_cfg: PolicyConfig, cfg: AlgorithmConfig, image_shape,
+                 state_dim: int, action_dim: int, discrete_gripper: bool = False,
+                 device: str = 'cpu', seed: int = 0, weights_from_checkpoint: bool = False):
+        """`cfg`: the algorithm's settings; the rest are the arguments of the `Policy` it
+        trains (built first, from the same seed, so an actor's `build_policy` starts from the
+        same weights)."""
         super().__init__()
         self.cfg = cfg
-        self.policy = Policy(cfg, image_shape, state_dim, action_dim, discrete_gripper, 'cpu',
-                             seed, weights_from_checkpoint)
+        self.policy = Policy(policy_cfg, image_shape, state_dim, action_dim, discrete_gripper,
+                             'cpu', seed, weights_from_checkpoint)
         self.image_shape = self.policy.image_shape
         self.state_dim, self.action_dim = state_dim, action_dim
         self.discrete_gripper = discrete_gripper
         self.continuous_dim = self.policy.continuous_dim
         emb = self.encoder.out_dim
-        self.critic = CriticEnsemble(cfg.num_critics, emb, self.continuous_dim, cfg.hidden_dims,
-                                     cfg.critic_layer_norm)
+        self.critic = CriticEnsemble(cfg.num_critics, emb, self.continuous_dim,
+                                     policy_cfg.hidden_dims, cfg.critic_layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.grasp_target = (copy.deepcopy(self.grasp_critic).requires_grad_(False)
                              if discrete_gripper else None)
@@ -53,7 +54,7 @@ class SAC(nn.Module):
         self.device = self.policy.device = resolve_device(device)
         self.to(self.device)
         critic_params = list(self.critic.parameters()) + list(self.encoder.parameters())
-        if not cfg.freeze_encoder:
+        if not policy_cfg.freeze_encoder:
             critic_params += list(self.backbone.net.parameters())
         self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)

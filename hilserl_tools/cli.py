@@ -94,7 +94,7 @@ def _run_graph(args, mode: str) -> int:
         from hilserl.run_dir import check_run_config
         cfg = load_train_config(graph_args.config_path())
         check_run_config(graph_args.run_dir, cfg)
-        check_encoder_weights(cfg.sac)  # learner and actor load it: on this machine?
+        check_encoder_weights(cfg.policy)  # learner and actor load it: on this machine?
     run_dir = Path(graph_args.run_dir)
     if mode == 'train' and args.demo_dataset:
         graph_args = _demo_dataset_bags(graph_args, cfg, args.demo_dataset)

@@ -115,7 +115,7 @@ def plot_run(run_dir, out_dir=None, window: int = 10) -> List[Path]:
         minutes = [(r.get('wall_time', start) - start) / 60.0 for r in rows]
         losses = {k: [r.get(k, math.nan) for r in rows] for k in ('critic_loss', 'actor_loss')}
         config = run_dir / 'run_config.yaml'  # the critic updates per optimisation step
-        utd = load_train_config(config).sac.utd_ratio if config.is_file() else None
+        utd = load_train_config(config).algorithm.utd_ratio if config.is_file() else None
         updates = [(utd or 1.0) / r['step_time_s'] if r.get('step_time_s') else math.nan
                    for r in rows]
         rate_name = 'critic updates/s' if utd else 'optimisation steps/s'

@@ -21,15 +21,18 @@ for _name, _value in NODE_ENVIRONMENT.items():
 TINY_TRAIN_CONFIG = """
 task:
   episode_time_s: 3.0
-sac:
+policy:
   encoder: small_conv
   freeze_encoder: false
   pretrained_encoder_path: null
+algorithm:
   batch_size: 32
   utd_ratio: 2
-  learning_starts: 10
+replay:
   online_buffer_capacity: 2000
   offline_buffer_capacity: 2000
+learner:
+  learning_starts: 10
   checkpoint_every_steps: 5
   weight_push_period_s: 1.0
   device: cpu

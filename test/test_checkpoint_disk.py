@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from hilserl.config import ConfigError, SACConfig
+from hilserl.config import ConfigError, LearnerConfig, with_fields
 from hilserl.run_dir import complete_checkpoints, disk_usage_bytes
 from hilserl_policy.checkpoint import prune_checkpoints, resume
 from hilserl_policy.learner import Learner
@@ -109,8 +109,7 @@ def test_only_the_last_checkpoints_are_kept_and_each_still_loads(tmp_path):
     on_disk = set((tmp_path / 'run' / 'checkpoints' / 'replay').glob('*/segment_*'))
     assert {p.resolve() for p in on_disk} == needed  # nothing else left behind
     # a resumed run never deletes the checkpoint it resumed from
-    resumed = Learner(dataclasses.replace(cfg, sac=dataclasses.replace(
-        cfg.sac, keep_last_checkpoints=1)), tmp_path / 'run')
+    resumed = Learner(with_fields(cfg, keep_last_checkpoints=1), tmp_path / 'run')
     origin = resumed.resumed_from
     for _ in range(3):
         resumed.add(transition(rng))
@@ -130,7 +129,7 @@ def test_keep_zero_keeps_every_checkpoint_and_the_newest_is_always_kept(tmp_path
     assert len(complete_checkpoints(tmp_path)) == 3 and learner.checkpoints_deleted == 0
     assert prune_checkpoints(tmp_path, 1) and len(complete_checkpoints(tmp_path)) == 1
     with pytest.raises(ConfigError, match='keep_last_checkpoints'):
-        SACConfig(keep_last_checkpoints=-1)
+        LearnerConfig(keep_last_checkpoints=-1)
 
 
 def test_disk_usage_counts_allocated_bytes(tmp_path):

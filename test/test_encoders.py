@@ -187,11 +187,11 @@ def test_weights_of_another_layout_are_refused(tmp_path):
 
 
 def test_a_frozen_encoder_without_weights_is_refused():
-    from hilserl.config import ConfigError, SACConfig
+    from hilserl.config import ConfigError, PolicyConfig
     from hilserl_policy.networks import Backbone
     from reward_classifier_node.model import ClassifierConfig
-    for make in (lambda: SACConfig(pretrained_encoder_path=None),
-                 lambda: SACConfig(encoder='small_conv', pretrained_encoder_path=''),
+    for make in (lambda: PolicyConfig(pretrained_encoder_path=None),
+                 lambda: PolicyConfig(encoder='small_conv', pretrained_encoder_path=''),
                  lambda: Backbone('resnet10', (64, 64), frozen=True),
                  lambda: ClassifierConfig(encoder='resnet10', freeze_encoder=True)):
         with pytest.raises(ValueError) as info:
@@ -200,5 +200,5 @@ def test_a_frozen_encoder_without_weights_is_refused():
         assert '\n' not in message
         assert 'pretrained_encoder_path' in message and 'freeze_encoder: false' in message
     with pytest.raises(ConfigError, match='null'):  # the ResNet-10 default for another encoder
-        SACConfig(encoder='small_conv', freeze_encoder=False)
-    assert SACConfig(freeze_encoder=False, pretrained_encoder_path=None).encoder == 'resnet10'
+        PolicyConfig(encoder='small_conv', freeze_encoder=False)
+    assert PolicyConfig(freeze_encoder=False, pretrained_encoder_path=None).encoder == 'resnet10'

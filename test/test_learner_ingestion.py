@@ -16,18 +16,21 @@ HW = (32, 32)
 CONFIG = """
 image:
   resize_hw_px: [32, 32]
-sac:
+policy:
   encoder: small_conv
   freeze_encoder: false
   pretrained_encoder_path: null
   hidden_dims: [32, 32]
   latent_dim: 16
+algorithm:
   batch_size: 64
   utd_ratio: 4
-  learning_starts: 8
+replay:
   online_buffer_capacity: 2000
   offline_buffer_capacity: 2000
   replay_image_storage: memory
+learner:
+  learning_starts: 8
   checkpoint_every_steps: 25
   weight_push_period_s: 0.1
   device: cpu

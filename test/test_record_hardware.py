@@ -116,8 +116,9 @@ def arm(tmp_path_factory):
     config.write_text(yaml.safe_dump({
         'task': {'episode_time_s': 30.0, 'random_ee_reset': False},
         'image': {'width_px': W, 'height_px': H, 'crop_tlhw_px': [0, 20, 120, 120]},
-        'sac': {'encoder': 'small_conv', 'freeze_encoder': False,
-                'pretrained_encoder_path': None, 'feature_cache_shifts': 0}}))
+        'policy': {'encoder': 'small_conv', 'freeze_encoder': False,
+                   'pretrained_encoder_path': None},
+        'algorithm': {'feature_cache_shifts': 0}}))
     yield SimpleNamespace(tmp=tmp, bus=bus, config=config, robot=robot_config(tmp, bus.port))
     bus.close()
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hilserl_tools import cli
-from hilserl.config import ConfigError, SACConfig, load_train_config
+from hilserl.config import ConfigError, LearnerConfig, load_train_config
 from hilserl.run_dir import (RUN_CONFIG_NAME, RunConfigMismatch, check_run_config,
                              checkpoint_model_dir, config_differences, load_checkpoint_config,
                              next_episode_index, record_run_config, remove_stale_checkpoints)
@@ -37,7 +37,7 @@ def test_a_run_directory_refuses_a_different_configuration(tmp_path):
     with pytest.raises(RunConfigMismatch) as info:
         record_run_config(tmp_path, changed)
     message = str(info.value)
-    assert '\n' not in message and 'sac.batch_size, seed' in message
+    assert '\n' not in message and 'algorithm.batch_size, seed' in message
     assert str(tmp_path) in message
 
 
@@ -47,14 +47,14 @@ def test_a_run_without_run_config_is_compared_with_its_checkpoint(tmp_path):
     save_checkpoint(tmp_path, learner.agent, cfg)
     (tmp_path / RUN_CONFIG_NAME).unlink(missing_ok=True)
     check_run_config(tmp_path, cfg)
-    with pytest.raises(RunConfigMismatch, match='sac.utd_ratio'):
+    with pytest.raises(RunConfigMismatch, match='algorithm.utd_ratio'):
         check_run_config(tmp_path, tiny_config(utd_ratio=3))
 
 
 def test_checkpoint_every_s_is_validated():
-    with pytest.raises(ConfigError, match='sac.checkpoint_every_s'):
-        SACConfig(checkpoint_every_s=0.0)
-    assert SACConfig().checkpoint_every_s == 300.0
+    with pytest.raises(ConfigError, match='learner.checkpoint_every_s'):
+        LearnerConfig(checkpoint_every_s=0.0)
+    assert LearnerConfig().checkpoint_every_s == 300.0
 
 
 def test_stale_tmp_checkpoints_are_removed_at_learner_start(tmp_path):
@@ -160,15 +160,16 @@ def test_train_refuses_to_resume_with_another_config_before_any_node(tmp_path, c
                                                                      monkeypatch):
     run = tmp_path / 'run'
     first = tmp_path / 'a.yaml'
+    # a run started before the sac section was split, resumed with a configuration after it
     first.write_text('sac:\n  batch_size: 32\n')
     record_run_config(run, load_train_config(first))
     second = tmp_path / 'b.yaml'
-    second.write_text('sac:\n  batch_size: 64\n')
+    second.write_text('algorithm:\n  batch_size: 64\n')
     monkeypatch.setattr(cli, '_start_graph', lambda *a, **k: pytest.fail('graph started'))
     assert cli.main(['train', '--config', str(second), '--run-dir', str(run),
                      '--demos', '0']) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count('\n') == 0 and 'sac.batch_size' in err and 'hilserl train' in err
+    assert err.count('\n') == 0 and 'algorithm.batch_size' in err and 'hilserl train' in err
 
 
 def test_learner_node_refuses_a_run_started_with_another_config(ros_context, tmp_path):

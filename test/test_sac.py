@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hilserl.config import SACConfig, TrainConfig, ActionConfig, ImageConfig
+from hilserl.config import TrainConfig, ActionConfig, ImageConfig, with_fields
 from hilserl.augment import random_shift, replicate_pad
 from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, load_pretrained, resume,
                                        save_checkpoint)
@@ -16,14 +16,17 @@ from hilserl_policy.transport import decode_weights, encode_weights
 from hilserl.transition import Transition, decode_transition, encode_transition
 
 HW = (32, 32)
-SMALL = SACConfig(batch_size=16, utd_ratio=2, hidden_dims=(32, 32), latent_dim=16,
-                  encoder='small_conv', freeze_encoder=False, pretrained_encoder_path=None,
-                  learning_starts=4,
-                  online_buffer_capacity=64, offline_buffer_capacity=64, device='cpu')
+SMALL = dict(batch_size=16, utd_ratio=2, hidden_dims=(32, 32), latent_dim=16,
+             encoder='small_conv', freeze_encoder=False, pretrained_encoder_path=None,
+             learning_starts=4, online_buffer_capacity=64, offline_buffer_capacity=64,
+             device='cpu')
 
 
-def tiny_config(**sac):
-    return TrainConfig(image=ImageConfig(resize_hw_px=HW), sac=dataclasses.replace(SMALL, **sac))
+def tiny_config(action=None, **fields):
+    """A small configuration; `fields` of the policy, algorithm, replay and learner sections
+    by name."""
+    cfg = TrainConfig(image=ImageConfig(resize_hw_px=HW), **({'action': action} if action else {}))
+    return with_fields(cfg, **{**SMALL, **fields})
 
 
 def transition(rng, intervention=False, terminated=False, image=None, reward=0.0):
@@ -119,9 +122,7 @@ def constant_head(net, values):
 def constant_grasp_agent():
     """Discrete gripper, discount 0.97; the online grasp critic values {close, stay, open} at
     0, 0, 1 (it picks open), the target at 9, 7, 3, whatever the input."""
-    agent = build_agent(TrainConfig(image=ImageConfig(resize_hw_px=HW),
-                                    sac=dataclasses.replace(SMALL, discount=0.97),
-                                    action=ActionConfig(gripper_mode='discrete')))
+    agent = build_agent(tiny_config(discount=0.97, action=ActionConfig(gripper_mode='discrete')))
     constant_head(agent.grasp_critic.net, [0.0, 0.0, 1.0])
     constant_head(agent.grasp_target.net, [9.0, 7.0, 3.0])
     return agent
@@ -195,9 +196,7 @@ def test_grasp_critic_loss_per_sample_with_varying_values():
     index and bootstrapped at its own online argmax, so a shape slip that broadcasts one
     sample's value against another's changes the loss."""
     from hilserl_policy.networks import GraspCritic
-    agent = build_agent(TrainConfig(image=ImageConfig(resize_hw_px=HW),
-                                    sac=dataclasses.replace(SMALL, discount=0.9),
-                                    action=ActionConfig(gripper_mode='discrete')))
+    agent = build_agent(tiny_config(discount=0.9, action=ActionConfig(gripper_mode='discrete')))
     with torch.no_grad():
         for p in agent.grasp_target.parameters():  # the target differs from the online critic
             p.add_(torch.randn_like(p) * 0.5)
@@ -470,8 +469,7 @@ def test_transition_and_weight_encodings_round_trip():
 
 
 def test_discrete_grasp_critic_picks_the_gripper():
-    cfg = TrainConfig(image=ImageConfig(resize_hw_px=HW), sac=SMALL,
-                      action=ActionConfig(gripper_mode='discrete'))
+    cfg = tiny_config(action=ActionConfig(gripper_mode='discrete'))
     agent = build_agent(cfg)
     assert agent.continuous_dim == 3
     buffer, rng = filled_buffer()
@@ -575,7 +573,8 @@ def test_feature_cache_follows_next_images_across_episode_breaks(cached_agent):
 def test_feature_cache_needs_a_frozen_encoder():
     from hilserl.config import ConfigError
     with pytest.raises(ConfigError, match='freeze_encoder'):
-        SACConfig(freeze_encoder=False, feature_cache_shifts=2)
+        with_fields(TrainConfig(), freeze_encoder=False, pretrained_encoder_path=None,
+                    feature_cache_shifts=2)
 
 
 def test_queued_transitions_are_stored_as_one_batch_with_features_computed_once(
