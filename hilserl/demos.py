@@ -10,7 +10,7 @@ import numpy as np
 from hilserl.bags import list_episodes, read_episode
 from hilserl.conventions import Topics
 from hilserl.progress import progress_bar
-from hilserl.transition import Transition, decode_transition
+from hilserl.transition import Transition, TransitionDecoder
 
 
 def load_demo_episodes(root, successful_only: bool = False,
@@ -35,7 +35,8 @@ def load_demo_episodes(root, successful_only: bool = False,
             continue  # to be recorded again, or cut short by a stop
         if successful_only and not meta.get('success', False):
             continue
-        yield path, meta, [decode_transition(np.asarray(msg.data, np.uint8).tobytes())[0]
+        decoder = TransitionDecoder()  # each image is in the bag once
+        yield path, meta, [decoder.decode(np.asarray(msg.data, np.uint8).tobytes())[0]
                            for _, msg in episode.messages.get(Topics.TRANSITIONS, [])]
 
 

@@ -674,7 +674,7 @@ def write_demo_bags(root, out_dir, cfg, camera: Optional[str] = None,
     dataset or the view it was read with changed (a `source.json` says which)."""
     from hilserl.bags import EpisodeWriter, MessageFactory, write_json_atomic
     from hilserl.conventions import Topics
-    from hilserl.transition import encode_transition
+    from hilserl.transition import TransitionEncoder
     root, out_dir = Path(root).resolve(), Path(out_dir)
     info_text = (root / INFO_PATH).read_text() if (root / INFO_PATH).is_file() else ''
     source = json.loads(json.dumps({  # as it reads back (tuples -> lists)
@@ -698,8 +698,9 @@ def write_demo_bags(root, out_dir, cfg, camera: Optional[str] = None,
     for index, episode in enumerate(episodes):
         writer = EpisodeWriter(tmp / f'episode_{index:06d}',
                                {Topics.TRANSITIONS: 'std_msgs/msg/UInt8MultiArray'})
+        encoder = TransitionEncoder()  # each image once, as the actor sends them
         for step, t in enumerate(transitions_from_episode(episode, cfg.observation.n_obs_steps)):
-            writer.write(Topics.TRANSITIONS, factory.bytes_array(encode_transition(t, index, step)),
+            writer.write(Topics.TRANSITIONS, factory.bytes_array(encoder.encode(t, index, step)),
                          step + 1)
         writer.close({'episode': index, 'steps': len(episode), 'success': episode.success,
                       'outcome': 'success' if episode.success else 'failure',

@@ -39,7 +39,7 @@ from hilserl.conversions import (ConversionError, action_to_msg, image_to_array,
                                  joint_state_to_arrays, joy_to_human, stamp_dimension,
                                  stamp_to_nanoseconds)
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry
-from hilserl.transition import encode_transition
+from hilserl.transition import TransitionEncoder
 from hilserl_policy.episode import EpisodeRunner, ObservationAssembler, StaleObservation
 from hilserl_policy.evaluation import EvalRecorder
 from hilserl_policy.transport import decode_weights
@@ -170,6 +170,7 @@ class ActorNode(Node):
             self.create_subscription(UInt8MultiArray, Topics.POLICY_WEIGHTS, self._on_weights,
                                      qos_profile(Topics.POLICY_WEIGHTS))
         if self.mode in ('train', 'record'):
+            self.transition_encoder = TransitionEncoder()  # each image once on the wire
             self.transition_pub = self.create_publisher(UInt8MultiArray, Topics.TRANSITIONS,
                                                         qos_profile(Topics.TRANSITIONS))
         self.policy_pub = self.create_publisher(Float32MultiArray, Topics.POLICY_ACTION,
@@ -486,8 +487,8 @@ class ActorNode(Node):
                                   policy_action=policy_action)
         if result.transition is not None:
             if self.mode in ('train', 'record'):
-                payload = encode_transition(result.transition, self.runner.episode_index,
-                                            self.runner.stats.steps)
+                payload = self.transition_encoder.encode(
+                    result.transition, self.runner.episode_index, self.runner.stats.steps)
                 msg = UInt8MultiArray(data=array.array('B', payload))
                 if self.sim_clock:  # the recorder files it under its tick, however late
                     msg.layout.dim = [stamp_dimension(self.tick_ns)]

@@ -289,10 +289,15 @@ class Learner:
         self._incoming.put(t)
         return missing
 
-    def reject(self, reason: str) -> None:
-        """A message that arrived but is not a transition (undecodable)."""
+    def reject(self, reason: str, episode: int = -1, step: int = -1, robot: str = '') -> int:
+        """A message that arrived but gives no transition (undecodable, or its image was left
+        out and the step before it was lost): dropped, and its (episode, step), where known,
+        taken into arm `robot`'s sequence. Returns how many went missing just before it."""
         self.counts['received'] += 1
         self._drop(reason)
+        missing = self.sequence(robot).observe(episode, step)
+        self.counts['missing'] += missing
+        return missing
 
     def _drop(self, reason: str) -> None:
         self.counts['dropped'] += 1

@@ -33,7 +33,7 @@ from hilserl.config import load_train_config
 from hilserl.conventions import Topics
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry
 from hilserl.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
-from hilserl.transition import decode_transition
+from hilserl.transition import MissingPreviousImage, TransitionDecoder
 from hilserl_policy.learner import Learner, torch_threads
 from hilserl_policy.transport import encode_weights
 
@@ -102,6 +102,7 @@ class LearnerNode(Node):
         self.pushed_step = -1
         self.pushed_at_s = 0.0
         self.stop = threading.Event()
+        self.decoders = {}  # one per arm: each image arrives once, in the transition it starts
         self.error = None
 
         self.weights_pub = self.create_publisher(UInt8MultiArray, Topics.POLICY_WEIGHTS,
@@ -137,8 +138,14 @@ class LearnerNode(Node):
 
     # --- executor thread: decode and queue, nothing that waits ---------------------------------
     def _on_transition(self, msg: UInt8MultiArray, robot: str = ''):
+        decoder = self.decoders.setdefault(robot, TransitionDecoder())
         try:
-            transition, header = decode_transition(bytes(msg.data))
+            transition, header = decoder.decode(bytes(msg.data))
+        except MissingPreviousImage as exc:
+            episode, step = exc.position[:2]
+            self.learner.reject(f'image: {exc}', episode, step, robot)
+            self.get_logger().warning(f'transition dropped: {exc}')
+            return
         except ValueError as exc:
             self.learner.reject(f'undecodable: {exc}')
             self.get_logger().warning(f'transition dropped: undecodable: {exc}')

@@ -81,7 +81,7 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
     from hilserl.node_support import qos_profile
     from hilserl.conventions import Topics
     from hilserl_policy.learner_node import LearnerNode
-    from hilserl.transition import encode_transition
+    from hilserl.transition import TransitionEncoder, encode_transition
 
     config = tmp_path / 'tiny.yaml'
     config.write_text(CONFIG)
@@ -104,6 +104,9 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
     spinner.start()
     n = 1200
     sent = [i for i in range(n) if i != SKIPPED]
+    # each image once on the wire: the step after the lost one cannot be completed (dropped)
+    stored_expected = [i for i in sent if i != SKIPPED + 1]
+    encoder = TransitionEncoder()
 
     def wait_for(predicate, timeout_s):
         deadline = time.monotonic() + timeout_s
@@ -124,9 +127,9 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
                 learner.lock.acquire()  # from here an update that does not end ...
             if i == 700:
                 learner.online._lock.acquire()  # ... and from here a checkpoint saving a buffer
-            if i != SKIPPED:
-                publish(encode_transition(_transition(i), i // EPISODE_STEPS,
-                                          i % EPISODE_STEPS + 1))
+            payload = encoder.encode(_transition(i), i // EPISODE_STEPS, i % EPISODE_STEPS + 1)
+            if i != SKIPPED:  # lost on the way
+                publish(payload)
             if i == 600:  # mid-stream: one undecodable message, one invalid transition
                 publish(b'not a transition')
                 bad = _transition(i)
@@ -135,14 +138,14 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
             time.sleep(0.01)  # ~100 Hz: ten times the control rate
             if i == 399:  # ... is not waited for: everything sent so far is stored
                 try:
-                    assert wait_for(lambda: learner.counts['stored'] == 399, 30), learner.counts
+                    assert wait_for(lambda: learner.counts['stored'] == 398, 30), learner.counts
                 finally:
                     learner.lock.release()
             if i == 999:  # nor is the buffer: everything is received and queued meanwhile
                 try:
                     assert wait_for(lambda: learner.counts['received'] == 999 + 2, 30), \
                         learner.counts
-                    assert learner.counts['stored'] <= 699 and learner.pending > 0
+                    assert learner.counts['stored'] <= 698 and learner.pending > 0
                 finally:
                     learner.online._lock.release()
         steps_while_streaming = learner.agent.step
@@ -150,16 +153,21 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
                         len(sent) + 2, 60), learner.counts
         assert steps_while_streaming > 0  # updates ran while the transitions arrived
         online, offline = learner.online.all(), learner.offline.all()
-        np.testing.assert_array_equal(online['reward'], sent)  # all, in order, once
-        np.testing.assert_array_equal(online['state'][:, 0], sent)
-        np.testing.assert_array_equal(offline['reward'], [i for i in sent if i % 7 == 0])
-        assert learner.counts == {'received': len(sent) + 2, 'stored': len(sent),
-                                  'dropped': 2, 'missing': 1}
-        assert dict(learner.drop_reasons) == {'undecodable': 1, 'action': 1}
-        assert 'stored 1199, dropped 2, missing 1' in node.transfer_summary()
-        assert wait_for(lambda: progress and progress[-1][1] == len(sent), 30), progress[-1:]
+        # all, in order, once, each with its own image
+        np.testing.assert_array_equal(online['reward'], stored_expected)
+        np.testing.assert_array_equal(online['state'][:, 0], stored_expected)
+        for row, i in ((0, 0), (500, stored_expected[500]), (-1, n - 1)):
+            np.testing.assert_array_equal(online['image'][row], _transition(i).image)
+        np.testing.assert_array_equal(offline['reward'],
+                                      [i for i in stored_expected if i % 7 == 0])
+        assert learner.counts == {'received': len(sent) + 2, 'stored': len(sent) - 1,
+                                  'dropped': 3, 'missing': 1}
+        assert dict(learner.drop_reasons) == {'undecodable': 1, 'action': 1, 'image': 1}
+        assert 'stored 1198, dropped 3, missing 1' in node.transfer_summary()
+        assert wait_for(lambda: progress and progress[-1][1] == len(sent) - 1, 30), \
+            progress[-1:]
         received, stored, steps, training = progress[-1]
-        assert (received, stored, training) == (len(sent) + 2, len(sent), 1) and steps >= 1
+        assert (received, stored, training) == (len(sent) + 2, len(sent) - 1, 1) and steps >= 1
     finally:
         node.close()
         executor.shutdown()

@@ -830,3 +830,46 @@ def test_grasp_critic_is_trained_on_the_gripper_command_of_the_taken_action():
     batch = {'reward': torch.ones(8), 'terminated': torch.zeros(8), 'action': action}
     _, metrics = agent.grasp_critic_loss(emb, emb, batch)
     assert metrics['grasp_critic_loss'] == pytest.approx((0.97 * 3.0) ** 2, rel=1e-5)
+
+
+def _episode_transitions(rng, steps):
+    """An episode's transitions: each step's image is the previous step's next image."""
+    images = [rng.integers(0, 256, (3, *HW), dtype=np.uint8) for _ in range(steps + 1)]
+    return [dataclasses.replace(transition(rng), image=images[i], next_image=images[i + 1])
+            for i in range(steps)]
+
+
+def test_each_image_goes_on_the_wire_once_and_streams_decode_exactly():
+    from hilserl.transition import MissingPreviousImage, TransitionDecoder, TransitionEncoder
+    rng = np.random.default_rng(4)
+    encoder, decoder = TransitionEncoder(), TransitionDecoder()
+    episodes = {0: _episode_transitions(rng, 4), 1: _episode_transitions(rng, 3)}
+    sizes = []
+    for episode, steps in episodes.items():
+        for step, t in enumerate(steps, start=1):
+            data = encoder.encode(t, episode, step)
+            sizes.append(len(data))
+            decoded, header = decoder.decode(data)
+            for field in dataclasses.fields(Transition):
+                np.testing.assert_array_equal(getattr(decoded, field.name),
+                                              getattr(t, field.name))
+            # an episode's first step carries both images, the others the next one only
+            assert ('image' in header) == (step > 1), (episode, step)
+    image_bytes = 3 * HW[0] * HW[1]
+    assert sizes[0] - sizes[1] > image_bytes - 64  # one image less (header bytes aside)
+    # a step whose image differs from the previous next image carries it
+    t = episodes[1][-1]
+    odd = dataclasses.replace(t, image=rng.integers(0, 256, (3, *HW), dtype=np.uint8))
+    assert 'image' not in decoder.decode(encoder.encode(odd, 1, 4))[1]
+    # a lost step: the next cannot be completed (and alone it never decodes), the one after can
+    steps = _episode_transitions(rng, 3)
+    sent = [encoder.encode(t, 2, i) for i, t in enumerate(steps, start=1)]
+    decoder.decode(sent[0])
+    with pytest.raises(MissingPreviousImage, match='step 3'):
+        decoder.decode(sent[2])  # step 2 lost
+    with pytest.raises(ValueError, match='did not arrive'):
+        decode_transition(sent[1])
+    fresh = TransitionDecoder()
+    with pytest.raises(MissingPreviousImage):
+        fresh.decode(sent[1])
+    np.testing.assert_array_equal(fresh.decode(sent[2])[0].image, steps[2].image)

@@ -11,7 +11,7 @@ from hilserl.bags import list_episodes, read_episode
 from hilserl.conventions import Topics
 from hilserl.conversions import image_to_array
 from hilserl_policy.checkpoint import latest_checkpoint
-from hilserl.transition import decode_transition
+from hilserl.transition import TransitionDecoder
 
 from conftest import TINY_TRAIN_CONFIG as TINY
 
@@ -44,7 +44,8 @@ def test_train_graph_runs_episodes_and_writes_bags_checkpoints_metrics(trained):
             assert data.messages.get(topic), f'{path.name}: no {topic}'
         image = image_to_array(data.messages[Topics.IMAGE_CROP][0][1])
         assert image.shape == (128, 128, 3) and image.std() > 1.0  # decodes, not blank
-        transitions = [decode_transition(np.asarray(m.data, np.uint8).tobytes())[0]
+        decoder = TransitionDecoder()  # each image is in the bag once
+        transitions = [decoder.decode(np.asarray(m.data, np.uint8).tobytes())[0]
                        for _, m in data.messages[Topics.TRANSITIONS]]
         assert len(transitions) == meta['steps']
         assert transitions[-1].terminated or transitions[-1].truncated
