@@ -12,23 +12,31 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
+from hilserl.parameters import param
+
 OK, WARN, ERROR = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class CameraConfig:
-    device: str = '/dev/video0'          # path, or an integer index as text
-    width_px: int = 640
-    height_px: int = 480
-    fps: float = 30.0
-    fourcc: str = 'MJPG'
-    blank_std_threshold: float = 2.0     # frame std below this (0-255 scale) = blank
+    """The gripper camera node's parameters (param fields) and the supervisor's settings."""
+    device: str = param('/dev/video0', 'device path or index')  # an index as text
+    width_px: int = param(640, 'frame width (px)', int_range=(16, 4096))
+    height_px: int = param(480, 'frame height (px)', int_range=(16, 4096))
+    fps: float = param(30.0, 'capture and publish rate (Hz)', float_range=(1.0, 120.0))
+    fourcc: str = param('MJPG', 'capture pixel format')
+    # frame std below this (0-255 scale) = blank
+    blank_std_threshold: float = param(2.0, 'frames with a lower pixel std are blank',
+                                       float_range=(0.0, 50.0))
     # this many identical consecutive frames = frozen; 0 = off (for renders: a still simulated
     # scene is identical frame after frame)
-    frozen_frames_limit: int = 5
-    max_consecutive_failures: int = 3    # bad frames before reopening the device
+    frozen_frames_limit: int = param(
+        5, 'identical consecutive frames that mean a frozen stream (0 = off)',
+        int_range=(0, 1000))
+    max_consecutive_failures: int = param(3, 'bad frames before reopening the device',
+                                          int_range=(1, 100))
     reopen_backoff_s: float = 0.5        # first reopen delay, doubled each time
-    max_backoff_s: float = 8.0
+    max_backoff_s: float = param(8.0, 'longest reopen delay (s)', float_range=(0.5, 60.0))
 
     def __post_init__(self):
         if self.width_px <= 0 or self.height_px <= 0:

@@ -18,6 +18,7 @@ import yaml
 
 from hilserl.conventions import ACTION_NAMES
 from hilserl.files import write_text_atomic
+from hilserl.parameters import param
 from hilserl.pretrained import DEFAULT_REPO, frozen_without_weights_message
 
 # Output range of each policy squashing function: the action bounds must equal it.
@@ -87,8 +88,10 @@ class ImageConfig:
     """Camera frame and the policy view: crop [top, left, height, width] then resize."""
     width_px: int = 640
     height_px: int = 480
-    crop_tlhw_px: Tuple[int, int, int, int] = (0, 80, 480, 480)
-    resize_hw_px: Tuple[int, int] = (128, 128)
+    # also the gripper camera node's parameters (param: one default, one description)
+    crop_tlhw_px: Tuple[int, int, int, int] = param(
+        (0, 80, 480, 480), 'policy crop [top, left, height, width] (px)')
+    resize_hw_px: Tuple[int, int] = param((128, 128), 'policy view [height, width] (px)')
 
     def __post_init__(self):
         _require(self.width_px > 0 and self.height_px > 0, 'image.width_px/height_px',

@@ -60,7 +60,8 @@ LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
                               '(the human\'s success key: a real arm before a classifier exists)'),
     ('classifier_model', '', 'classifier checkpoint directory (success_source:=classifier)'),
     ('demo_dir', '', 'episode bags whose transitions seed the offline buffer'),
-    ('device', 'auto', 'torch device for the learner: auto | cpu | cuda[:N]'),
+    ('device', '', 'torch device for the learner: auto | cpu | cuda[:N] (empty: the training '
+                   'config\'s learner.device)'),
     ('driver', 'so101', 'so101 (this package drives the Feetech servos or the simulation) or '
                         'external (a ros2_control stack owns the joints: joint_states from its '
                         'joint_state_broadcaster, goals to joint_command_topic; hardware only)'),
@@ -94,7 +95,7 @@ class GraphArgs:
     success_source: str = 'sim'
     classifier_model: str = ''
     demo_dir: str = ''
-    device: str = 'auto'
+    device: str = ''
     driver: str = 'so101'
     joint_command_topic: str = 'forward_position_controller/commands'
     discovery: str = 'localhost'
@@ -324,7 +325,6 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
         'run_dir': str(episodes_dir),
         'sim_clock': sim_clock, 'wait_for_teleop': sim_clock and teleop == 'sim',
         'wait_for_recorder': bool(args.record),
-        'reset_settle_s': task.reset_delay_s,
         'device': 'cpu'},
         **arm, remappings=tuple(r for r in shared if r[0] == Topics.POLICY_WEIGHTS)))
     if args.record:

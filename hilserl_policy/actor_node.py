@@ -69,10 +69,6 @@ class ActorNode(Node):
                                     '(0: never)', int_range=(0, 1_000_000), read_only=True)
         self.output_dir = Path(declare(self, 'output_dir', 'outputs/eval',
                                        'where eval writes eval_summary.json', read_only=True))
-        self.reset_settle_s = declare(self, 'reset_settle_s', 0.5, 'wait after a reset before '
-                                      'the episode starts (s); on hardware, time for the human '
-                                      'to re-place the cube', float_range=(0.0, 60.0),
-                                      read_only=True)
         self.reset_timeout_s = declare(self, 'reset_timeout_s', 15.0, 'give up on a reset after '
                                        'this long and retry (s)', float_range=(1.0, 120.0),
                                        read_only=True)
@@ -410,7 +406,7 @@ class ActorNode(Node):
                 self._set_phase('need_reset')
             return False
         # settling: on hardware the arm drives home after the reset call returns: wait for ready
-        if waited_s < self.reset_settle_s or not self.driver_ready:
+        if waited_s < self.cfg.task.reset_delay_s or not self.driver_ready:
             return False
         if self.wait_for_recorder and not (self.recorder_ready and self._recorder_matched()):
             self.stale_reason = 'waiting for the episode recorder to hear the graph'

@@ -178,6 +178,9 @@ class Learner:
                  device: Optional[str] = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        # this configuration's device, also on resume (a checkpoint may have been written on
+        # another machine: learner.device is one of the fields a resume may change)
+        device = device or cfg.learner.device
         retain_freed_memory()  # batch tensors reuse freed memory: no page faults per update
         remove_stale_checkpoints(self.run_dir)  # an interrupted save's leftovers
         image_hw = tuple(cfg.image.resize_hw_px)

@@ -52,8 +52,8 @@ class LearnerNode(Node):
                                     'configuration it was started with only)', read_only=True))
         demo_dir = declare(self, 'demo_dir', '', 'episode bags whose transitions fill the offline '
                            'buffer at start (empty: none)', read_only=True)
-        device = declare(self, 'device', 'auto', 'torch device: auto | cpu | cuda[:N]',
-                         read_only=True)
+        device = declare(self, 'device', '', "torch device: auto | cpu | cuda[:N]; empty: the "
+                         "training config's learner.device", read_only=True)
         self.summary_period_s = declare(self, 'summary_period_s', 10.0,
                                         'progress line period (s)', float_range=(1.0, 3600.0),
                                         read_only=True)

@@ -16,7 +16,8 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
-from hilserl.node_support import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.node_support import (declare, declare_config, diagnostic_array, qos_profile,
+                                  spin_node)
 from hilserl.camera import CameraConfig, CameraSupervisor, OpenCVSource
 from hilserl.config import ImageConfig
 from hilserl.conventions import JOINT_NAMES, Frames, Topics
@@ -58,36 +59,13 @@ class CameraNode(Node):
         super().__init__('gripper_camera', **kwargs)
         backend = declare(self, 'backend', 'sim', 'opencv (a real camera) or sim (MuJoCo)',
                           read_only=True)
-        self.cam_cfg = CameraConfig(
-            device=str(declare(self, 'device', '/dev/video0', 'device path or index',
-                               read_only=True)),
-            width_px=declare(self, 'width_px', 640, 'frame width (px)', int_range=(16, 4096),
-                             read_only=True),
-            height_px=declare(self, 'height_px', 480, 'frame height (px)',
-                              int_range=(16, 4096), read_only=True),
-            fps=declare(self, 'fps', 30.0, 'capture and publish rate (Hz)',
-                        float_range=(1.0, 120.0), read_only=True),
-            fourcc=declare(self, 'fourcc', 'MJPG', 'capture pixel format', read_only=True),
-            blank_std_threshold=declare(self, 'blank_std_threshold', 2.0,
-                                        'frames with a lower pixel std are blank',
-                                        float_range=(0.0, 50.0), read_only=True),
-            frozen_frames_limit=0 if backend == 'sim' else declare(
-                self, 'frozen_frames_limit', 5,
-                'identical consecutive frames that mean a frozen stream (0 = off)',
-                int_range=(0, 1000), read_only=True),
-            max_consecutive_failures=declare(self, 'max_consecutive_failures', 3,
-                                             'bad frames before reopening the device',
-                                             int_range=(1, 100), read_only=True),
-            max_backoff_s=declare(self, 'max_backoff_s', 8.0, 'longest reopen delay (s)',
-                                  float_range=(0.5, 60.0), read_only=True),
-        )
-        self.image_cfg = ImageConfig(
-            width_px=self.cam_cfg.width_px, height_px=self.cam_cfg.height_px,
-            crop_tlhw_px=tuple(declare(self, 'crop_tlhw_px', [0, 80, 480, 480],
-                                       'policy crop [top, left, height, width] (px)',
-                                       read_only=True)),
-            resize_hw_px=tuple(declare(self, 'resize_hw_px', [128, 128],
-                                       'policy view [height, width] (px)', read_only=True)))
+        camera = declare_config(self, CameraConfig)
+        if backend == 'sim':  # a still simulated scene renders identical frames: not frozen
+            camera['frozen_frames_limit'] = 0
+        self.cam_cfg = CameraConfig(**camera)
+        self.image_cfg = ImageConfig(width_px=self.cam_cfg.width_px,
+                                     height_px=self.cam_cfg.height_px,
+                                     **declare_config(self, ImageConfig))
         self.last_frame_ns = None
         if backend == 'sim':
             self.source = SimRenderSource()

@@ -28,6 +28,7 @@ from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Float32MultiArray, String
 
 from hilserl.node_support import declare, qos_profile, spin_node
+from hilserl.config import ActionConfig, TaskConfig
 from hilserl.conventions import JOINT_NAMES, Topics
 from hilserl.conversions import (ConversionError, action_from_msg, action_stamp_ns,
                                  human_to_joy, joint_state_to_arrays, stamp_to_nanoseconds)
@@ -72,9 +73,10 @@ class TeleopNode(Node):
         self.labels_only = declare(self, 'labels_only', False, 'keyboard: publish only the '
                                    'episode labels (the keys beside a leader arm started by '
                                    'ros2 launch)', read_only=True)
-        rate_hz = declare(self, 'control_rate_hz', 10.0, 'publish rate (Hz)',
-                          float_range=(1.0, 100.0), read_only=True)
-        ee_step_m = declare(self, 'ee_step_m', [0.02, 0.02, 0.02],
+        # the task's values default to the training config's dataclasses (no copies)
+        rate_hz = declare(self, 'control_rate_hz', TaskConfig().control_rate_hz,
+                          'publish rate (Hz)', float_range=(1.0, 100.0), read_only=True)
+        ee_step_m = declare(self, 'ee_step_m', list(ActionConfig().ee_step_m),
                             'metres per action unit (leader arm scaling)', read_only=True)
         self.kin = SO101Kinematics()
         self.keys = None

@@ -128,7 +128,9 @@ def test_classifier_threshold_and_eval_reset_come_from_the_training_config(tmp_p
 
     nodes = graph('train', '{classifier_threshold: 0.83, eval_random_ee_reset: false, '
                            'reset_delay_s: 1.5}')
-    assert nodes['sac_actor'].parameters['reset_settle_s'] == 1.5
+    # the actor reads the settle time (task.reset_delay_s) from the same file: no copy
+    assert 'reset_settle_s' not in nodes['sac_actor'].parameters
+    assert nodes['sac_actor'].parameters['config_file'] == str((tmp_path / 'train.yaml').resolve())
     assert nodes['reward_classifier'].parameters['threshold'] == 0.83
     assert nodes['reward_classifier'].parameters['debounce_frames'] == 1
     assert nodes['so101_driver'].parameters['random_ee_reset'] is True
