@@ -27,7 +27,7 @@ NODE_SCRIPTS = [
     'sac_actor = hilserl_policy.actor_node:main',
     'sac_learner = hilserl_policy.learner_node:main',
     'episode_recorder = hilserl_tools.recorder_node:main',
-    'bag_replay = hilserl_tools.replay_node:main',
+    'bag_replay = hilserl_tools.bag_replay_node:main',
 ]
 
 setup(

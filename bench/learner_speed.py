@@ -83,7 +83,7 @@ def build(args):
 def learner_part(args) -> dict:
     import torch
     from hilserl.allocator import retain_freed_memory
-    from hilserl_policy.replay import ReplayBuffer, sample_mixed
+    from hilserl_policy.replay_buffer import ReplayBuffer, sample_mixed
     retain_freed_memory()  # as the Learner does
     agent, sac = build(args)
     featurizer = agent.featurize if sac.feature_cache_shifts else None

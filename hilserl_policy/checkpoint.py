@@ -27,7 +27,7 @@ from hilserl.config import TrainConfig
 from hilserl.run_dir import complete_checkpoints, latest_checkpoint  # noqa: F401 - re-exported
 from hilserl_policy.policy import (  # noqa: F401 - load_pretrained re-exported
     build_policy, load_pretrained, load_strict, read_pretrained, split_old_layout)
-from hilserl_policy.replay import ReplayBuffer, segment_files
+from hilserl_policy.replay_buffer import ReplayBuffer, segment_files
 from hilserl_policy.sac import SAC
 
 

@@ -22,7 +22,7 @@ from hilserl.run_dir import remove_stale_checkpoints
 from hilserl.transition import Transition
 from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, prune_checkpoints,
                                        resume, save_checkpoint)
-from hilserl_policy.replay import ReplayBuffer, sample_mixed
+from hilserl_policy.replay_buffer import ReplayBuffer, sample_mixed
 
 EPISODE_KEYS = ('episode', 'success', 'steps', 'return', 'interventions', 'outcome', 'robot')
 # Transitions that queued up are stored together: a frozen encoder filling the feature cache

@@ -288,7 +288,7 @@ def _repair_before_start(graph_args) -> None:
 
 
 def _cmd_replay(args) -> int:
-    from hilserl_tools.replay_node import main as replay_main
+    from hilserl_tools.bag_replay_node import main as replay_main
     ros_args = ['--ros-args', '-p', f'bag:={Path(args.bag).resolve()}', '-p',
                 f'rate:={args.rate}', '-p', f'loop:={"true" if args.loop else "false"}']
     return replay_main(['hilserl_replay'] + ros_args)

@@ -35,7 +35,7 @@ PYTEST = 'import sys, pytest; sys.exit(1 if pytest.main(sys.argv[1:]) else 0)'
 MODULES = {
     'task': ('hilserl/task.py', ['test/test_task.py', 'test/test_episode.py'], None),
     'episode': ('hilserl_policy/episode.py', ['test/test_episode.py'], None),
-    'replay': ('hilserl_policy/replay.py',
+    'replay': ('hilserl_policy/replay_buffer.py',
                ['test/test_replay_buffer.py', 'test/test_checkpoint_disk.py', 'test/test_sac.py',
                 '-k', 'replay_buffer or incremental or buffer or rlpd or next_image'
                 ' or interventions_land or bad_transitions or channels_last'],

@@ -12,7 +12,7 @@ from hilserl.config import ConfigError, LearnerConfig, with_fields
 from hilserl.run_dir import complete_checkpoints, disk_usage_bytes
 from hilserl_policy.checkpoint import prune_checkpoints, resume
 from hilserl_policy.learner import Learner
-from hilserl_policy.replay import ReplayBuffer, segment_files
+from hilserl_policy.replay_buffer import ReplayBuffer, segment_files
 from test_sac import tiny_config, transition
 
 

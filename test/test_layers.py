@@ -47,7 +47,7 @@ def test_no_module_imports_its_own_layer_or_above():
 
 def test_the_layer_check_sees_upward_lazy_and_sibling_imports():
     source = ('import numpy\nfrom hilserl.config import TrainConfig\n'
-              'def f():\n    from hilserl_policy.replay import ReplayBuffer\n'
+              'def f():\n    from hilserl_policy.replay_buffer import ReplayBuffer\n'
               'import hilserl_tools.cli\nfrom so101_driver import sts_protocol\n')
     assert sorted(v.split(': ', 1)[1] for v in violations('hilserl', source, 'x.py')) == [
         'hilserl (layer 0) imports hilserl_policy (layer 1)',

@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from hilserl_policy.replay import ImageStore, ReplayBuffer, concatenate_batches, sample_mixed
+from hilserl_policy.replay_buffer import ImageStore, ReplayBuffer, concatenate_batches, sample_mixed
 from test_sac import HW, transition
 
 

@@ -10,7 +10,7 @@ from hilserl.augment import random_shift, replicate_pad
 from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, load_pretrained, resume,
                                        save_checkpoint)
 from hilserl_policy.learner import Learner
-from hilserl_policy.replay import ReplayBuffer, sample_mixed
+from hilserl_policy.replay_buffer import ReplayBuffer, sample_mixed
 from hilserl_policy.sac import polyak_update
 from hilserl_policy.transport import decode_weights, encode_weights
 from hilserl.transition import Transition, decode_transition, encode_transition
