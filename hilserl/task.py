@@ -6,6 +6,26 @@ from typing import Tuple
 from hilserl.config import TaskConfig
 
 
+class Streak:
+    """Consecutive frames a condition held, and whether `needed` of them have: the one
+    debounce rule (the actor's success frames, the classifier node's debounced success, the
+    classifier's evaluation over recorded episodes). A single frame is what a policy learns to
+    fake."""
+
+    def __init__(self, needed: int):
+        if needed < 1:
+            raise ValueError(f'needed={needed}: a streak needs at least 1 frame')
+        self.needed = needed
+        self.count = 0
+
+    def update(self, holds: bool) -> bool:
+        self.count = self.count + 1 if holds else 0
+        return self.count >= self.needed
+
+    def reset(self) -> None:
+        self.count = 0
+
+
 class RewardTracker:
     """Per-step reward and episode end from a success signal (classifier or ground truth).
 
@@ -19,7 +39,7 @@ class RewardTracker:
 
     def reset(self) -> None:
         self.steps = 0
-        self.success_streak = 0
+        self.success_streak = Streak(self.cfg.success_frames_to_end)
         self.episode_return = 0.0
         self.succeeded = False
 
@@ -29,10 +49,10 @@ class RewardTracker:
         reward and the end at once (no minimum step count, no streak of frames)."""
         self.steps += 1
         counted = bool(success) and self.steps > self.cfg.min_steps_before_success
-        self.success_streak = self.success_streak + 1 if counted else 0
+        held = self.success_streak.update(counted)
         reward = self.cfg.success_reward if counted or key_success else -self.cfg.step_penalty
         self.episode_return += reward
-        terminated = key_success or self.success_streak >= self.cfg.success_frames_to_end
+        terminated = key_success or held
         self.succeeded |= terminated
         truncated = not terminated and self.steps >= self.cfg.max_episode_steps
         return reward, terminated, truncated

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from hilserl.task import Streak
 from reward_classifier_node.inference import SuccessDetector
 from reward_classifier_node.model import load_classifier
 from reward_classifier_node.train import load_frames, predict_proba
@@ -13,10 +14,9 @@ from reward_classifier_node.train import load_frames, predict_proba
 
 def first_debounced(probs: np.ndarray, threshold: float, debounce: int) -> Optional[int]:
     """Index of the frame at which `debounce` consecutive frames >= threshold complete."""
-    streak = 0
+    streak = Streak(debounce)
     for i, p in enumerate(probs):
-        streak = streak + 1 if p >= threshold else 0
-        if streak >= debounce:
+        if streak.update(p >= threshold):
             return i
     return None
 

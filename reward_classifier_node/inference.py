@@ -9,6 +9,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from hilserl.task import Streak
 from reward_classifier_node.model import RewardClassifier
 
 
@@ -19,7 +20,7 @@ class SuccessDetector:
         if debounce_frames < 1:
             raise ValueError(f'debounce_frames={debounce_frames}: must be >= 1')
         self.debounce_frames = debounce_frames
-        self.streak = 0
+        self.streak = Streak(debounce_frames)
         self.latencies_s = deque(maxlen=200)
 
     def set_threshold(self, threshold: float) -> None:
@@ -28,7 +29,7 @@ class SuccessDetector:
         self.threshold = float(threshold)
 
     def reset(self) -> None:
-        self.streak = 0
+        self.streak.reset()
 
     @torch.inference_mode()
     def probability(self, views: Sequence[np.ndarray]) -> float:
@@ -41,8 +42,7 @@ class SuccessDetector:
         started = time.perf_counter()
         prob = self.probability(views)
         self.latencies_s.append(time.perf_counter() - started)
-        self.streak = self.streak + 1 if prob >= self.threshold else 0
-        return prob, self.streak >= self.debounce_frames
+        return prob, self.streak.update(prob >= self.threshold)
 
     def latency_ms(self, quantile: float) -> Optional[float]:
         if not self.latencies_s:

@@ -1,3 +1,5 @@
+import pytest
+
 from hilserl.config import TaskConfig
 from hilserl.task import RewardTracker
 
@@ -56,7 +58,7 @@ def test_reset_starts_a_fresh_episode():
     assert tracker.step(True) == (10.0, False, False) and tracker.succeeded is False
     assert tracker.step(True) == (10.0, True, False) and tracker.succeeded is True
     tracker.reset()
-    assert (tracker.steps, tracker.success_streak, tracker.episode_return,
+    assert (tracker.steps, tracker.success_streak.count, tracker.episode_return,
             tracker.succeeded) == (0, 0, 0.0, False)
     assert tracker.step(True) == (10.0, False, False)  # the streak starts again
     assert tracker.step(False) == (-0.05, False, False)
@@ -70,3 +72,15 @@ def test_succeeded_stays_set_once_the_episode_terminated():
     assert tracker.succeeded is True
     tracker.step(False)  # a frame after the end does not undo the success
     assert tracker.succeeded is True
+
+
+def test_a_streak_completes_after_needed_consecutive_frames_and_breaks_on_one_miss():
+    from hilserl.task import Streak
+    streak = Streak(3)
+    assert [streak.update(h) for h in (True, True, False, True, True, True, True)] == \
+        [False, False, False, False, False, True, True]
+    streak.reset()
+    assert streak.count == 0 and not streak.update(True)
+    assert Streak(1).update(True) and not Streak(1).update(False)
+    with pytest.raises(ValueError, match='at least 1'):
+        Streak(0)
