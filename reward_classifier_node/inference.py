@@ -7,10 +7,9 @@ from collections import deque
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from hilserl.task import Streak
-from reward_classifier_node.model import RewardClassifier
+from reward_classifier_node.model import RewardClassifier, success_probabilities
 
 
 class SuccessDetector:
@@ -31,11 +30,10 @@ class SuccessDetector:
     def reset(self) -> None:
         self.streak.reset()
 
-    @torch.inference_mode()
     def probability(self, views: Sequence[np.ndarray]) -> float:
-        tensors = [torch.from_numpy(np.ascontiguousarray(v)).permute(2, 0, 1).unsqueeze(0)
-                   for v in views]
-        return float(torch.sigmoid(self.model(*tensors))[0])
+        """(H, W, 3) uint8 view(s) of one frame -> success probability."""
+        return float(success_probabilities(
+            self.model, *[np.ascontiguousarray(v)[None] for v in views])[0])
 
     def update(self, views: Sequence[np.ndarray]) -> Tuple[float, bool]:
         """HWC uint8 view(s) -> (probability, debounced success)."""

@@ -86,6 +86,14 @@ class RewardClassifier(nn.Module):
         return self.head(torch.cat(feats, dim=1)).squeeze(1)
 
 
+@torch.inference_mode()
+def success_probabilities(model: RewardClassifier, *views) -> torch.Tensor:
+    """The one inference path (the node's frames, training's validation, the evaluation of
+    recorded episodes): (N, H, W, 3) uint8 arrays, one per view -> (N,) success probabilities."""
+    tensors = [torch.from_numpy(v).permute(0, 3, 1, 2) for v in views]
+    return torch.sigmoid(model(*tensors))
+
+
 def save_classifier(model: RewardClassifier, directory, threshold: float, metrics: dict) -> Path:
     from safetensors.torch import save_file
     directory = Path(directory)

@@ -20,7 +20,8 @@ from hilserl.bags import labelled_frames, list_episodes, read_episode
 from hilserl.progress import progress_bar
 from hilserl.conventions import Topics
 from hilserl.augment import random_shift
-from reward_classifier_node.model import ClassifierConfig, RewardClassifier, save_classifier
+from reward_classifier_node.model import (ClassifierConfig, RewardClassifier, save_classifier,
+                                          success_probabilities)
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,8 @@ def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch
 def predict_proba(model: RewardClassifier, images: np.ndarray, batch_size: int = 256
                   ) -> np.ndarray:
     model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
-        out.append(torch.sigmoid(model(chunk)).numpy())
+    out = [success_probabilities(model, images[start:start + batch_size]).numpy()
+           for start in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -177,8 +177,8 @@ def test_actor_loss_with_behaviour_cloning_on_the_human_samples_exactly():
     _, reference_log_prob = agent.actor.sample(emb)
     human = batch['intervention'] > 0.5
     mean_action = torch.tanh(agent.actor.mean_log_std(emb)[0][human])
-    bc = float(((mean_action - batch['action'][human, :4]) ** 2).mean())
-    sac_part = float((0.1 * reference_log_prob - (-2.0)).mean())
+    bc = float(((mean_action.detach() - batch['action'][human, :4]) ** 2).mean())
+    sac_part = float((0.1 * reference_log_prob.detach() - (-2.0)).mean())
     assert metrics['bc_loss'] == pytest.approx(bc, rel=1e-5)
     assert loss.item() == pytest.approx(sac_part + 0.4 * 2.0 * bc, rel=1e-5)
     assert torch.allclose(log_prob, reference_log_prob)
