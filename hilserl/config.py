@@ -222,8 +222,14 @@ class PolicyConfig:
     squash: str = 'tanh'
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    # How the actor runs a frozen backbone: torch (a TorchScript trace) or onnxruntime (needs
+    # `pip install onnxruntime onnx`; about twice as fast on a CPU, bench/actor_backends.py),
+    # checked against the torch graph at start-up and left for the trace when it differs.
+    acting_backend: str = 'torch'
 
     def __post_init__(self):
+        _require(self.acting_backend in ('torch', 'onnxruntime'), 'policy.acting_backend',
+                 self.acting_backend, "must be 'torch' or 'onnxruntime'")
         _require(self.encoder in ('resnet10', 'small_conv'), 'policy.encoder', self.encoder,
                  "must be 'resnet10' or 'small_conv'")
         if self.freeze_encoder and not self.pretrained_encoder_path:

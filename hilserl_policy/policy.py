@@ -112,6 +112,8 @@ class Policy(nn.Module):
                 backbone = torch.jit.trace(self.backbone, images, check_trace=False)
                 if self.cfg.freeze_encoder:
                     backbone = torch.jit.freeze(backbone)
+                    if self.cfg.acting_backend == 'onnxruntime':
+                        backbone = onnx_backbone(self.backbone, images) or backbone
                 heads = _ActingHeads(self.encoder, self.actor, self.grasp_critic)
                 heads = torch.jit.trace(heads, (self.backbone(images), states), check_trace=False)
                 return backbone, heads
@@ -155,6 +157,54 @@ class Policy(nn.Module):
         if self.cfg.freeze_encoder:
             self._frozen_digest = digest  # frozen weights never change: hash once
         return digest
+
+
+# ONNX Runtime's features may differ from torch's by rounding only (6e-6 measured on the
+# ResNet-10's feature maps); more than this and the actor keeps the torch graph.
+ONNX_FEATURE_TOLERANCE = 1e-4
+
+
+def onnx_backbone(backbone: nn.Module, images: torch.Tensor) -> Optional[Callable]:
+    """A frozen backbone exported to ONNX and run by ONNX Runtime on the CPU for inputs shaped
+    like `images`, or None (with a warning) where onnxruntime is missing, the export fails, or
+    its features differ from torch's by more than ONNX_FEATURE_TOLERANCE (relative to their
+    scale)."""
+    import tempfile
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        warnings.warn('policy.acting_backend onnxruntime: onnxruntime is not installed (pip '
+                      'install onnxruntime onnx); acting with the torch graph')
+        return None
+    if images.device.type != 'cpu':
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix='hilserl_onnx_') as tmp:
+            path = str(Path(tmp) / 'backbone.onnx')
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')  # the TorchScript exporter's deprecation notes
+                torch.onnx.export(backbone, (images,), path, input_names=['image'],
+                                  output_names=['features'], dynamo=False)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    except Exception as error:  # noqa: BLE001 - exporter and runtime raise their own types
+        warnings.warn(f'policy.acting_backend onnxruntime: export failed ({error}); acting '
+                      'with the torch graph')
+        return None
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {'image': x.numpy()})[0])
+
+    reference = backbone(images)
+    error = float((run(images) - reference).abs().max())
+    scale = float(reference.abs().max()) or 1.0
+    if not error <= ONNX_FEATURE_TOLERANCE * scale:
+        warnings.warn(f'policy.acting_backend onnxruntime: features differ from torch by '
+                      f'{error:.2e} (scale {scale:.2e}); acting with the torch graph')
+        return None
+    return run
 
 
 class _ActingHeads(nn.Module):

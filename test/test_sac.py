@@ -1,5 +1,6 @@
 """SAC core, drqv2/LeRobot-style unit tests on a tiny configuration (32x32 images)."""
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -873,3 +874,41 @@ def test_each_image_goes_on_the_wire_once_and_streams_decode_exactly():
     with pytest.raises(MissingPreviousImage):
         fresh.decode(sent[1])
     np.testing.assert_array_equal(fresh.decode(sent[2])[0].image, steps[2].image)
+
+
+def test_onnxruntime_acting_backend_acts_as_the_torch_graph(encoder_weights):
+    """policy.acting_backend onnxruntime: the frozen ResNet-10 runs in ONNX Runtime, its
+    features within the tolerance of torch's, so the actions equal the torch graph's to float
+    rounding; it is the backbone that actually runs (not a silent fallback); a weight push keeps
+    using it."""
+    pytest.importorskip('onnxruntime')
+    from hilserl_policy.policy import ONNX_FEATURE_TOLERANCE, build_policy
+    weights = encoder_weights('resnet10')
+    cfg = tiny_config(encoder='resnet10', freeze_encoder=True, pretrained_encoder_path=weights)
+    torch_policy = build_policy(cfg)
+    onnx_policy = build_policy(with_fields(cfg, acting_backend='onnxruntime'))
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        image = rng.integers(0, 256, (3, *HW), dtype=np.uint8)
+        state = rng.normal(size=18).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')  # a fallback would warn
+            np.testing.assert_allclose(onnx_policy.act(image, state, True),
+                                       torch_policy.act(image, state, True), atol=1e-4)
+    images = torch.as_tensor(image).unsqueeze(0)
+    program = onnx_policy.acting_program(images, torch.zeros(1, 18))
+    backbone = program.__closure__[0].cell_contents  # the backbone the program runs
+    assert not isinstance(backbone, torch.jit.ScriptModule)
+    with torch.no_grad():
+        reference = torch_policy.backbone(images)
+    assert float((backbone(images) - reference).abs().max()) <= \
+        ONNX_FEATURE_TOLERANCE * float(reference.abs().max())
+    with torch.no_grad():  # a weight push (heads only): the ONNX backbone stays in use
+        for p in torch_policy.actor.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    onnx_policy.load_policy_state(torch_policy.policy_state())
+    assert onnx_policy.acting_program(images, torch.zeros(1, 18)) is program
+    np.testing.assert_allclose(onnx_policy.act(image, state, True),
+                               torch_policy.act(image, state, True), atol=1e-4)
+    with pytest.raises(ValueError, match='acting_backend'):
+        with_fields(cfg, acting_backend='tensorrt')
