@@ -401,9 +401,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Short stable hash of the configuration (stored in episode metadata)."""
+        """Short stable hash of the configuration (stored in episode metadata). Prefixed so that it
+        never reads as a number: a bare '4410147259e4' is a float to ROS's parameter-file parser."""
         text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return 'cfg-' + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _coerce(tp, value, path: str):

@@ -123,7 +123,7 @@ def _record_demos(graph_args, cfg, demo_root: Path, args) -> int:
     record_args = dataclasses.replace(graph_args, mode='record', run_dir=str(demo_root),
                                       num_episodes=missing, teleop='sim', record=True, robots=1,
                                       behaviour_mix='expert:1', demo_dir='')
-    code = _start_graph(record_args, cfg, args, echo=_progress_only)
+    code = _start_graph(record_args, cfg, args, echo=_ProgressOnly())
     if code == 0 and len(complete_episodes(demo_root)) < args.demos:
         print('hilserl train: demo recording stopped early; run again to finish it',
               file=sys.stderr)
@@ -144,12 +144,22 @@ def _demo_dataset_bags(graph_args, cfg, dataset: str):
     return dataclasses.replace(graph_args, demo_dir=str(out))
 
 
-def _progress_only(line: str) -> None:
+class _ProgressOnly:
     """Record graphs: show episode starts and results, the keys, and problems, not every
-    node's start-up lines."""
-    shown = ('ended:', 'started: go', 'keys', 'ERROR', 'Traceback', 'Error')
-    if any(text in line for text in shown) or line.startswith('hilserl'):
-        print(line, flush=True)
+    node's start-up lines. A node's traceback is shown whole (every line after its
+    `Traceback`), so that the error it ends with is on the screen."""
+    SHOWN = ('ended:', 'started: go', 'keys', 'ERROR', 'Traceback', 'Error')
+
+    def __init__(self):
+        self.failing = set()  # '[label]' prefixes of nodes that printed a traceback
+
+    def __call__(self, line: str) -> None:
+        prefix = line.split(' ', 1)[0]
+        if 'Traceback' in line:
+            self.failing.add(prefix)
+        if (prefix in self.failing or any(text in line for text in self.SHOWN)
+                or line.startswith('hilserl')):
+            print(line, flush=True)
 
 
 def _eval_config(graph_args):
@@ -246,7 +256,7 @@ def _cmd_record(args) -> int:
                            seed_offset=args.seed, namespace=args.namespace)
     cfg = load_train_config(graph_args.config_path())
     started = time.monotonic()
-    code = _start_graph(graph_args, cfg, args, echo=_progress_only)
+    code = _start_graph(graph_args, cfg, args, echo=_ProgressOnly())
     episodes = complete_episodes(args.output)
     successes = sum(bool(meta.get('success')) for _, meta in episodes)
     print(f'{len(episodes)} episodes ({successes} successful) in '

@@ -37,11 +37,21 @@ def _die_with_parent() -> None:
         pass
 
 
+class _QuotedStrings(yaml.SafeDumper):
+    """Every string quoted: ROS's parameter-file parser reads a plain `1e4`, `true` or `12` as a
+    number or bool, and the node then refuses the parameter's type."""
+
+
+_QuotedStrings.add_representer(
+    str, lambda dumper, text: dumper.represent_scalar('tag:yaml.org,2002:str', text, style="'"))
+
+
 def node_command(spec: NodeSpec, params_dir: Path, namespace: str = '') -> List[str]:
     generated = params_dir / f'{spec.label}.yaml'
     generated.parent.mkdir(parents=True, exist_ok=True)
     # '/**/name': the node in any namespace (a bare name would not match under namespace:=arm1)
-    generated.write_text(yaml.safe_dump({f'/**/{spec.name}': {'ros__parameters': spec.parameters}}))
+    generated.write_text(yaml.dump({f'/**/{spec.name}': {'ros__parameters': spec.parameters}},
+                                   Dumper=_QuotedStrings))
     cmd = [sys.executable, '-m', spec.module, '--ros-args', '-r', f'__node:={spec.name}']
     full_namespace = node_namespace(namespace, spec)
     if full_namespace:

@@ -113,3 +113,20 @@ def test_progress_bars_only_at_a_terminal():
     terminal = Terminal()
     assert list(progress_bar(items, 3, 'reading', stream=terminal)) == items
     assert 'reading' in terminal.getvalue() and '/3 ' in terminal.getvalue()  # n/total
+
+
+def test_record_output_shows_a_nodes_traceback_whole(capsys):
+    """Record graphs hide start-up chatter, but a failing node's traceback is shown to its last
+    line (the error), not cut after `Traceback (most recent call last):`."""
+    from hilserl_tools.cli import _ProgressOnly
+    show = _ProgressOnly()
+    for line in ['[teleop] [INFO] node up', '[episode_recorder] Traceback (most recent call last):',
+                 '[teleop] [INFO] still chatting', '[episode_recorder]   File "x.py", line 1',
+                 '[episode_recorder] rclpy.exceptions.InvalidParameterTypeException: config_digest',
+                 '[sac_actor] episode 0 started: go']:
+        show(line)
+    assert capsys.readouterr().out.splitlines() == [
+        '[episode_recorder] Traceback (most recent call last):',
+        '[episode_recorder]   File "x.py", line 1',
+        '[episode_recorder] rclpy.exceptions.InvalidParameterTypeException: config_digest',
+        '[sac_actor] episode 0 started: go']

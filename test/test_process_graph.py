@@ -98,3 +98,30 @@ def test_nodes_of_a_backgrounded_hilserl_still_stop_and_die_with_it(tmp_path):
     proc.kill()
     proc.wait()
     assert _wait_gone(marker), 'nodes of a backgrounded hilserl outlived it'
+
+
+def test_string_parameters_that_look_like_numbers_stay_strings(tmp_path):
+    """ROS's parameter-file parser reads a plain `4410147259e4` as a float: a configuration
+    digest of that form once stopped every record graph at start-up (the recorder refused its
+    `config_digest`). Strings are written quoted, and digests never look like numbers."""
+    from hilserl.config import TrainConfig
+    from hilserl.graph import NodeSpec
+    from hilserl_tools.process_graph import node_command
+    assert TrainConfig().digest()[0].isalpha()
+    spec = NodeSpec('episode_recorder', 'hilserl_tools.recorder_node',
+                    parameters={'run_dir': str(tmp_path / 'run'), 'config_digest': '4410147259e4',
+                                'required_topics': ['12', 'true']})
+    proc = subprocess.Popen(node_command(spec, tmp_path / 'params'), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, 'ROS_DOMAIN_ID': str(free_domain_id()),
+                                 'PYTHONUNBUFFERED': '1'})
+    seen = []
+    try:
+        for line in proc.stdout:  # ends when the node exits, or once it is up
+            seen.append(line)
+            if 'episode_recorder up' in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert any('episode_recorder up' in line for line in seen), ''.join(seen)[-2000:]
