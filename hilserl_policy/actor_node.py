@@ -19,6 +19,7 @@ only then), and with `wait_for_teleop` uses the simulated human's answer for tha
 from __future__ import annotations
 
 import array
+import collections
 import json
 import time
 from pathlib import Path
@@ -135,6 +136,8 @@ class ActorNode(Node):
         self.post_roll_left = 0
         self.deferred_events = []
         self.weights_step = self.agent.step if self.agent is not None else -1
+        # how long each policy proposal took (wall): reported in diagnostics and at exit
+        self.act_latencies_s = collections.deque(maxlen=20_000)
         self.counters = {'ticks': 0, 'stale_ticks': 0, 'bad_messages': 0, 'weights_loaded': 0,
                          'weights_rejected': 0, 'reset_failures': 0, 'human_actions_used': 0,
                          'human_actions_missing': 0, 'unanswered_proposals': 0,
@@ -346,7 +349,23 @@ class ActorNode(Node):
     def _propose(self, image, state) -> np.ndarray:
         if self.agent is None:  # record: the human acts on every step
             return np.zeros(self.cfg.action.dim, np.float32)
-        return self.agent.act(image, state, self.deterministic)
+        started = time.perf_counter()
+        action = self.agent.act(image, state, self.deterministic)
+        self.act_latencies_s.append(time.perf_counter() - started)
+        return action
+
+    def act_latency_summary(self) -> str:
+        """'N acts, p50 X ms, p99 Y ms' of the policy's proposals so far ('' before any)."""
+        if not self.act_latencies_s:
+            return ''
+        ms = np.array(self.act_latencies_s) * 1e3
+        return (f'{len(ms)} acts, p50 {np.percentile(ms, 50):.2f} ms, p99 '
+                f'{np.percentile(ms, 99):.2f} ms')
+
+    def close(self):
+        summary = self.act_latency_summary()
+        if summary:  # the logger's context may be gone at exit
+            print(f'policy act latency: {summary}', flush=True)
 
     def _on_observation(self):
         """sim_clock: a tick's image and joint state have both arrived: answer it once."""
@@ -562,7 +581,8 @@ class ActorNode(Node):
         values = {k: str(v) for k, v in self.counters.items()}
         values.update(phase=self.phase, episode=str(self.runner.episode_index),
                       clock='simulated' if self.sim_clock else 'wall',
-                      weights_step=str(self.weights_step), last_stale=self.stale_reason)
+                      weights_step=str(self.weights_step), last_stale=self.stale_reason,
+                      act_latency=self.act_latency_summary())
         entry = DiagnosticEntry('sac_actor', level, f'{self.phase}', values)
         self.stale_reason = ''
         self.diag_pub.publish(diagnostic_array([entry], self.get_clock().now().to_msg()))

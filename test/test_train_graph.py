@@ -2,6 +2,7 @@
 `hilserl` command runs them); every recorded bag is read back with rosbags."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -68,5 +69,8 @@ def test_eval_graph_prints_the_table_and_writes_a_summary(trained, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert '| Episode | Steps | Reward | Result |' in out
+    # the actor reports how long its policy took per proposal (bench/actor_in_graph.py reads it)
+    latency = re.search(r'policy act latency: (\d+) acts, p50 [\d.]+ ms, p99 [\d.]+ ms', out)
+    assert latency and int(latency.group(1)) >= 2, out[-3000:]
     summary = json.loads((run / 'eval' / 'eval_summary.json').read_text())
     assert summary['episodes'] == 2 and 0.0 <= summary['success_rate'] <= 1.0
