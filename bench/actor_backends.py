@@ -4,6 +4,7 @@ the fp32 floor from this machine's measured matmul peak and the network's FLOPs,
 largest feature difference from the eager fp32 reference (an exactness guard).
 
   python bench/actor_backends.py --acts 2000 --threads 1
+  python bench/actor_backends.py --batch 256 --acts 5 --threads 2   # the learner's frozen pass
 
 Candidates: eager fp32 (what the actor ran before tracing), eager channels-last, TorchScript
 trace (the actor's path today), TorchScript frozen + optimize_for_inference, torch.compile
@@ -53,7 +54,7 @@ def matmul_peak_flops(seconds: float = 2.0) -> float:
 
 
 def timed(run, image, acts: int):
-    for _ in range(20):
+    for _ in range(20 if acts >= 100 else 1):  # a few large batches need one warm-up
         run(image)
     times = []
     for _ in range(acts):
@@ -70,6 +71,8 @@ def main() -> int:
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads (the actor shares the CPU with the rest of the graph)')
     parser.add_argument('--size', type=int, default=128)
+    parser.add_argument('--batch', type=int, default=1,
+                        help='images per forward (256: the exact-math learner\'s frozen pass)')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -85,8 +88,8 @@ def main() -> int:
             return self.net(network_input(self.net, self.normalize, x))
 
     model = Backbone().eval().requires_grad_(False)
-    image = torch.randint(0, 256, (1, 3, args.size, args.size)).float()
-    flops = conv_flops(net, torch.zeros(1, 3, args.size, args.size))
+    image = torch.randint(0, 256, (args.batch, 3, args.size, args.size)).float()
+    flops = conv_flops(net, torch.zeros(1, 3, args.size, args.size)) * args.batch
     peak = matmul_peak_flops()
     floor_ms = flops / peak * 1000
     with torch.no_grad():
@@ -122,8 +125,8 @@ def main() -> int:
             session.run(None, {'image': x.numpy()})[0])
     except Exception as exc:  # noqa: BLE001 - not installed, export failed
         print(f'ONNX Runtime: not available ({type(exc).__name__}: {str(exc)[:120]})')
-    print(f'ResNet-10 (GroupNorm) {args.size}x{args.size}, batch 1, {args.threads} torch '
-          f'thread(s): {flops / 1e6:.0f} MFLOP per forward; matmul peak {peak / 1e9:.1f} '
+    print(f'ResNet-10 (GroupNorm) {args.size}x{args.size}, batch {args.batch}, {args.threads} '
+          f'torch thread(s): {flops / 1e6:.0f} MFLOP per forward; matmul peak {peak / 1e9:.1f} '
           f'GFLOP/s -> fp32 floor {floor_ms:.2f} ms; load {os.getloadavg()[0]:.2f}')
     print(f'{"candidate":46} {"p50 ms":>7} {"p99 ms":>7} {"p50/floor":>9} {"max |diff|":>10}')
     with torch.no_grad():
