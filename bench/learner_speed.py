@@ -8,12 +8,15 @@ peak RSS is the learner's and the actor is timed without a learner's heap. Print
 
   python bench/learner_speed.py [--device auto|cpu|cuda] [--steps 3] [--cache-shifts 2]
                                 [--replay-images file|memory] [--pretrained-encoder DIR|REPO]
+                                [--acting-backend torch|onnxruntime]
 
 The frozen ResNet-10 is helper2424/resnet10 (GroupNorm: nothing folds into the convolutions)
 from the local Hugging Face cache or a directory; where it is not on the machine, random
 weights in its layout stand in (the same computation, so the same speed).
 """
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -76,7 +79,8 @@ def build(args):
                       batch_size=256, utd_ratio=20, device=args.device,
                       online_buffer_capacity=args.transitions,
                       replay_image_storage=args.replay_images,
-                      offline_buffer_capacity=args.transitions)
+                      offline_buffer_capacity=args.transitions,
+                      acting_backend=args.acting_backend)
     return build_agent(cfg), cfg.algorithm
 
 
@@ -127,6 +131,22 @@ def learner_part(args) -> dict:
             'cache_shifts': sac.feature_cache_shifts, 'replay_images': args.replay_images}
 
 
+@contextlib.contextmanager
+def on_torch(agent):
+    """The same maths on torch's path while FLOPs are counted: ONNX Runtime's work
+    (policy.acting_backend onnxruntime) is invisible to torch's counter."""
+    policy = agent.policy
+    cfg, programs = policy.cfg, dict(policy._acting_programs)
+    policy.cfg = dataclasses.replace(cfg, acting_backend='torch')
+    policy._acting_programs.clear()
+    try:
+        yield
+    finally:
+        policy.cfg = cfg
+        policy._acting_programs.clear()
+        policy._acting_programs.update(programs)
+
+
 def counted_flop(fn) -> float:
     """FLOPs of one call, counted by torch from the shapes of the operations it really runs
     (convolutions, matmuls and their backward; elementwise work is not counted)."""
@@ -175,7 +195,21 @@ def actor_part(args) -> dict:
         latencies.append(time.perf_counter() - t0)
     return {'actor_p50_ms': float(np.percentile(latencies, 50) * 1e3),
             'actor_p99_ms': float(np.percentile(latencies, 99) * 1e3),
-            'act_flop': counted_flop(lambda: agent.act(image, state, False))}
+            'act_flop': act_flop(agent, image, state)}
+
+
+def act_flop(agent, image, state) -> float:
+    with on_torch(agent):
+        for _ in range(5):  # trace the torch program, and let TorchScript's profiling runs
+            agent.act(image, state, False)  # settle, outside the counter (it fails in them)
+        return counted_flop(lambda: agent.act(image, state, False))
+
+
+def row_label(row: dict) -> str:
+    """A frozen ResNet-10 without the cache runs the exact maths (a backbone pass per use)."""
+    if row['encoder'] == 'resnet10' and not row['cache_shifts']:
+        return 'frozen ResNet-10 (exact, no cache)'
+    return LABELS[row['encoder']]
 
 
 def encoder_weights(args):
@@ -214,6 +248,8 @@ def main():
                         help="replay image storage (replay.replay_image_storage): 'file' keeps "
                              'the pixels in the page cache, outside the learner process')
     parser.add_argument('--encoders', default='resnet10,small_conv')
+    parser.add_argument('--acting-backend', choices=('torch', 'onnxruntime'), default='torch',
+                        help="policy.acting_backend: what runs the actor's frozen ResNet-10")
     parser.add_argument('--pretrained-encoder', default='helper2424/resnet10',
                         help='frozen ResNet-10 weights: a directory or a repo id in the local '
                              'Hugging Face cache (random weights in its layout when absent)')
@@ -229,7 +265,8 @@ def main():
     def run_part(encoder, part, threads):
         cmd = [sys.executable, __file__, '--encoder', encoder, '--part', part]
         for name in ('device', 'steps', 'cache_shifts', 'transitions', 'threads',
-                     'actor_threads', 'actor_iterations', 'replay_images', 'pretrained_encoder'):
+                     'actor_threads', 'actor_iterations', 'replay_images', 'pretrained_encoder',
+                     'acting_backend'):
             cmd += ['--' + name.replace('_', '-'), str(getattr(args, name))]
         print(f'# running {encoder} {part} ...', file=sys.stderr, flush=True)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True,
@@ -245,7 +282,8 @@ def main():
         rows.append(row)
     print(f'learner/actor speed, {rows[0]["device"]}, torch threads {args.threads} (actor '
           f'{args.actor_threads}), {args.transitions} transitions per buffer, median of '
-          f'{args.steps} steps, replay images in {args.replay_images}')
+          f'{args.steps} steps, replay images in {args.replay_images}, acting backend '
+          f'{args.acting_backend}, load {os.getloadavg()[0]:.1f}')
     header = (f'| {"encoder":<34} | {"s / optimisation step":>22} | {"critic updates/s":>17} | '
               f'{"actor p50 / p99 ms":>19} | {"peak RSS GiB":>13} |')
     print(header)
@@ -255,7 +293,7 @@ def main():
         ratio = lambda ours, theirs, lower=True: (theirs / ours if lower else ours / theirs)  # noqa
         step_ratio = ratio(r['step_s'], a['step_s'])
         updates_ratio = ratio(r['updates_per_s'], a['updates_per_s'], False)
-        print(f'| {LABELS[r["encoder"]]:<34} | {r["step_s"]:8.2f} ({step_ratio:5.1f}x)'
+        print(f'| {row_label(r):<34} | {r["step_s"]:8.2f} ({step_ratio:5.1f}x)'
               f'{"":>5} | {r["updates_per_s"]:6.2f} ({updates_ratio:5.1f}x) | '
               f'{r["actor_p50_ms"]:5.2f} / {r["actor_p99_ms"]:5.2f} '
               f'({ratio(r["actor_p99_ms"], a["actor_p99_ms"]):4.1f}x) | '
@@ -270,7 +308,7 @@ def main():
     print('| figure | measured | counted GFLOP | floor | % of limit |')
     print('|---|---|---|---|---|')
     for r in rows:
-        label = LABELS[r['encoder']]
+        label = row_label(r)
         floors = ((f'{label}: optimisation step', r['step_s'], r['step_flop']),
                   (f'{label}: act p50', r['actor_p50_ms'] / 1e3, r['act_flop']))
         for name, seconds, flop in floors:

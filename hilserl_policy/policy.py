@@ -188,6 +188,9 @@ def onnx_backbone(backbone: nn.Module, images: torch.Tensor) -> Optional[Callabl
             options = ort.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
             options.inter_op_num_threads = 1
+            # no spin-waiting between runs: torch's own threads (the heads, a learner) share
+            # the cores, and spinning workers of two pools starve each other
+            options.add_session_config_entry('session.intra_op.allow_spinning', '0')
             session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     except Exception as error:  # noqa: BLE001 - exporter and runtime raise their own types
         warnings.warn(f'policy.acting_backend onnxruntime: export failed ({error}); acting '
