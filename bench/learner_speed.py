@@ -7,6 +7,7 @@ The learner and the actor of each encoder run in processes of their own (as the 
 peak RSS is the learner's and the actor is timed without a learner's heap. Prints one table.
 
   python bench/learner_speed.py [--device auto|cpu|cuda] [--steps 3] [--cache-shifts 2]
+                                [--encoders resnet10,resnet10_exact,small_conv]
                                 [--replay-images file|memory] [--pretrained-encoder DIR|REPO]
                                 [--acting-backend torch|onnxruntime]
 
@@ -72,10 +73,13 @@ def build(args):
     torch.set_num_threads(args.threads)
     from hilserl.config import TrainConfig, with_fields
     from hilserl_policy.checkpoint import build_agent
-    frozen = args.encoder == 'resnet10'
-    cfg = with_fields(TrainConfig(), encoder=args.encoder, freeze_encoder=frozen,
+    # resnet10_exact: the frozen ResNet-10 without the feature cache (a pass per use)
+    encoder = args.encoder.replace('_exact', '')
+    frozen = encoder == 'resnet10'
+    shifts = 0 if args.encoder.endswith('_exact') else args.cache_shifts
+    cfg = with_fields(TrainConfig(), encoder=encoder, freeze_encoder=frozen,
                       pretrained_encoder_path=args.pretrained_encoder if frozen else None,
-                      feature_cache_shifts=args.cache_shifts if frozen else 0,
+                      feature_cache_shifts=shifts if frozen else 0,
                       batch_size=256, utd_ratio=20, device=args.device,
                       online_buffer_capacity=args.transitions,
                       replay_image_storage=args.replay_images,
@@ -207,16 +211,16 @@ def act_flop(agent, image, state) -> float:
 
 def row_label(row: dict) -> str:
     """A frozen ResNet-10 without the cache runs the exact maths (a backbone pass per use)."""
-    if row['encoder'] == 'resnet10' and not row['cache_shifts']:
+    if row['encoder'].startswith('resnet10') and not row['cache_shifts']:
         return 'frozen ResNet-10 (exact, no cache)'
-    return LABELS[row['encoder']]
+    return LABELS[row['encoder'].replace('_exact', '')]
 
 
 def encoder_weights(args):
     """Point args.pretrained_encoder at weights that exist; returns a note when random weights
     in the upstream layout stand in for the pretrained ones (kept until the process exits)."""
     from hilserl.pretrained import PretrainedWeightsMissing, resolve_pretrained_dir
-    if 'resnet10' not in args.encoders.split(','):
+    if not any(e.startswith('resnet10') for e in args.encoders.split(',')):
         return None
     try:
         resolve_pretrained_dir(args.pretrained_encoder)
@@ -247,7 +251,9 @@ def main():
     parser.add_argument('--replay-images', choices=('file', 'memory'), default='file',
                         help="replay image storage (replay.replay_image_storage): 'file' keeps "
                              'the pixels in the page cache, outside the learner process')
-    parser.add_argument('--encoders', default='resnet10,small_conv')
+    parser.add_argument('--encoders', default='resnet10,resnet10_exact,small_conv',
+                        help='resnet10 (feature cache), resnet10_exact (no cache: a frozen pass '
+                             'per use, the same maths as LeRobot), small_conv (trained)')
     parser.add_argument('--acting-backend', choices=('torch', 'onnxruntime'), default='torch',
                         help="policy.acting_backend: what runs the actor's frozen ResNet-10")
     parser.add_argument('--pretrained-encoder', default='helper2424/resnet10',
@@ -289,7 +295,7 @@ def main():
     print(header)
     print('|' + '|'.join('-' * (len(c)) for c in header.split('|')[1:-1]) + '|')
     for r in rows:
-        a = ANCHOR[r['encoder']]
+        a = ANCHOR[r['encoder'].replace('_exact', '')]
         ratio = lambda ours, theirs, lower=True: (theirs / ours if lower else ours / theirs)  # noqa
         step_ratio = ratio(r['step_s'], a['step_s'])
         updates_ratio = ratio(r['updates_per_s'], a['updates_per_s'], False)
@@ -325,14 +331,14 @@ def main():
     for r in rows:
         if r['insert_flop']:
             # 10 transitions per second, each insert_ms of one core: insert_ms % of a core
-            print(f'{LABELS[r["encoder"]]}: storing transitions at the 10 Hz control rate costs '
+            print(f'{row_label(r)}: storing transitions at the 10 Hz control rate costs '
                   f'{r["insert_ms"]:.0f} % of one core when they queue up '
                   f'({r["insert_ms"]:.1f} ms each), {r["insert_single_ms"]:.0f} % stored one by '
                   f'one; one optimisation step plus one stored transition: '
                   f'{r["step_s"] + r["insert_ms"] / 1e3:.2f} s')
     for r in rows:
         if r['cache_shifts']:
-            print(f'{LABELS[r["encoder"]]}: {r["cache_shifts"]} cached shifts per image; filling '
+            print(f'{row_label(r)}: {r["cache_shifts"]} cached shifts per image; filling '
                   f'2 x {args.transitions} transitions (encoder at insertion) took '
                   f'{r["fill_s"]:.0f} s')
 
