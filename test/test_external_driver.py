@@ -135,13 +135,29 @@ def test_the_driver_moves_a_ros2_control_stack_in_cartesian_steps(seam):
 
     # three -x steps of 2 cm: the TCP goes 4.5-7 cm along -x (the bounds of the driver's own
     # test on the sim and Feetech backends), nowhere else
-    start = stack.tcp_m()
+    # Each step is sent once the arm has made it and stopped: sent while the stack still lags
+    # its goal, a step starts from a TCP short of it, and a loaded machine then measured 4.3 cm.
+    start = np.array(stack.tcp_m())
     for i in range(3):
         actions.publish(Float32MultiArray(data=[-1.0, 0.0, 0.0, 0.0]))
         spin_for(executor, 10.0, lambda: start[0] - stack.tcp_m()[0] > 0.015 * (i + 1))
+        wait_until_still(executor, stack)
     spin_for(executor, 30.0, lambda: start[0] - stack.tcp_m()[0] > 0.045)
     moved = stack.tcp_m() - start
     assert -0.07 < moved[0] < -0.045 and np.all(np.abs(moved[1:]) < 0.01), moved
+
+
+def wait_until_still(executor, stack, still_s: float = 0.5, timeout_s: float = 10.0) -> None:
+    """Spin until the stack's TCP has not moved 0.5 mm for `still_s` (at most `timeout_s`)."""
+    last = {'tcp': np.array(stack.tcp_m()), 'since': time.monotonic()}
+
+    def still() -> bool:
+        tcp = np.array(stack.tcp_m())
+        if np.linalg.norm(tcp - last['tcp']) > 5e-4:
+            last.update(tcp=tcp, since=time.monotonic())
+            return False
+        return time.monotonic() - last['since'] > still_s
+    spin_for(executor, timeout_s, still)
 
 
 def test_stale_or_malformed_joint_states_hold_the_arm_and_are_counted(seam):
