@@ -8,7 +8,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA?max_msg_size=4MB
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test train eval bench bench-learner learn mutate clean
+.PHONY: setup test train eval bench bench-learner bench-lerobot learn mutate clean
 
 setup:
 	@bash scripts/setup.sh
@@ -34,6 +34,25 @@ bench: setup
 bench-learner: setup
 	$(PY) bench/learner_speed.py
 
+# The same table with LeRobot 0.6.1 measured in the same sitting (~15 min). LeRobot lives in a
+# venv of its own (.venv-lerobot, ~1.5 GB), never the project's: it asks for Python >= 3.12 and
+# torch < 2.12, so it is installed without its pins beside the CPU torch 2.13 and its few
+# 3.12-only lines are respelled for 3.11 (bench/lerobot_sac_step.py says what and why).
+LEROBOT_VENV ?= .venv-lerobot
+$(LEROBOT_VENV)/.ready:
+	python3 -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/pip install -q torch==2.13.0 'numpy>=2,<2.3' 'einops>=0.8,<0.9' \
+	  'draccus>=0.11.6,<0.12' 'huggingface-hub>=1.6,<2' 'safetensors<1' 'packaging<26' \
+	  termcolor tqdm 'gymnasium>=1.1.1,<2' opencv-python-headless 'Pillow<13' requests \
+	  'datasets>=4.8,<5' 'pandas<3' 'pyarrow>=21' 'jsonlines<5' 'av>=15,<16'
+	$(LEROBOT_VENV)/bin/pip install -q --no-deps --ignore-requires-python lerobot==0.6.1 \
+	  torchvision==0.28.0
+	$(LEROBOT_VENV)/bin/python bench/lerobot_sac_step.py --make-importable
+	touch $@
+
+bench-lerobot: setup $(LEROBOT_VENV)/.ready
+	$(PY) bench/learner_speed.py --lerobot-python $(LEROBOT_VENV)/bin/python
+
 learn: setup
 	$(PY) bench/learn_graph.py
 
@@ -46,4 +65,4 @@ mutate: setup
 	nice -n 19 $(PY) scripts/mutate.py $(MUTATE)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LEROBOT_VENV) build *.egg-info .pytest_cache

@@ -9,7 +9,7 @@ peak RSS is the learner's and the actor is timed without a learner's heap. Print
   python bench/learner_speed.py [--device auto|cpu|cuda] [--steps 3] [--cache-shifts 2]
                                 [--encoders resnet10,resnet10_exact,small_conv]
                                 [--replay-images file|memory] [--pretrained-encoder DIR|REPO]
-                                [--acting-backend torch|onnxruntime]
+                                [--acting-backend torch|onnxruntime] [--lerobot-python PY]
 
 The frozen ResNet-10 is helper2424/resnet10 (GroupNorm: nothing folds into the convolutions)
 from the local Hugging Face cache or a directory; where it is not on the machine, random
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import common  # noqa: F401
 import numpy as np
@@ -68,13 +69,18 @@ def fill(buffer, n, rng, episode_steps=100, batch=1):
     store()
 
 
+def base_encoder(encoder: str) -> str:
+    """resnet10_exact is the frozen ResNet-10 run without the feature cache."""
+    return encoder.replace('_exact', '')
+
+
 def build(args):
     import torch
     torch.set_num_threads(args.threads)
     from hilserl.config import TrainConfig, with_fields
     from hilserl_policy.checkpoint import build_agent
     # resnet10_exact: the frozen ResNet-10 without the feature cache (a pass per use)
-    encoder = args.encoder.replace('_exact', '')
+    encoder = base_encoder(args.encoder)
     frozen = encoder == 'resnet10'
     shifts = 0 if args.encoder.endswith('_exact') else args.cache_shifts
     cfg = with_fields(TrainConfig(), encoder=encoder, freeze_encoder=frozen,
@@ -213,7 +219,7 @@ def row_label(row: dict) -> str:
     """A frozen ResNet-10 without the cache runs the exact maths (a backbone pass per use)."""
     if row['encoder'].startswith('resnet10') and not row['cache_shifts']:
         return 'frozen ResNet-10 (exact, no cache)'
-    return LABELS[row['encoder'].replace('_exact', '')]
+    return LABELS[base_encoder(row['encoder'])]
 
 
 def encoder_weights(args):
@@ -259,6 +265,10 @@ def main():
     parser.add_argument('--pretrained-encoder', default='helper2424/resnet10',
                         help='frozen ResNet-10 weights: a directory or a repo id in the local '
                              'Hugging Face cache (random weights in its layout when absent)')
+    parser.add_argument('--lerobot-python',
+                        help='python of a venv holding LeRobot 0.6.1 (`make bench-lerobot` '
+                             'builds .venv-lerobot): LeRobot runs in the same sitting, after '
+                             'each hilserl row, and the ratios are against it, not the anchor')
     parser.add_argument('--encoder', help=argparse.SUPPRESS)
     parser.add_argument('--part', choices=('learner', 'actor', 'peak'), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -279,13 +289,28 @@ def main():
                              env={**os.environ, 'OMP_NUM_THREADS': str(threads)})
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    def run_lerobot(encoder):
+        kind = 'default' if encoder == 'small_conv' else 'resnet10'
+        print(f'# running LeRobot {kind} ...', file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch, 'lerobot.json')
+            subprocess.run([args.lerobot_python, str(Path(__file__).with_name(
+                'lerobot_sac_step.py')), '--encoder', kind, '--threads', str(args.threads),
+                '--transitions', str(args.transitions), '--json', str(out)], check=True,
+                stdout=sys.stderr, env={**os.environ, 'OMP_NUM_THREADS': str(args.threads)})
+            return json.loads(out.read_text())
+
     peak = run_part('none', 'peak', args.threads)['peak_gflops']
-    rows = []
+    rows, lerobot = [], {}
     for encoder in args.encoders.split(','):
         row = {}
         for part in ('learner', 'actor'):  # separate processes: RSS and latency their own
             row.update(run_part(encoder, part, args.threads))
         rows.append(row)
+        theirs = 'small_conv' if encoder == 'small_conv' else 'resnet10'
+        if args.lerobot_python and theirs not in lerobot:
+            lerobot[theirs] = run_lerobot(encoder)
+    anchors = {**ANCHOR, **lerobot}
     print(f'learner/actor speed, {rows[0]["device"]}, torch threads {args.threads} (actor '
           f'{args.actor_threads}), {args.transitions} transitions per buffer, median of '
           f'{args.steps} steps, replay images in {args.replay_images}, acting backend '
@@ -295,7 +320,7 @@ def main():
     print(header)
     print('|' + '|'.join('-' * (len(c)) for c in header.split('|')[1:-1]) + '|')
     for r in rows:
-        a = ANCHOR[r['encoder'].replace('_exact', '')]
+        a = anchors[base_encoder(r['encoder'])]
         ratio = lambda ours, theirs, lower=True: (theirs / ours if lower else ours / theirs)  # noqa
         step_ratio = ratio(r['step_s'], a['step_s'])
         updates_ratio = ratio(r['updates_per_s'], a['updates_per_s'], False)
@@ -304,9 +329,19 @@ def main():
               f'{r["actor_p50_ms"]:5.2f} / {r["actor_p99_ms"]:5.2f} '
               f'({ratio(r["actor_p99_ms"], a["actor_p99_ms"]):4.1f}x) | '
               f'{r["rss_gib"]:5.2f} ({ratio(r["rss_gib"], a["rss_gib"]):4.1f}x) |')
-    print('ratios: LeRobot 0.6.1 anchor / ours (higher is better); anchor: ' + '; '.join(
-        f'{LABELS[k]}: {v["step_s"]} s/step, {v["actor_p99_ms"]} ms p99, {v["rss_gib"]} GiB'
-        for k, v in ANCHOR.items()))
+    lerobot_labels = {'resnet10': 'LeRobot ResNet-10 (exact maths)',
+                      'small_conv': 'LeRobot default conv (trained)'}
+    for key, theirs in lerobot.items():
+        print(f'| {lerobot_labels[key]:<34} | {theirs["step_s"]:8.2f}{"":>14} | '
+              f'{theirs["updates_per_s"]:6.2f}{"":>11} | {theirs["actor_p50_ms"]:5.2f} / '
+              f'{theirs["actor_p99_ms"]:5.2f}{"":>6} | {theirs["rss_gib"]:5.2f}{"":>8} |')
+    print('ratios: LeRobot / ours (higher is better), LeRobot ' + (
+        f'{next(iter(lerobot.values()))["lerobot_version"]} measured in this run, after the '
+        'hilserl rows of its encoder (the same seed configuration; its ResNet-10 is the same '
+        'network, random weights; the cached row is against its exact maths)'
+        if lerobot else '0.6.1 anchor from issue #18 (another day)') + ': ' + '; '.join(
+        f'{LABELS[k]}: {v["step_s"]:.1f} s/step, {v["actor_p99_ms"]:.1f} ms p99, '
+        f'{v["rss_gib"]:.2f} GiB' for k, v in anchors.items()))
     if stand_in is not None:
         print(f'{LABELS["resnet10"]}: {stand_in}')
     print(f'\nagainst this machine\'s limit: fp32 peak {peak:.0f} GFLOP/s (4096x4096 matmul, '
