@@ -44,7 +44,8 @@ def test_exec_depends_cover_ros_imports():
                     'rcl_interfaces', 'ament_index_python'}
     imported = set()
     for path in ROOT.glob('*/**/*.py'):
-        if path.parts[len(ROOT.parts)] in ('test', 'bench', '.venv', 'build'):
+        top = path.parts[len(ROOT.parts)]
+        if top in ('test', 'bench', 'build') or top.startswith('.'):  # venvs, .git
             continue
         for match in re.finditer(r'^\s*(?:from|import) (\w+)', path.read_text(), re.M):
             if match.group(1) in ros_packages:
