@@ -33,7 +33,7 @@ from std_msgs.msg import Bool, Float32, Float32MultiArray, String, UInt8MultiArr
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.node_support import declare, diagnostic_array, marker, qos_profile, spin_node
+from hilserl.node import declare, diagnostic_array, marker, qos_profile, spin_node
 from hilserl.config import load_train_config
 from hilserl.conventions import JOINT_NAMES, ActionSource, Frames, Topics
 from hilserl.conversions import (ConversionError, action_to_msg, image_to_array,

@@ -28,7 +28,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 
-from hilserl.node_support import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.node import declare, diagnostic_array, qos_profile, spin_node
 from hilserl.config import load_train_config
 from hilserl.conventions import Topics
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry

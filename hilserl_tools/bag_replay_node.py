@@ -9,7 +9,7 @@ import time
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 
-from hilserl.node_support import declare, message_class, qos_profile, spin_node
+from hilserl.node import declare, message_class, qos_profile, spin_node
 from hilserl.bags import iter_raw_messages
 from hilserl.conventions import TOPIC_QOS, Qos
 

@@ -14,7 +14,7 @@ from std_msgs.msg import Bool, String
 
 from hilserl.bag_repair import repair_killed_episodes
 from hilserl.bags import EPISODE_TOPICS, message_stamp_ns
-from hilserl.node_support import declare, message_class, qos_profile, spin_node
+from hilserl.node import declare, message_class, qos_profile, spin_node
 from hilserl.conventions import TOPIC_QOS, Qos, Topics
 from hilserl.recording import EpisodeRecorder
 

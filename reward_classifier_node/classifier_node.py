@@ -14,7 +14,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32
 
-from hilserl.node_support import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.node import declare, diagnostic_array, qos_profile, spin_node
 from hilserl.conventions import Topics
 from hilserl.conversions import ConversionError, image_to_array
 from hilserl.diagnostics import OK, WARN, DiagnosticEntry

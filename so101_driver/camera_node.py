@@ -16,8 +16,8 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
-from hilserl.node_support import (declare, declare_config, diagnostic_array, qos_profile,
-                                  spin_node)
+from hilserl.node import (declare, declare_config, diagnostic_array, qos_profile,
+                          spin_node)
 from hilserl.camera import CameraConfig, CameraSupervisor, OpenCVSource
 from hilserl.config import ImageConfig
 from hilserl.conventions import JOINT_NAMES, Frames, Topics

@@ -35,8 +35,8 @@ from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int64MultiA
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.node_support import (declare, declare_config, diagnostic_array, marker,
-                                  pose_stamped, qos_profile, spin_node)
+from hilserl.node import (declare, declare_config, diagnostic_array, marker,
+                          pose_stamped, qos_profile, spin_node)
 from hilserl.conventions import JOINT_NAMES, Frames, Topics
 from hilserl.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
                                  joint_state_to_arrays, nanoseconds_to_stamp, validated_action)

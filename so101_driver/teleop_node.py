@@ -27,7 +27,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Float32MultiArray, String
 
-from hilserl.node_support import declare, qos_profile, spin_node
+from hilserl.node import declare, qos_profile, spin_node
 from hilserl.config import ActionConfig, TaskConfig
 from hilserl.conventions import JOINT_NAMES, Topics
 from hilserl.conversions import (ConversionError, action_from_msg, action_stamp_ns,

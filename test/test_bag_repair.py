@@ -227,7 +227,7 @@ def test_sigkilled_recorder_loses_nothing_it_flushed(tmp_path, capsys):
     from std_msgs.msg import String, UInt8MultiArray
 
     from conftest import free_domain_id
-    from hilserl.node_support import qos_profile
+    from hilserl.node import qos_profile
     domain = free_domain_id()
     run, log = tmp_path / 'run', tmp_path / 'recorder.log'
     with open(log, 'w') as out:

@@ -12,7 +12,7 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from hilserl.node_support import qos_profile  # noqa: E402
+from hilserl.node import qos_profile  # noqa: E402
 from hilserl.conventions import Topics  # noqa: E402
 from hilserl.conversions import image_to_array  # noqa: E402
 from hilserl.image_ops import crop_resize  # noqa: E402

@@ -78,7 +78,7 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
     from rclpy.parameter import Parameter
     from std_msgs.msg import Int64MultiArray, UInt8MultiArray
 
-    from hilserl.node_support import qos_profile
+    from hilserl.node import qos_profile
     from hilserl.conventions import Topics
     from hilserl_policy.learner_node import LearnerNode
     from hilserl.transition import TransitionEncoder, encode_transition

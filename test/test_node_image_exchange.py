@@ -9,7 +9,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from hilserl.node_support import qos_profile  # noqa: E402
+from hilserl.node import qos_profile  # noqa: E402
 from hilserl.conventions import Qos, Topics  # noqa: E402
 from hilserl.conversions import array_to_image, image_to_array  # noqa: E402
 

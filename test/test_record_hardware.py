@@ -319,7 +319,7 @@ def test_keyboard_teleop_executable_publishes_the_teleop_topics_from_its_termina
     from sensor_msgs.msg import Joy
     from std_msgs.msg import String
 
-    from hilserl.node_support import qos_profile
+    from hilserl.node import qos_profile
     from hilserl.conventions import Topics
     command = [sys.executable, '-c', 'import sys; from so101_driver.teleop_node import '
                'keyboard_main; sys.exit(keyboard_main())']

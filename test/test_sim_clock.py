@@ -96,7 +96,7 @@ def test_driver_node_owns_time_and_steps_once_per_answer(ros_context):
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float32MultiArray
 
-    from hilserl.node_support import qos_profile
+    from hilserl.node import qos_profile
     from hilserl.conventions import Topics
     from hilserl.conversions import action_to_msg, stamp_to_nanoseconds
     from so101_driver.driver_node import DriverNode

@@ -13,7 +13,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Joy  # noqa: E402
 from std_msgs.msg import Bool, Float32MultiArray  # noqa: E402
 
-from hilserl.node_support import qos_profile  # noqa: E402
+from hilserl.node import qos_profile  # noqa: E402
 from hilserl.conventions import Topics  # noqa: E402
 from hilserl.conversions import action_to_msg, joy_to_human, stamp_to_nanoseconds  # noqa: E402
 from so101_driver.driver_node import DriverNode  # noqa: E402
