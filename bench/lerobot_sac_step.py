@@ -9,19 +9,21 @@ Seed configuration, as in learner_speed.py: batch 256 (128 online + 128 offline,
 OnlineOfflineMixer), 3x128x128 images, 18-d state, 4-d action, UTD 20, 2 critics, hidden
 [256, 256], latent 256, DrQ random shift (pad 4) in LeRobot's ReplayBuffer, 5,000 transitions per
 buffer, frozen shared ResNet-10 encoder (or, with --encoder default, LeRobot's own small conv
-encoder, trained). One step = LeRobot's `SACAlgorithm.update` through its
-`RLTrainer` (20 critic updates + actor + temperature) with its normalising preprocessor.
+encoder, trained). One step = LeRobot's `SACAlgorithm.update` through its `RLTrainer` (20
+critic updates + actor + temperature) with its normalising preprocessor. The actor is timed
+first (preprocess + `select_action` on one observation), before the buffers exist.
 
-Two stand-ins, both outside what is timed differently from LeRobot's own learner:
+Where this differs from installing LeRobot as its README says, and why the timing is still its:
 - The encoder: LeRobot loads `helper2424/resnet10` from the hub (AutoModel, remote code), which
   cannot be reached here. hilserl's ResNet10 is that model's architecture (GroupNorm, the same
   layers and shapes), with random weights: the same computation, so the same speed. It is wrapped
   to answer as the hub model does (`.last_hidden_state`, `config.hidden_sizes`).
 - LeRobot 0.6.1 asks for Python >= 3.12 and torch < 2.12; this machine has Python 3.11 and the
-  CPU torch 2.13, so it is installed without its pins (`--ignore-requires-python --no-deps`). The
-  modules on the SAC path parse on 3.11. PyPI's torchvision imports its compiled detection ops
-  (nms, roi_align, ...) at import and they do not load beside the CPU torch; LeRobot's SAC path
-  imports torchvision but calls none of those ops, so their schemas are declared empty first.
+  CPU torch 2.13, so it is installed without its pins (`--ignore-requires-python --no-deps`), and
+  `--make-importable` respells its five 3.12-only lines (type aliases and type parameters:
+  annotations only). PyPI's torchvision registers its compiled detection ops (nms, roi_align,
+  ...) at import and they do not load beside the CPU torch; LeRobot's SAC path imports
+  torchvision but calls none of them, so they are declared as never-called placeholders first.
 """
 import argparse
 import importlib.util
