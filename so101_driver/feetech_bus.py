@@ -11,10 +11,11 @@ port is reopened after a port error). Transient faults are retried with bounded 
 persistent ones raise `BusError` naming the servos, so the caller holds and reports instead of
 crashing. The status error byte of every valid reply is recorded per servo.
 
-Late replies: a reply that arrives after its attempt gave up would answer the next identical
-request with old data. The input is flushed before each attempt, and after every failed attempt
-reads ask for 1-3 bytes more than before (`_pad`, read and dropped), so a late reply of the
-previous three failed attempts has the wrong length and is skipped.
+Late replies: a reply that arrives after its attempt gave up would answer a later request with
+old data. The input is flushed before each attempt, and reads ask for 0-3 bytes more than they
+need (read and dropped), chosen so that the reply length differs from those of the last three
+failed attempts, whatever they read: a late reply of any of them has the wrong length and is
+skipped.
 """
 from __future__ import annotations
 
@@ -147,7 +148,9 @@ class FeetechBus:
         self._port_broken = False
         self._last_reopen_s = -float('inf')
         self._talking_to: Optional[int] = None
-        self._pad = 0  # extra bytes per read; changes after each failed attempt
+        # reply lengths that failed attempts were waiting for: a late reply may still bring one
+        self._late_lengths: Deque[int] = collections.deque(maxlen=3)
+        self._awaiting: Optional[int] = None  # the reply length the current attempt waits for
 
     # --- lifecycle --------------------------------------------------------------------------
     def open(self) -> None:
@@ -238,6 +241,7 @@ class FeetechBus:
     def _attempt_once(self, attempt):
         """One attempt under the lock; returns attempt()'s value or raises _Fault."""
         self._talking_to = None
+        self._awaiting = None
         try:
             self._ensure_port()
             port = self._port
@@ -273,7 +277,8 @@ class FeetechBus:
                     return self._attempt_once(attempt)
                 except _Fault as fault:
                     last = self._record(fault, packets_before)
-                    self._pad = (self._pad + 1) % 4
+                    if self._awaiting:  # acks (0 bytes) cannot be told apart by length
+                        self._late_lengths.append(self._awaiting)
             if last.servo_id is not None and last.servo_id not in failed:
                 failed.append(last.servo_id)
         self.stats.failures += 1
@@ -293,6 +298,7 @@ class FeetechBus:
         skipped until the reply timeout."""
         scs, ph = self._scs, self._packet
         self._talking_to = servo_id
+        self._awaiting = n_params
         wrong_length = None
         while True:
             rx, comm = ph.rxPacket(self._port)
@@ -319,8 +325,13 @@ class FeetechBus:
         return self._status(servo_id, n_reply)
 
     # --- single-servo access ----------------------------------------------------------------
+    def _read_length(self, size: int) -> int:
+        """Bytes to read for `size` needed: the first of size .. size + 3 that no recent failed
+        attempt's late reply can have (three lengths are excluded at most)."""
+        return next(n for n in range(size, size + 4) if n not in self._late_lengths)
+
     def _read_bytes(self, servo_id: int, address: int, size: int) -> Tuple[bytes, int]:
-        n = size + self._pad
+        n = self._read_length(size)
         data, error = self._transfer(servo_id, sts.INST_READ, [address, n], n)
         return data[:size], error
 
@@ -364,7 +375,7 @@ class FeetechBus:
         ids = list(ids)
 
         def attempt():
-            n = length + self._pad
+            n = self._read_length(length)
             self._send(sts.BROADCAST_ID, sts.INST_SYNC_READ, [start, n] + ids)
             self._port.setPacketTimeout((6 + n) * len(ids))  # one timeout for all replies
             # Servos answer in the listed order; the first silent one ends the read.

@@ -172,6 +172,27 @@ def test_a_late_reply_is_never_taken_for_the_next_answer(bus_pair):
     assert bus.stats.faults_by_kind == {TIMEOUT: 1}
 
 
+def test_a_late_reply_of_another_read_is_never_taken_for_the_next_answer(bus_pair):
+    """A failed 2-byte read's reply, late, during a 1-byte read: the next read's length must
+    differ from every recent failed one's, not only from its own earlier tries'."""
+    sim, bus = bus_pair
+    bus.retries = 0
+    sim.drop_next_replies(1)
+    with pytest.raises(BusError):
+        bus.read(3, 'present_position')
+    bus.retries = RETRIES
+    flush = bus._port.ser.reset_input_buffer
+
+    def flush_then_late_reply():
+        flush()
+        bus._port.ser.reset_input_buffer = flush
+        os.write(sim._master, sts.packet(3, 0, bytes([99, 0])))  # the position read's answer
+        time.sleep(0.02)
+    bus._port.ser.reset_input_buffer = flush_then_late_reply
+    assert bus.read(3, 'present_temperature') == 30
+    assert bus.stats.faults_by_kind == {TIMEOUT: 1}
+
+
 def test_every_faulted_reply_is_counted_at_its_packet():
     # A shorter timeout keeps this quick; a late reply only adds a fault, never hides one.
     with SimulatedBus() as sim:
