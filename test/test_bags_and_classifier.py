@@ -44,8 +44,10 @@ def test_labelled_frames_from_keys_match_ground_truth(recorded):
         _, truth, _ = labelled_frames(data, label_source='ground_truth')
         assert images.shape[1:] == (128, 128, 3) and images.dtype == np.uint8
         assert key_labels.any() == truth.any()
-        if truth.any():  # the key is pressed at the first lifted frame
-            assert abs(int(np.argmax(key_labels)) - int(np.argmax(truth))) <= 1
+        if truth.any():  # the key is pressed at the first lifted frame; the key is a message of
+            # its own, which the clock does not wait for: on a loaded machine (two CPU-bound
+            # processes beside the tests) it was once recorded two frames after the lift
+            assert abs(int(np.argmax(key_labels)) - int(np.argmax(truth))) <= 2
 
 
 def test_demo_transitions_come_back_in_order(recorded):
