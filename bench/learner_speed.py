@@ -40,6 +40,9 @@ ANCHOR = {
                    'actor_p99_ms': 2.4, 'rss_gib': 3.4},
 }
 LABELS = {'resnet10': 'frozen ResNet-10 (feature cache)', 'small_conv': 'small conv (trained)'}
+# LeRobot's counterpart of each (bench/lerobot_sac_step.py --encoder), and its row label
+LEROBOT = {'resnet10': ('resnet10', 'LeRobot ResNet-10 (exact maths)'),
+           'small_conv': ('default', 'LeRobot default conv (trained)')}
 
 
 def fill(buffer, n, rng, episode_steps=100, batch=1):
@@ -289,8 +292,8 @@ def main():
                              env={**os.environ, 'OMP_NUM_THREADS': str(threads)})
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    def run_lerobot(encoder):
-        kind = 'default' if encoder == 'small_conv' else 'resnet10'
+    def run_lerobot(key):
+        kind = LEROBOT[key][0]
         print(f'# running LeRobot {kind} ...', file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch, 'lerobot.json')
@@ -307,9 +310,9 @@ def main():
         for part in ('learner', 'actor'):  # separate processes: RSS and latency their own
             row.update(run_part(encoder, part, args.threads))
         rows.append(row)
-        theirs = 'small_conv' if encoder == 'small_conv' else 'resnet10'
-        if args.lerobot_python and theirs not in lerobot:
-            lerobot[theirs] = run_lerobot(encoder)
+        key = base_encoder(encoder)
+        if args.lerobot_python and key not in lerobot:
+            lerobot[key] = run_lerobot(key)
     anchors = {**ANCHOR, **lerobot}
     print(f'learner/actor speed, {rows[0]["device"]}, torch threads {args.threads} (actor '
           f'{args.actor_threads}), {args.transitions} transitions per buffer, median of '
@@ -329,10 +332,8 @@ def main():
               f'{r["actor_p50_ms"]:5.2f} / {r["actor_p99_ms"]:5.2f} '
               f'({ratio(r["actor_p99_ms"], a["actor_p99_ms"]):4.1f}x) | '
               f'{r["rss_gib"]:5.2f} ({ratio(r["rss_gib"], a["rss_gib"]):4.1f}x) |')
-    lerobot_labels = {'resnet10': 'LeRobot ResNet-10 (exact maths)',
-                      'small_conv': 'LeRobot default conv (trained)'}
     for key, theirs in lerobot.items():
-        print(f'| {lerobot_labels[key]:<34} | {theirs["step_s"]:8.2f}{"":>14} | '
+        print(f'| {LEROBOT[key][1]:<34} | {theirs["step_s"]:8.2f}{"":>14} | '
               f'{theirs["updates_per_s"]:6.2f}{"":>11} | {theirs["actor_p50_ms"]:5.2f} / '
               f'{theirs["actor_p99_ms"]:5.2f}{"":>6} | {theirs["rss_gib"]:5.2f}{"":>8} |')
     print('ratios: LeRobot / ours (higher is better), LeRobot ' + (
@@ -341,7 +342,7 @@ def main():
         'network, random weights; the cached row is against its exact maths)'
         if lerobot else '0.6.1 anchor from issue #18 (another day)') + ': ' + '; '.join(
         f'{LABELS[k]}: {v["step_s"]:.1f} s/step, {v["actor_p99_ms"]:.1f} ms p99, '
-        f'{v["rss_gib"]:.2f} GiB' for k, v in anchors.items()))
+        f'{v["rss_gib"]:.2f} GiB' for k, v in (lerobot or ANCHOR).items()))
     if stand_in is not None:
         print(f'{LABELS["resnet10"]}: {stand_in}')
     print(f'\nagainst this machine\'s limit: fp32 peak {peak:.0f} GFLOP/s (4096x4096 matmul, '

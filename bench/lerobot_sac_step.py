@@ -33,6 +33,7 @@ import re
 import resource
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -73,16 +74,19 @@ def make_importable_on_311(package_dir: Path) -> list:
             pass
         params = []
 
-        def strip(match):
-            params.extend(p.split(':')[0].strip() for p in match.group(3).split(','))
-            return match.group(1) + match.group(2)
+        def names(type_params: str) -> list:  # '[T: X, U]' -> ['T', 'U'], remembered
+            found = [p.split(':')[0].strip() for p in type_params.split(',')]
+            params.extend(found)
+            return found
         source = re.sub(r'(?m)^(\s*)type (\w+) = ', r'\1\2 = ', source)
-        source = re.sub(r'(?m)^(\s*def \w+)()\[([^\]]+)\]\(', lambda m: strip(m) + '(', source)
-        for match in list(re.finditer(r'(?m)^(\s*class \w+)()\[([^\]]+)\](\((.*)\))?:',
-                                      source)):
-            names = [p.split(':')[0].strip() for p in match.group(3).split(',')]
-            params.extend(names)
-            bases = [b for b in [match.group(5), f'_Generic[{", ".join(names)}]'] if b]
+
+        def plain_def(match):  # 'def f[T](' -> 'def f('
+            names(match.group(2))
+            return match.group(1) + '('
+        source = re.sub(r'(?m)^(\s*def \w+)\[([^\]]+)\]\(', plain_def, source)
+        for match in list(re.finditer(r'(?m)^(\s*class \w+)\[([^\]]+)\](\((.*)\))?:', source)):
+            generic = f'_Generic[{", ".join(names(match.group(2)))}]'
+            bases = [b for b in (match.group(4), generic) if b]
             source = source.replace(match.group(0),
                                     f'{match.group(1)}({", ".join(bases)}):', 1)
         header = 'from typing import Generic as _Generic, TypeVar as _TypeVar\n' + ''.join(
@@ -114,10 +118,10 @@ class HubShapedResNet10(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.net = resnet10_class()()
-        self.config = type('Config', (), {'hidden_sizes': list(self.net.widths)})()
+        self.config = types.SimpleNamespace(hidden_sizes=list(self.net.widths))
 
     def forward(self, x):
-        return type('Output', (), {'last_hidden_state': self.net(x)})()
+        return types.SimpleNamespace(last_hidden_state=self.net(x))
 
 
 def build(args):
