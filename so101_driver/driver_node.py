@@ -43,7 +43,7 @@ from hilserl.conversions import (ConversionError, action_stamp_ns, arrays_to_joi
 from hilserl.kinematics import SO101Kinematics
 from hilserl.sim_clock import LearnerPacer, LockStepClock, SimClockConfig
 from so101_driver.backend import BackendError
-from so101_driver.driver_core import EXIT_MODES, DriverConfig, DriverCore
+from so101_driver.driver_core import EXIT_MODES, DriverConfig, DriverCore, tick_step_s
 from so101_driver.ee_control import EEControlConfig
 
 
@@ -228,11 +228,7 @@ class DriverNode(Node):
         cube = center + self.rng.uniform(-self.cube_range_m, self.cube_range_m, size=2)
         self.sim.reset(home, cube, cube_yaw_rad=self.rng.uniform(-0.5, 0.5))
         self.sim.step(0.2)
-        self.core.reading = self.sim.read()  # the next EE action must start from here
-        self.core.written = home.copy()
-        self.core.target = home.copy()
-        self.core.mode = 'idle'
-        self.core.controller.reset()
+        self.core.placed_at(self.sim.read(), home)
         return home
 
     def _on_reset(self, request, response):
@@ -315,12 +311,8 @@ class DriverNode(Node):
 
     # --- wall-clock ticks (hardware; sim with sim_clock false) ---------------------------------
     def _tick(self):
-        # Advance by the time that really passed (a late tick on a busy CPU must not slow the
-        # simulated world down against the 10 Hz policy), capped so a stall cannot jump.
         now_s = self._now_s()
-        nominal = 1.0 / self.rate_hz
-        dt = nominal if self._last_tick_s is None else \
-            min(max(now_s - self._last_tick_s, 0.0), 5 * nominal)
+        dt = tick_step_s(now_s, self._last_tick_s, 1.0 / self.rate_hz)
         self._last_tick_s = now_s
         if self.sim is not None:
             self.sim.step(dt)
