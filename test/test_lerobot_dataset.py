@@ -11,7 +11,7 @@ pq = pytest.importorskip('pyarrow.parquet')
 av = pytest.importorskip('av')
 
 from hilserl_tools import cli  # noqa: E402
-from hilserl import lerobot_dataset as lrd  # noqa: E402
+from hilserl.data import lerobot_dataset as lrd  # noqa: E402
 from hilserl.configuration.config import load_train_config  # noqa: E402
 from hilserl.learning.image_ops import crop_resize  # noqa: E402
 from hilserl.data.demos import load_demo_transitions  # noqa: E402
