@@ -33,14 +33,14 @@ from std_msgs.msg import Bool, Float32, Float32MultiArray, String, UInt8MultiArr
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.node import declare, diagnostic_array, marker, qos_profile, spin_node
-from hilserl.config import load_train_config
-from hilserl.conventions import JOINT_NAMES, ActionSource, Frames, Topics
-from hilserl.conversions import (ConversionError, action_to_msg, image_to_array,
-                                 joint_state_to_arrays, joy_to_human, stamp_dimension,
-                                 stamp_to_nanoseconds)
-from hilserl.diagnostics import OK, WARN, DiagnosticEntry
-from hilserl.transition import TransitionEncoder
+from hilserl.ros.node import declare, diagnostic_array, marker, qos_profile, spin_node
+from hilserl.configuration.config import load_train_config
+from hilserl.messages.conventions import JOINT_NAMES, ActionSource, Frames, Topics
+from hilserl.messages.conversions import (ConversionError, action_to_msg, image_to_array,
+                                          joint_state_to_arrays, joy_to_human, stamp_dimension,
+                                          stamp_to_nanoseconds)
+from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
+from hilserl.data.transition import TransitionEncoder
 from hilserl_policy.episode import EpisodeRunner, ObservationAssembler, StaleObservation
 from hilserl_policy.evaluation import EvalRecorder
 from hilserl_policy.transport import decode_weights
@@ -118,7 +118,7 @@ class ActorNode(Node):
         self.assembler = ObservationAssembler(self.cfg)
         self.runner = EpisodeRunner(self.cfg, self._propose)
         if episodes_run_dir:  # a resumed run goes on with its numbering
-            from hilserl.run_dir import next_episode_index
+            from hilserl.configuration.run_dir import next_episode_index
             self.runner.episode_index = next_episode_index(episodes_run_dir) - 1
         self.evaluation = EvalRecorder() if self.mode == 'eval' else None
         self.phase = 'need_reset'

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional, Tuple
 
-from hilserl.diagnostics import OK, WARN, DiagnosticEntry
-from hilserl.transition import MissingPreviousImage, TransitionDecoder
+from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
+from hilserl.data.transition import MissingPreviousImage, TransitionDecoder
 
 
 def arm_prefix(robot: str) -> str:

@@ -27,10 +27,10 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 
-from hilserl.node import declare, diagnostic_array, qos_profile, spin_node
-from hilserl.config import load_train_config
-from hilserl.conventions import Topics
-from hilserl.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
+from hilserl.ros.node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.configuration.config import load_train_config
+from hilserl.messages.conventions import Topics
+from hilserl.configuration.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
 from hilserl_policy.learner import Learner, torch_threads
 from hilserl_policy.learner_core import LearnerCore
 from hilserl_policy.transport import encode_weights
@@ -66,7 +66,7 @@ class LearnerNode(Node):
             raise SystemExit(2) from None
         import torch
         torch.set_num_threads(torch_threads(num_threads))
-        from hilserl.pretrained import PretrainedWeightsMissing
+        from hilserl.configuration.pretrained import PretrainedWeightsMissing
         try:
             self.learner = Learner(self.cfg, self.run_dir, device=device)
             self.learner.log = self.get_logger().info
@@ -83,7 +83,7 @@ class LearnerNode(Node):
                                    f'online / {len(self.learner.offline)} offline transitions, '
                                    f'{episodes} episodes, {successes} successful)')
         if demo_dir and len(self.learner.offline) == 0:
-            from hilserl.demos import load_demo_transitions
+            from hilserl.data.demos import load_demo_transitions
             unreadable = []
             added = self.learner.add_many(load_demo_transitions(demo_dir, unreadable=unreadable),
                                           demo=True)

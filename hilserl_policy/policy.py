@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hilserl.config import PolicyConfig, TrainConfig, from_dict
+from hilserl.configuration.config import PolicyConfig, TrainConfig, from_dict
 from hilserl_policy.networks import Backbone, GraspCritic, ObservationEncoder, TanhGaussianActor
 
 

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from hilserl.config import ConfigError, load_train_config
+from hilserl.configuration.config import ConfigError, load_train_config
 
 # '[robot_0/sac_actor] ...': the arm's namespace (several arms number their episodes alike)
 _EPISODE_END = re.compile(r'^\[(?:([^\]/]+)/)?[^\]]*\].*episode (\d+) ended')
@@ -42,7 +42,7 @@ def _cmd_config(args) -> int:
 # --- graphs --------------------------------------------------------------------------------------
 
 def _add_graph_arguments(parser, mode: str) -> None:
-    from hilserl.graph import LAUNCH_ARGUMENTS
+    from hilserl.ros.graph import LAUNCH_ARGUMENTS
     for name, default, description in LAUNCH_ARGUMENTS:
         if mode == 'eval' and name in ('demo_dir', 'device', 'part', 'robots'):
             continue
@@ -75,7 +75,7 @@ def _add_graph_arguments(parser, mode: str) -> None:
 
 
 def _graph_args(args, mode: str):
-    from hilserl.graph import GraphArgs
+    from hilserl.ros.graph import GraphArgs
     values = {name: getattr(args, name) for name in GraphArgs.__dataclass_fields__
               if hasattr(args, name)}
     values['record'] = args.record == 'true'
@@ -90,8 +90,8 @@ def _run_graph(args, mode: str) -> int:
     if mode == 'eval':
         graph_args, cfg = _eval_config(graph_args)
     else:
-        from hilserl.pretrained import check_encoder_weights
-        from hilserl.run_dir import check_run_config
+        from hilserl.configuration.pretrained import check_encoder_weights
+        from hilserl.configuration.run_dir import check_run_config
         cfg = load_train_config(graph_args.config_path())
         check_run_config(graph_args.run_dir, cfg)
         check_encoder_weights(cfg.policy)  # learner and actor load it: on this machine?
@@ -113,7 +113,7 @@ def _record_demos(graph_args, cfg, demo_root: Path, args) -> int:
     continued on the next start (only complete episodes count), never silently used short."""
     import dataclasses
 
-    from hilserl.bags import complete_episodes
+    from hilserl.data.bags import complete_episodes
     done = len(complete_episodes(demo_root))
     missing = args.demos - done
     if missing <= 0:
@@ -136,7 +136,7 @@ def _demo_dataset_bags(graph_args, cfg, dataset: str):
     (<run_dir>/demos_lerobot, rebuilt when the dataset changes)."""
     import dataclasses
 
-    from hilserl.lerobot_dataset import write_demo_bags
+    from hilserl.data.lerobot_dataset import write_demo_bags
     if graph_args.demo_dir:
         raise ValueError('give --demo-dir or --demo-dataset, not both')
     out = write_demo_bags(dataset, Path(graph_args.run_dir) / 'demos_lerobot', cfg,
@@ -168,7 +168,7 @@ def _eval_config(graph_args):
     The checkpoint must exist and its config load (one-line error otherwise)."""
     import dataclasses
 
-    from hilserl.run_dir import config_differences, load_checkpoint_config
+    from hilserl.configuration.run_dir import config_differences, load_checkpoint_config
     checkpoint_cfg, config_path = load_checkpoint_config(graph_args.checkpoint)
     if not graph_args.config:
         return dataclasses.replace(graph_args, config=str(config_path)), checkpoint_cfg
@@ -183,7 +183,7 @@ def _eval_config(graph_args):
 
 
 def _start_graph(graph_args, cfg, args, echo=None) -> int:
-    from hilserl.graph import build_graph
+    from hilserl.ros.graph import build_graph
     from hilserl_tools.process_graph import ProcessGraph
     mode, run_dir = graph_args.mode, Path(graph_args.run_dir)
     if graph_args.rviz:
@@ -241,9 +241,9 @@ def _cmd_record(args) -> int:
     presses "success" when the cube is up. A person (--teleop keyboard|gamepad|leader, the only
     choice on hardware): they act on every step and end each episode by key (success, failure,
     re-record); no classifier is needed."""
-    from hilserl.bags import complete_episodes
-    from hilserl.graph import HUMAN_DEVICES, GraphArgs
-    from hilserl.teleop import parse_mix
+    from hilserl.data.bags import complete_episodes
+    from hilserl.ros.graph import HUMAN_DEVICES, GraphArgs
+    from hilserl.robot.teleop import parse_mix
     teleop = args.teleop or ('sim' if args.backend == 'sim' else '')
     if not teleop:
         raise ValueError(f'--backend {args.backend} needs --teleop, one of {HUMAN_DEVICES}')
@@ -265,7 +265,7 @@ def _cmd_record(args) -> int:
 
 
 def _cmd_bag_info(args) -> int:
-    from hilserl.bags import bag_summary
+    from hilserl.data.bags import bag_summary
     print(bag_summary(args.bag))
     return 0
 
@@ -273,7 +273,7 @@ def _cmd_bag_info(args) -> int:
 def _cmd_bag_repair(args) -> int:
     """One line per episode; 0 when every bag reads (repaired or already fine), 1 when one could
     not be repaired, 2 for a path that does not exist or holds no episode bags."""
-    from hilserl.bag_repair import repair_episodes
+    from hilserl.data.bag_repair import repair_episodes
     results = repair_episodes(args.path, keep_original=args.keep_original)
     if not results:
         raise ValueError(f'{args.path} holds no episode bags')
@@ -285,7 +285,7 @@ def _cmd_bag_repair(args) -> int:
 def _repair_before_start(graph_args) -> None:
     """Episode bags a killed recorder left where this graph records, or in the demos it trains
     from, are repaired before any node starts (the recorder node does the same on its own)."""
-    from hilserl.bag_repair import repair_killed_episodes
+    from hilserl.data.bag_repair import repair_killed_episodes
     roots = [Path(graph_args.run_dir) / 'episodes'] if graph_args.record else []
     if graph_args.mode == 'train' and graph_args.demo_dir:
         roots.append(Path(graph_args.demo_dir))
@@ -331,7 +331,7 @@ def _cmd_train_classifier(args) -> int:
 
 def _dataset_frames(args):
     """train-classifier --dataset: labelled frames of a LeRobot dataset, in the policy view."""
-    from hilserl.lerobot_dataset import labelled_frames
+    from hilserl.data.lerobot_dataset import labelled_frames
     from reward_classifier_node.train import EpisodeFrames
     if args.episodes:
         raise ValueError('give --episodes or --dataset, not both')
@@ -343,7 +343,7 @@ def _dataset_frames(args):
 
 
 def _cmd_export_lerobot(args) -> int:
-    from hilserl.lerobot_dataset import export_lerobot
+    from hilserl.data.lerobot_dataset import export_lerobot
     out, episodes = export_lerobot(args.source, args.out_dir, fps=args.fps,
                                    video=not args.images, task=args.task,
                                    progress=lambda line: print(f'hilserl: {line}', flush=True))
@@ -361,7 +361,7 @@ def _cmd_eval_classifier(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hilserl.lerobot_dataset import DEFAULT_TASK
+    from hilserl.data.lerobot_dataset import DEFAULT_TASK
     parser = argparse.ArgumentParser(prog='hilserl', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from hilserl.task import Streak
+from hilserl.learning.task import Streak
 from reward_classifier_node.inference import SuccessDetector
 from reward_classifier_node.model import load_classifier
 from reward_classifier_node.train import load_frames, predict_proba

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hilserl.bags import labelled_frames, list_episodes, read_episode
-from hilserl.progress import progress_bar
-from hilserl.conventions import Topics
-from hilserl.augment import random_shift
+from hilserl.data.bags import labelled_frames, list_episodes, read_episode
+from hilserl.common.progress import progress_bar
+from hilserl.messages.conventions import Topics
+from hilserl.learning.augment import random_shift
 from reward_classifier_node.model import (ClassifierConfig, RewardClassifier, save_classifier,
                                           success_probabilities)
 

@@ -10,15 +10,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hilserl.conventions import JOINT_NAMES
-from hilserl.kinematics import SO101Kinematics
-from hilserl.parameters import param
+from hilserl.messages.conventions import JOINT_NAMES
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.configuration.parameters import param
 from so101_driver.backend import ArmBackend, BackendError, JointReading
 from so101_driver.ee_control import (TASK_DEFAULTS, EEControlConfig, EEController,
                                      home_joint_goal)
 from so101_driver.sts_protocol import error_text
 
-from hilserl.diagnostics import ERROR, OK, WARN, DiagnosticEntry
+from hilserl.messages.diagnostics import ERROR, OK, WARN, DiagnosticEntry
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ stay here.
 Simulation with `sim_clock` (the default): the driver owns time. It publishes /clock and the state
 of each control tick stamped with simulated time, waits for the action answering that stamp
 (`action_timeout_s` of wall time, then holds and counts), and advances physics by exactly one
-control period (hilserl.sim_clock). With `min_updates_per_step` > 0 it also waits for the
+control period (hilserl.robot.sim_clock). With `min_updates_per_step` > 0 it also waits for the
 learner (learner/progress). Hardware keeps wall-clock time.
 """
 from __future__ import annotations
@@ -35,13 +35,14 @@ from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int64MultiA
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.node import (declare, declare_config, diagnostic_array, marker,
-                          pose_stamped, qos_profile, spin_node)
-from hilserl.conventions import JOINT_NAMES, Frames, Topics
-from hilserl.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
-                                 joint_state_to_arrays, nanoseconds_to_stamp, validated_action)
-from hilserl.kinematics import SO101Kinematics
-from hilserl.sim_clock import LearnerPacer, LockStepClock, SimClockConfig
+from hilserl.ros.node import (declare, declare_config, diagnostic_array, marker, pose_stamped,
+                              qos_profile, spin_node)
+from hilserl.messages.conventions import JOINT_NAMES, Frames, Topics
+from hilserl.messages.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
+                                          joint_state_to_arrays, nanoseconds_to_stamp,
+                                          validated_action)
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.robot.sim_clock import LearnerPacer, LockStepClock, SimClockConfig
 from so101_driver.backend import BackendError
 from so101_driver.driver_core import EXIT_MODES, DriverConfig, DriverCore, tick_step_s
 from so101_driver.ee_control import EEControlConfig

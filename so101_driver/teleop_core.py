@@ -11,10 +11,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from hilserl.expert import ScriptedExpert
-from hilserl.kinematics import SO101Kinematics
-from hilserl.teleop import (LABEL_SUCCESS, GamepadTeleop, KeyboardTeleop, LeaderArmTeleop,
-                            SimHumanTeleop, parse_terminal_keys)
+from hilserl.robot.expert import ScriptedExpert
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.robot.teleop import (LABEL_SUCCESS, GamepadTeleop, KeyboardTeleop, LeaderArmTeleop,
+                                  SimHumanTeleop, parse_terminal_keys)
 
 DEVICES = ('keyboard', 'gamepad', 'leader', 'sim', 'none')
 

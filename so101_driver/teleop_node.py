@@ -6,7 +6,7 @@ failure | rerecord). Devices publish at the control rate, stamped with the node'
 simulated human answers each stamped policy proposal (policy/action) once, with the action for
 that very tick, computed from that tick's state; it restarts its patience and behaviour at each
 episode start (episode/events) and presses "success" when it sees the cube lifted.
-Key bindings: see hilserl/teleop.py and the README.
+Key bindings: see hilserl/robot/teleop.py and the README.
 
 `keyboard_teleop` (keyboard_main) is the keyboard device in a terminal of its own, as
 teleop_twist_keyboard: nodes started by `ros2 launch` have no stdin, so there the graph leaves
@@ -27,14 +27,14 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Float32MultiArray, String
 
-from hilserl.node import declare, qos_profile, spin_node
-from hilserl.config import ActionConfig, TaskConfig
-from hilserl.conventions import JOINT_NAMES, Topics
-from hilserl.conversions import (ConversionError, action_from_msg, action_stamp_ns,
-                                 human_to_joy, joint_state_to_arrays, stamp_to_nanoseconds)
-from hilserl.kinematics import SO101Kinematics
-from hilserl.graph import keyboard_teleop_command
-from hilserl.teleop import KEY_HELP, SimHumanConfig, SimHumanTeleop
+from hilserl.ros.node import declare, qos_profile, spin_node
+from hilserl.configuration.config import ActionConfig, TaskConfig
+from hilserl.messages.conventions import JOINT_NAMES, Topics
+from hilserl.messages.conversions import (ConversionError, action_from_msg, action_stamp_ns,
+                                          human_to_joy, joint_state_to_arrays, stamp_to_nanoseconds)
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.ros.graph import keyboard_teleop_command
+from hilserl.robot.teleop import KEY_HELP, SimHumanConfig, SimHumanTeleop
 from so101_driver.teleop_core import (DEVICES, DeviceTeleop, SimHumanAnswers, TeleopConfig,
                                       TeleopMessages)
 

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hilserl.bags import labelled_frames, list_episodes, read_episode
-from hilserl.conventions import Topics
-from hilserl.demos import load_demo_transitions
+from hilserl.data.bags import labelled_frames, list_episodes, read_episode
+from hilserl.messages.conventions import Topics
+from hilserl.data.demos import load_demo_transitions
 
 
 @pytest.fixture(scope='module')

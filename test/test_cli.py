@@ -2,7 +2,7 @@
 import json
 
 from hilserl_tools import cli
-from hilserl.bags import list_episodes
+from hilserl.data.bags import list_episodes
 
 
 def test_record_writes_episode_bags(tmp_path, capsys):
@@ -37,7 +37,7 @@ def test_train_without_the_pretrained_encoder_is_refused_before_any_node(tmp_pat
     """config/train.yaml (the default) freezes helper2424/resnet10: without it in the local
     Hugging Face cache `hilserl train` exits 2 with one line saying how to get it; with it
     there (random weights in the upstream layout here) the graph starts."""
-    from hilserl.encoders import ResNet10, save_encoder_weights
+    from hilserl.learning.encoders import ResNet10, save_encoder_weights
     monkeypatch.delenv('HF_HUB_CACHE', raising=False)
     monkeypatch.delenv('HUGGINGFACE_HUB_CACHE', raising=False)
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
@@ -55,7 +55,7 @@ def test_train_without_the_pretrained_encoder_is_refused_before_any_node(tmp_pat
 def test_a_truncated_bag_is_one_line_and_skipped_as_a_demo(sim_episodes, tmp_path, capsys):
     import shutil
 
-    from hilserl.demos import load_demo_transitions
+    from hilserl.data.demos import load_demo_transitions
     _, episodes = sim_episodes
     for i in range(2):
         shutil.copytree(episodes[i][0], tmp_path / 'run' / 'episodes' / f'episode_00000{i}')
@@ -102,7 +102,7 @@ def test_plot_draws_a_runs_curves_and_refuses_an_empty_directory(sim_episodes, t
 def test_progress_bars_only_at_a_terminal():
     import io
 
-    from hilserl.progress import progress_bar
+    from hilserl.common.progress import progress_bar
 
     class Terminal(io.StringIO):
         def isatty(self):

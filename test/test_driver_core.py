@@ -3,7 +3,7 @@ wall-clock tick advances, and the state after a simulation reset teleports the a
 import numpy as np
 import pytest
 
-from hilserl.kinematics import SO101Kinematics
+from hilserl.robot.kinematics import SO101Kinematics
 from so101_driver.backend import ArmBackend, JointReading
 from so101_driver.driver_core import DriverConfig, DriverCore, tick_step_s
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hilserl.diagnostics import OK, WARN
-from hilserl.transition import Transition, TransitionEncoder
+from hilserl.messages.diagnostics import OK, WARN
+from hilserl.data.transition import Transition, TransitionEncoder
 from hilserl_policy.learner import SequenceTracker
 from hilserl_policy.learner_core import LearnerCore, WeightPushSchedule, arm_prefix
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from hilserl.kinematics import SO101Kinematics
-from hilserl.teleop import SimHumanConfig, SimHumanTeleop
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.robot.teleop import SimHumanConfig, SimHumanTeleop
 from so101_driver.teleop_core import (DEVICES, DeviceTeleop, SimHumanAnswers, TeleopConfig,
                                       TeleopMessages)
 

@@ -18,9 +18,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from hilserl.conventions import Topics
-from hilserl.conversions import STAMP_LABEL
-from hilserl.files import write_text_atomic
+from hilserl.messages.conventions import Topics
+from hilserl.messages.conversions import STAMP_LABEL
+from hilserl.common.files import write_text_atomic
 
 TYPESTORE_NAME = 'ros2_kilted'
 
@@ -309,7 +309,7 @@ def header_stamp_ns(cdr) -> Optional[int]:
 
 
 # Types whose layout may carry the tick they belong to as a dimension 'stamp_ns=<int>'
-# (hilserl.conversions.action_to_msg; the actor's transitions).
+# (hilserl.messages.conversions.action_to_msg; the actor's transitions).
 MULTIARRAY_TYPES = frozenset({'std_msgs/msg/Float32MultiArray', 'std_msgs/msg/UInt8MultiArray'})
 
 
@@ -372,7 +372,7 @@ def complete_episodes(root) -> List[Tuple[Path, dict]]:
 
 
 def image_msg_to_array(msg) -> np.ndarray:
-    from hilserl.conversions import image_to_array
+    from hilserl.messages.conversions import image_to_array
     return image_to_array(msg)
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from hilserl.config import TrainConfig, load_train_config
-from hilserl.conventions import Topics
-from hilserl.paths import share_path
+from hilserl.configuration.config import TrainConfig, load_train_config
+from hilserl.messages.conventions import Topics
+from hilserl.common.paths import share_path
 
 MODES = ('train', 'eval', 'record')
 BACKENDS = ('sim', 'hardware')

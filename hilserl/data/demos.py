@@ -7,10 +7,10 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from hilserl.bags import list_episodes, read_episode
-from hilserl.conventions import Topics
-from hilserl.progress import progress_bar
-from hilserl.transition import Transition, TransitionDecoder
+from hilserl.data.bags import list_episodes, read_episode
+from hilserl.messages.conventions import Topics
+from hilserl.common.progress import progress_bar
+from hilserl.data.transition import Transition, TransitionDecoder
 
 
 def load_demo_episodes(root, successful_only: bool = False,

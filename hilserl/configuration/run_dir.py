@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 
 import yaml
 
-from hilserl.config import ConfigError, TrainConfig, from_dict, save_config
+from hilserl.configuration.config import ConfigError, TrainConfig, from_dict, save_config
 
 RUN_CONFIG_NAME = 'run_config.yaml'
 # Operational settings a resume may change: they decide where and how often things happen,
