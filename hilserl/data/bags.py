@@ -400,7 +400,10 @@ def labelled_frames(episode: EpisodeData, topic: str = Topics.IMAGE_CROP,
     label_source 'key': the episode's success label (teleop key) marks the success moment;
     the frame at the label, the `frames_before_label` frames before it (for a human who presses
     late) and every frame after it are positive.
-    label_source 'ground_truth': the simulator's per-frame sim/success.
+    label_source 'ground_truth': the simulator's per-frame sim/success. An episode starts with
+    the cube on the table, so `True` values before the first `False` are the previous episode's
+    end arriving late (sim/success has no header: the recorder stamps it on arrival) and are
+    read as `False`.
     """
     frames = episode.messages.get(topic, [])
     if not frames:
@@ -419,6 +422,8 @@ def labelled_frames(episode: EpisodeData, topic: str = Topics.IMAGE_CROP,
         if truth:
             truth_stamps = np.array([s for s, _ in truth])
             values = np.array([m.data for _, m in truth], dtype=bool)
+            if values[0] and not values.all():
+                values[:int(np.argmin(values))] = False
             index = np.clip(np.searchsorted(truth_stamps, stamps, side='right') - 1, 0, None)
             labels = values[index].astype(np.int64)
     else:
