@@ -110,3 +110,33 @@ def test_bag_info_tabulates_a_folder_of_episodes(sim_episodes, capsys):
     assert cli.main(['bag-info', str(episodes[0][0])]) == 0   # one episode: its topics
     assert 'messages:' in capsys.readouterr().out
     assert cli.main(['bag-info', str(run / 'nothing')]) == 2
+
+
+def test_demos_at_another_image_size_are_resized_or_refused_never_dropped(sim_episodes, tmp_path,
+                                                                          capsys, monkeypatch):
+    from hilserl.data.demos import fit_image_size, load_demo_transitions
+    run, episodes = sim_episodes
+    as_recorded = list(load_demo_transitions(run))
+    assert as_recorded[0].image.shape == (3, 128, 128)
+    resized = []
+    small = list(load_demo_transitions(run, image_shape=(3, 64, 64), resized=resized))
+    assert len(small) == len(as_recorded) and len(resized) == len(episodes)
+    assert all(t.image.shape == t.next_image.shape == (3, 64, 64) for t in small)
+    assert abs(float(small[0].image.mean()) - float(as_recorded[0].image.mean())) < 2.0
+    for wrong in ((6, 64, 64), (3, 64, 96)):
+        with pytest.raises(ValueError, match=r'demo images are 3x128x128, this configuration '
+                                             f'needs {"x".join(map(str, wrong))}'):
+            fit_image_size(as_recorded[0], wrong, 'demos')
+    # the command says so before the graph starts (the default sim config is 64x64)
+    started = []
+    monkeypatch.setattr(cli, '_start_graph', lambda *a, **k: started.append(a) or 0)
+    assert cli.main(['train', '--run-dir', str(tmp_path / 'run'), '--demo-dir', str(run)]) == 0
+    assert f'demos in {run} were recorded at 3x128x128: the learner resizes them to 3x64x64' \
+        in capsys.readouterr().out and started
+    bad = tmp_path / 'six.yaml'
+    bad.write_text((ROOT / 'config' / 'sim_learn_conv.yaml').read_text() +
+                   'observation:\n  n_obs_steps: 2\n')
+    assert cli.main(['train', '--run-dir', str(tmp_path / 'run6'), '--demo-dir', str(run),
+                     '--config', str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and 'needs 6x64x64' in err and len(started) == 1
