@@ -84,9 +84,16 @@ class LearnerNode(Node):
                                    f'{episodes} episodes, {successes} successful)')
         if demo_dir and len(self.learner.offline) == 0:
             from hilserl.data.demos import load_demo_transitions
-            unreadable = []
-            added = self.learner.add_many(load_demo_transitions(demo_dir, unreadable=unreadable),
-                                          demo=True)
+            unreadable, resized = [], []
+            added = self.learner.add_many(load_demo_transitions(
+                demo_dir, unreadable=unreadable, image_shape=self.learner.online.image_shape,
+                resized=resized), demo=True)
+            if resized:
+                shapes = sorted({'x'.join(map(str, shape)) for _, shape in resized})
+                self.get_logger().warning(
+                    f'{len(resized)} demo episodes recorded at {", ".join(shapes)} resized to '
+                    f'{"x".join(map(str, self.learner.online.image_shape))} (this config\'s '
+                    'policy view)')
             for path, reason in unreadable:
                 self.get_logger().warning(f'demo episode skipped, unreadable bag: {path} '
                                           f'({reason})')

@@ -7,8 +7,10 @@
                                 graph, the simulated human or, --teleop keyboard|gamepad|leader,
                                 a person acting on every step and labelling by key)
   hilserl replay BAG            republish a bag with its original timing
-  hilserl bag-info BAG          topics, counts, duration and episode metadata
+  hilserl bag-info BAG|DIR      topics, counts, duration and metadata; a folder: one line an
+                                episode (outcome, steps, return, human steps)
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
+  hilserl fetch-encoder [REPO]  pretrained encoder weights into the Hugging Face cache (online)
   hilserl train-classifier      success classifier from episode bags
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
   hilserl export-lerobot RUN OUT   episodes as a LeRobot v3.0 dataset (video or images)
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from hilserl.configuration.config import ConfigError, load_train_config
 
@@ -37,6 +41,31 @@ def _cmd_config(args) -> int:
     print(json.dumps(cfg.to_dict(), indent=2))
     print(f'# config digest {cfg.digest()}', file=sys.stderr)
     return 0
+
+
+def _whole(low: int, high: Optional[int] = None):
+    """argparse type: an integer in [low, high]; argparse names the flag in its error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            span = f'from {low} to {high}' if high is not None else f'>= {low}'
+            raise argparse.ArgumentTypeError(f'{text!r}: pass a whole number {span}')
+        return value
+    return parse
+
+
+def _positive(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f'{text!r}: pass a number > 0')
+    return value
 
 
 # --- graphs --------------------------------------------------------------------------------------
@@ -55,18 +84,18 @@ def _add_graph_arguments(parser, mode: str) -> None:
             parser.add_argument(flag, default=default, help="training YAML (empty: the "
                                 "checkpoint's own pretrained_model/config.json)")
         elif name == 'num_episodes':
-            parser.add_argument('--episodes', '--num-episodes', dest='num_episodes', type=int,
+            parser.add_argument('--episodes', '--num-episodes', dest='num_episodes', type=_whole(0),
                                 default=int(default), help=description + ' (per arm)')
         elif name == 'robots':
-            parser.add_argument(flag, type=int, default=int(default), help=description)
+            parser.add_argument(flag, type=_whole(1, 64), default=int(default), help=description)
         else:
             parser.add_argument(flag, default=default, help=description)
-    parser.add_argument('--max-minutes', type=float, default=None,
+    parser.add_argument('--max-minutes', type=_positive, default=None,
                         help='stop the whole graph after this long')
-    parser.add_argument('--domain-id', type=int, default=None,
+    parser.add_argument('--domain-id', type=_whole(0, 232), default=None,
                         help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
     if mode == 'train':
-        parser.add_argument('--demos', type=int, default=10,
+        parser.add_argument('--demos', type=_whole(0), default=10,
                             help='sim: record this many scripted-expert demos into '
                                  '<run_dir>/demos first when --demo-dir is not given (0: none)')
         parser.add_argument('--demo-dataset', default='',
@@ -105,6 +134,14 @@ def _run_graph(args, mode: str) -> int:
         if code != 0:
             return code
         graph_args = dataclasses.replace(graph_args, demo_dir=str(demo_root))
+    if mode == 'train' and graph_args.demo_dir and graph_args.part != 'robot':
+        from hilserl.data.demos import check_demo_image_size
+        view = (3 * cfg.observation.n_obs_steps, *cfg.image.resize_hw_px)
+        recorded = check_demo_image_size(graph_args.demo_dir, view)
+        if recorded is not None:
+            print(f'demos in {graph_args.demo_dir} were recorded at '
+                  f'{"x".join(map(str, recorded))}: the learner resizes them to '
+                  f'{"x".join(map(str, view))}', flush=True)
     return _start_graph(graph_args, cfg, args)
 
 
@@ -265,8 +302,18 @@ def _cmd_record(args) -> int:
 
 
 def _cmd_bag_info(args) -> int:
-    from hilserl.data.bags import bag_summary
-    print(bag_summary(args.bag))
+    """One episode: its topics and metadata; a run or an episodes/ folder: a table of them."""
+    from hilserl.data.bags import bag_summary, episodes_table
+    path = Path(args.bag)
+    one = (path / 'bag' / 'metadata.yaml').is_file() or (path / 'metadata.yaml').is_file()
+    print(bag_summary(path) if one else episodes_table(path))
+    return 0
+
+
+def _cmd_fetch_encoder(args) -> int:
+    from hilserl.configuration.pretrained import fetch_encoder
+    folder = fetch_encoder(args.repo_id, args.local_dir or None)
+    print(f'{args.repo_id}: config.json + model.safetensors in {folder}')
     return 0
 
 
@@ -381,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('record', help='record demonstrations / classifier data as bags '
                        '(simulated expert, or a person at the arm)')
     p.add_argument('--output', default='outputs/sim_episodes', help='run directory')
-    p.add_argument('--episodes', type=int, default=20)
+    p.add_argument('--episodes', type=_whole(1), default=20)
     p.add_argument('--backend', default='sim', choices=('sim', 'hardware'),
                    help='sim (MuJoCo) or hardware (the SO-101 on its Feetech bus + camera)')
     p.add_argument('--teleop', default='', choices=('', 'sim', 'keyboard', 'gamepad', 'leader'),
@@ -394,21 +441,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help='--teleop sim: behaviour weights: expert, noisy, random')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--config', default=None, help='training YAML (task, image crop)')
-    p.add_argument('--domain-id', type=int, default=None,
+    p.add_argument('--domain-id', type=_whole(0, 232), default=None,
                    help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
     p.add_argument('--namespace', default='', help='namespace for every node and topic')
-    p.add_argument('--max-minutes', type=float, default=None,
+    p.add_argument('--max-minutes', type=_positive, default=None,
                    help='stop the whole graph after this long')
     p.set_defaults(func=_cmd_record)
 
+    p = sub.add_parser('fetch-encoder', help='download pretrained encoder weights (the seed\'s '
+                       'ResNet-10) into the Hugging Face cache; needs the network once')
+    p.add_argument('repo_id', nargs='?', default='helper2424/resnet10',
+                   help='Hugging Face repo id (default: helper2424/resnet10)')
+    p.add_argument('--local-dir', default='',
+                   help='a directory instead of the hub cache (then name it in '
+                        'policy.pretrained_encoder_path)')
+    p.set_defaults(func=_cmd_fetch_encoder)
+
     p = sub.add_parser('replay', help='republish a bag with its original timing')
     p.add_argument('bag', help='episode directory or its bag/ folder')
-    p.add_argument('--rate', type=float, default=1.0, help='speed factor')
+    p.add_argument('--rate', type=_positive, default=1.0, help='speed factor')
     p.add_argument('--loop', action='store_true')
     p.set_defaults(func=_cmd_replay)
 
-    p = sub.add_parser('bag-info', help='summarise an episode bag')
-    p.add_argument('bag')
+    p = sub.add_parser('bag-info', help='summarise an episode bag, or tabulate the episodes of a '
+                       'run directory or episodes/ folder')
+    p.add_argument('bag', help='an episode directory (or its bag/), a run or an episodes/ folder')
     p.set_defaults(func=_cmd_bag_info)
 
     p = sub.add_parser('bag-repair', help='repair episode bags a killed recorder left behind')
@@ -429,11 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--encoder', default='small_conv', choices=('small_conv', 'resnet10'))
     p.add_argument('--pretrained-encoder', default='',
                    help='local ResNet-10 directory (model.safetensors); frozen when given')
-    p.add_argument('--epochs', type=int, default=12)
+    p.add_argument('--epochs', type=_whole(1), default=12)
     p.add_argument('--label-source', default='key', choices=('key', 'ground_truth'))
-    p.add_argument('--frames-before-label', type=int, default=0)
+    p.add_argument('--frames-before-label', type=_whole(0), default=0)
     p.add_argument('--target-fpr', type=float, default=0.01)
-    p.add_argument('--max-minutes', type=float, default=10.0)
+    p.add_argument('--max-minutes', type=_positive, default=10.0)
     p.add_argument('--seed', type=int, default=0)
     p.set_defaults(func=_cmd_train_classifier)
 
@@ -441,14 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', required=True)
     p.add_argument('--episodes', required=True)
     p.add_argument('--label-source', default='key', choices=('key', 'ground_truth'))
-    p.add_argument('--debounce', type=int, default=3)
+    p.add_argument('--debounce', type=_whole(1), default=3)
     p.add_argument('--threshold', type=float, default=0.0, help="0: the checkpoint's")
     p.set_defaults(func=_cmd_eval_classifier)
 
     p = sub.add_parser('export-lerobot', help='episodes as a LeRobot v3.0 dataset')
     p.add_argument('source', help='a run directory, its episodes/ folder or one episode')
     p.add_argument('out_dir', help='new (or empty) dataset directory')
-    p.add_argument('--fps', type=int, default=None, help="default: the run's control rate")
+    p.add_argument('--fps', type=_whole(1), default=None, help="default: the run's control rate")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument('--video', action='store_true', help='frames as MP4 (default)')
     kind.add_argument('--images', action='store_true', help='frames as PNG in the Parquet')
@@ -459,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     'losses, updates/s against episodes and wall time')
     p.add_argument('run_dir', help='a run directory (episodes/ and metrics.csv)')
     p.add_argument('--out', default='', help='where the PNGs go (default: RUN_DIR/plots)')
-    p.add_argument('--window', type=int, default=10, help='episodes in the moving averages')
+    p.add_argument('--window', type=_whole(1), default=10, help='episodes in the moving averages')
     p.set_defaults(func=_cmd_plot)
     return parser
 

@@ -1,8 +1,11 @@
 """The `hilserl` command's offline tools: record, config validation, clear errors."""
 import json
+from pathlib import Path
 
 from hilserl_tools import cli
 from hilserl.data.bags import list_episodes
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_record_writes_episode_bags(tmp_path, capsys):
@@ -43,10 +46,11 @@ def test_train_without_the_pretrained_encoder_is_refused_before_any_node(tmp_pat
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
     started = []
     monkeypatch.setattr(cli, '_start_graph', lambda *a, **k: started.append(a) or 0)
-    args = ['train', '--run-dir', str(tmp_path / 'run'), '--demos', '0']
+    args = ['train', '--run-dir', str(tmp_path / 'run'), '--demos', '0', '--config',
+            str(ROOT / 'config' / 'train.yaml')]
     assert cli.main(args) == 2 and not started
     err = capsys.readouterr().err.strip()
-    assert '\n' not in err and 'huggingface-cli download helper2424/resnet10' in err
+    assert '\n' not in err and 'hilserl fetch-encoder helper2424/resnet10' in err
     snapshot = tmp_path / 'hf' / 'hub' / 'models--helper2424--resnet10' / 'snapshots' / '0a1b'
     save_encoder_weights(ResNet10(), snapshot)
     assert cli.main(args) == 0 and len(started) == 1

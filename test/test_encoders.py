@@ -169,7 +169,7 @@ def test_missing_weights_are_one_line_errors_that_say_how_to_get_them(tmp_path, 
         with pytest.raises(PretrainedWeightsMissing) as info:
             load_pretrained_encoder(ResNet10(), path)
         message = str(info.value)
-        assert '\n' not in message and 'huggingface-cli download helper2424/resnet10' in message
+        assert '\n' not in message and 'hilserl fetch-encoder helper2424/resnet10' in message
 
 
 def test_weights_of_another_layout_are_refused(tmp_path):

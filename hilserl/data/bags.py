@@ -450,6 +450,37 @@ def bag_summary(path) -> str:
     return '\n'.join(lines)
 
 
+def episodes_table(root) -> str:
+    """One line per episode under `root` (a run or its episodes/ folder) from each episode.json:
+    outcome, steps, return, human steps, messages; then the counts by outcome. Episodes a stop
+    interrupted or a repair recovered say so; a folder without episodes is an error."""
+    episodes = list_episodes(root)
+    if not episodes:
+        raise FileNotFoundError(f'{root} holds no episode bags (episode_*/bag/metadata.yaml)')
+    lines = [f'{"episode":<16} {"outcome":<12} {"steps":>6} {"return":>8} {"human":>6} '
+             f'{"messages":>9}  note']
+    outcomes: Dict[str, int] = {}
+    for path in episodes:
+        try:
+            meta = json.loads((path / 'episode.json').read_text())
+        except (OSError, json.JSONDecodeError):
+            meta = {}
+        outcome = meta.get('outcome', 'unknown')
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        counts = meta.get('counts') or {}
+        note = 'repaired' if meta.get('repaired') else '' if meta else 'no episode.json'
+        episode_return = meta.get('return')
+        shown_return = '-' if episode_return is None else f'{episode_return:.2f}'
+        line = (f'{path.name:<16} {outcome:<12} {meta.get("steps", "-"):>6} {shown_return:>8} '
+                f'{meta.get("interventions", "-"):>6} {sum(counts.values()):>9}  {note}')
+        lines.append(line.rstrip())
+    ended = sum(n for o, n in outcomes.items() if o in ('success', 'failure', 'timeout'))
+    rate = f', success {outcomes.get("success", 0) / ended:.0%} of {ended} ended' if ended else ''
+    lines.append(f'{len(episodes)} episodes: ' + ', '.join(
+        f'{n} {o}' for o, n in sorted(outcomes.items())) + rate)
+    return '\n'.join(lines)
+
+
 def iter_raw_messages(path) -> Iterator[Tuple[str, str, int, bytes]]:
     """(topic, msgtype, stamp_ns, cdr bytes) of a bag in time order (replay)."""
     path = Path(path)
