@@ -11,6 +11,7 @@
                                 episode (outcome, steps, return, human steps)
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
   hilserl fetch-encoder [REPO]  pretrained encoder weights into the Hugging Face cache (online)
+  hilserl crop --robot-config F the policy crop on a camera frame, written into the config
   hilserl train-classifier      success classifier from episode bags
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
   hilserl export-lerobot RUN OUT   episodes as a LeRobot v3.0 dataset (video or images)
@@ -310,6 +311,14 @@ def _cmd_bag_info(args) -> int:
     return 0
 
 
+def _cmd_crop(args) -> int:
+    from hilserl.common.paths import share_path
+    from hilserl_tools.crop import run_crop
+    config = args.config or str(share_path('config', 'train.yaml'))
+    return run_crop(args.robot_config, config, args.crop, args.device,
+                    gui=True if args.gui else None)
+
+
 def _cmd_fetch_encoder(args) -> int:
     from hilserl.configuration.pretrained import fetch_encoder
     folder = fetch_encoder(args.repo_id, args.local_dir or None)
@@ -447,6 +456,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-minutes', type=_positive, default=None,
                    help='stop the whole graph after this long')
     p.set_defaults(func=_cmd_record)
+
+    p = sub.add_parser('crop', help='choose the policy crop on one camera frame and write it '
+                       'into the training config (a window with a display, else a PNG + --crop)')
+    p.add_argument('--robot-config', required=True,
+                   help='robot parameters YAML: the camera is its /**/gripper_camera section')
+    p.add_argument('--config', default='',
+                   help='training YAML to write image.crop_tlhw_px into (default: '
+                        'config/train.yaml, the real arm\'s)')
+    p.add_argument('--crop', default=None, metavar='TOP,LEFT,HEIGHT,WIDTH',
+                   help='the crop in px (no window); without it and without a display a PNG of '
+                        'the frame with a grid is written to choose from')
+    p.add_argument('--device', default='', help='camera device or video file instead of the '
+                   'robot file\'s')
+    p.add_argument('--gui', action='store_true', help='insist on the window (error without a '
+                   'display)')
+    p.set_defaults(func=_cmd_crop)
 
     p = sub.add_parser('fetch-encoder', help='download pretrained encoder weights (the seed\'s '
                        'ResNet-10) into the Hugging Face cache; needs the network once')
