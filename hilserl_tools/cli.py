@@ -12,6 +12,7 @@
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
   hilserl fetch-encoder [REPO]  pretrained encoder weights into the Hugging Face cache (online)
   hilserl crop --robot-config F the policy crop on a camera frame, written into the config
+  hilserl find-workspace ...    the end-effector box swept by hand, written into the config
   hilserl train-classifier      success classifier from episode bags
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
   hilserl export-lerobot RUN OUT   episodes as a LeRobot v3.0 dataset (video or images)
@@ -319,6 +320,14 @@ def _cmd_crop(args) -> int:
                     gui=True if args.gui else None)
 
 
+def _cmd_find_workspace(args) -> int:
+    from hilserl.common.paths import share_path
+    from hilserl_tools.find_workspace import run_find_workspace
+    config = args.config or str(share_path('config', 'train.yaml'))
+    return run_find_workspace(args.robot_config, config, leader=args.leader,
+                              seconds=args.seconds, z_floor_m=args.z_floor_m)
+
+
 def _cmd_fetch_encoder(args) -> int:
     from hilserl.configuration.pretrained import fetch_encoder
     folder = fetch_encoder(args.repo_id, args.local_dir or None)
@@ -472,6 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--gui', action='store_true', help='insist on the window (error without a '
                    'display)')
     p.set_defaults(func=_cmd_crop)
+
+    p = sub.add_parser('find-workspace', help='move the limp arm through the task\'s space; '
+                       'the end-effector box goes into the training config')
+    p.add_argument('--robot-config', required=True,
+                   help='robot parameters YAML (port, calibration_file; --leader: the teleop '
+                        'section\'s leader_port, leader_calibration_file)')
+    p.add_argument('--config', default='', help='training YAML to write task.workspace_min_m / '
+                   'workspace_max_m into (default: config/train.yaml)')
+    p.add_argument('--leader', action='store_true', help='read the leader arm instead')
+    p.add_argument('--seconds', type=_positive, default=None,
+                   help='sweep for this long instead of until Enter')
+    p.add_argument('--z-floor-m', type=float, default=0.01,
+                   help='the box bottom is no lower than this (m; 0 = the table top)')
+    p.set_defaults(func=_cmd_find_workspace)
 
     p = sub.add_parser('fetch-encoder', help='download pretrained encoder weights (the seed\'s '
                        'ResNet-10) into the Hugging Face cache; needs the network once')
