@@ -25,7 +25,11 @@ test: setup
 train: setup
 	$(VENV)/bin/hilserl train --config config/sim_learn_conv.yaml
 
+# The newest checkpoint of `make train`'s run unless CHECKPOINT names another.
+CHECKPOINT ?= outputs/run/checkpoints/last
 eval: setup
+	@test -e $(CHECKPOINT) || { echo "make eval: no checkpoint at $(CHECKPOINT): run make train \
+	first, or pass CHECKPOINT=RUN_DIR/checkpoints/NNNNNN (or RUN_DIR/checkpoints/last)" >&2; exit 2; }
 	$(VENV)/bin/hilserl eval --checkpoint $(CHECKPOINT)
 
 bench: setup

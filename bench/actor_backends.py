@@ -21,7 +21,7 @@ import common  # noqa: F401  (puts the repository on sys.path)
 import numpy as np
 import torch
 
-from hilserl.encoders import ImageNormalizer, ResNet10, network_input
+from hilserl.learning.encoders import ImageNormalizer, ResNet10, network_input
 
 
 def conv_flops(model: torch.nn.Module, image: torch.Tensor) -> float:

@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument('--domain-id', type=int, default=204)
     parser.add_argument('--max-minutes', type=float, default=30.0)
     args = parser.parse_args()
-    from hilserl.encoders import ResNet10, save_encoder_weights
+    from hilserl.learning.encoders import ResNet10, save_encoder_weights
     work = Path(tempfile.mkdtemp(prefix='actor_in_graph_'))
     save_encoder_weights(ResNet10(), work / 'resnet10')
     torch.set_num_threads(1)  # the actor node's share (OMP_NUM_THREADS=1 in the graph)

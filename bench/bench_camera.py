@@ -5,9 +5,9 @@ import time
 import common  # noqa: F401
 import numpy as np
 
-from hilserl.camera import frame_problem
-from hilserl.conversions import array_to_image, image_to_array
-from hilserl.image_ops import crop_resize
+from hilserl.robot.camera import frame_problem
+from hilserl.messages.conversions import array_to_image, image_to_array
+from hilserl.learning.image_ops import crop_resize
 
 
 def per_call_ms(fn, n=500):

@@ -14,7 +14,7 @@ import common  # noqa: F401
 import torch
 
 from hilserl_tools import cli
-from hilserl.bags import complete_episodes
+from hilserl.data.bags import complete_episodes
 from reward_classifier_node.evaluate import evaluate_episodes, format_table
 from reward_classifier_node.model import ClassifierConfig
 from reward_classifier_node.train import TrainClassifierConfig, train_classifier

@@ -1,10 +1,10 @@
-"""FK, Jacobian and IK timings of hilserl.kinematics (numpy) on this CPU."""
+"""FK, Jacobian and IK timings of hilserl.robot.kinematics (numpy) on this CPU."""
 import time
 
 import common  # noqa: F401
 import numpy as np
 
-from hilserl.kinematics import SO101Kinematics
+from hilserl.robot.kinematics import SO101Kinematics
 
 
 def timed(fn, n):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401  (puts the repository on sys.path)
-from hilserl.launch_support import install_like_colcon
+from hilserl.ros.launch_support import install_like_colcon
 
 ROOT = Path(__file__).resolve().parents[1]
 ROS2 = Path(sys.executable).parent / 'ros2'

@@ -15,7 +15,7 @@ import common  # noqa: F401
 import numpy as np
 
 from hilserl_tools import cli
-from hilserl.bags import complete_episodes
+from hilserl.data.bags import complete_episodes
 
 
 def run(episodes: int, seed: int, load: int, domain_id: int):

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import yaml
 
-from hilserl.bags import complete_episodes
+from hilserl.data.bags import complete_episodes
 
 
 def run(cmd, log_path: Path) -> int:

@@ -48,7 +48,7 @@ LEROBOT = {'resnet10': ('resnet10', 'LeRobot ResNet-10 (exact maths)'),
 def fill(buffer, n, rng, episode_steps=100, batch=1):
     """n transitions of 100-step episodes; with a feature cache the frozen encoder runs on
     `batch` images at a time, as the learner stores transitions that queued up."""
-    from hilserl.transition import Transition
+    from hilserl.data.transition import Transition
     image = rng.integers(0, 256, (3, 128, 128), dtype=np.uint8)
     queued = []
 
@@ -80,7 +80,7 @@ def base_encoder(encoder: str) -> str:
 def build(args):
     import torch
     torch.set_num_threads(args.threads)
-    from hilserl.config import TrainConfig, with_fields
+    from hilserl.configuration.config import TrainConfig, with_fields
     from hilserl_policy.checkpoint import build_agent
     # resnet10_exact: the frozen ResNet-10 without the feature cache (a pass per use)
     encoder = base_encoder(args.encoder)
@@ -99,7 +99,7 @@ def build(args):
 
 def learner_part(args) -> dict:
     import torch
-    from hilserl.allocator import retain_freed_memory
+    from hilserl.learning.allocator import retain_freed_memory
     from hilserl_policy.replay_buffer import ReplayBuffer, sample_mixed
     retain_freed_memory()  # as the Learner does
     agent, sac = build(args)
@@ -228,14 +228,14 @@ def row_label(row: dict) -> str:
 def encoder_weights(args):
     """Point args.pretrained_encoder at weights that exist; returns a note when random weights
     in the upstream layout stand in for the pretrained ones (kept until the process exits)."""
-    from hilserl.pretrained import PretrainedWeightsMissing, resolve_pretrained_dir
+    from hilserl.configuration.pretrained import PretrainedWeightsMissing, resolve_pretrained_dir
     if not any(e.startswith('resnet10') for e in args.encoders.split(',')):
         return None
     try:
         resolve_pretrained_dir(args.pretrained_encoder)
         return None
     except PretrainedWeightsMissing:
-        from hilserl.encoders import ResNet10, save_encoder_weights
+        from hilserl.learning.encoders import ResNet10, save_encoder_weights
         scratch = tempfile.TemporaryDirectory(prefix='resnet10_')
         encoder_weights.scratch = scratch  # removed at exit
         missing, args.pretrained_encoder = args.pretrained_encoder, scratch.name

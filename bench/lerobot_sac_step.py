@@ -104,9 +104,9 @@ def make_importable_on_311(package_dir: Path) -> list:
 
 
 def resnet10_class():
-    """hilserl/encoders.py by path: no other hilserl module (nor ROS) comes with it."""
+    """hilserl/learning/encoders.py by path: no other hilserl module (nor ROS) comes with it."""
     spec = importlib.util.spec_from_file_location('hilserl_encoders', REPO / 'hilserl' /
-                                                  'encoders.py')
+                                                  'learning' / 'encoders.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.ResNet10

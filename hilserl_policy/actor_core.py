@@ -19,11 +19,11 @@ from typing import (Callable, Dict, Iterable, List, NamedTuple, Optional, Protoc
 
 import numpy as np
 
-from hilserl.config import TrainConfig
-from hilserl.conventions import ActionSource, Topics
-from hilserl.diagnostics import OK, WARN, DiagnosticEntry
-from hilserl.parameters import param
-from hilserl.transition import TransitionEncoder
+from hilserl.configuration.config import TrainConfig
+from hilserl.messages.conventions import ActionSource, Topics
+from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
+from hilserl.configuration.parameters import param
+from hilserl.data.transition import TransitionEncoder
 from hilserl_policy.episode import EpisodeRunner, ObservationAssembler, StaleObservation
 from hilserl_policy.evaluation import EvalRecorder
 

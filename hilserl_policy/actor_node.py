@@ -32,12 +32,13 @@ from std_msgs.msg import Bool, Float32, Float32MultiArray, String, UInt8MultiArr
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.node import declare, declare_config, diagnostic_array, marker, qos_profile, spin_node
-from hilserl.config import load_train_config
-from hilserl.conventions import JOINT_NAMES, ActionSource, Frames, Topics
-from hilserl.conversions import (ConversionError, action_to_msg, image_to_array,
-                                 joint_state_to_arrays, joy_to_human, stamp_dimension,
-                                 stamp_to_nanoseconds)
+from hilserl.ros.node import (declare, declare_config, diagnostic_array, marker, qos_profile,
+                              spin_node)
+from hilserl.configuration.config import load_train_config
+from hilserl.messages.conventions import JOINT_NAMES, ActionSource, Frames, Topics
+from hilserl.messages.conversions import (ConversionError, action_to_msg, image_to_array,
+                                          joint_state_to_arrays, joy_to_human, stamp_dimension,
+                                          stamp_to_nanoseconds)
 from hilserl_policy.actor_core import (ActorCore, ActorSettings, CallReset, Log, Print,
                                        PublishAction, PublishEvent, PublishProposal,
                                        PublishReward, PublishStatus, PublishTransition,
@@ -91,7 +92,7 @@ class ActorNode(Node):
         self.deterministic = self.mode == 'eval'
         first_episode_index = 0
         if episodes_run_dir:  # a resumed run goes on with its numbering
-            from hilserl.run_dir import next_episode_index
+            from hilserl.configuration.run_dir import next_episode_index
             first_episode_index = next_episode_index(episodes_run_dir)
         # how long each policy proposal took (wall): reported in diagnostics and at exit
         self.act_latencies_s = collections.deque(maxlen=20_000)

@@ -5,7 +5,8 @@ replay buffers).
 
 Written into `<step>.tmp` and renamed, then `checkpoints/last` is replaced atomically: a crash at
 any moment leaves the previous checkpoint intact and `latest_checkpoint()` never sees a partial
-one (`hilserl.run_dir.remove_stale_checkpoints` deletes a crashed save's `.tmp` at learner start).
+one (`hilserl.configuration.run_dir.remove_stale_checkpoints` deletes a crashed save's `.tmp` at
+learner start).
 
 Replay buffers are saved incrementally: `checkpoints/replay/<online|offline>/segment_*.npz`
 hold the transitions, each segment those added between two checkpoints, and a checkpoint's
@@ -23,8 +24,9 @@ from typing import Iterable, List, Optional, Tuple
 
 import torch
 
-from hilserl.config import TrainConfig
-from hilserl.run_dir import complete_checkpoints, latest_checkpoint  # noqa: F401 - re-exported
+from hilserl.configuration.config import TrainConfig
+from hilserl.configuration.run_dir import (  # noqa: F401 - re-exported
+    complete_checkpoints, latest_checkpoint)
 from hilserl_policy.policy import (  # noqa: F401 - load_pretrained re-exported
     build_policy, load_pretrained, load_strict, read_pretrained, split_old_layout)
 from hilserl_policy.replay_buffer import ReplayBuffer, segment_files

@@ -12,11 +12,11 @@ from typing import Callable, Deque, List, Optional, Tuple
 
 import numpy as np
 
-from hilserl.config import TrainConfig
-from hilserl.kinematics import SO101Kinematics
-from hilserl.observation import build_state
-from hilserl.task import RewardTracker
-from hilserl.transition import Transition
+from hilserl.configuration.config import TrainConfig
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.robot.observation import build_state
+from hilserl.learning.task import RewardTracker
+from hilserl.data.transition import Transition
 
 
 class StaleObservation(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-from hilserl.bags import write_json_atomic
+from hilserl.data.bags import write_json_atomic
 
 
 class EvalRecorder:

@@ -16,10 +16,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from hilserl.allocator import retain_freed_memory
-from hilserl.config import TrainConfig
-from hilserl.run_dir import remove_stale_checkpoints
-from hilserl.transition import Transition
+from hilserl.learning.allocator import retain_freed_memory
+from hilserl.configuration.config import TrainConfig
+from hilserl.configuration.run_dir import remove_stale_checkpoints
+from hilserl.data.transition import Transition
 from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, prune_checkpoints,
                                        resume, save_checkpoint)
 from hilserl_policy.replay_buffer import ReplayBuffer, sample_mixed

@@ -18,7 +18,6 @@ Publishes   policy_weights (std_msgs/UInt8MultiArray, transient local), learner/
 from __future__ import annotations
 
 import array
-import json
 import threading
 import time
 from pathlib import Path
@@ -28,18 +27,13 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 
-from hilserl.node import declare, diagnostic_array, qos_profile, spin_node
-from hilserl.config import load_train_config
-from hilserl.conventions import Topics
-from hilserl.diagnostics import OK, WARN, DiagnosticEntry
-from hilserl.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
-from hilserl.transition import MissingPreviousImage, TransitionDecoder
+from hilserl.ros.node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.configuration.config import load_train_config
+from hilserl.messages.conventions import Topics
+from hilserl.configuration.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
 from hilserl_policy.learner import Learner, torch_threads
+from hilserl_policy.learner_core import LearnerCore
 from hilserl_policy.transport import encode_weights
-
-
-def _arm(robot: str) -> str:
-    return f'{robot} ' if robot else ''
 
 
 class LearnerNode(Node):
@@ -72,7 +66,7 @@ class LearnerNode(Node):
             raise SystemExit(2) from None
         import torch
         torch.set_num_threads(torch_threads(num_threads))
-        from hilserl.pretrained import PretrainedWeightsMissing
+        from hilserl.configuration.pretrained import PretrainedWeightsMissing
         try:
             self.learner = Learner(self.cfg, self.run_dir, device=device)
             self.learner.log = self.get_logger().info
@@ -89,21 +83,25 @@ class LearnerNode(Node):
                                    f'online / {len(self.learner.offline)} offline transitions, '
                                    f'{episodes} episodes, {successes} successful)')
         if demo_dir and len(self.learner.offline) == 0:
-            from hilserl.demos import load_demo_transitions
-            unreadable = []
-            added = self.learner.add_many(load_demo_transitions(demo_dir, unreadable=unreadable),
-                                          demo=True)
+            from hilserl.data.demos import load_demo_transitions
+            unreadable, resized = [], []
+            added = self.learner.add_many(load_demo_transitions(
+                demo_dir, unreadable=unreadable, image_shape=self.learner.online.image_shape,
+                resized=resized), demo=True)
+            if resized:
+                shapes = sorted({'x'.join(map(str, shape)) for _, shape in resized})
+                self.get_logger().warning(
+                    f'{len(resized)} demo episodes recorded at {", ".join(shapes)} resized to '
+                    f'{"x".join(map(str, self.learner.online.image_shape))} (this config\'s '
+                    'policy view)')
             for path, reason in unreadable:
                 self.get_logger().warning(f'demo episode skipped, unreadable bag: {path} '
                                           f'({reason})')
             self.get_logger().info(f'offline buffer: {added} demo transitions from {demo_dir}'
                                    + (f' ({len(unreadable)} unreadable episodes skipped)'
                                       if unreadable else ''))
-        self.pushed_step = -1
-        self.pushed_at_s = 0.0
+        self.core = LearnerCore(self.learner, self.cfg.learner.weight_push_period_s)
         self.stop = threading.Event()
-        self.decoders = {}  # one per arm: each image arrives once, in the transition it starts
-        self.error = None
 
         self.weights_pub = self.create_publisher(UInt8MultiArray, Topics.POLICY_WEIGHTS,
                                                  qos_profile(Topics.POLICY_WEIGHTS))
@@ -138,36 +136,14 @@ class LearnerNode(Node):
 
     # --- executor thread: decode and queue, nothing that waits ---------------------------------
     def _on_transition(self, msg: UInt8MultiArray, robot: str = ''):
-        decoder = self.decoders.setdefault(robot, TransitionDecoder())
-        try:
-            transition, header = decoder.decode(bytes(msg.data))
-        except MissingPreviousImage as exc:
-            episode, step = exc.position[:2]
-            self.learner.reject(f'image: {exc}', episode, step, robot)
-            self.get_logger().warning(f'transition dropped: {exc}')
-            return
-        except ValueError as exc:
-            self.learner.reject(f'undecodable: {exc}')
-            self.get_logger().warning(f'transition dropped: undecodable: {exc}')
-            return
-        episode, step = int(header.get('episode', -1)), int(header.get('step', -1))
-        missing = self.learner.submit(transition, episode, step, robot)
-        if missing:
-            self.get_logger().warning(f'{missing} transitions missing before {_arm(robot)}'
-                                      f'episode {episode} step {step} (lost between actor and '
-                                      'learner)')
+        warning = self.core.on_transition(bytes(msg.data), robot)
+        if warning:
+            self.get_logger().warning(warning)
 
     def _on_event(self, msg: String, robot: str = ''):
-        try:
-            event = json.loads(msg.data)
-        except json.JSONDecodeError:
-            return
-        if event.get('event') == 'end':
-            missing = self.learner.episode_ended(event, robot)
-            if missing:
-                self.get_logger().warning(f'{_arm(robot)}episode {event.get("episode")} ended with '
-                                          f'{event.get("steps")} steps; its last {missing} '
-                                          'transitions did not arrive')
+        warning = self.core.on_event(msg.data, robot)
+        if warning:
+            self.get_logger().warning(warning)
 
     # --- worker threads ------------------------------------------------------------------------
     def _ingest_loop(self):
@@ -191,7 +167,7 @@ class LearnerNode(Node):
                     continue
                 self.learner.train_step(should_stop=self.stop.is_set)
                 self._publish_progress()
-                if time.monotonic() - self.pushed_at_s >= self.cfg.learner.weight_push_period_s:
+                if self.core.weights.period_elapsed(time.monotonic()):
                     self._push_weights()
         except Exception as exc:  # noqa: BLE001 - reported, then the node keeps its data
             self._fail('training', exc)
@@ -199,60 +175,31 @@ class LearnerNode(Node):
     def _fail(self, what: str, exc: Exception) -> None:
         if self.stop.is_set() or not self.context.ok():  # Ctrl-C closed the context: no error
             return
-        self.error = f'{what} stopped: {type(exc).__name__}: {exc}'
-        self.get_logger().error(self.error)
+        self.get_logger().error(self.core.failed(what, exc))
 
     def _push_weights(self):
         """From the update thread (and once at start): an update never runs meanwhile."""
         step = self.learner.agent.step
-        if step == self.pushed_step:
+        if not self.core.weights.is_new(step):
             return
         state, meta = self.learner.policy_weights()
         self.weights_pub.publish(UInt8MultiArray(data=array.array('B', encode_weights(state,
                                                                                       meta))))
-        self.pushed_step, self.pushed_at_s = step, time.monotonic()
+        self.core.weights.pushed(step, time.monotonic())
 
     def _publish_progress(self):
-        counts = self.learner.counts
-        data = [counts['received'], counts['stored'], self.learner.agent.step,
-                int(self.learner.ready())]
+        data = self.core.progress()
         with self._progress_lock:
             self.progress_pub.publish(Int64MultiArray(data=data))
 
     # --- reporting -----------------------------------------------------------------------------
     def transfer_summary(self) -> str:
-        c = self.learner.counts
-        text = (f'transitions received {c["received"]}, stored {c["stored"]}, dropped '
-                f'{c["dropped"]}, missing {c["missing"]}')
-        pending = self.learner.pending
-        return text + (f', queued {pending}' if pending else '')
+        return self.core.transfer_summary()
 
     def _summary(self):
-        m = self.learner.last_metrics
-        episodes, successes = self.learner.episode_counts()
-        line = (f'episodes {episodes} ({successes} successful; {self.learner.recent_summary()})  '
-                f'{self.transfer_summary()}  buffers {len(self.learner.online)}/'
-                f'{len(self.learner.offline)}  step {self.learner.agent.step}  critic updates/s '
-                f'{self.learner.critic_updates_per_s:.2f}  run dir '
-                f'{disk_usage_bytes(self.run_dir) / 1e9:.2f} GB on disk')
-        if m:
-            line += f'  critic_loss {m["critic_loss"]:.3f}  alpha {m["alpha"]:.4f}'
+        line, entry = self.core.summary(disk_usage_bytes(self.run_dir))
         self.get_logger().info(line)
-        c = self.learner.counts
-        lost = c['dropped'] or c['missing']
-        level = WARN if self.error or lost else OK
-        values = {'step': str(self.learner.agent.step), 'error': self.error or '',
-                  **{k: str(v) for k, v in c.items()},
-                  'queued': str(self.learner.pending),
-                  'drop_reasons': json.dumps(dict(self.learner.drop_reasons)),
-                  'out_of_order': str(sum(sequence.out_of_order
-                                          for sequence in self.learner.sequences.values())),
-                  'episodes': str(episodes), 'successes': str(successes),
-                  'critic_updates_per_s': f'{self.learner.critic_updates_per_s:.3f}'}
-        message = self.error or ('transitions lost' if lost else 'training')
-        self.diag_pub.publish(diagnostic_array(
-            [DiagnosticEntry('sac_learner', level, message, values)],
-            self.get_clock().now().to_msg()))
+        self.diag_pub.publish(diagnostic_array([entry], self.get_clock().now().to_msg()))
 
     close_timeout_s = 600.0  # the final checkpoint streams the buffers to disk
 

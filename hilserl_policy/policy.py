@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hilserl.config import PolicyConfig, TrainConfig, from_dict
+from hilserl.configuration.config import PolicyConfig, TrainConfig, from_dict
+from hilserl.configuration.run_dir import checkpoint_model_dir
 from hilserl_policy.networks import Backbone, GraspCritic, ObservationEncoder, TanhGaussianActor
 
 
@@ -237,12 +238,8 @@ def build_policy(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
 
 
 def read_pretrained(model_dir) -> Tuple[Path, dict, TrainConfig]:
-    model_dir = Path(model_dir)
-    if (model_dir / 'pretrained_model').is_dir():
-        model_dir = model_dir / 'pretrained_model'
+    model_dir = checkpoint_model_dir(model_dir)  # also checkpoints/last or a run directory
     config_path = model_dir / 'config.json'
-    if not config_path.is_file():
-        raise FileNotFoundError(f'{model_dir} is not a policy checkpoint (no config.json)')
     meta = json.loads(config_path.read_text())
     return model_dir, meta, from_dict(TrainConfig, meta['train_config'])
 

@@ -20,8 +20,8 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from hilserl.files import write_text_atomic
-from hilserl.transition import Transition
+from hilserl.common.files import write_text_atomic
+from hilserl.data.transition import Transition
 
 KEYS = ('image', 'state', 'action', 'reward', 'next_image', 'next_state', 'terminated',
         'truncated', 'intervention')

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hilserl.config import AlgorithmConfig, PolicyConfig
-from hilserl.augment import random_shift
+from hilserl.configuration.config import AlgorithmConfig, PolicyConfig
+from hilserl.learning.augment import random_shift
 from hilserl_policy.networks import CriticEnsemble, GraspCritic
 from hilserl_policy.policy import Policy, resolve_device  # noqa: F401 - resolve_device re-exported
 

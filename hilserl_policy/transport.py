@@ -1,5 +1,5 @@
 """Policy weights as they cross DDS from learner to actors (std_msgs/UInt8MultiArray):
-safetensors bytes with metadata (step, backbone digest). Transitions: hilserl.transition."""
+safetensors bytes with metadata (step, backbone digest). Transitions: hilserl.data.transition."""
 from __future__ import annotations
 
 import json

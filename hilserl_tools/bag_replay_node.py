@@ -9,9 +9,9 @@ import time
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 
-from hilserl.node import declare, message_class, qos_profile, spin_node
-from hilserl.bags import iter_raw_messages
-from hilserl.conventions import TOPIC_QOS, Qos
+from hilserl.ros.node import declare, message_class, qos_profile, spin_node
+from hilserl.data.bags import iter_raw_messages
+from hilserl.messages.conventions import TOPIC_QOS, Qos
 
 
 class ReplayNode(Node):

@@ -7,8 +7,12 @@
                                 graph, the simulated human or, --teleop keyboard|gamepad|leader,
                                 a person acting on every step and labelling by key)
   hilserl replay BAG            republish a bag with its original timing
-  hilserl bag-info BAG          topics, counts, duration and episode metadata
+  hilserl bag-info BAG|DIR      topics, counts, duration and metadata; a folder: one line an
+                                episode (outcome, steps, return, human steps)
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
+  hilserl fetch-encoder [REPO]  pretrained encoder weights into the Hugging Face cache (online)
+  hilserl crop --robot-config F the policy crop on a camera frame, written into the config
+  hilserl find-workspace ...    the end-effector box swept by hand, written into the config
   hilserl train-classifier      success classifier from episode bags
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
   hilserl export-lerobot RUN OUT   episodes as a LeRobot v3.0 dataset (video or images)
@@ -18,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
-from hilserl.config import ConfigError, load_train_config
+from hilserl.configuration.config import ConfigError, load_train_config
 
 # '[robot_0/sac_actor] ...': the arm's namespace (several arms number their episodes alike)
 _EPISODE_END = re.compile(r'^\[(?:([^\]/]+)/)?[^\]]*\].*episode (\d+) ended')
@@ -39,10 +45,35 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _whole(low: int, high: Optional[int] = None):
+    """argparse type: an integer in [low, high]; argparse names the flag in its error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            span = f'from {low} to {high}' if high is not None else f'>= {low}'
+            raise argparse.ArgumentTypeError(f'{text!r}: pass a whole number {span}')
+        return value
+    return parse
+
+
+def _positive(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f'{text!r}: pass a number > 0')
+    return value
+
+
 # --- graphs --------------------------------------------------------------------------------------
 
 def _add_graph_arguments(parser, mode: str) -> None:
-    from hilserl.graph import LAUNCH_ARGUMENTS
+    from hilserl.ros.graph import LAUNCH_ARGUMENTS
     for name, default, description in LAUNCH_ARGUMENTS:
         if mode == 'eval' and name in ('demo_dir', 'device', 'part', 'robots'):
             continue
@@ -55,18 +86,18 @@ def _add_graph_arguments(parser, mode: str) -> None:
             parser.add_argument(flag, default=default, help="training YAML (empty: the "
                                 "checkpoint's own pretrained_model/config.json)")
         elif name == 'num_episodes':
-            parser.add_argument('--episodes', '--num-episodes', dest='num_episodes', type=int,
+            parser.add_argument('--episodes', '--num-episodes', dest='num_episodes', type=_whole(0),
                                 default=int(default), help=description + ' (per arm)')
         elif name == 'robots':
-            parser.add_argument(flag, type=int, default=int(default), help=description)
+            parser.add_argument(flag, type=_whole(1, 64), default=int(default), help=description)
         else:
             parser.add_argument(flag, default=default, help=description)
-    parser.add_argument('--max-minutes', type=float, default=None,
+    parser.add_argument('--max-minutes', type=_positive, default=None,
                         help='stop the whole graph after this long')
-    parser.add_argument('--domain-id', type=int, default=None,
+    parser.add_argument('--domain-id', type=_whole(0, 232), default=None,
                         help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
     if mode == 'train':
-        parser.add_argument('--demos', type=int, default=10,
+        parser.add_argument('--demos', type=_whole(0), default=10,
                             help='sim: record this many scripted-expert demos into '
                                  '<run_dir>/demos first when --demo-dir is not given (0: none)')
         parser.add_argument('--demo-dataset', default='',
@@ -75,7 +106,7 @@ def _add_graph_arguments(parser, mode: str) -> None:
 
 
 def _graph_args(args, mode: str):
-    from hilserl.graph import GraphArgs
+    from hilserl.ros.graph import GraphArgs
     values = {name: getattr(args, name) for name in GraphArgs.__dataclass_fields__
               if hasattr(args, name)}
     values['record'] = args.record == 'true'
@@ -90,8 +121,8 @@ def _run_graph(args, mode: str) -> int:
     if mode == 'eval':
         graph_args, cfg = _eval_config(graph_args)
     else:
-        from hilserl.pretrained import check_encoder_weights
-        from hilserl.run_dir import check_run_config
+        from hilserl.configuration.pretrained import check_encoder_weights
+        from hilserl.configuration.run_dir import check_run_config
         cfg = load_train_config(graph_args.config_path())
         check_run_config(graph_args.run_dir, cfg)
         check_encoder_weights(cfg.policy)  # learner and actor load it: on this machine?
@@ -105,6 +136,14 @@ def _run_graph(args, mode: str) -> int:
         if code != 0:
             return code
         graph_args = dataclasses.replace(graph_args, demo_dir=str(demo_root))
+    if mode == 'train' and graph_args.demo_dir and graph_args.part != 'robot':
+        from hilserl.data.demos import check_demo_image_size
+        view = (3 * cfg.observation.n_obs_steps, *cfg.image.resize_hw_px)
+        recorded = check_demo_image_size(graph_args.demo_dir, view)
+        if recorded is not None:
+            print(f'demos in {graph_args.demo_dir} were recorded at '
+                  f'{"x".join(map(str, recorded))}: the learner resizes them to '
+                  f'{"x".join(map(str, view))}', flush=True)
     return _start_graph(graph_args, cfg, args)
 
 
@@ -113,7 +152,7 @@ def _record_demos(graph_args, cfg, demo_root: Path, args) -> int:
     continued on the next start (only complete episodes count), never silently used short."""
     import dataclasses
 
-    from hilserl.bags import complete_episodes
+    from hilserl.data.bags import complete_episodes
     done = len(complete_episodes(demo_root))
     missing = args.demos - done
     if missing <= 0:
@@ -136,7 +175,7 @@ def _demo_dataset_bags(graph_args, cfg, dataset: str):
     (<run_dir>/demos_lerobot, rebuilt when the dataset changes)."""
     import dataclasses
 
-    from hilserl.lerobot_dataset import write_demo_bags
+    from hilserl.data.lerobot_dataset import write_demo_bags
     if graph_args.demo_dir:
         raise ValueError('give --demo-dir or --demo-dataset, not both')
     out = write_demo_bags(dataset, Path(graph_args.run_dir) / 'demos_lerobot', cfg,
@@ -168,7 +207,7 @@ def _eval_config(graph_args):
     The checkpoint must exist and its config load (one-line error otherwise)."""
     import dataclasses
 
-    from hilserl.run_dir import config_differences, load_checkpoint_config
+    from hilserl.configuration.run_dir import config_differences, load_checkpoint_config
     checkpoint_cfg, config_path = load_checkpoint_config(graph_args.checkpoint)
     if not graph_args.config:
         return dataclasses.replace(graph_args, config=str(config_path)), checkpoint_cfg
@@ -183,7 +222,7 @@ def _eval_config(graph_args):
 
 
 def _start_graph(graph_args, cfg, args, echo=None) -> int:
-    from hilserl.graph import build_graph
+    from hilserl.ros.graph import build_graph
     from hilserl_tools.process_graph import ProcessGraph
     mode, run_dir = graph_args.mode, Path(graph_args.run_dir)
     if graph_args.rviz:
@@ -241,9 +280,9 @@ def _cmd_record(args) -> int:
     presses "success" when the cube is up. A person (--teleop keyboard|gamepad|leader, the only
     choice on hardware): they act on every step and end each episode by key (success, failure,
     re-record); no classifier is needed."""
-    from hilserl.bags import complete_episodes
-    from hilserl.graph import HUMAN_DEVICES, GraphArgs
-    from hilserl.teleop import parse_mix
+    from hilserl.data.bags import complete_episodes
+    from hilserl.ros.graph import HUMAN_DEVICES, GraphArgs
+    from hilserl.robot.teleop import parse_mix
     teleop = args.teleop or ('sim' if args.backend == 'sim' else '')
     if not teleop:
         raise ValueError(f'--backend {args.backend} needs --teleop, one of {HUMAN_DEVICES}')
@@ -265,15 +304,41 @@ def _cmd_record(args) -> int:
 
 
 def _cmd_bag_info(args) -> int:
-    from hilserl.bags import bag_summary
-    print(bag_summary(args.bag))
+    """One episode: its topics and metadata; a run or an episodes/ folder: a table of them."""
+    from hilserl.data.bags import bag_summary, episodes_table
+    path = Path(args.bag)
+    one = (path / 'bag' / 'metadata.yaml').is_file() or (path / 'metadata.yaml').is_file()
+    print(bag_summary(path) if one else episodes_table(path))
+    return 0
+
+
+def _cmd_crop(args) -> int:
+    from hilserl.common.paths import share_path
+    from hilserl_tools.crop import run_crop
+    config = args.config or str(share_path('config', 'train.yaml'))
+    return run_crop(args.robot_config, config, args.crop, args.device,
+                    gui=True if args.gui else None)
+
+
+def _cmd_find_workspace(args) -> int:
+    from hilserl.common.paths import share_path
+    from hilserl_tools.find_workspace import run_find_workspace
+    config = args.config or str(share_path('config', 'train.yaml'))
+    return run_find_workspace(args.robot_config, config, leader=args.leader,
+                              seconds=args.seconds, z_floor_m=args.z_floor_m)
+
+
+def _cmd_fetch_encoder(args) -> int:
+    from hilserl.configuration.pretrained import fetch_encoder
+    folder = fetch_encoder(args.repo_id, args.local_dir or None)
+    print(f'{args.repo_id}: config.json + model.safetensors in {folder}')
     return 0
 
 
 def _cmd_bag_repair(args) -> int:
     """One line per episode; 0 when every bag reads (repaired or already fine), 1 when one could
     not be repaired, 2 for a path that does not exist or holds no episode bags."""
-    from hilserl.bag_repair import repair_episodes
+    from hilserl.data.bag_repair import repair_episodes
     results = repair_episodes(args.path, keep_original=args.keep_original)
     if not results:
         raise ValueError(f'{args.path} holds no episode bags')
@@ -285,7 +350,7 @@ def _cmd_bag_repair(args) -> int:
 def _repair_before_start(graph_args) -> None:
     """Episode bags a killed recorder left where this graph records, or in the demos it trains
     from, are repaired before any node starts (the recorder node does the same on its own)."""
-    from hilserl.bag_repair import repair_killed_episodes
+    from hilserl.data.bag_repair import repair_killed_episodes
     roots = [Path(graph_args.run_dir) / 'episodes'] if graph_args.record else []
     if graph_args.mode == 'train' and graph_args.demo_dir:
         roots.append(Path(graph_args.demo_dir))
@@ -331,7 +396,7 @@ def _cmd_train_classifier(args) -> int:
 
 def _dataset_frames(args):
     """train-classifier --dataset: labelled frames of a LeRobot dataset, in the policy view."""
-    from hilserl.lerobot_dataset import labelled_frames
+    from hilserl.data.lerobot_dataset import labelled_frames
     from reward_classifier_node.train import EpisodeFrames
     if args.episodes:
         raise ValueError('give --episodes or --dataset, not both')
@@ -343,7 +408,7 @@ def _dataset_frames(args):
 
 
 def _cmd_export_lerobot(args) -> int:
-    from hilserl.lerobot_dataset import export_lerobot
+    from hilserl.data.lerobot_dataset import export_lerobot
     out, episodes = export_lerobot(args.source, args.out_dir, fps=args.fps,
                                    video=not args.images, task=args.task,
                                    progress=lambda line: print(f'hilserl: {line}', flush=True))
@@ -361,7 +426,7 @@ def _cmd_eval_classifier(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hilserl.lerobot_dataset import DEFAULT_TASK
+    from hilserl.data.lerobot_dataset import DEFAULT_TASK
     parser = argparse.ArgumentParser(prog='hilserl', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
@@ -381,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('record', help='record demonstrations / classifier data as bags '
                        '(simulated expert, or a person at the arm)')
     p.add_argument('--output', default='outputs/sim_episodes', help='run directory')
-    p.add_argument('--episodes', type=int, default=20)
+    p.add_argument('--episodes', type=_whole(1), default=20)
     p.add_argument('--backend', default='sim', choices=('sim', 'hardware'),
                    help='sim (MuJoCo) or hardware (the SO-101 on its Feetech bus + camera)')
     p.add_argument('--teleop', default='', choices=('', 'sim', 'keyboard', 'gamepad', 'leader'),
@@ -394,21 +459,61 @@ def build_parser() -> argparse.ArgumentParser:
                    help='--teleop sim: behaviour weights: expert, noisy, random')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--config', default=None, help='training YAML (task, image crop)')
-    p.add_argument('--domain-id', type=int, default=None,
+    p.add_argument('--domain-id', type=_whole(0, 232), default=None,
                    help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
     p.add_argument('--namespace', default='', help='namespace for every node and topic')
-    p.add_argument('--max-minutes', type=float, default=None,
+    p.add_argument('--max-minutes', type=_positive, default=None,
                    help='stop the whole graph after this long')
     p.set_defaults(func=_cmd_record)
 
+    p = sub.add_parser('crop', help='choose the policy crop on one camera frame and write it '
+                       'into the training config (a window with a display, else a PNG + --crop)')
+    p.add_argument('--robot-config', required=True,
+                   help='robot parameters YAML: the camera is its /**/gripper_camera section')
+    p.add_argument('--config', default='',
+                   help='training YAML to write image.crop_tlhw_px into (default: '
+                        'config/train.yaml, the real arm\'s)')
+    p.add_argument('--crop', default=None, metavar='TOP,LEFT,HEIGHT,WIDTH',
+                   help='the crop in px (no window); without it and without a display a PNG of '
+                        'the frame with a grid is written to choose from')
+    p.add_argument('--device', default='', help='camera device or video file instead of the '
+                   'robot file\'s')
+    p.add_argument('--gui', action='store_true', help='insist on the window (error without a '
+                   'display)')
+    p.set_defaults(func=_cmd_crop)
+
+    p = sub.add_parser('find-workspace', help='move the limp arm through the task\'s space; '
+                       'the end-effector box goes into the training config')
+    p.add_argument('--robot-config', required=True,
+                   help='robot parameters YAML (port, calibration_file; --leader: the teleop '
+                        'section\'s leader_port, leader_calibration_file)')
+    p.add_argument('--config', default='', help='training YAML to write task.workspace_min_m / '
+                   'workspace_max_m into (default: config/train.yaml)')
+    p.add_argument('--leader', action='store_true', help='read the leader arm instead')
+    p.add_argument('--seconds', type=_positive, default=None,
+                   help='sweep for this long instead of until Enter')
+    p.add_argument('--z-floor-m', type=float, default=0.01,
+                   help='the box bottom is no lower than this (m; 0 = the table top)')
+    p.set_defaults(func=_cmd_find_workspace)
+
+    p = sub.add_parser('fetch-encoder', help='download pretrained encoder weights (the seed\'s '
+                       'ResNet-10) into the Hugging Face cache; needs the network once')
+    p.add_argument('repo_id', nargs='?', default='helper2424/resnet10',
+                   help='Hugging Face repo id (default: helper2424/resnet10)')
+    p.add_argument('--local-dir', default='',
+                   help='a directory instead of the hub cache (then name it in '
+                        'policy.pretrained_encoder_path)')
+    p.set_defaults(func=_cmd_fetch_encoder)
+
     p = sub.add_parser('replay', help='republish a bag with its original timing')
     p.add_argument('bag', help='episode directory or its bag/ folder')
-    p.add_argument('--rate', type=float, default=1.0, help='speed factor')
+    p.add_argument('--rate', type=_positive, default=1.0, help='speed factor')
     p.add_argument('--loop', action='store_true')
     p.set_defaults(func=_cmd_replay)
 
-    p = sub.add_parser('bag-info', help='summarise an episode bag')
-    p.add_argument('bag')
+    p = sub.add_parser('bag-info', help='summarise an episode bag, or tabulate the episodes of a '
+                       'run directory or episodes/ folder')
+    p.add_argument('bag', help='an episode directory (or its bag/), a run or an episodes/ folder')
     p.set_defaults(func=_cmd_bag_info)
 
     p = sub.add_parser('bag-repair', help='repair episode bags a killed recorder left behind')
@@ -429,11 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--encoder', default='small_conv', choices=('small_conv', 'resnet10'))
     p.add_argument('--pretrained-encoder', default='',
                    help='local ResNet-10 directory (model.safetensors); frozen when given')
-    p.add_argument('--epochs', type=int, default=12)
+    p.add_argument('--epochs', type=_whole(1), default=12)
     p.add_argument('--label-source', default='key', choices=('key', 'ground_truth'))
-    p.add_argument('--frames-before-label', type=int, default=0)
+    p.add_argument('--frames-before-label', type=_whole(0), default=0)
     p.add_argument('--target-fpr', type=float, default=0.01)
-    p.add_argument('--max-minutes', type=float, default=10.0)
+    p.add_argument('--max-minutes', type=_positive, default=10.0)
     p.add_argument('--seed', type=int, default=0)
     p.set_defaults(func=_cmd_train_classifier)
 
@@ -441,14 +546,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model', required=True)
     p.add_argument('--episodes', required=True)
     p.add_argument('--label-source', default='key', choices=('key', 'ground_truth'))
-    p.add_argument('--debounce', type=int, default=3)
+    p.add_argument('--debounce', type=_whole(1), default=3)
     p.add_argument('--threshold', type=float, default=0.0, help="0: the checkpoint's")
     p.set_defaults(func=_cmd_eval_classifier)
 
     p = sub.add_parser('export-lerobot', help='episodes as a LeRobot v3.0 dataset')
     p.add_argument('source', help='a run directory, its episodes/ folder or one episode')
     p.add_argument('out_dir', help='new (or empty) dataset directory')
-    p.add_argument('--fps', type=int, default=None, help="default: the run's control rate")
+    p.add_argument('--fps', type=_whole(1), default=None, help="default: the run's control rate")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument('--video', action='store_true', help='frames as MP4 (default)')
     kind.add_argument('--images', action='store_true', help='frames as PNG in the Parquet')
@@ -459,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     'losses, updates/s against episodes and wall time')
     p.add_argument('run_dir', help='a run directory (episodes/ and metrics.csv)')
     p.add_argument('--out', default='', help='where the PNGs go (default: RUN_DIR/plots)')
-    p.add_argument('--window', type=int, default=10, help='episodes in the moving averages')
+    p.add_argument('--window', type=_whole(1), default=10, help='episodes in the moving averages')
     p.set_defaults(func=_cmd_plot)
     return parser
 

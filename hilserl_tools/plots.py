@@ -12,8 +12,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from hilserl.bags import complete_episodes
-from hilserl.config import load_train_config
+from hilserl.data.bags import complete_episodes
+from hilserl.configuration.config import load_train_config
 
 Series = Dict[str, Tuple[Sequence[float], Sequence[float]]]
 COLORS = [(200, 80, 0), (0, 140, 0), (0, 0, 200), (160, 0, 160)]  # BGR

@@ -1,4 +1,4 @@
-"""Run a graph (hilserl.graph) with one process per node, as `ros2 launch` would, on machines
+"""Run a graph (hilserl.ros.graph) with one process per node, as `ros2 launch` would, on machines
 without a ROS 2 distro. Output lines are prefixed with the node name; Ctrl-C (or the end of an
 eval, or a time limit) sends SIGINT to every node, then SIGTERM/SIGKILL to stragglers.
 """
@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import yaml
 
-from hilserl.graph import NODE_ENVIRONMENT, NodeSpec, node_namespace, node_remappings
+from hilserl.ros.graph import NODE_ENVIRONMENT, NodeSpec, node_namespace, node_remappings
 
 
 def _interrupt(signum, frame):

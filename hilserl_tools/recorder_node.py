@@ -1,8 +1,8 @@
 """episode_recorder node: one rosbag2 (MCAP, zstd chunks) per episode under
 <run_dir>/episodes/episode_NNNNNN/bag, with episode.json beside it.
 
-Subscribes (raw CDR, so bytes go to disk untouched) to every topic in hilserl.bags.EPISODE_TOPICS
-and episode/events; optionally gripper_cam/image_raw (large).
+Subscribes (raw CDR, so bytes go to disk untouched) to every topic in
+hilserl.data.bags.EPISODE_TOPICS and episode/events; optionally gripper_cam/image_raw (large).
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Bool, String
 
-from hilserl.bag_repair import repair_killed_episodes
-from hilserl.bags import EPISODE_TOPICS, message_stamp_ns
-from hilserl.node import declare, message_class, qos_profile, spin_node
-from hilserl.conventions import TOPIC_QOS, Qos, Topics
-from hilserl.recording import EpisodeRecorder
+from hilserl.data.bag_repair import repair_killed_episodes
+from hilserl.data.bags import EPISODE_TOPICS, message_stamp_ns
+from hilserl.ros.node import declare, message_class, qos_profile, spin_node
+from hilserl.messages.conventions import TOPIC_QOS, Qos, Topics
+from hilserl.data.recording import EpisodeRecorder
 
 
 # Messages a reader keeps per reliable topic while busy (~49 MB at most of 128x128 images).

@@ -1,13 +1,13 @@
 """The hilserl graph (train, eval or record), shared by train.launch.py and eval.launch.py: driver,
 gripper camera, teleop, (reward classifier), SAC actor (+ learner in train), episode recorder,
 robot_state_publisher and, with rviz:=true, RViz (each only where installed). The node list and
-parameters come from hilserl.graph, which the `hilserl` command runs too.
+parameters come from hilserl.ros.graph, which the `hilserl` command runs too.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 
-from hilserl.graph import LAUNCH_ARGUMENTS, NODE_ENVIRONMENT
-from hilserl.launch_support import graph_actions, visualization_actions
+from hilserl.ros.graph import LAUNCH_ARGUMENTS, NODE_ENVIRONMENT
+from hilserl.ros.launch_support import graph_actions, visualization_actions
 
 
 def generate_launch_description():

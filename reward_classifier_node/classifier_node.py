@@ -4,7 +4,7 @@ Subscribes  gripper_cam/image_crop (sensor_msgs/Image).
 Publishes   reward_classifier/probability (Float32), reward_classifier/success (Bool, after
             `debounce_frames` consecutive frames at or above `threshold`), diagnostics.
 `threshold` can be changed at runtime (validated to lie in (0, 1)). The reward is not made here:
-the actor's RewardTracker (hilserl/task.py) turns success into reward and episode ends.
+the actor's RewardTracker (hilserl/learning/task.py) turns success into reward and episode ends.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32
 
-from hilserl.node import declare, diagnostic_array, qos_profile, spin_node
-from hilserl.conventions import Topics
-from hilserl.conversions import ConversionError, image_to_array
-from hilserl.diagnostics import OK, WARN, DiagnosticEntry
+from hilserl.ros.node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.messages.conventions import Topics
+from hilserl.messages.conversions import ConversionError, image_to_array
+from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
 from reward_classifier_node.inference import SuccessDetector
 from reward_classifier_node.model import load_classifier
 

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from hilserl.task import Streak
+from hilserl.learning.task import Streak
 from reward_classifier_node.inference import SuccessDetector
 from reward_classifier_node.model import load_classifier
 from reward_classifier_node.train import load_frames, predict_proba
@@ -26,7 +26,8 @@ def evaluate_episodes(model_dir, episodes_root, label_source: str = 'key', debou
     model, saved_threshold, _ = load_classifier(model_dir)
     detector = SuccessDetector(model, threshold or saved_threshold, debounce)  # validates
     rows = []
-    for episode in load_frames(episodes_root, label_source):
+    rerecorded: List[str] = []
+    for episode in load_frames(episodes_root, label_source, rerecorded=rerecorded):
         probs = predict_proba(model, episode.images)
         labelled = int(np.argmax(episode.labels)) if episode.labels.any() else None
         predicted = first_debounced(probs, detector.threshold, debounce)
@@ -41,6 +42,10 @@ def evaluate_episodes(model_dir, episodes_root, label_source: str = 'key', debou
         rows.append({'episode': episode.name, 'frames': len(probs), 'labelled': labelled,
                      'predicted': predicted, 'max_probability': float(probs.max()),
                      'verdict': verdict})
+    # shown, not judged: the person said these went wrong
+    rows += [{'episode': name, 'frames': None, 'labelled': None, 'predicted': None,
+              'max_probability': None, 'verdict': 'left out (marked re-record)'}
+             for name in rerecorded]
     return rows
 
 
@@ -49,8 +54,12 @@ def format_table(rows: List[dict]) -> str:
              'verdict']
     for r in rows:
         fmt = lambda v: '-' if v is None else str(v)  # noqa: E731
-        lines.append(f'{r["episode"]:<24} {r["frames"]:>6} {fmt(r["labelled"]):>9} '
-                     f'{fmt(r["predicted"]):>9} {r["max_probability"]:>6.3f}  {r["verdict"]}')
-    bad = sum(r['verdict'] in ('MISSED', 'FALSE POSITIVE') for r in rows)
-    lines.append(f'{len(rows)} episodes, {bad} with a false positive or a missed success')
+        p = '-' if r['max_probability'] is None else f'{r["max_probability"]:.3f}'
+        lines.append(f'{r["episode"]:<24} {fmt(r["frames"]):>6} {fmt(r["labelled"]):>9} '
+                     f'{fmt(r["predicted"]):>9} {p:>6}  {r["verdict"]}')
+    judged = [r for r in rows if r['frames'] is not None]
+    bad = sum(r['verdict'] in ('MISSED', 'FALSE POSITIVE') for r in judged)
+    left_out = len(rows) - len(judged)
+    lines.append(f'{len(judged)} episodes, {bad} with a false positive or a missed success' +
+                 (f' ({left_out} marked re-record left out)' if left_out else ''))
     return '\n'.join(lines)

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from hilserl.task import Streak
+from hilserl.learning.task import Streak
 from reward_classifier_node.model import RewardClassifier, success_probabilities
 
 

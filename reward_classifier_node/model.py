@@ -16,9 +16,9 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from hilserl.encoders import (ImageNormalizer, SpatialEmbedding, build_encoder, feature_shape,
-                              load_pretrained_encoder, network_input)
-from hilserl.pretrained import frozen_without_weights_message
+from hilserl.learning.encoders import (ImageNormalizer, SpatialEmbedding, build_encoder,
+                                       feature_shape, load_pretrained_encoder, network_input)
+from hilserl.configuration.pretrained import frozen_without_weights_message
 
 
 @dataclass(frozen=True)

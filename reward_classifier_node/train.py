@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hilserl.bags import labelled_frames, list_episodes, read_episode
-from hilserl.progress import progress_bar
-from hilserl.conventions import Topics
-from hilserl.augment import random_shift
+from hilserl.data.bags import labelled_frames, list_episodes, read_episode
+from hilserl.common.progress import progress_bar
+from hilserl.messages.conventions import Topics
+from hilserl.learning.augment import random_shift
 from reward_classifier_node.model import (ClassifierConfig, RewardClassifier, save_classifier,
                                           success_probabilities)
 
@@ -59,12 +59,20 @@ class EpisodeFrames:
 
 
 def load_frames(root, label_source: str = 'key', frames_before_label: int = 0,
-                topic: str = Topics.IMAGE_CROP) -> List[EpisodeFrames]:
+                topic: str = Topics.IMAGE_CROP, rerecorded: Optional[List[str]] = None
+                ) -> List[EpisodeFrames]:
+    """Labelled frames of every episode under `root`. Episodes the person marked re-record
+    (`u`) are left out, their names appended to `rerecorded` when a list is given: the person
+    said they went wrong, so their labels are not to be trusted."""
     episodes = []
     paths = list_episodes(root)
     for path in progress_bar(paths, len(paths), 'reading episode bags', 'episode'):
         data = read_episode(path, [topic, Topics.EPISODE_LABEL, Topics.EPISODE_EVENTS,
                                    Topics.SIM_SUCCESS])
+        if data.metadata.get('outcome') == 'rerecord':
+            if rerecorded is not None:
+                rerecorded.append(path.name)
+            continue
         images, labels, _ = labelled_frames(data, topic, label_source, frames_before_label)
         if len(images):
             episodes.append(EpisodeFrames(path.name, images, labels))
@@ -133,6 +141,15 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, threshold: flo
             'tp': tp, 'fp': fp, 'tn': tn, 'fn': fn, 'threshold': threshold, 'frames': len(labels)}
 
 
+def better_epoch(metrics: Dict, best: Dict) -> bool:
+    """An epoch that finds some successes beats one that never does, whatever its accuracy
+    (frames are mostly negative, so "never success" scores well on accuracy alone); then
+    accuracy, then recall."""
+    def key(m):
+        return (m['recall'] > 0, m['accuracy'], m['recall'])
+    return key(metrics) > key(best)
+
+
 def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = ClassifierConfig(),
                      cfg: TrainClassifierConfig = TrainClassifierConfig(),
                      progress: Callable[[str], None] = print,
@@ -140,8 +157,13 @@ def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = Cla
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
     generator = torch.Generator().manual_seed(cfg.seed)
+    rerecorded: List[str] = []
     episodes = episodes if episodes is not None else \
-        load_frames(episode_root, cfg.label_source, cfg.frames_before_label)
+        load_frames(episode_root, cfg.label_source, cfg.frames_before_label,
+                    rerecorded=rerecorded)
+    if rerecorded:
+        progress(f'left out {len(rerecorded)} episodes marked re-record: '
+                 f'{", ".join(rerecorded)}')
     train_eps, val_eps = split_by_episode(episodes, cfg.val_fraction, cfg.seed)
     if not val_eps or not train_eps:
         raise ValueError(f'need at least 2 episodes to split by episode, got {len(episodes)}')
@@ -188,8 +210,7 @@ def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = Cla
                  f'{metrics["accuracy"]:.4f}  precision {metrics["precision"]:.3f}  recall '
                  f'{metrics["recall"]:.3f}  FPR {metrics["false_positive_rate"]:.4f}  '
                  f'threshold {threshold:.3f}  [{elapsed:.0f} s]')
-        if best is None or (metrics['accuracy'], metrics['recall']) > \
-                (best['accuracy'], best['recall']):
+        if best is None or better_epoch(metrics, best):
             best = dict(metrics)
             save_classifier(model, Path(output_dir), threshold, {
                 'validation': best, 'train_episodes': [e.name for e in train_eps],
@@ -200,4 +221,9 @@ def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = Cla
             break
     progress(f'best epoch {best["epoch"]}: val accuracy {best["accuracy"]:.4f}, FPR '
              f'{best["false_positive_rate"]:.4f}, recall {best["recall"]:.3f} -> {output_dir}')
+    if best['recall'] == 0:
+        progress(f'WARNING: recall 0.000 in every epoch: the classifier in {output_dir} never '
+                 'flags a validation success at its threshold, so a policy trained on its reward '
+                 'would never be rewarded. Record more successful episodes (success key) or '
+                 'check the labels before using it')
     return {'best': best, 'history': history, 'output_dir': str(output_dir)}

@@ -33,7 +33,7 @@ PYTEST = 'import sys, pytest; sys.exit(1 if pytest.main(sys.argv[1:]) else 0)'
 
 # module -> (file, pytest arguments, functions to mutate (None: the whole file))
 MODULES = {
-    'task': ('hilserl/task.py', ['test/test_task.py', 'test/test_episode.py'], None),
+    'task': ('hilserl/learning/task.py', ['test/test_task.py', 'test/test_episode.py'], None),
     'episode': ('hilserl_policy/episode.py', ['test/test_episode.py'], None),
     'replay': ('hilserl_policy/replay_buffer.py',
                ['test/test_replay_buffer.py', 'test/test_checkpoint_disk.py', 'test/test_sac.py',

@@ -45,7 +45,7 @@ pip_install -r requirements.txt
 # rejects setup.cfg's colcon script_dir) once `wheel` is in the venv (the launch tooling adds it).
 pip_install --no-deps --use-pep517 -e .
 # Fail loudly here rather than in the first test.
-"$VENV/bin/python" -c 'import rclpy, sensor_msgs.msg, torch, mujoco, scservo_sdk, rosbags, cv2, yaml, pyarrow, av, hilserl, hilserl_tools'
+"$VENV/bin/python" -c 'import rclpy, sensor_msgs.msg, torch, mujoco, scservo_sdk, rosbags, cv2, yaml, pyarrow, av, huggingface_hub, hilserl, hilserl_tools'
 rm -f "$VENV"/.hilserl-setup-*
 touch "$stamp"
 echo "[setup] done"

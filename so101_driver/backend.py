@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from hilserl.conventions import JOINT_NAMES
+from hilserl.messages.conventions import JOINT_NAMES
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Mapping
 
-from hilserl.conventions import JOINT_NAMES
-from hilserl.files import write_text_atomic
+from hilserl.messages.conventions import JOINT_NAMES
+from hilserl.common.files import write_text_atomic
 
 DEGREES_PER_TICK = 360.0 / 4095.0  # LeRobot divides by 4095, not 4096
 

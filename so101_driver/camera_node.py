@@ -16,15 +16,14 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
-from hilserl.node import (declare, declare_config, diagnostic_array, qos_profile,
-                          spin_node)
-from hilserl.camera import CameraConfig, CameraSupervisor, OpenCVSource
-from hilserl.config import ImageConfig
-from hilserl.conventions import JOINT_NAMES, Frames, Topics
-from hilserl.conversions import (ConversionError, array_to_image, joint_state_to_arrays,
-                                 stamp_to_nanoseconds)
-from hilserl.diagnostics import DiagnosticEntry
-from hilserl.image_ops import crop_resize
+from hilserl.ros.node import declare, declare_config, diagnostic_array, qos_profile, spin_node
+from hilserl.robot.camera import CameraConfig, CameraSupervisor, OpenCVSource
+from hilserl.configuration.config import ImageConfig
+from hilserl.messages.conventions import JOINT_NAMES, Frames, Topics
+from hilserl.messages.conversions import (ConversionError, array_to_image, joint_state_to_arrays,
+                                          stamp_to_nanoseconds)
+from hilserl.messages.diagnostics import DiagnosticEntry
+from hilserl.learning.image_ops import crop_resize
 
 
 class SimRenderSource:

@@ -10,15 +10,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hilserl.conventions import JOINT_NAMES
-from hilserl.kinematics import SO101Kinematics
-from hilserl.parameters import param
+from hilserl.messages.conventions import JOINT_NAMES
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.configuration.parameters import param
 from so101_driver.backend import ArmBackend, BackendError, JointReading
 from so101_driver.ee_control import (TASK_DEFAULTS, EEControlConfig, EEController,
                                      home_joint_goal)
 from so101_driver.sts_protocol import error_text
 
-from hilserl.diagnostics import ERROR, OK, WARN, DiagnosticEntry
+from hilserl.messages.diagnostics import ERROR, OK, WARN, DiagnosticEntry
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,15 @@ def _check_pose(name: str, pose) -> np.ndarray:
 
 
 EXIT_MODES = ('rest_then_torque_off', 'hold', 'torque_off')
+
+
+def tick_step_s(now_s: float, last_s: Optional[float], nominal_s: float) -> float:
+    """The time a control tick advances by: what really passed since the last one (a late tick
+    on a busy CPU must not slow the arm or the simulated world down), capped at five nominal
+    periods so that a stall cannot jump; the nominal period for the first tick."""
+    if last_s is None:
+        return nominal_s
+    return min(max(now_s - last_s, 0.0), 5 * nominal_s)
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,15 @@ class DriverCore:
         self.target = np.clip(home, self._lo, self._hi)
         self.mode = 'reset'
         return self.target.copy()
+
+    def placed_at(self, reading: JointReading, goal: np.ndarray) -> None:
+        """The arm was put at `goal` (a simulation reset teleports it) and reads `reading`: hold
+        there, idle, so that the next EE action starts from here."""
+        self.reading = reading
+        self.written = goal.copy()
+        self.target = goal.copy()
+        self.mode = 'idle'
+        self.controller.reset()
 
     def set_estop(self, engaged: bool) -> None:
         if engaged:
@@ -410,7 +428,7 @@ class DriverCore:
         while clock() - start < budget_s:
             now = clock()
             self.target = rest.copy()  # (a first reading inside tick() seeds target: re-aim)
-            reading = self.tick(now, min(max(now - last, 0.0), 5 * period))
+            reading = self.tick(now, tick_step_s(now, last, period))
             last = now
             if reading is not None and np.allclose(self.written, rest) and \
                     np.all(np.abs(reading.position - rest)[:5] < self.cfg.rest_tolerance_rad):

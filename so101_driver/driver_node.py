@@ -17,7 +17,7 @@ stay here.
 Simulation with `sim_clock` (the default): the driver owns time. It publishes /clock and the state
 of each control tick stamped with simulated time, waits for the action answering that stamp
 (`action_timeout_s` of wall time, then holds and counts), and advances physics by exactly one
-control period (hilserl.sim_clock). With `min_updates_per_step` > 0 it also waits for the
+control period (hilserl.robot.sim_clock). With `min_updates_per_step` > 0 it also waits for the
 learner (learner/progress). Hardware keeps wall-clock time.
 """
 from __future__ import annotations
@@ -35,15 +35,16 @@ from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int64MultiA
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.node import (declare, declare_config, diagnostic_array, marker,
-                          pose_stamped, qos_profile, spin_node)
-from hilserl.conventions import JOINT_NAMES, Frames, Topics
-from hilserl.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
-                                 joint_state_to_arrays, nanoseconds_to_stamp, validated_action)
-from hilserl.kinematics import SO101Kinematics
-from hilserl.sim_clock import LearnerPacer, LockStepClock, SimClockConfig
+from hilserl.ros.node import (declare, declare_config, diagnostic_array, marker, pose_stamped,
+                              qos_profile, spin_node)
+from hilserl.messages.conventions import JOINT_NAMES, Frames, Topics
+from hilserl.messages.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
+                                          joint_state_to_arrays, nanoseconds_to_stamp,
+                                          validated_action)
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.robot.sim_clock import LearnerPacer, LockStepClock, SimClockConfig
 from so101_driver.backend import BackendError
-from so101_driver.driver_core import EXIT_MODES, DriverConfig, DriverCore
+from so101_driver.driver_core import EXIT_MODES, DriverConfig, DriverCore, tick_step_s
 from so101_driver.ee_control import EEControlConfig
 
 
@@ -228,11 +229,7 @@ class DriverNode(Node):
         cube = center + self.rng.uniform(-self.cube_range_m, self.cube_range_m, size=2)
         self.sim.reset(home, cube, cube_yaw_rad=self.rng.uniform(-0.5, 0.5))
         self.sim.step(0.2)
-        self.core.reading = self.sim.read()  # the next EE action must start from here
-        self.core.written = home.copy()
-        self.core.target = home.copy()
-        self.core.mode = 'idle'
-        self.core.controller.reset()
+        self.core.placed_at(self.sim.read(), home)
         return home
 
     def _on_reset(self, request, response):
@@ -315,12 +312,8 @@ class DriverNode(Node):
 
     # --- wall-clock ticks (hardware; sim with sim_clock false) ---------------------------------
     def _tick(self):
-        # Advance by the time that really passed (a late tick on a busy CPU must not slow the
-        # simulated world down against the 10 Hz policy), capped so a stall cannot jump.
         now_s = self._now_s()
-        nominal = 1.0 / self.rate_hz
-        dt = nominal if self._last_tick_s is None else \
-            min(max(now_s - self._last_tick_s, 0.0), 5 * nominal)
+        dt = tick_step_s(now_s, self._last_tick_s, 1.0 / self.rate_hz)
         self._last_tick_s = now_s
         if self.sim is not None:
             self.sim.step(dt)

@@ -17,9 +17,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from hilserl.config import ActionConfig, TaskConfig
-from hilserl.kinematics import SO101Kinematics
-from hilserl.parameters import param
+from hilserl.configuration.config import ActionConfig, TaskConfig
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.configuration.parameters import param
 
 # IK iterations per try (half of them for the approach pass): a reachable 2 cm step converges in
 # about 5; the cap bounds the ticks spent on unreachable targets.

@@ -9,7 +9,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from hilserl.conventions import JOINT_NAMES
+from hilserl.messages.conventions import JOINT_NAMES
 from so101_driver.backend import ArmBackend, BackendError, JointReading
 
 

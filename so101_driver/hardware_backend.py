@@ -14,7 +14,7 @@ from typing import Dict, Mapping, Sequence
 
 import numpy as np
 
-from hilserl.conventions import JOINT_NAMES
+from hilserl.messages.conventions import JOINT_NAMES
 from so101_driver.backend import ArmBackend, BackendError, JointReading
 from so101_driver.calibration import (DEGREES_PER_TICK, MotorCalibration, rad_to_ticks,
                                       ticks_to_rad)

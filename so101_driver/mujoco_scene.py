@@ -1,7 +1,8 @@
 """Generate the MuJoCo scene (SO-101 + table + cube + gripper camera) from the URDF.
 
 Bodies, joints, inertials and collision geometry all come from `urdf/so101.urdf`, so the
-simulated arm and `hilserl.kinematics` cannot disagree. Actuators mimic STS3215 position servos.
+simulated arm and `hilserl.robot.kinematics` cannot disagree. Actuators mimic STS3215 position
+servos.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from hilserl.kinematics import default_urdf_path, matrix_to_quaternion_xyzw, rpy_to_matrix
+from hilserl.robot.kinematics import default_urdf_path, matrix_to_quaternion_xyzw, rpy_to_matrix
 
 CAMERA_NAME = 'gripper_cam'
 TCP_SITE = 'gripper_frame_link'

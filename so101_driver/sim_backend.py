@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from hilserl.conventions import JOINT_NAMES
+from hilserl.messages.conventions import JOINT_NAMES
 from so101_driver.backend import ArmBackend, JointReading, TaskState
 from so101_driver.mujoco_scene import CAMERA_NAME, SceneConfig, load_model
 

@@ -6,7 +6,7 @@ failure | rerecord). Devices publish at the control rate, stamped with the node'
 simulated human answers each stamped policy proposal (policy/action) once, with the action for
 that very tick, computed from that tick's state; it restarts its patience and behaviour at each
 episode start (episode/events) and presses "success" when it sees the cube lifted.
-Key bindings: see hilserl/teleop.py and the README.
+Key bindings: see hilserl/robot/teleop.py and the README.
 
 `keyboard_teleop` (keyboard_main) is the keyboard device in a terminal of its own, as
 teleop_twist_keyboard: nodes started by `ros2 launch` have no stdin, so there the graph leaves
@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Optional
 
 import numpy as np
-import json
 
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -27,18 +27,16 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Float32MultiArray, String
 
-from hilserl.node import declare, qos_profile, spin_node
-from hilserl.config import ActionConfig, TaskConfig
-from hilserl.conventions import JOINT_NAMES, Topics
-from hilserl.conversions import (ConversionError, action_from_msg, action_stamp_ns,
-                                 human_to_joy, joint_state_to_arrays, stamp_to_nanoseconds)
-from hilserl.expert import ScriptedExpert
-from hilserl.kinematics import SO101Kinematics
-from hilserl.graph import keyboard_teleop_command
-from hilserl.teleop import (KEY_HELP, GamepadTeleop, KeyboardTeleop, LeaderArmTeleop,
-                            SimHumanConfig, SimHumanTeleop, parse_terminal_keys)
-
-DEVICES = ('keyboard', 'gamepad', 'leader', 'sim', 'none')
+from hilserl.ros.node import declare, qos_profile, spin_node
+from hilserl.configuration.config import ActionConfig, TaskConfig
+from hilserl.messages.conventions import JOINT_NAMES, Topics
+from hilserl.messages.conversions import (ConversionError, action_from_msg, action_stamp_ns,
+                                          human_to_joy, joint_state_to_arrays, stamp_to_nanoseconds)
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.ros.graph import keyboard_teleop_command
+from hilserl.robot.teleop import KEY_HELP, SimHumanConfig, SimHumanTeleop
+from so101_driver.teleop_core import (DEVICES, DeviceTeleop, SimHumanAnswers, TeleopConfig,
+                                      TeleopMessages)
 
 
 class TerminalKeys:
@@ -70,20 +68,19 @@ class TeleopNode(Node):
     def __init__(self, node_name: str = 'teleop', **kwargs):
         super().__init__(node_name, **kwargs)
         self.device = declare(self, 'device', 'sim', f'one of {DEVICES}', read_only=True)
-        self.labels_only = declare(self, 'labels_only', False, 'keyboard: publish only the '
-                                   'episode labels (the keys beside a leader arm started by '
-                                   'ros2 launch)', read_only=True)
+        labels_only = declare(self, 'labels_only', False, 'keyboard: publish only the '
+                              'episode labels (the keys beside a leader arm started by '
+                              'ros2 launch)', read_only=True)
         # the task's values default to the training config's dataclasses (no copies)
         rate_hz = declare(self, 'control_rate_hz', TaskConfig().control_rate_hz,
                           'publish rate (Hz)', float_range=(1.0, 100.0), read_only=True)
         ee_step_m = declare(self, 'ee_step_m', list(ActionConfig().ee_step_m),
                             'metres per action unit (leader arm scaling)', read_only=True)
+        self.config = TeleopConfig(self.device, labels_only)
         self.kin = SO101Kinematics()
         self.keys = None
-        self.keyboard = KeyboardTeleop()
-        if self.device not in DEVICES:
-            raise ValueError(f'device={self.device!r}: must be one of {DEVICES}')
-        if self.device in ('keyboard', 'leader'):
+        self.devices = DeviceTeleop(self.config, self.kin, ee_step_m)
+        if self.config.reads_terminal_keys:
             if sys.stdin.isatty():
                 self.keys = TerminalKeys()
                 self.get_logger().info(f'keys: {KEY_HELP}')
@@ -103,21 +100,19 @@ class TeleopNode(Node):
                 raise RuntimeError('device=gamepad: no joystick found')
             self._pygame = pygame
             self.joystick = pygame.joystick.Joystick(0)
-            self.gamepad = GamepadTeleop()
         if self.device == 'leader':
             self._start_leader(declare(self, 'leader_port', '/dev/ttyACM1',
                                        'serial port of the leader arm', read_only=True),
                                declare(self, 'leader_calibration_file', '',
                                        'LeRobot calibration JSON of the leader arm',
-                                       read_only=True), ee_step_m,
+                                       read_only=True),
                                declare(self, 'leader_bus_timeout_ms', 0.0,
                                        'floor of a leader bus read timeout (ms); 0 = the '
                                        'SDK\'s own, from the packet length (raise it for a slow '
                                        'USB adapter)', float_range=(0.0, 1000.0),
                                        read_only=True))
         if self.device == 'sim':
-            self.expert = ScriptedExpert()
-            self.sim_human = SimHumanTeleop(SimHumanConfig(
+            self.sim_human = SimHumanAnswers(SimHumanTeleop(SimHumanConfig(
                 direction_tolerance_deg=declare(
                     self, 'direction_tolerance_deg', 90.0, 'take over after a few steps whose '
                     'motion points further than this from the expert\'s (or that drive the '
@@ -129,13 +124,7 @@ class TeleopNode(Node):
                                       'per-episode behaviour weights, e.g. '
                                       'expert:0.6,noisy:0.3,random:0.1', read_only=True)),
                 seed=declare(self, 'seed', 0, 'random seed of the behaviours',
-                             int_range=(0, 2**31 - 1), read_only=True))
-            self.joints = self.cube = None
-            self.joints_stamp_ns = self.cube_stamp_ns = None
-            self.grasped = self.lifted = self.success_pressed = False
-            self.policy_action = None
-            self.policy_stamp_ns = None
-            self.answered_ns = None
+                             int_range=(0, 2**31 - 1), read_only=True)), self.kin)
             # Ground truth first: in a batch of ready messages, rclpy serves subscriptions in
             # creation order, so a tick's grasp flag is in hand when its poses arrive.
             self.create_subscription(Bool, Topics.SIM_GRASPED, self._on_grasped,
@@ -156,11 +145,11 @@ class TeleopNode(Node):
                                                       qos_profile(Topics.INTERVENTION))
         self.label_pub = self.create_publisher(String, Topics.EPISODE_LABEL,
                                                qos_profile(Topics.EPISODE_LABEL))
-        if self.device not in ('sim', 'none'):  # the simulated human answers the policy instead
+        if self.config.publishes_at_control_rate:
             self.create_timer(1.0 / rate_hz, self._tick)
         self.get_logger().info(f'teleop up: device={self.device}, {rate_hz:g} Hz')
 
-    def _start_leader(self, port, calibration_file, ee_step_m, timeout_ms):
+    def _start_leader(self, port, calibration_file, timeout_ms):
         from so101_driver.calibration import load_calibration
         from so101_driver.feetech_bus import FeetechBus
         from so101_driver.hardware_backend import HardwareBackend
@@ -170,105 +159,75 @@ class TeleopNode(Node):
         self.leader_bus.open()
         self.leader = HardwareBackend(self.leader_bus, load_calibration(calibration_file))
         self.leader.set_torque(False)  # the leader is moved by hand
-        self.leader_teleop = LeaderArmTeleop(self.kin, ee_step_m)
 
     # --- sim inputs -------------------------------------------------------------------------
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
     def _on_joints(self, msg):
         try:
-            self.joints, _, _ = joint_state_to_arrays(msg, JOINT_NAMES)
+            joints, _, _ = joint_state_to_arrays(msg, JOINT_NAMES)
         except ConversionError:
             return
-        self.joints_stamp_ns = stamp_to_nanoseconds(msg.header.stamp)
-        self._sim_answer()
+        self._publish(self.sim_human.on_joints(joints, stamp_to_nanoseconds(msg.header.stamp),
+                                               self._now_ns()))
 
     def _on_cube(self, msg):
         p = msg.pose.position
-        self.cube = np.array([p.x, p.y, p.z])
-        self.cube_stamp_ns = stamp_to_nanoseconds(msg.header.stamp)
-        self._sim_answer()
+        self._publish(self.sim_human.on_cube(np.array([p.x, p.y, p.z]),
+                                             stamp_to_nanoseconds(msg.header.stamp),
+                                             self._now_ns()))
 
     def _on_grasped(self, msg):
-        self.grasped = bool(msg.data)
+        self.sim_human.on_grasped(msg.data)
 
     def _on_lifted(self, msg):
-        self.lifted = bool(msg.data)
+        self.sim_human.on_lifted(msg.data)
 
     def _on_event(self, msg):
-        try:
-            event = json.loads(msg.data)
-        except (json.JSONDecodeError, TypeError):
-            return
-        if isinstance(event, dict) and event.get('event') == 'start':
-            behaviour = self.sim_human.start_episode()
-            self.success_pressed = False
-            self.get_logger().debug(f'episode {event.get("episode")}: {behaviour}')
+        started = self.sim_human.on_event(msg.data)
+        if started:
+            self.get_logger().debug(started)
 
     def _on_policy(self, msg):
         try:
-            self.policy_action = action_from_msg(msg, 4)
-            self.policy_stamp_ns = action_stamp_ns(msg)
+            action, stamp_ns = action_from_msg(msg, 4), action_stamp_ns(msg)
         except ConversionError as exc:
             self.get_logger().warning(f'ignoring policy action: {exc}', throttle_duration_sec=5.0)
             return
-        self._sim_answer()
-
-    def _sim_answer(self):
-        """Answer the policy's proposal for a tick once that tick's state is in hand."""
-        if self.policy_action is None or self.joints is None or self.cube is None:
-            return
-        stamp_ns = self.policy_stamp_ns
-        if stamp_ns is not None:  # lock-step: only with the state of the proposal's own tick
-            if stamp_ns == self.answered_ns or self.joints_stamp_ns != stamp_ns or \
-                    self.cube_stamp_ns != stamp_ns:
-                return
-        else:
-            stamp_ns = self.get_clock().now().nanoseconds
-        self.answered_ns = stamp_ns
-        expert = self.expert.act(self.kin.fk(self.joints[:5]), self.joints[5], self.cube,
-                                 self.grasped)
-        out = self.sim_human.output(expert, self.policy_action, 0.0)
-        label = None
-        if self.lifted and not self.success_pressed:
-            label, self.success_pressed = 'success', True
-        self._publish(out.action, out.intervention, label, stamp_ns)
+        self._publish(self.sim_human.on_policy(action, stamp_ns, self._now_ns()))
 
     # --- output -----------------------------------------------------------------------------
-    def _publish(self, action, intervention: bool, label, stamp_ns: int) -> None:
-        if label:  # before the action: the actor reads the label with the tick's action
-            self.label_pub.publish(String(data=label))
-        self.intervention_pub.publish(Bool(data=bool(intervention)))
-        self.action_pub.publish(human_to_joy(action, intervention, stamp_ns))
+    def _publish(self, out: Optional[TeleopMessages]) -> None:
+        if out is None:
+            return
+        if out.label:  # before the action: the actor reads the label with the tick's action
+            self.label_pub.publish(String(data=out.label))
+        if out.action is None:
+            return
+        stamp_ns = out.stamp_ns if out.stamp_ns is not None else self._now_ns()
+        self.intervention_pub.publish(Bool(data=bool(out.intervention)))
+        self.action_pub.publish(human_to_joy(out.action, out.intervention, stamp_ns))
 
     def _tick(self):
         now = time.monotonic()
         if self.keys is not None:
-            for key in parse_terminal_keys(self.keys.read()):
-                self.keyboard.feed(key, now)
+            self.devices.feed_keys(self.keys.read(), now)
         if self.device == 'keyboard':
-            out = self.keyboard.output(now)
-            if self.labels_only:
-                if out.label:
-                    self.label_pub.publish(String(data=out.label))
-                return
+            out = self.devices.keyboard_step(now)
         elif self.device == 'gamepad':
             self._pygame.event.pump()
-            out = self.gamepad.output(
+            out = self.devices.gamepad_step(
                 [self.joystick.get_axis(i) for i in range(self.joystick.get_numaxes())],
                 [self.joystick.get_button(i) for i in range(self.joystick.get_numbuttons())])
-        elif self.device == 'leader':
-            keys = self.keyboard.output(now)
+        else:  # the leader arm
             try:
-                out = self.leader_teleop.output(self.leader.read().position, keys.intervention)
+                out = self.devices.leader_step(now, lambda: self.leader.read().position)
             except Exception as exc:  # noqa: BLE001 - a lost leader must not end teleop
                 self.get_logger().error(f'leader arm read failed: {exc}',
                                         throttle_duration_sec=2.0)
                 return
-            if keys.label:
-                self.label_pub.publish(String(data=keys.label))
-        else:
-            return
-        self._publish(out.action, out.intervention, out.label,
-                      self.get_clock().now().nanoseconds)
+        self._publish(out)
 
     def close(self):
         if self.keys is not None:

@@ -10,7 +10,7 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 import pytest  # noqa: E402
 
-from hilserl.graph import NODE_ENVIRONMENT  # noqa: E402
+from hilserl.ros.graph import NODE_ENVIRONMENT  # noqa: E402
 
 # In-process test nodes start as the graph's nodes do (transport, heartbeat, rendering).
 for _name, _value in NODE_ENVIRONMENT.items():
@@ -79,7 +79,7 @@ def sim_episodes(tmp_path_factory):
     6 s episodes so failures stay short. Returns (run directory, [(episode dir, metadata)])."""
     pytest.importorskip('rclpy')
     from hilserl_tools import cli
-    from hilserl.bags import complete_episodes
+    from hilserl.data.bags import complete_episodes
     root = tmp_path_factory.mktemp('sim_episodes')
     config = root / 'short.yaml'
     config.write_text('task:\n  episode_time_s: 6.0\n')
@@ -103,7 +103,7 @@ def encoder_weights(tmp_path_factory):
         if (name, seed) not in made:
             import torch
 
-            from hilserl.encoders import build_encoder, save_encoder_weights
+            from hilserl.learning.encoders import build_encoder, save_encoder_weights
             torch.manual_seed(1234 + seed)
             made[name, seed] = str(save_encoder_weights(
                 build_encoder(name), tmp_path_factory.mktemp(f'{name}_weights')))

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from hilserl.config import ImageConfig, TaskConfig, TrainConfig
-from hilserl.conventions import ActionSource
-from hilserl.diagnostics import OK, WARN
-from hilserl.transition import TransitionDecoder
+from hilserl.configuration.config import ImageConfig, TaskConfig, TrainConfig
+from hilserl.messages.conventions import ActionSource
+from hilserl.messages.diagnostics import OK, WARN
+from hilserl.data.transition import TransitionDecoder
 from hilserl_policy.actor_core import (RECORDER_MATCH_GRACE_S, ActorCore, ActorSettings,
                                        CallReset, Log, Print, PublishAction, PublishEvent,
                                        PublishProposal, PublishReward, PublishStatus,

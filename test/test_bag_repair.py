@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from hilserl_tools import cli
-from hilserl.bag_repair import ASIDE, repair_episode, repair_killed_episodes, scan_mcap
-from hilserl.bags import (CHUNK_AGE_S, CHUNK_BYTES, EpisodeWriter, MessageFactory,
-                          iter_raw_messages, list_episodes, read_episode)
-from hilserl.conventions import Topics
+from hilserl.data.bag_repair import ASIDE, repair_episode, repair_killed_episodes, scan_mcap
+from hilserl.data.bags import (CHUNK_AGE_S, CHUNK_BYTES, EpisodeWriter, MessageFactory,
+                               iter_raw_messages, list_episodes, read_episode)
+from hilserl.messages.conventions import Topics
 
 _MAGIC_AND_HEADER = 8
 
@@ -227,7 +227,7 @@ def test_sigkilled_recorder_loses_nothing_it_flushed(tmp_path, capsys):
     from std_msgs.msg import String, UInt8MultiArray
 
     from conftest import free_domain_id
-    from hilserl.node import qos_profile
+    from hilserl.ros.node import qos_profile
     domain = free_domain_id()
     run, log = tmp_path / 'run', tmp_path / 'recorder.log'
     with open(log, 'w') as out:

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hilserl.bags import labelled_frames, list_episodes, read_episode
-from hilserl.conventions import Topics
-from hilserl.demos import load_demo_transitions
+from hilserl.data.bags import labelled_frames, list_episodes, read_episode
+from hilserl.messages.conventions import Topics
+from hilserl.data.demos import load_demo_transitions
 
 
 @pytest.fixture(scope='module')
@@ -61,6 +61,26 @@ def test_demo_transitions_come_back_in_order(recorded):
             assert np.array_equal(a.next_image, b.image)
     successful = list(load_demo_transitions(root, successful_only=True))
     assert all(not t.truncated for t in successful)
+
+
+def test_ground_truth_left_over_from_the_previous_episode_is_not_a_success():
+    """sim/success has no header: the recorder stamps it on arrival, so the previous episode's
+    last `True` can land on this episode's first frames (seen on a loaded machine). An episode
+    starts with the cube on the table: leading `True`s are read as `False`, later ones count."""
+    from pathlib import Path
+
+    from hilserl.data.bags import EpisodeData, MessageFactory
+    factory = MessageFactory()
+    frames = [(i * 100, factory.image(np.zeros((2, 2, 3), np.uint8), i * 100, 'cam'))
+              for i in range(8)]
+    truth = [(s, factory.boolean(v)) for s, v in
+             ((0, True), (100, True), (250, False), (450, False), (550, True), (650, True))]
+    episode = EpisodeData(Path('e'), {}, {Topics.IMAGE_CROP: frames, Topics.SIM_SUCCESS: truth})
+    _, labels, _ = labelled_frames(episode, label_source='ground_truth')
+    assert labels.tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
+    episode.messages[Topics.SIM_SUCCESS] = truth[2:]   # no leftover: unchanged reading
+    _, labels, _ = labelled_frames(episode, label_source='ground_truth')
+    assert labels.tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
 
 
 def test_tiny_classifier_beats_chance(recorded, tmp_path):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from hilserl.conventions import JOINT_NAMES
+from hilserl.messages.conventions import JOINT_NAMES
 from so101_driver.calibration import (CalibrationError, default_calibration, load_calibration,
                                       rad_to_ticks, save_calibration, ticks_to_rad)
 
@@ -98,7 +98,7 @@ def test_bad_files_give_clear_errors(tmp_path):
 
 
 def test_default_calibration_covers_every_urdf_limit():
-    from hilserl.kinematics import SO101Kinematics
+    from hilserl.robot.kinematics import SO101Kinematics
     kin = SO101Kinematics()
     cal = default_calibration()
     for k, joint in enumerate(JOINT_NAMES[:5]):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from hilserl.camera import CameraConfig, CameraSupervisor, OpenCVSource, frame_problem
-from hilserl.image_ops import crop_resize
+from hilserl.robot.camera import CameraConfig, CameraSupervisor, OpenCVSource, frame_problem
+from hilserl.learning.image_ops import crop_resize
 
 RNG = np.random.default_rng(0)
 

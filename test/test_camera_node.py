@@ -12,10 +12,10 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from hilserl.node import qos_profile  # noqa: E402
-from hilserl.conventions import Topics  # noqa: E402
-from hilserl.conversions import image_to_array  # noqa: E402
-from hilserl.image_ops import crop_resize  # noqa: E402
+from hilserl.ros.node import qos_profile  # noqa: E402
+from hilserl.messages.conventions import Topics  # noqa: E402
+from hilserl.messages.conversions import image_to_array  # noqa: E402
+from hilserl.learning.image_ops import crop_resize  # noqa: E402
 from so101_driver.camera_node import CameraNode  # noqa: E402
 from conftest import spin_for  # noqa: E402
 
@@ -78,7 +78,7 @@ def test_blank_burst_and_lost_device_are_recovered_and_reported(ros_context, tmp
 def test_sim_camera_renders_each_tick_of_the_simulated_clock(ros_context):
     from sensor_msgs.msg import JointState
 
-    from hilserl.conversions import stamp_to_nanoseconds
+    from hilserl.messages.conversions import stamp_to_nanoseconds
     from so101_driver.driver_node import DriverNode
     # no actor: every tick times out and holds, so the simulated clock still advances
     driver = DriverNode(context=ros_context, parameter_overrides=[

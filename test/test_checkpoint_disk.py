@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from hilserl.config import ConfigError, LearnerConfig, with_fields
-from hilserl.run_dir import complete_checkpoints, disk_usage_bytes
+from hilserl.configuration.config import ConfigError, LearnerConfig, with_fields
+from hilserl.configuration.run_dir import complete_checkpoints, disk_usage_bytes
 from hilserl_policy.checkpoint import prune_checkpoints, resume
 from hilserl_policy.learner import Learner
 from hilserl_policy.replay_buffer import ReplayBuffer, segment_files

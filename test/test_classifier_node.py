@@ -13,9 +13,9 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, Float32  # noqa: E402
 
-from hilserl.node import qos_profile  # noqa: E402
-from hilserl.conventions import Topics  # noqa: E402
-from hilserl.conversions import array_to_image  # noqa: E402
+from hilserl.ros.node import qos_profile  # noqa: E402
+from hilserl.messages.conventions import Topics  # noqa: E402
+from hilserl.messages.conversions import array_to_image  # noqa: E402
 from reward_classifier_node.classifier_node import ClassifierNode  # noqa: E402
 from reward_classifier_node.evaluate import evaluate_episodes, first_debounced  # noqa: E402
 from reward_classifier_node.model import ClassifierConfig, load_classifier  # noqa: E402

@@ -1,8 +1,11 @@
 """The `hilserl` command's offline tools: record, config validation, clear errors."""
 import json
+from pathlib import Path
 
 from hilserl_tools import cli
-from hilserl.bags import list_episodes
+from hilserl.data.bags import list_episodes
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_record_writes_episode_bags(tmp_path, capsys):
@@ -37,16 +40,17 @@ def test_train_without_the_pretrained_encoder_is_refused_before_any_node(tmp_pat
     """config/train.yaml (the default) freezes helper2424/resnet10: without it in the local
     Hugging Face cache `hilserl train` exits 2 with one line saying how to get it; with it
     there (random weights in the upstream layout here) the graph starts."""
-    from hilserl.encoders import ResNet10, save_encoder_weights
+    from hilserl.learning.encoders import ResNet10, save_encoder_weights
     monkeypatch.delenv('HF_HUB_CACHE', raising=False)
     monkeypatch.delenv('HUGGINGFACE_HUB_CACHE', raising=False)
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
     started = []
     monkeypatch.setattr(cli, '_start_graph', lambda *a, **k: started.append(a) or 0)
-    args = ['train', '--run-dir', str(tmp_path / 'run'), '--demos', '0']
+    args = ['train', '--run-dir', str(tmp_path / 'run'), '--demos', '0', '--config',
+            str(ROOT / 'config' / 'train.yaml')]
     assert cli.main(args) == 2 and not started
     err = capsys.readouterr().err.strip()
-    assert '\n' not in err and 'huggingface-cli download helper2424/resnet10' in err
+    assert '\n' not in err and 'hilserl fetch-encoder helper2424/resnet10' in err
     snapshot = tmp_path / 'hf' / 'hub' / 'models--helper2424--resnet10' / 'snapshots' / '0a1b'
     save_encoder_weights(ResNet10(), snapshot)
     assert cli.main(args) == 0 and len(started) == 1
@@ -55,7 +59,7 @@ def test_train_without_the_pretrained_encoder_is_refused_before_any_node(tmp_pat
 def test_a_truncated_bag_is_one_line_and_skipped_as_a_demo(sim_episodes, tmp_path, capsys):
     import shutil
 
-    from hilserl.demos import load_demo_transitions
+    from hilserl.data.demos import load_demo_transitions
     _, episodes = sim_episodes
     for i in range(2):
         shutil.copytree(episodes[i][0], tmp_path / 'run' / 'episodes' / f'episode_00000{i}')
@@ -102,7 +106,7 @@ def test_plot_draws_a_runs_curves_and_refuses_an_empty_directory(sim_episodes, t
 def test_progress_bars_only_at_a_terminal():
     import io
 
-    from hilserl.progress import progress_bar
+    from hilserl.common.progress import progress_bar
 
     class Terminal(io.StringIO):
         def isatty(self):

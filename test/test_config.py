@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hilserl.config import (AlgorithmConfig, ConfigError, LearnerConfig, PolicyConfig,
-                            ReplayConfig, TrainConfig, load_train_config, save_config,
-                            with_fields)
+from hilserl.configuration.config import (AlgorithmConfig, ConfigError, LearnerConfig, PolicyConfig,
+                                          ReplayConfig, TrainConfig, load_train_config, save_config,
+                                          with_fields)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'config'
 
@@ -128,7 +128,7 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
     """A crash before the rename leaves the old content (and no half-written file)."""
     import os
 
-    from hilserl.files import write_text_atomic
+    from hilserl.common.files import write_text_atomic
     target = tmp_path / 'sub' / 'config.yaml'
     write_text_atomic(target, 'old: 1\n')
     assert target.read_text() == 'old: 1\n'

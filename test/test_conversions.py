@@ -3,10 +3,10 @@ import pytest
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 
-from hilserl.conversions import (ConversionError, action_from_msg, action_to_msg,
-                                 array_to_image, arrays_to_joint_state, image_to_array,
-                                 joint_state_to_arrays, seconds_to_stamp, stamp_to_seconds,
-                                 to_rgb)
+from hilserl.messages.conversions import (ConversionError, action_from_msg, action_to_msg,
+                                          array_to_image, arrays_to_joint_state, image_to_array,
+                                          joint_state_to_arrays, seconds_to_stamp, stamp_to_seconds,
+                                          to_rgb)
 
 RNG = np.random.default_rng(0)
 

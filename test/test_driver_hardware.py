@@ -4,8 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from hilserl.conventions import JOINT_NAMES
-from hilserl.kinematics import SO101Kinematics
+from hilserl.messages.conventions import JOINT_NAMES
+from hilserl.robot.kinematics import SO101Kinematics
 from so101_driver import sts_protocol as sts
 from so101_driver.calibration import default_calibration, rad_to_ticks
 from so101_driver.driver_core import ERROR, OK, WARN, DriverConfig, DriverCore

@@ -13,8 +13,8 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float32MultiArray  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
-from hilserl.node import qos_profile  # noqa: E402
-from hilserl.conventions import JOINT_NAMES, Topics  # noqa: E402
+from hilserl.ros.node import qos_profile  # noqa: E402
+from hilserl.messages.conventions import JOINT_NAMES, Topics  # noqa: E402
 from so101_driver.calibration import default_calibration, rad_to_ticks, save_calibration  # noqa
 from so101_driver.driver_node import DriverNode  # noqa: E402
 from so101_driver.ee_control import TOP_DOWN_SEED_RAD  # noqa: E402

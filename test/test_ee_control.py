@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hilserl.kinematics import SO101Kinematics
+from hilserl.robot.kinematics import SO101Kinematics
 from so101_driver.ee_control import TOP_DOWN_SEED_RAD, EEControlConfig, EEController
 
 HOME = np.array([0.0, 0.2408, -0.2763, 1.6063, 0.0, 0.7])

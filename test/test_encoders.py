@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hilserl.encoders import (ImageNormalizer, ResNet10, SmallConv, load_pretrained_encoder,
-                              network_input)
-from hilserl.pretrained import PretrainedWeightsMissing, resolve_pretrained_dir
+from hilserl.learning.encoders import (ImageNormalizer, ResNet10, SmallConv,
+                                       load_pretrained_encoder, network_input)
+from hilserl.configuration.pretrained import PretrainedWeightsMissing, resolve_pretrained_dir
 
 WIDTHS = (64, 128, 256, 512)
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -27,7 +27,7 @@ def test_small_conv_folds_the_normalisation_exactly():
     torch.testing.assert_close(folded, reference, rtol=1e-4, atol=1e-4)
 
 
-# --- the upstream layout, written from its description (not from hilserl.encoders) -----------
+# --- the upstream layout, written from its description (not from hilserl.learning.encoders) ---
 
 def upstream_weights(seed=0):
     """Random tensors under the names helper2424/resnet10 saves (36 of them)."""
@@ -169,7 +169,7 @@ def test_missing_weights_are_one_line_errors_that_say_how_to_get_them(tmp_path, 
         with pytest.raises(PretrainedWeightsMissing) as info:
             load_pretrained_encoder(ResNet10(), path)
         message = str(info.value)
-        assert '\n' not in message and 'huggingface-cli download helper2424/resnet10' in message
+        assert '\n' not in message and 'hilserl fetch-encoder helper2424/resnet10' in message
 
 
 def test_weights_of_another_layout_are_refused(tmp_path):
@@ -187,7 +187,7 @@ def test_weights_of_another_layout_are_refused(tmp_path):
 
 
 def test_a_frozen_encoder_without_weights_is_refused():
-    from hilserl.config import ConfigError, PolicyConfig
+    from hilserl.configuration.config import ConfigError, PolicyConfig
     from hilserl_policy.networks import Backbone
     from reward_classifier_node.model import ClassifierConfig
     for make in (lambda: PolicyConfig(pretrained_encoder_path=None),

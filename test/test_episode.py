@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from hilserl.bags import MessageFactory, read_episode
-from hilserl.config import ObservationConfig, TaskConfig, TrainConfig
-from hilserl.conventions import Topics
-from hilserl.recording import EpisodeRecorder
+from hilserl.data.bags import MessageFactory, read_episode
+from hilserl.configuration.config import ObservationConfig, TaskConfig, TrainConfig
+from hilserl.messages.conventions import Topics
+from hilserl.data.recording import EpisodeRecorder
 from hilserl_policy.episode import EpisodeRunner, ObservationAssembler, StaleObservation
 
 CFG = TrainConfig(task=TaskConfig(episode_time_s=0.5))  # 5 steps
@@ -144,7 +144,7 @@ def _stamped_transition_cdr(store, stamp_ns: int, payload: bytes = b'x' * 64) ->
 
 
 def test_layout_stamp_is_read_from_raw_bytes():
-    from hilserl.bags import layout_stamp_ns, message_stamp_ns
+    from hilserl.data.bags import layout_stamp_ns, message_stamp_ns
     store = MessageFactory().store
     cdr = _stamped_transition_cdr(store, 1_234_567_890_123)
     assert message_stamp_ns('std_msgs/msg/UInt8MultiArray', cdr) == 1_234_567_890_123
@@ -160,8 +160,8 @@ def test_layout_stamp_is_read_from_raw_bytes():
 def test_layout_stamp_of_an_rclpy_action_message():
     pytest.importorskip('rclpy')
     from rclpy.serialization import serialize_message
-    from hilserl.bags import layout_stamp_ns
-    from hilserl.conversions import action_to_msg
+    from hilserl.data.bags import layout_stamp_ns
+    from hilserl.messages.conversions import action_to_msg
     msg = action_to_msg(np.array([0.1, -0.2, 0.3, 1.0]), 'human', stamp_ns=7_000_000_123)
     assert layout_stamp_ns(serialize_message(msg)) == 7_000_000_123
 
@@ -359,8 +359,8 @@ def test_either_input_missing_still_waits_and_the_staleness_limit_is_inclusive()
 
 
 def test_state_is_built_from_positions_and_velocities_and_frames_are_stacked():
-    from hilserl.kinematics import SO101Kinematics
-    from hilserl.observation import build_state
+    from hilserl.robot.kinematics import SO101Kinematics
+    from hilserl.robot.observation import build_state
     cfg = TrainConfig(observation=ObservationConfig(n_obs_steps=3))
     assembler = ObservationAssembler(cfg)
     position, velocity = np.linspace(-0.5, 0.5, 6), np.linspace(1.0, 2.0, 6)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hilserl.expert import GRASP_POINT_IN_TCP_M, ExpertConfig, ScriptedExpert
+from hilserl.robot.expert import GRASP_POINT_IN_TCP_M, ExpertConfig, ScriptedExpert
 
 TOP_DOWN = np.diag([-1.0, 1.0, -1.0])  # TCP x toward the base, approach straight down
 
@@ -61,7 +61,7 @@ def test_lifts_when_grasped_up_to_the_reachable_target():
 
 
 mujoco = pytest.importorskip('mujoco')
-from hilserl.kinematics import SO101Kinematics  # noqa: E402
+from hilserl.robot.kinematics import SO101Kinematics  # noqa: E402
 from so101_driver.driver_core import DriverConfig, DriverCore  # noqa: E402
 from so101_driver.ee_control import TOP_DOWN_SEED_RAD  # noqa: E402
 from so101_driver.sim_backend import SimBackend  # noqa: E402

@@ -19,9 +19,9 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from hilserl.conventions import JOINT_NAMES, Topics  # noqa: E402
-from hilserl.kinematics import SO101Kinematics  # noqa: E402
-from hilserl.node import qos_profile  # noqa: E402
+from hilserl.messages.conventions import JOINT_NAMES, Topics  # noqa: E402
+from hilserl.robot.kinematics import SO101Kinematics  # noqa: E402
+from hilserl.ros.node import qos_profile  # noqa: E402
 from so101_driver.driver_node import DriverNode  # noqa: E402
 from so101_driver.ee_control import TOP_DOWN_SEED_RAD  # noqa: E402
 from conftest import spin_for  # noqa: E402

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from hilserl.kinematics import (SO101Kinematics, matrix_to_euler_zyx, matrix_to_quaternion_xyzw,
-                                rpy_to_matrix)
+from hilserl.robot.kinematics import (SO101Kinematics, matrix_to_euler_zyx,
+                                      matrix_to_quaternion_xyzw, rpy_to_matrix)
 
 # Verified SO-101 FK vectors (shared docs): q (rad) -> TCP mm, approach (TCP +z) in base_link.
 FK_VECTORS = [
@@ -48,7 +48,7 @@ def test_limits_and_names_come_from_the_urdf(kin):
 
 def test_urdf_parses_with_the_ros_urdf_parser():
     from urdf_parser_py.urdf import URDF
-    from hilserl.kinematics import default_urdf_path
+    from hilserl.robot.kinematics import default_urdf_path
     robot = URDF.from_xml_string(default_urdf_path().read_text())
     links = {link.name for link in robot.links}
     assert {'base_link', 'gripper_frame_link', 'gripper_cam_optical_frame'} <= links

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hilserl.graph import LAUNCH_ARGUMENTS, GraphArgs, build_graph
+from hilserl.ros.graph import LAUNCH_ARGUMENTS, GraphArgs, build_graph
 from test_package_layout import entry_points
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -60,7 +60,7 @@ def test_learner_threads_default_to_every_core_but_one():
 
 
 def _transition(i):
-    from hilserl.transition import Transition
+    from hilserl.data.transition import Transition
     rng = np.random.default_rng(i)
     image = rng.integers(0, 256, (3, *HW), dtype=np.uint8)
     state = np.full(18, float(i), np.float32)  # the marker: which transition this is
@@ -78,10 +78,10 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
     from rclpy.parameter import Parameter
     from std_msgs.msg import Int64MultiArray, UInt8MultiArray
 
-    from hilserl.node import qos_profile
-    from hilserl.conventions import Topics
+    from hilserl.ros.node import qos_profile
+    from hilserl.messages.conventions import Topics
     from hilserl_policy.learner_node import LearnerNode
-    from hilserl.transition import TransitionEncoder, encode_transition
+    from hilserl.data.transition import TransitionEncoder, encode_transition
 
     config = tmp_path / 'tiny.yaml'
     config.write_text(CONFIG)
@@ -175,7 +175,7 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
         actor.destroy_node()
         node.destroy_node()
         torch.set_num_threads(torch_threads_before)
-    from hilserl.run_dir import latest_checkpoint
+    from hilserl.configuration.run_dir import latest_checkpoint
     assert latest_checkpoint(tmp_path) is not None
     # every metrics.csv row is also a TensorBoard scalar (read back by TensorBoard's own reader)
     import csv

@@ -11,10 +11,10 @@ pq = pytest.importorskip('pyarrow.parquet')
 av = pytest.importorskip('av')
 
 from hilserl_tools import cli  # noqa: E402
-from hilserl import lerobot_dataset as lrd  # noqa: E402
-from hilserl.config import load_train_config  # noqa: E402
-from hilserl.image_ops import crop_resize  # noqa: E402
-from hilserl.demos import load_demo_transitions  # noqa: E402
+from hilserl.data import lerobot_dataset as lrd  # noqa: E402
+from hilserl.configuration.config import load_train_config  # noqa: E402
+from hilserl.learning.image_ops import crop_resize  # noqa: E402
+from hilserl.data.demos import load_demo_transitions  # noqa: E402
 
 # AV1 at CRF 23 on 128x128 renders: mean error ~2-3 levels, a few pixels far off at edges
 CODEC_MEAN_TOLERANCE = 6.0

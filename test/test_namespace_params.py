@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip('rclpy')
 
-from hilserl.graph import GraphArgs, build_graph  # noqa: E402
+from hilserl.ros.graph import GraphArgs, build_graph  # noqa: E402
 from hilserl_tools.process_graph import node_command  # noqa: E402
 
 from conftest import free_domain_id  # noqa: E402
@@ -54,7 +54,7 @@ def test_camera_rate_from_the_file_under_a_namespace(tmp_path):
 def test_two_namespaced_graphs_on_one_domain_keep_apart(tmp_path):
     """Each graph has its own simulated clock (/clock remapped into the namespace), its own
     episodes and nothing of the other's."""
-    from hilserl.bags import complete_episodes
+    from hilserl.data.bags import complete_episodes
     domain = str(free_domain_id())
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
     procs = {ns: subprocess.Popen(

@@ -9,9 +9,9 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from hilserl.node import qos_profile  # noqa: E402
-from hilserl.conventions import Qos, Topics  # noqa: E402
-from hilserl.conversions import array_to_image, image_to_array  # noqa: E402
+from hilserl.ros.node import qos_profile  # noqa: E402
+from hilserl.messages.conventions import Qos, Topics  # noqa: E402
+from hilserl.messages.conversions import array_to_image, image_to_array  # noqa: E402
 
 
 def spin_until(executor, predicate, timeout_s=10.0):

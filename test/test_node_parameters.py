@@ -7,10 +7,10 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 from rclpy.parameter import Parameter  # noqa: E402
 
-from hilserl.camera import CameraConfig  # noqa: E402
-from hilserl.config import ActionConfig, ImageConfig, TaskConfig  # noqa: E402
-from hilserl.parameters import parameter_fields  # noqa: E402
-from hilserl.sim_clock import SimClockConfig  # noqa: E402
+from hilserl.robot.camera import CameraConfig  # noqa: E402
+from hilserl.configuration.config import ActionConfig, ImageConfig, TaskConfig  # noqa: E402
+from hilserl.configuration.parameters import parameter_fields  # noqa: E402
+from hilserl.robot.sim_clock import SimClockConfig  # noqa: E402
 from so101_driver.driver_core import DriverConfig  # noqa: E402
 from so101_driver.ee_control import EEControlConfig  # noqa: E402
 

@@ -5,7 +5,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from hilserl.conventions import TOPIC_QOS
+from hilserl.messages.conventions import TOPIC_QOS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_robot_files_hold_no_value_the_graph_sets():
     edit without effect."""
     import yaml
 
-    from hilserl.graph import GraphArgs, build_graph
+    from hilserl.ros.graph import GraphArgs, build_graph
     for robot in sorted((ROOT / 'config').glob('*.yaml')):
         sections = yaml.safe_load(robot.read_text())
         if not any(key.startswith('/**/') for key in sections or {}):

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip('rclpy')
 
-from hilserl.bags import list_episodes  # noqa: E402
+from hilserl.data.bags import list_episodes  # noqa: E402
 
 from conftest import free_domain_id  # noqa: E402
 
@@ -104,8 +104,8 @@ def test_string_parameters_that_look_like_numbers_stay_strings(tmp_path):
     """ROS's parameter-file parser reads a plain `4410147259e4` as a float: a configuration
     digest of that form once stopped every record graph at start-up (the recorder refused its
     `config_digest`). Strings are written quoted, and digests never look like numbers."""
-    from hilserl.config import TrainConfig
-    from hilserl.graph import NodeSpec
+    from hilserl.configuration.config import TrainConfig
+    from hilserl.ros.graph import NodeSpec
     from hilserl_tools.process_graph import node_command
     assert TrainConfig().digest()[0].isalpha()
     spec = NodeSpec('episode_recorder', 'hilserl_tools.recorder_node',

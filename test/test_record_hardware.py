@@ -24,7 +24,7 @@ pytest.importorskip('rclpy')
 cv2 = pytest.importorskip('cv2')
 
 from conftest import free_domain_id  # noqa: E402
-from hilserl.conventions import JOINT_NAMES  # noqa: E402
+from hilserl.messages.conventions import JOINT_NAMES  # noqa: E402
 from so101_driver.calibration import default_calibration, rad_to_ticks, save_calibration  # noqa: E402,E501
 from so101_driver.ee_control import TOP_DOWN_SEED_RAD  # noqa: E402
 from so101_driver.sts_simulator import SimulatedBus  # noqa: E402
@@ -171,8 +171,8 @@ def recorded(arm):
 def test_keyboard_recording_on_the_simulated_bus_feeds_learner_and_classifier(arm, recorded,
                                                                               tmp_path):
     from hilserl_tools import cli
-    from hilserl.bags import complete_episodes
-    from hilserl.demos import load_demo_episodes
+    from hilserl.data.bags import complete_episodes
+    from hilserl.data.demos import load_demo_episodes
     from reward_classifier_node.train import load_frames
 
     bus, run = arm.bus, recorded
@@ -225,7 +225,7 @@ def test_training_on_the_simulated_bus(arm, recorded, tmp_path, source):
     out = drive(arm, ['train', '--success-source', source, *extra, '--demo-dir', str(recorded),
                       '--run-dir', str(run), '--episodes', '1'],
                 ((0, (('w', 0.6),), 'k', 'SUCCESS'),), r'hilserl train: stopped \(done\)')
-    from hilserl.demos import load_demo_episodes
+    from hilserl.data.demos import load_demo_episodes
     [(_, meta, transitions)] = list(load_demo_episodes(run))
     assert meta['success'] and transitions[-1].terminated
     assert transitions[-1].reward == 10.0  # the key's success reward (the config's default)
@@ -237,8 +237,8 @@ def test_leader_arm_recording_on_the_simulated_bus(arm, tmp_path):
     bus, limp, moved by hand (its encoders change; nothing else is simulated). Its TCP motion
     becomes the recorded actions and the follower follows from where it is, without a jump; the
     keys in the terminal give the label."""
-    from hilserl.kinematics import SO101Kinematics
-    from hilserl.demos import load_demo_episodes
+    from hilserl.robot.kinematics import SO101Kinematics
+    from hilserl.data.demos import load_demo_episodes
 
     cal = default_calibration()
     home = np.append(TOP_DOWN_SEED_RAD, 0.7)
@@ -299,9 +299,9 @@ def test_the_success_key_is_found_by_the_actor_event_when_the_label_message_is_m
     starts at once; the actor's `label` event on episode/events marks the key all the same."""
     import json
 
-    from hilserl.bags import EpisodeData, labelled_frames
-    from hilserl.conventions import Topics
-    from hilserl.conversions import array_to_image
+    from hilserl.data.bags import EpisodeData, labelled_frames
+    from hilserl.messages.conventions import Topics
+    from hilserl.messages.conversions import array_to_image
 
     frames = [(t, array_to_image(np.full((4, 4, 3), t, np.uint8), 'rgb8')) for t in range(10)]
     event = SimpleNamespace(data=json.dumps({'event': 'label', 'label': 'success'}))
@@ -319,8 +319,8 @@ def test_keyboard_teleop_executable_publishes_the_teleop_topics_from_its_termina
     from sensor_msgs.msg import Joy
     from std_msgs.msg import String
 
-    from hilserl.node import qos_profile
-    from hilserl.conventions import Topics
+    from hilserl.ros.node import qos_profile
+    from hilserl.messages.conventions import Topics
     command = [sys.executable, '-c', 'import sys; from so101_driver.teleop_node import '
                'keyboard_main; sys.exit(keyboard_main())']
     refused = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -366,8 +366,8 @@ def test_launch_leaves_the_keyboard_to_keyboard_teleop(arm):
     saying what to run; with a leader the node runs and the keys are labels only."""
     launch = pytest.importorskip('launch')
     pytest.importorskip('launch_ros')
-    from hilserl.graph import LAUNCH_ARGUMENTS
-    from hilserl.launch_support import graph_actions
+    from hilserl.ros.graph import LAUNCH_ARGUMENTS
+    from hilserl.ros.launch_support import graph_actions
 
     def actions(teleop):
         context = launch.LaunchContext()

@@ -13,9 +13,9 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from hilserl_tools import cli  # noqa: E402
-from hilserl.node import qos_profile  # noqa: E402
-from hilserl.bags import read_episode  # noqa: E402
-from hilserl.conventions import Topics  # noqa: E402
+from hilserl.ros.node import qos_profile  # noqa: E402
+from hilserl.data.bags import read_episode  # noqa: E402
+from hilserl.messages.conventions import Topics  # noqa: E402
 from hilserl_tools.bag_replay_node import ReplayNode  # noqa: E402
 
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from hilserl_tools import cli
-from hilserl.config import ConfigError, LearnerConfig, load_train_config
-from hilserl.run_dir import (RUN_CONFIG_NAME, RunConfigMismatch, check_run_config,
-                             checkpoint_model_dir, config_differences, load_checkpoint_config,
-                             next_episode_index, record_run_config, remove_stale_checkpoints)
+from hilserl.configuration.config import ConfigError, LearnerConfig, load_train_config
+from hilserl.configuration.run_dir import (RUN_CONFIG_NAME, RunConfigMismatch, check_run_config,
+                                           checkpoint_model_dir, config_differences,
+                                           load_checkpoint_config, next_episode_index,
+                                           record_run_config, remove_stale_checkpoints)
 from hilserl_policy.checkpoint import save_checkpoint
 from hilserl_policy.learner import Learner
 from test_sac import tiny_config, transition
@@ -189,8 +190,8 @@ def test_learner_node_refuses_a_run_started_with_another_config(ros_context, tmp
 
 
 def test_eval_of_a_make_train_checkpoint_sees_its_64px_view(tmp_path, monkeypatch):
-    from hilserl.graph import build_graph
-    from hilserl.paths import share_path
+    from hilserl.ros.graph import build_graph
+    from hilserl.common.paths import share_path
     from hilserl_policy.checkpoint import build_agent
     cfg = load_train_config(share_path('config', 'sim_learn_conv.yaml'))
     assert tuple(cfg.image.resize_hw_px) == (64, 64)  # unlike the default 128x128

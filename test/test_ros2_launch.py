@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope='module')
 def installed(tmp_path_factory):
     """(environment, work dir): hilserl installed into a prefix on AMENT_PREFIX_PATH."""
-    from hilserl.launch_support import install_like_colcon
+    from hilserl.ros.launch_support import install_like_colcon
     work = tmp_path_factory.mktemp('ros2_launch')
     env = {**os.environ, **install_like_colcon(ROOT, work, sys.executable),
            'PATH': os.pathsep.join([str(ROS2.parent), os.environ.get('PATH', '')]),
@@ -91,7 +91,7 @@ def test_train_launch_runs_and_a_terminal_ctrl_c_keeps_everything(installed):
 def test_train_launch_with_two_arms_ends_when_both_have_run_their_episodes(installed):
     """robots:=2: each arm's nodes in robot_0 / robot_1 (their own clocks and bags), one
     learner; the launch ends by itself once both actors have run num_episodes."""
-    from hilserl.bags import complete_episodes
+    from hilserl.data.bags import complete_episodes
     env, work, config = installed
     run_dir = work / 'two_arms'
     proc = launch(env, 'train.launch.py', 'robots:=2', 'num_episodes:=1',

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from hilserl.config import TrainConfig, ActionConfig, ImageConfig, with_fields
-from hilserl.augment import random_shift, replicate_pad
+from hilserl.configuration.config import TrainConfig, ActionConfig, ImageConfig, with_fields
+from hilserl.learning.augment import random_shift, replicate_pad
 from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, load_pretrained, resume,
                                        save_checkpoint)
 from hilserl_policy.learner import Learner
 from hilserl_policy.replay_buffer import ReplayBuffer, sample_mixed
 from hilserl_policy.sac import polyak_update
 from hilserl_policy.transport import decode_weights, encode_weights
-from hilserl.transition import Transition, decode_transition, encode_transition
+from hilserl.data.transition import Transition, decode_transition, encode_transition
 
 HW = (32, 32)
 SMALL = dict(batch_size=16, utd_ratio=2, hidden_dims=(32, 32), latent_dim=16,
@@ -282,7 +282,7 @@ def test_sampled_image_batches_are_channels_last_views_of_the_stored_images(tmp_
 
 def test_allocator_setting_applies_on_glibc():
     import platform
-    from hilserl.allocator import retain_freed_memory
+    from hilserl.learning.allocator import retain_freed_memory
     assert retain_freed_memory() == (platform.libc_ver()[0] == 'glibc')
 
 
@@ -572,7 +572,7 @@ def test_feature_cache_follows_next_images_across_episode_breaks(cached_agent):
 
 
 def test_feature_cache_needs_a_frozen_encoder():
-    from hilserl.config import ConfigError
+    from hilserl.configuration.config import ConfigError
     with pytest.raises(ConfigError, match='freeze_encoder'):
         with_fields(TrainConfig(), freeze_encoder=False, pretrained_encoder_path=None,
                     feature_cache_shifts=2)
@@ -841,7 +841,7 @@ def _episode_transitions(rng, steps):
 
 
 def test_each_image_goes_on_the_wire_once_and_streams_decode_exactly():
-    from hilserl.transition import MissingPreviousImage, TransitionDecoder, TransitionEncoder
+    from hilserl.data.transition import MissingPreviousImage, TransitionDecoder, TransitionEncoder
     rng = np.random.default_rng(4)
     encoder, decoder = TransitionEncoder(), TransitionDecoder()
     episodes = {0: _episode_transitions(rng, 4), 1: _episode_transitions(rng, 3)}

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import TINY_TRAIN_CONFIG, free_domain_id
-from hilserl.bags import complete_episodes, read_episode
-from hilserl.graph import GraphArgs, build_graph, node_namespace, node_remappings
+from hilserl.data.bags import complete_episodes, read_episode
+from hilserl.ros.graph import GraphArgs, build_graph, node_namespace, node_remappings
 from hilserl_tools.process_graph import node_command
 
 

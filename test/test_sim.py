@@ -4,8 +4,8 @@ import pytest
 
 mujoco = pytest.importorskip('mujoco')
 
-from hilserl.config import TrainConfig  # noqa: E402
-from hilserl.kinematics import SO101Kinematics  # noqa: E402
+from hilserl.configuration.config import TrainConfig  # noqa: E402
+from hilserl.robot.kinematics import SO101Kinematics  # noqa: E402
 from so101_driver.mujoco_scene import SceneConfig, build_mjcf  # noqa: E402
 from so101_driver.sim_backend import SimBackend  # noqa: E402
 from so101_driver.ee_control import TOP_DOWN_SEED_RAD, home_joint_goal  # noqa: E402

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from hilserl.sim_clock import SIM_START_NS, LearnerPacer, LockStepClock, SimClockConfig
+from hilserl.robot.sim_clock import SIM_START_NS, LearnerPacer, LockStepClock, SimClockConfig
 
 PERIOD_NS = 100_000_000
 
@@ -96,9 +96,9 @@ def test_driver_node_owns_time_and_steps_once_per_answer(ros_context):
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float32MultiArray
 
-    from hilserl.node import qos_profile
-    from hilserl.conventions import Topics
-    from hilserl.conversions import action_to_msg, stamp_to_nanoseconds
+    from hilserl.ros.node import qos_profile
+    from hilserl.messages.conventions import Topics
+    from hilserl.messages.conversions import action_to_msg, stamp_to_nanoseconds
     from so101_driver.driver_node import DriverNode
 
     node = DriverNode(context=ros_context, parameter_overrides=[

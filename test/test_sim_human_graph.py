@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip('rclpy')
 
 from hilserl_tools import cli  # noqa: E402
-from hilserl.bags import complete_episodes  # noqa: E402
+from hilserl.data.bags import complete_episodes  # noqa: E402
 
 from conftest import free_domain_id  # noqa: E402
 

@@ -1,7 +1,7 @@
 import pytest
 
-from hilserl.config import TaskConfig
-from hilserl.task import RewardTracker
+from hilserl.configuration.config import TaskConfig
+from hilserl.learning.task import RewardTracker
 
 
 def test_time_limit_truncates_without_terminating():
@@ -31,7 +31,7 @@ def test_seed_success_rule_from_train_yaml():
     """The seed's rule: no success before step 30, then 10 consecutive positives end it."""
     from pathlib import Path
 
-    from hilserl.config import load_train_config
+    from hilserl.configuration.config import load_train_config
     cfg = load_train_config(Path(__file__).resolve().parents[1] / 'config' / 'train.yaml')
     tracker = RewardTracker(cfg.task)
     outcomes = [tracker.step(True) for _ in range(40)]
@@ -75,7 +75,7 @@ def test_succeeded_stays_set_once_the_episode_terminated():
 
 
 def test_a_streak_completes_after_needed_consecutive_frames_and_breaks_on_one_miss():
-    from hilserl.task import Streak
+    from hilserl.learning.task import Streak
     streak = Streak(3)
     assert [streak.update(h) for h in (True, True, False, True, True, True, True)] == \
         [False, False, False, False, False, True, True]

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from hilserl.kinematics import SO101Kinematics
-from hilserl.teleop import (GamepadLayout, GamepadTeleop, KeyboardTeleop, LeaderArmTeleop,
-                            SimHumanConfig, SimHumanTeleop, parse_terminal_keys)
+from hilserl.robot.kinematics import SO101Kinematics
+from hilserl.robot.teleop import (GamepadLayout, GamepadTeleop, KeyboardTeleop, LeaderArmTeleop,
+                                  SimHumanConfig, SimHumanTeleop, parse_terminal_keys)
 
 
 def test_terminal_bytes_to_keys():

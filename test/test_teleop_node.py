@@ -13,9 +13,10 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Joy  # noqa: E402
 from std_msgs.msg import Bool, Float32MultiArray  # noqa: E402
 
-from hilserl.node import qos_profile  # noqa: E402
-from hilserl.conventions import Topics  # noqa: E402
-from hilserl.conversions import action_to_msg, joy_to_human, stamp_to_nanoseconds  # noqa: E402
+from hilserl.ros.node import qos_profile  # noqa: E402
+from hilserl.messages.conventions import Topics  # noqa: E402
+from hilserl.messages.conversions import (  # noqa: E402
+    action_to_msg, joy_to_human, stamp_to_nanoseconds)
 from so101_driver.driver_node import DriverNode  # noqa: E402
 from so101_driver.teleop_node import TeleopNode  # noqa: E402
 
@@ -120,7 +121,7 @@ def test_gamepad_sticks_and_buttons_become_teleop_topics(ros_context):
     intervention button is held, the shoulder button closes the gripper, B labels a success."""
     from std_msgs.msg import String
 
-    from hilserl.teleop import GamepadLayout
+    from hilserl.robot.teleop import GamepadLayout
     pytest.importorskip('pygame')
     layout, pad = GamepadLayout(), VirtualGamepad()
     teleop = TeleopNode(context=ros_context, parameter_overrides=[

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from hilserl_tools import cli
-from hilserl.bags import list_episodes, read_episode
-from hilserl.conventions import Topics
-from hilserl.conversions import image_to_array
+from hilserl.data.bags import list_episodes, read_episode
+from hilserl.messages.conventions import Topics
+from hilserl.messages.conversions import image_to_array
 from hilserl_policy.checkpoint import latest_checkpoint
-from hilserl.transition import TransitionDecoder
+from hilserl.data.transition import TransitionDecoder
 
 from conftest import TINY_TRAIN_CONFIG as TINY
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def share_path(*parts: str) -> Path:

@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 
 import yaml
 
-from hilserl.config import ConfigError, TrainConfig, from_dict, save_config
+from hilserl.configuration.config import ConfigError, TrainConfig, from_dict, save_config
 
 RUN_CONFIG_NAME = 'run_config.yaml'
 # Operational settings a resume may change: they decide where and how often things happen,
@@ -165,17 +165,39 @@ def remove_stale_checkpoints(run_dir) -> List[Path]:
 
 
 def checkpoint_model_dir(path) -> Path:
-    """A checkpoint directory (checkpoints/NNNNNN) or its pretrained_model folder -> the
-    pretrained_model folder; FileNotFoundError (one line) when neither holds a policy."""
+    """A checkpoint directory (checkpoints/NNNNNN), its pretrained_model folder, the run's
+    `checkpoints/last`, its `checkpoints/` folder or the run directory itself (both: the newest
+    complete checkpoint) -> the pretrained_model folder. FileNotFoundError (one line, naming the
+    checkpoints that do exist) when none holds a policy."""
     path = Path(path)
+    if path.name == 'last' and path.is_file():  # the marker the learner rewrites at each save
+        path = path.parent / path.read_text().strip()
+    elif (path / 'checkpoints').is_dir() or (path.name == 'checkpoints' and path.is_dir()):
+        latest = latest_checkpoint(path if (path / 'checkpoints').is_dir() else path.parent)
+        path = latest if latest is not None else path
     for candidate in (path / 'pretrained_model', path):
         if (candidate / 'config.json').is_file() and \
                 (candidate / 'model.safetensors').is_file():
             return candidate
+    found = _checkpoints_near(path)
+    listing = (f'; the checkpoints there: {", ".join(found)}' if found else '')
     if not path.exists():
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
+        raise FileNotFoundError(f'checkpoint {path} does not exist{listing}')
     raise FileNotFoundError(f'{path} is not a policy checkpoint (no pretrained_model/config.json '
-                            f'and model.safetensors)')
+                            f'and model.safetensors){listing}')
+
+
+def _checkpoints_near(path: Path, shown: int = 5) -> List[str]:
+    """The complete checkpoints of the run `path` lies in (or names), newest last, for an error
+    message: the last `shown` and `.../checkpoints/last`."""
+    for folder in (path, *path.parents[:3]):
+        if (folder / 'checkpoints').is_dir():
+            done = complete_checkpoints(folder)
+            names = [str(p) for p in done[-shown:]]
+            if done and (folder / 'checkpoints' / 'last').is_file():
+                names.append(str(folder / 'checkpoints' / 'last'))
+            return names
+    return []
 
 
 def load_checkpoint_config(path) -> Tuple[TrainConfig, Path]:

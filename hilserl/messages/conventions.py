@@ -1,7 +1,7 @@
 """Topic names, frames and QoS classes of the whole suite, in one place.
 
 Topic names are relative so a launch `namespace` (e.g. two arms) applies to all of them.
-QoS is described here as plain data; `hilserl.node.qos_profile()` turns it into
+QoS is described here as plain data; `hilserl.ros.node.qos_profile()` turns it into
 rclpy's.
 """
 from __future__ import annotations

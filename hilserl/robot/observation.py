@@ -5,8 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
-from hilserl.config import STATE_FEATURE_DIMS
-from hilserl.kinematics import SO101Kinematics
+from hilserl.configuration.config import STATE_FEATURE_DIMS
+from hilserl.robot.kinematics import SO101Kinematics
 
 
 def build_state(features: Sequence[str], position_rad, velocity_rad_s,

@@ -2,8 +2,8 @@
 
 `resnet10`: the seed's pretrained ResNet-10 (`helper2424/resnet10`, GroupNorm, one basic block
 per stage, 64-128-256-512), computing what the upstream model computes; its config.json +
-model.safetensors (a local directory or the local Hugging Face cache, see hilserl.pretrained)
-load as saved.
+model.safetensors (a local directory or the local Hugging Face cache, see
+hilserl.configuration.pretrained) load as saved.
 `small_conv`: a patchify stem and three 3x3 convolutions, cheap enough to train on a CPU.
 """
 from __future__ import annotations
@@ -219,7 +219,7 @@ def load_pretrained_encoder(encoder: nn.Module, path) -> str:
     not fit (another architecture, missing or mis-shaped tensors)."""
     from safetensors.torch import load_file
 
-    from hilserl.pretrained import WEIGHTS_FILE, resolve_pretrained_dir
+    from hilserl.configuration.pretrained import WEIGHTS_FILE, resolve_pretrained_dir
     directory = resolve_pretrained_dir(str(path))
     weights_path = directory / WEIGHTS_FILE
     config_path = directory / 'config.json'

@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hilserl.kinematics import SO101Kinematics
+from hilserl.robot.kinematics import SO101Kinematics
 
 LABEL_SUCCESS, LABEL_FAILURE, LABEL_RERECORD = 'success', 'failure', 'rerecord'
 

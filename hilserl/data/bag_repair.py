@@ -300,7 +300,7 @@ def needs_repair(episode: Path) -> bool:
 
 def _readable(bag: Path) -> Tuple[Optional[Dict[str, int]], str]:
     """(topic -> messages read, '') when rosbags reads every message of `bag`, else (None, why)."""
-    from hilserl.bags import _reader
+    from hilserl.data.bags import _reader
     if not (bag / 'metadata.yaml').is_file():
         return None, 'metadata.yaml missing'
     counts: Dict[str, int] = {}
@@ -332,7 +332,7 @@ def _write_bag(bag_dir: Path, scans: List[Scan]) -> Dict[str, int]:
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.rosbag2.writer import CompressionFormat, CompressionMode
 
-    from hilserl.bags import typestore
+    from hilserl.data.bags import typestore
     store = typestore()
     writer = Writer(bag_dir, version=9, storage_plugin=StoragePlugin.MCAP)
     writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
@@ -365,7 +365,7 @@ def _originals(episode: Path) -> List[Path]:
 
 def _try_lock(paths: List[Path]):
     """Open files holding a non-blocking exclusive flock on each path, or None when a live
-    writer (hilserl.bags.EpisodeWriter) holds one."""
+    writer (hilserl.data.bags.EpisodeWriter) holds one."""
     try:
         import fcntl
     except ImportError:
@@ -450,7 +450,7 @@ def _repair(episode: Path, originals: List[Path], keep_original: bool) -> Repair
 
 
 def _write_episode_json(episode: Path, counts: Dict[str, int], notes: List[str]) -> None:
-    from hilserl.bags import write_json_atomic
+    from hilserl.data.bags import write_json_atomic
     path = episode / 'episode.json'
     repair = {'repaired': True, 'repair_note': '; '.join(notes),
               'recovered_messages': sum(counts.values())}

@@ -5,8 +5,8 @@ Messages between episodes (resets) are not recorded, except a short pre-roll: me
 arrived up to `preroll_ns` before the `start` event are written when it comes, because topics
 are delivered independently and an episode's first messages may be handled before its `start`.
 Ctrl-C closes the open bag cleanly; after a SIGKILL, the chunks already written (at most about a
-second or 256 kB behind, hilserl.bags.CHUNK_AGE_S / CHUNK_BYTES) are restored on the next start
-(hilserl.bag_repair). Bag stamps are the graph's time (simulated with the sim backend); the
+second or 256 kB behind, hilserl.data.bags.CHUNK_AGE_S / CHUNK_BYTES) are restored on the next start
+(hilserl.data.bag_repair). Bag stamps are the graph's time (simulated with the sim backend); the
 close delay is wall time, because late messages are late in wall time and a stopped simulated
 clock must not keep a finished episode's bag open.
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from hilserl.bags import EPISODE_TOPICS, EpisodeWriter
-from hilserl.conventions import Topics
+from hilserl.data.bags import EPISODE_TOPICS, EpisodeWriter
+from hilserl.messages.conventions import Topics
 
 
 SIM_PREROLL_WINDOW_NS = 10_000_000_000

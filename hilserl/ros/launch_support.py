@@ -1,14 +1,14 @@
-"""Glue between the graph description (hilserl.graph) and ROS 2 launch: used by
+"""Glue between the graph description (hilserl.ros.graph) and ROS 2 launch: used by
 launch/graph.launch.py (included by train.launch.py and eval.launch.py). launch / launch_ros are
 imported lazily, so this module imports (and is tested) on machines without a distro."""
 from __future__ import annotations
 
 from typing import List
 
-from hilserl.config import load_train_config
-from hilserl.graph import (LAUNCH_ARGUMENTS, ROBOT_NAMESPACE, GraphArgs, NodeSpec, build_graph,
-                           keyboard_teleop_command, node_namespace, node_remappings)
-from hilserl.pretrained import check_encoder_weights
+from hilserl.configuration.config import load_train_config
+from hilserl.ros.graph import (LAUNCH_ARGUMENTS, ROBOT_NAMESPACE, GraphArgs, NodeSpec, build_graph,
+                               keyboard_teleop_command, node_namespace, node_remappings)
+from hilserl.configuration.pretrained import check_encoder_weights
 
 SIGTERM_TIMEOUT_S = 30
 
@@ -24,7 +24,7 @@ def graph_args_from_context(context) -> GraphArgs:
         values[number] = int(values[number])
     if mode == 'eval' and not values['config'] and values['checkpoint']:
         # the policy must see what it was trained on: the checkpoint's own configuration
-        from hilserl.run_dir import load_checkpoint_config
+        from hilserl.configuration.run_dir import load_checkpoint_config
         values['config'] = str(load_checkpoint_config(values['checkpoint'])[1])
     if mode == 'eval' and values['teleop'] == 'sim':
         values['teleop'] = 'none'  # the simulated human would spoil an evaluation
@@ -94,7 +94,7 @@ def visualization_actions(context) -> List:
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
 
-    from hilserl.paths import share_path
+    from hilserl.common.paths import share_path
     namespace = LaunchConfiguration('namespace').perform(context)
     sim = LaunchConfiguration('backend').perform(context) == 'sim'
     rviz = LaunchConfiguration('rviz').perform(context).lower() in ('true', '1', 'yes')

@@ -16,10 +16,10 @@ from typing import Dict, Optional, Tuple
 
 import yaml
 
-from hilserl.conventions import ACTION_NAMES
-from hilserl.files import write_text_atomic
-from hilserl.parameters import param
-from hilserl.pretrained import DEFAULT_REPO, frozen_without_weights_message
+from hilserl.messages.conventions import ACTION_NAMES
+from hilserl.common.files import write_text_atomic
+from hilserl.configuration.parameters import param
+from hilserl.configuration.pretrained import DEFAULT_REPO, frozen_without_weights_message
 
 # Output range of each policy squashing function: the action bounds must equal it.
 SQUASH_RANGES = {'tanh': (-1.0, 1.0)}

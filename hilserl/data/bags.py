@@ -18,9 +18,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from hilserl.conventions import Topics
-from hilserl.conversions import STAMP_LABEL
-from hilserl.files import write_text_atomic
+from hilserl.messages.conventions import Topics
+from hilserl.messages.conversions import STAMP_LABEL
+from hilserl.common.files import write_text_atomic
 
 TYPESTORE_NAME = 'ros2_kilted'
 
@@ -309,7 +309,7 @@ def header_stamp_ns(cdr) -> Optional[int]:
 
 
 # Types whose layout may carry the tick they belong to as a dimension 'stamp_ns=<int>'
-# (hilserl.conversions.action_to_msg; the actor's transitions).
+# (hilserl.messages.conversions.action_to_msg; the actor's transitions).
 MULTIARRAY_TYPES = frozenset({'std_msgs/msg/Float32MultiArray', 'std_msgs/msg/UInt8MultiArray'})
 
 
@@ -372,7 +372,7 @@ def complete_episodes(root) -> List[Tuple[Path, dict]]:
 
 
 def image_msg_to_array(msg) -> np.ndarray:
-    from hilserl.conversions import image_to_array
+    from hilserl.messages.conversions import image_to_array
     return image_to_array(msg)
 
 
@@ -400,7 +400,10 @@ def labelled_frames(episode: EpisodeData, topic: str = Topics.IMAGE_CROP,
     label_source 'key': the episode's success label (teleop key) marks the success moment;
     the frame at the label, the `frames_before_label` frames before it (for a human who presses
     late) and every frame after it are positive.
-    label_source 'ground_truth': the simulator's per-frame sim/success.
+    label_source 'ground_truth': the simulator's per-frame sim/success. An episode starts with
+    the cube on the table, so `True` values before the first `False` are the previous episode's
+    end arriving late (sim/success has no header: the recorder stamps it on arrival) and are
+    read as `False`.
     """
     frames = episode.messages.get(topic, [])
     if not frames:
@@ -419,6 +422,8 @@ def labelled_frames(episode: EpisodeData, topic: str = Topics.IMAGE_CROP,
         if truth:
             truth_stamps = np.array([s for s, _ in truth])
             values = np.array([m.data for _, m in truth], dtype=bool)
+            if values[0] and not values.all():
+                values[:int(np.argmin(values))] = False
             index = np.clip(np.searchsorted(truth_stamps, stamps, side='right') - 1, 0, None)
             labels = values[index].astype(np.int64)
     else:
@@ -442,6 +447,37 @@ def bag_summary(path) -> str:
     meta = episode_dir / 'episode.json'
     if meta.is_file():
         lines.append('episode: ' + meta.read_text().replace('\n', ' '))
+    return '\n'.join(lines)
+
+
+def episodes_table(root) -> str:
+    """One line per episode under `root` (a run or its episodes/ folder) from each episode.json:
+    outcome, steps, return, human steps, messages; then the counts by outcome. Episodes a stop
+    interrupted or a repair recovered say so; a folder without episodes is an error."""
+    episodes = list_episodes(root)
+    if not episodes:
+        raise FileNotFoundError(f'{root} holds no episode bags (episode_*/bag/metadata.yaml)')
+    lines = [f'{"episode":<16} {"outcome":<12} {"steps":>6} {"return":>8} {"human":>6} '
+             f'{"messages":>9}  note']
+    outcomes: Dict[str, int] = {}
+    for path in episodes:
+        try:
+            meta = json.loads((path / 'episode.json').read_text())
+        except (OSError, json.JSONDecodeError):
+            meta = {}
+        outcome = meta.get('outcome', 'unknown')
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        counts = meta.get('counts') or {}
+        note = 'repaired' if meta.get('repaired') else '' if meta else 'no episode.json'
+        episode_return = meta.get('return')
+        shown_return = '-' if episode_return is None else f'{episode_return:.2f}'
+        line = (f'{path.name:<16} {outcome:<12} {meta.get("steps", "-"):>6} {shown_return:>8} '
+                f'{meta.get("interventions", "-"):>6} {sum(counts.values()):>9}  {note}')
+        lines.append(line.rstrip())
+    ended = sum(n for o, n in outcomes.items() if o in ('success', 'failure', 'timeout'))
+    rate = f', success {outcomes.get("success", 0) / ended:.0%} of {ended} ended' if ended else ''
+    lines.append(f'{len(episodes)} episodes: ' + ', '.join(
+        f'{n} {o}' for o, n in sorted(outcomes.items())) + rate)
     return '\n'.join(lines)
 
 

@@ -1,6 +1,7 @@
 """Where pretrained encoder weights come from (torch-free): a local directory holding
 config.json + model.safetensors, or a Hugging Face repo id (`helper2424/resnet10`, the seed's
-ResNet-10) found in the local Hugging Face cache. Nothing is ever downloaded here.
+ResNet-10) found in the local Hugging Face cache. Nothing is downloaded except by
+`fetch_encoder` (the `hilserl fetch-encoder` command), never while a graph starts.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def frozen_without_weights_message(owner: str = 'sac') -> str:
     return (f'{owner}.freeze_encoder is true but {owner}.pretrained_encoder_path is not set: a '
             'frozen encoder would keep random weights. Set pretrained_encoder_path (a local '
             f'directory with config.json + {WEIGHTS_FILE}, or {DEFAULT_REPO} once in the '
-            f'Hugging Face cache: huggingface-cli download {DEFAULT_REPO}), or set '
+            f'Hugging Face cache: hilserl fetch-encoder {DEFAULT_REPO}), or set '
             'freeze_encoder: false to train the encoder')
 
 
@@ -65,7 +66,7 @@ def resolve_pretrained_dir(path: str) -> Path:
             return local
         raise PretrainedWeightsMissing(
             f'pretrained encoder directory {local} holds no {WEIGHTS_FILE} (it needs '
-            f'config.json + {WEIGHTS_FILE}, e.g. huggingface-cli download {DEFAULT_REPO} '
+            f'config.json + {WEIGHTS_FILE}, e.g. hilserl fetch-encoder {DEFAULT_REPO} '
             f'--local-dir {local})')
     caches = hub_cache_dirs()
     if _is_repo_id(str(path)):
@@ -76,12 +77,12 @@ def resolve_pretrained_dir(path: str) -> Path:
         raise PretrainedWeightsMissing(
             f'pretrained encoder {path} is not in the local Hugging Face cache '
             f'({", ".join(map(str, caches))}) and is not a directory: download it once where '
-            f'you are online (huggingface-cli download {path}), or set pretrained_encoder_path '
+            f'you are online (hilserl fetch-encoder {path}), or set pretrained_encoder_path '
             f'to a directory with config.json + {WEIGHTS_FILE}, or train the encoder from '
             'scratch (freeze_encoder: false, pretrained_encoder_path: null)')
     raise PretrainedWeightsMissing(
         f'pretrained encoder directory {local} does not exist (get the weights with '
-        f'huggingface-cli download {DEFAULT_REPO} --local-dir {local}, or name the repo id '
+        f'hilserl fetch-encoder {DEFAULT_REPO} --local-dir {local}, or name the repo id '
         f'{DEFAULT_REPO} once it is in the Hugging Face cache; or train the encoder from '
         'scratch: freeze_encoder: false, pretrained_encoder_path: null)')
 
@@ -92,3 +93,38 @@ def check_encoder_weights(policy) -> Optional[Path]:
     if not policy.pretrained_encoder_path:
         return None
     return resolve_pretrained_dir(policy.pretrained_encoder_path)
+
+
+class EncoderFetchFailed(OSError):
+    """The hub could not be reached or refused the download (one line: why, and what to do)."""
+
+
+def fetch_encoder(repo_id: str = DEFAULT_REPO, local_dir: Optional[str] = None) -> Path:
+    """Download a pretrained encoder's config.json + model.safetensors from the Hugging Face hub
+    into the local hub cache (or `local_dir`), where `resolve_pretrained_dir` finds it. A repo
+    already in the cache is not fetched again. Returns the directory holding the weights."""
+    if local_dir is None and _is_repo_id(repo_id):
+        for cache in hub_cache_dirs():
+            snapshot = _cached_snapshot(repo_id, cache)
+            if snapshot is not None:
+                return snapshot
+    if not _is_repo_id(repo_id):
+        raise EncoderFetchFailed(f'{repo_id!r} is not a Hugging Face repo id (owner/name)')
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise EncoderFetchFailed('huggingface_hub is not installed: run make setup') from None
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=['config.json', WEIGHTS_FILE],
+                                   local_dir=local_dir)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, refused: say it in one line
+        reason = ' '.join(str(exc).split())[:200] or type(exc).__name__
+        raise EncoderFetchFailed(
+            f'cannot download {repo_id} from the Hugging Face hub (offline? {reason}); where you '
+            f'are online run hilserl fetch-encoder {repo_id} and copy the hub cache '
+            f'({hub_cache_dirs()[0]}) here, or a directory with config.json + {WEIGHTS_FILE}') \
+            from None
+    folder = Path(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise EncoderFetchFailed(f'{repo_id} has no {WEIGHTS_FILE}: not an encoder checkpoint')
+    return folder

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from hilserl.parameters import param
+from hilserl.configuration.parameters import param
 
 # Simulated time starts here rather than at 0, which ROS reads as "no time received yet".
 SIM_START_NS = 1_000_000_000

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Tuple
 
-from hilserl.config import TaskConfig
+from hilserl.configuration.config import TaskConfig
 
 
 class Streak:

@@ -74,7 +74,7 @@ class DatasetError(ValueError):
 def state_names(state_features: Sequence[str]) -> List[str]:
     """Names of the state vector's values, LeRobot style ('shoulder_pan.pos', ...); SI units
     (rad, rad/s, m), unlike LeRobot's SO-101 datasets (degrees or -100..100)."""
-    from hilserl.conventions import JOINT_NAMES
+    from hilserl.messages.conventions import JOINT_NAMES
     names = {'joint_pos': [f'{j}.pos' for j in JOINT_NAMES],
              'joint_vel': [f'{j}.vel' for j in JOINT_NAMES],
              'ee_xyz': ['ee.x', 'ee.y', 'ee.z'], 'ee_euler': ['ee.roll', 'ee.pitch', 'ee.yaw'],
@@ -126,7 +126,7 @@ def episode_from_transitions(transitions, name: str = '', success: bool = False
 def transitions_from_episode(episode: DatasetEpisode, n_obs_steps: int = 1) -> Iterator:
     """Transitions of one episode; `n_obs_steps` frames stacked on the channel axis, the
     episode's first frame repeated before it (as the actor stacks them)."""
-    from hilserl.transition import Transition
+    from hilserl.data.transition import Transition
     n = len(episode)
     frames = [f.transpose(2, 0, 1) for f in episode.image]
     frames.append(episode.final_image.transpose(2, 0, 1) if episode.final_image is not None
@@ -382,8 +382,8 @@ def export_lerobot(source, out_dir, fps: Optional[float] = None, video: bool = T
     """Complete episodes under `source` (a run, its episodes/ folder, or one episode; rerecorded
     and interrupted ones are left out, as for demonstrations) as a LeRobot dataset. fps: the
     run's control rate unless given; state names from the run's configuration."""
-    from hilserl.config import load_train_config
-    from hilserl.demos import load_demo_episodes
+    from hilserl.configuration.config import load_train_config
+    from hilserl.data.demos import load_demo_episodes
     source = Path(source)
     if not source.exists():
         raise DatasetError(f'{source} does not exist')
@@ -404,8 +404,8 @@ def export_lerobot(source, out_dir, fps: Optional[float] = None, video: bool = T
 
 def _run_config(source: Path):
     """The TrainConfig a run was recorded with (run_config.yaml / checkpoint), when known."""
-    from hilserl.config import ConfigError, TrainConfig, from_dict
-    from hilserl.run_dir import stored_run_config
+    from hilserl.configuration.config import ConfigError, TrainConfig, from_dict
+    from hilserl.configuration.run_dir import stored_run_config
     for folder in (source, *source.parents[:3]):
         try:
             data, _ = stored_run_config(folder)
@@ -512,7 +512,7 @@ def _frame_mapper(ds: DatasetInfo, cfg) -> Callable[[np.ndarray], np.ndarray]:
     """A camera frame of this dataset -> hilserl's policy view (configured resize): as it is
     when it already has that size, the camera crop + resize when it has the camera frame's size
     (scaled when only the resolution differs); refused otherwise."""
-    from hilserl.image_ops import crop_resize
+    from hilserl.learning.image_ops import crop_resize
     feature = ds.features[ds.image_key]
     shape = list(feature['shape'])
     names = feature.get('names') or []
@@ -672,9 +672,9 @@ def write_demo_bags(root, out_dir, cfg, camera: Optional[str] = None,
     """A LeRobot dataset's transitions as episode bags (the `transitions` topic, episode.json)
     in `out_dir`, which the learner reads like recorded demonstrations. Rebuilt only when the
     dataset or the view it was read with changed (a `source.json` says which)."""
-    from hilserl.bags import EpisodeWriter, MessageFactory, write_json_atomic
-    from hilserl.conventions import Topics
-    from hilserl.transition import TransitionEncoder
+    from hilserl.data.bags import EpisodeWriter, MessageFactory, write_json_atomic
+    from hilserl.messages.conventions import Topics
+    from hilserl.data.transition import TransitionEncoder
     root, out_dir = Path(root).resolve(), Path(out_dir)
     info_text = (root / INFO_PATH).read_text() if (root / INFO_PATH).is_file() else ''
     source = json.loads(json.dumps({  # as it reads back (tuples -> lists)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from hilserl.config import TrainConfig, load_train_config
-from hilserl.conventions import Topics
-from hilserl.paths import share_path
+from hilserl.configuration.config import TrainConfig, load_train_config
+from hilserl.messages.conventions import Topics
+from hilserl.common.paths import share_path
 
 MODES = ('train', 'eval', 'record')
 BACKENDS = ('sim', 'hardware')
@@ -46,7 +46,9 @@ SUCCESS_SOURCES = ('sim', 'classifier', 'key')
 # name, default, description: shared by the launch files and the `hilserl` command
 LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
     ('backend', 'sim', 'sim (MuJoCo) or hardware (Feetech bus + camera)'),
-    ('config', '', 'training YAML (empty: config/train.yaml)'),
+    ('config', '', 'training YAML (empty: config/sim_learn_conv.yaml on backend sim, the set-up '
+                   'that learns the simulated task on a CPU; config/train.yaml, the seed\'s, '
+                   'on hardware)'),
     ('robot_config', '', 'robot parameters YAML (empty: config/sim_robot.yaml for sim, '
                          'config/so101_follower.yaml for hardware)'),
     ('checkpoint', '', 'pretrained_model directory (eval: required; train: start from it)'),
@@ -144,7 +146,12 @@ class GraphArgs:
                              'use keyboard, gamepad or leader')
 
     def config_path(self) -> Path:
-        return Path(self.config) if self.config else share_path('config', 'train.yaml')
+        if self.config:
+            return Path(self.config)
+        # the simulated arm learns with a small trained encoder on a CPU; a real arm is the
+        # seed's set-up (frozen pretrained ResNet-10)
+        return share_path('config', 'sim_learn_conv.yaml' if self.backend == 'sim' else
+                          'train.yaml')
 
     def environment(self) -> Dict[str, str]:
         """What the graph's nodes start with beyond NODE_ENVIRONMENT: the discovery range."""

@@ -12,7 +12,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-from hilserl.conventions import QosSpec, qos_for
+from hilserl.messages.conventions import QosSpec, qos_for
 
 
 def qos_profile(spec_or_topic) -> QoSProfile:
@@ -92,10 +92,10 @@ def declare(node, name: str, default, description: str, **descriptor_kwargs):
 
 
 def declare_config(node, cls, read_only: bool = True) -> dict:
-    """Declare every `hilserl.parameters.param` field of the dataclass `cls` as a parameter
-    (default, description and range from the field) and return their values as keyword
-    arguments for `cls` (lists back to tuples where the default is a tuple)."""
-    from hilserl.parameters import parameter_fields
+    """Declare every `hilserl.configuration.parameters.param` field of the dataclass `cls` as a
+    parameter (default, description and range from the field) and return their values as
+    keyword arguments for `cls` (lists back to tuples where the default is a tuple)."""
+    from hilserl.configuration.parameters import parameter_fields
     values = {}
     for name, default, spec in parameter_fields(cls):
         ranges = {k: spec[k] for k in ('float_range', 'int_range') if spec[k] is not None}
@@ -122,7 +122,7 @@ def pose_stamped(pose_4x4, frame_id: str, stamp):
     """4x4 homogeneous transform -> geometry_msgs/PoseStamped."""
     from geometry_msgs.msg import PoseStamped
 
-    from hilserl.kinematics import matrix_to_quaternion_xyzw
+    from hilserl.robot.kinematics import matrix_to_quaternion_xyzw
     msg = PoseStamped()
     msg.header.stamp = stamp
     msg.header.frame_id = frame_id

@@ -1,6 +1,6 @@
 """Config fields that are also node parameters: one default, one description, one range, written
 once on the dataclass (`param(...)`), declared by the node from there
-(`hilserl.node.declare_config`). No ROS here."""
+(`hilserl.ros.node.declare_config`). No ROS here."""
 from __future__ import annotations
 
 import dataclasses

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-from hilserl.parameters import param
+from hilserl.configuration.parameters import param
 
 OK, WARN, ERROR = 0, 1, 2
 

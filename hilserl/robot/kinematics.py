@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hilserl.paths import share_path
+from hilserl.common.paths import share_path
 
 
 def default_urdf_path() -> Path:

@@ -1,0 +1,61 @@
+"""What the driver node used to decide itself, now in DriverCore, without ROS: how far a
+wall-clock tick advances, and the state after a simulation reset teleports the arm home."""
+import numpy as np
+import pytest
+
+from hilserl.robot.kinematics import SO101Kinematics
+from so101_driver.backend import ArmBackend, JointReading
+from so101_driver.driver_core import DriverConfig, DriverCore, tick_step_s
+
+HOME_RAD = np.array([0.0, 0.2408, -0.2763, 1.6063, 0.0, 0.5])
+
+
+class StillArm(ArmBackend):
+    """Stays where it was put; records the goals written."""
+
+    def __init__(self, position):
+        self.position = np.asarray(position, dtype=np.float64)
+        self.goals = []
+
+    def read(self) -> JointReading:
+        return JointReading(self.position.copy(), np.zeros(6), np.zeros(6), 0.0)
+
+    def write_goal(self, position_rad) -> None:
+        self.goals.append(np.array(position_rad))
+
+    def set_torque(self, enabled: bool) -> None:
+        pass
+
+    @property
+    def torque_enabled(self) -> bool:
+        return True
+
+
+def test_a_tick_advances_by_the_time_that_passed_within_bounds():
+    assert tick_step_s(5.0, None, 0.01) == 0.01                     # the first tick: nominal
+    assert tick_step_s(5.013, 5.0, 0.01) == pytest.approx(0.013)    # late: what really passed
+    assert tick_step_s(5.0, 5.0, 0.01) == 0.0
+    assert tick_step_s(4.9, 5.0, 0.01) == 0.0                       # never backwards
+    assert tick_step_s(7.0, 5.0, 0.01) == pytest.approx(0.05)       # a stall: five periods
+
+
+def test_placed_at_home_holds_there_and_takes_the_next_action_from_there():
+    kin = SO101Kinematics()
+    arm = StillArm(np.zeros(6))
+    core = DriverCore(arm, DriverConfig(random_ee_reset=False), kin)
+    core.tick(0.0, 0.01)
+    home = core.begin_reset()
+    assert core.mode == 'reset' and not core.ready
+    arm.position = home.copy()                               # the simulator teleported it
+    core.placed_at(arm.read(), home)
+    assert core.mode == 'idle' and core.ready
+    np.testing.assert_array_equal(core.written, home)
+    np.testing.assert_array_equal(core.target, home)
+    home[0] += 1.0                                           # the core keeps its own copies
+    assert core.written[0] == core.target[0] == arm.position[0]
+    # the next EE action starts from the home TCP, not from the pose before the reset
+    ok, _ = core.ee_action([1.0, 0.0, 0.0, 0.0], now_s=0.1)
+    assert ok
+    tcp_home = kin.fk(arm.position[:5])[:3, 3]
+    assert core.tcp_target_m[0] == pytest.approx(
+        tcp_home[0] + DriverConfig().ee.ee_step_m[0], abs=1e-3)
