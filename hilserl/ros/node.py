@@ -42,24 +42,43 @@ def describe(description: str, *, float_range: Optional[Sequence[float]] = None,
 
 
 def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor=None) -> int:
-    """Create a node, spin it, and always destroy it and shut down rclpy; returns exit code."""
+    """Create a node, spin it, and always destroy it and shut down rclpy; returns exit code.
+
+    SIGINT, SIGTERM and SIGHUP ask the loop to stop between callbacks: a callback is never cut
+    in the middle (a bag being closed, a checkpoint being written), as rclpy's own handler
+    chained to Python's KeyboardInterrupt would. While the node is still being built, SIGINT
+    interrupts that as before."""
     import faulthandler
     if hasattr(signal, 'SIGUSR1'):  # `kill -USR1 PID` prints every thread's stack (a hang)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    rclpy.init(args=args)
+    stop_requested = threading.Event()
+    spinning = [False]
+
+    def request_stop(signum, _frame):
+        stop_requested.set()
+        if signum == signal.SIGINT and not spinning[0]:
+            raise KeyboardInterrupt
+
+    _init_without_signal_handlers(args)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
+            if sig is not None:
+                signal.signal(sig, request_stop)
     node = None
     try:
         node = node_factory()
         executor = executor or SingleThreadedExecutor()
         executor.add_node(node)
+        spinning[0] = True
         # a node that sets `finished` (e.g. the actor after its last eval episode) ends the process
-        while rclpy.ok() and not getattr(node, 'finished', False):
+        while rclpy.ok() and not stop_requested.is_set() and \
+                not getattr(node, 'finished', False):
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
-        # A callback or rclpy's own take raced the SIGINT shutdown (a closed context): a clean
-        # exit. rclpy shuts the context down from its signal handler, so give it a moment.
+        # A callback or rclpy's own take raced a shutdown of the context (rclpy's own signal
+        # handler, where spin_node could not replace it): a clean exit. Give it a moment.
         deadline = time.monotonic() + 1.0
         while rclpy.ok() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -70,8 +89,9 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         # Ctrl-C, launch's forwarded SIGINT or its SIGTERM must not cut it short with a traceback.
         # They stay ignored until the process exits (this runs as a node's main).
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
+            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
+                if sig is not None:
+                    signal.signal(sig, signal.SIG_IGN)
         # A close that hangs must not keep the process forever (ignoring signals): after the
         # node's close_timeout_s, print where it hangs and exit.
         faulthandler.dump_traceback_later(getattr(node, 'close_timeout_s', 20.0), exit=True)
@@ -83,6 +103,16 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         rclpy.try_shutdown()
         faulthandler.cancel_dump_traceback_later()
     return 0
+
+
+def _init_without_signal_handlers(args) -> None:
+    """rclpy.init without rclpy's SIGINT/SIGTERM handlers (spin_node has its own); distros
+    whose rclpy lacks the option keep rclpy's."""
+    try:
+        from rclpy.signals import SignalHandlerOptions
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except (ImportError, TypeError):
+        rclpy.init(args=args)
 
 
 def declare(node, name: str, default, description: str, **descriptor_kwargs):
