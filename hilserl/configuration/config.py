@@ -112,12 +112,28 @@ STATE_FEATURE_DIMS = {'joint_pos': 6, 'joint_vel': 6, 'ee_xyz': 3, 'ee_euler': 3
                       'gripper_pos': 1}
 
 
+STATE_NORMALISATIONS = ('none', 'min_max')
+
+
 @dataclass(frozen=True)
 class ObservationConfig:
     """Proprioceptive state layout (seed: joint_pos 6 + joint_vel 6 + ee_xyz 3 + ee_euler 3)."""
     state_features: Tuple[str, ...] = ('joint_pos', 'joint_vel', 'ee_xyz', 'ee_euler')
     n_obs_steps: int = 1
     max_staleness_s: float = 0.25  # an older observation pauses the policy
+    # The state as the policy's state encoder sees it: none (raw rad, rad/s, m) or min_max
+    # (the seed's MIN_MAX: each value mapped from [state_min, state_max] to [-1, 1] and clipped
+    # there), inside the policy, so actor and learner map it alike and the replay keeps raw
+    # states. none: checkpoints from before the option behave as they did.
+    state_normalisation: str = 'none'
+    # min_max bounds, one per state value in state_features order; null (both): derived from
+    # the URDF joint limits, the task's workspace box, the Euler angles' ranges and
+    # state_velocity_bound_rad_s (hilserl/robot/observation.py, state_bounds).
+    state_min: Optional[Tuple[float, ...]] = None
+    state_max: Optional[Tuple[float, ...]] = None
+    # derived bounds of joint_vel: +- this (rad/s); a commanded step moves the gripper at most
+    # 0.35 rad, an arm joint 0.25 rad (the driver's limits), at 10 Hz
+    state_velocity_bound_rad_s: float = 3.5
 
     def __post_init__(self):
         for name in self.state_features:
@@ -128,10 +144,41 @@ class ObservationConfig:
         _require(isinstance(self.n_obs_steps, int) and 1 <= self.n_obs_steps <= 8,
                  'observation.n_obs_steps', self.n_obs_steps, 'must be an integer in [1, 8]')
         _positive('observation.max_staleness_s', self.max_staleness_s)
+        _require(self.state_normalisation in STATE_NORMALISATIONS,
+                 'observation.state_normalisation', self.state_normalisation,
+                 f'choose from {list(STATE_NORMALISATIONS)}')
+        _positive('observation.state_velocity_bound_rad_s', self.state_velocity_bound_rad_s)
+        given = [name for name in ('state_min', 'state_max') if getattr(self, name) is not None]
+        if not given:
+            return
+        _require(self.state_normalisation == 'min_max', f'observation.{given[0]}',
+                 getattr(self, given[0]), 'is used by observation.state_normalisation: min_max '
+                 f'only (it is {self.state_normalisation!r}); set that or remove the bounds')
+        _require(len(given) == 2, f'observation.{given[0]}', getattr(self, given[0]),
+                 'needs observation.state_min and state_max both (or neither: derived)')
+        for name in given:
+            value = getattr(self, name)
+            _require(len(value) == self.state_dim, f'observation.{name}', value,
+                     f'needs {self.state_dim} values (one per value of {self.state_features})')
+            for i, v in enumerate(value):
+                _finite(f'observation.{name}[{i}]', v)
+        for i, (lo, hi) in enumerate(zip(self.state_min, self.state_max)):
+            _require(lo < hi, f'observation.state_min[{i}]', lo,
+                     f'must be < observation.state_max[{i}]={hi}')
 
     @property
     def state_dim(self) -> int:
         return sum(STATE_FEATURE_DIMS[f] for f in self.state_features)
+
+    @property
+    def gripper_index(self) -> Optional[int]:
+        """Where the gripper joint position (rad) is in the state; None without it."""
+        offset = 0
+        for name in self.state_features:
+            if name in ('joint_pos', 'gripper_pos'):
+                return offset + (5 if name == 'joint_pos' else 0)
+            offset += STATE_FEATURE_DIMS[name]
+        return None
 
 
 @dataclass(frozen=True)
