@@ -76,11 +76,16 @@ class EpisodeStats:
     interventions: int = 0
     success: bool = False
     outcome: str = 'running'          # running | success | failure | timeout | rerecord
+    # Counted while the penalty is on (None: off, and not in the events, which stay as they
+    # were): state-changing gripper commands (task.gripper_penalty > 0).
+    gripper_changes: Optional[int] = None
 
     def event(self, name: str, **extra) -> str:
         data = {'event': name, 'episode': self.episode, 'steps': self.steps,
                 'return': round(self.episode_return, 4), 'interventions': self.interventions,
                 'success': self.success, 'outcome': self.outcome}
+        if self.gripper_changes is not None:
+            data['gripper_changes'] = self.gripper_changes
         data.update(extra)
         return json.dumps(data)
 
@@ -103,6 +108,7 @@ class EpisodeRunner:
         self.cfg = cfg
         self.policy = policy
         self.tracker = RewardTracker(cfg.task)
+        self.gripper_action_index = cfg.action.names.index('gripper')
         self.stats: Optional[EpisodeStats] = None
         self.episode_index = -1
         self._pending: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = None
@@ -115,7 +121,9 @@ class EpisodeRunner:
         self.episode_index = self.episode_index + 1 if episode_index is None else episode_index
         self.tracker.reset()
         self._pending = None
-        self.stats = EpisodeStats(self.episode_index)
+        task = self.cfg.task
+        self.stats = EpisodeStats(
+            self.episode_index, gripper_changes=0 if task.gripper_penalty > 0 else None)
         return self.stats.event('start')
 
     def step(self, image: np.ndarray, state: np.ndarray, success: bool,
@@ -131,12 +139,15 @@ class EpisodeRunner:
             raise RuntimeError('step() outside an episode: call start() first')
         if self._pending is not None:
             prev_image, prev_state, prev_action, prev_intervention = self._pending
-            reward, terminated, truncated = self.tracker.step(success, label == 'success')
+            reward, terminated, truncated = self.tracker.step(
+                success, label == 'success', float(prev_action[self.gripper_action_index]))
             if label in ('failure', 'rerecord') and not terminated:
                 truncated = True
             stats.steps += 1
             stats.episode_return += reward
             stats.interventions += int(prev_intervention)
+            if stats.gripper_changes is not None:
+                stats.gripper_changes = self.tracker.gripper_changes
             result.reward = reward
             result.transition = Transition(prev_image, prev_state, prev_action, reward, image,
                                            state, terminated, truncated, prev_intervention)

@@ -1,21 +1,130 @@
-"""The peers' task mechanics (issue #26 item 7), without ROS: min-max state normalisation
-inside the policy."""
+"""The peers' task mechanics (issue #26 item 7), without ROS: the grasp penalty on
+state-changing gripper commands and min-max state normalisation inside the policy."""
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from hilserl.configuration.config import (ConfigError, ObservationConfig, TrainConfig,
-                                          load_train_config)
+from hilserl.configuration.config import (ConfigError, ObservationConfig, TaskConfig,
+                                          TrainConfig, load_train_config)
+from hilserl.data.transition import decode_transition, encode_transition
+from hilserl.learning.task import GripperCommands, RewardTracker
 from hilserl.robot.kinematics import SO101Kinematics
 from hilserl.robot.observation import state_bounds
 from hilserl_policy.checkpoint import build_agent, load_pretrained, resume, save_checkpoint
+from hilserl_policy.episode import EpisodeRunner
 from hilserl_policy.networks import MinMaxStateNorm
 from hilserl_policy.policy import build_policy
+from hilserl_policy.replay_buffer import ReplayBuffer
 from test_sac import HW, filled_buffer, tiny_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / 'config'
+STEP = 0.05  # TaskConfig's step_penalty
+
+
+# --- 1. gripper penalty ---------------------------------------------------------------------
+
+def test_a_command_changes_the_gripper_state_only_when_it_reverses_the_last_one():
+    gripper = GripperCommands(dead_band=0.5, start_closed=False)
+    actions = [0.3, 1.0, -0.5, -0.6, -1.0, 0.0, 0.49, 0.51, 0.9, -0.2, -0.7]
+    changes = [gripper.update(a) for a in actions]
+    # open at the start: opening or staying (|a| <= 0.5) changes nothing, the first closing
+    # does, repeating it does not; reopening does, and closing again
+    assert changes == [False, False, False, True, False, False, False, True, False, False, True]
+    assert gripper.changes == 3 and gripper.closed
+    gripper.reset()
+    assert gripper.changes == 0 and not gripper.closed
+    closed = GripperCommands(dead_band=0.0, start_closed=True)
+    assert [closed.update(a) for a in (-1.0, 0.0, 0.01, 0.02, -0.01)] == \
+        [False, False, True, False, True]
+
+
+def test_the_penalty_is_in_the_step_reward_and_the_episode_return():
+    task = TaskConfig(gripper_penalty=0.02, episode_time_s=1.0)
+    tracker = RewardTracker(task)
+    rewards = [tracker.step(False, gripper_action=a)[0] for a in (0.0, -1.0, -1.0, 1.0)]
+    assert rewards == pytest.approx([-STEP, -STEP - 0.02, -STEP, -STEP - 0.02])
+    assert tracker.gripper_changes == 2
+    assert tracker.episode_return == pytest.approx(sum(rewards))
+    # on a success frame as well: the reward is the success reward less the penalty
+    assert tracker.step(True, gripper_action=-1.0)[0] == pytest.approx(10.0 - 0.02)
+    tracker.reset()
+    assert tracker.gripper_changes == 0
+    assert tracker.step(False, gripper_action=1.0)[0] == -STEP  # open after the reset already
+    # a reset that leaves the gripper closed: the first opening is the change
+    closed_start = RewardTracker(TaskConfig(gripper_penalty=0.02, reset_gripper_rad=0.1))
+    assert closed_start.step(False, gripper_action=1.0)[0] == pytest.approx(-STEP - 0.02)
+    # without a gripper action (callers from before the penalty) nothing is charged
+    assert RewardTracker(task).step(False) == (-STEP, False, False)
+
+
+def runner_with(cfg, policy_gripper):
+    actions = iter(policy_gripper)
+    return EpisodeRunner(cfg, lambda image, state: np.array([0, 0, 0, next(actions)],
+                                                            np.float32))
+
+
+def obs(i, gripper_rad=0.7):
+    state = np.full(18, 0.0, np.float32)
+    state[5] = gripper_rad
+    return np.full((3, 4, 4), i, np.uint8), state
+
+
+def test_the_transition_carries_the_penalty_of_its_own_executed_action():
+    """The executed action pays: the human's while intervening, not the policy's proposal;
+    the stored reward carries it through the wire format into the learner's replay batch."""
+    cfg = TrainConfig(task=TaskConfig(episode_time_s=0.5, gripper_penalty=0.02))
+    runner = runner_with(cfg, [-1.0, -1.0, 1.0, 1.0, 1.0, 1.0])
+    runner.start()
+    results = []
+    for i in range(6):
+        human = np.array([0, 0, 0, 1.0], np.float32) if i == 1 else None
+        results.append(runner.step(*obs(i), success=False, human_action=human,
+                                   intervention=i == 1))
+        if results[-1].ended:
+            break
+    # executed gripper: -1 (closes: change), +1 (the human reopens: change), +1, +1, +1
+    rewards = [r.transition.reward for r in results if r.transition is not None]
+    assert rewards == pytest.approx([-STEP - 0.02, -STEP - 0.02, -STEP, -STEP, -STEP])
+    assert runner.stats.gripper_changes == 2
+    assert runner.stats.episode_return == pytest.approx(sum(rewards))
+    end = json.loads(results[-1].events[0])
+    assert end['gripper_changes'] == 2
+    assert end['return'] == pytest.approx(sum(rewards))
+    # without the penalty the events are as they were
+    plain = runner_with(TrainConfig(), [1.0])
+    assert 'gripper_changes' not in json.loads(plain.start())
+    assert plain.stats.gripper_changes is None
+    buffer = ReplayBuffer(8, (3, 4, 4), 18, 4)
+    for r in results[1:]:
+        buffer.add(decode_transition(encode_transition(r.transition))[0])
+    batch = buffer.sample(64, np.random.default_rng(0))
+    np.testing.assert_allclose(sorted(set(np.asarray(batch['reward']).tolist())),
+                               [-STEP - 0.02, -STEP], rtol=1e-6)
+
+
+def test_the_seed_configuration_charges_the_grasp_penalty_and_the_simulation_does_not():
+    assert TrainConfig().task.gripper_penalty == 0.0  # runs and checkpoints from before it
+    seed = load_train_config(CONFIG_DIR / 'train.yaml').task
+    assert seed.gripper_penalty == 0.02 and seed.gripper_dead_band == 0.5
+    assert seed.reset_gripper_rad > seed.gripper_closed_below_rad  # episodes start open
+    for name in ('sim_learn_conv.yaml', 'sim_learn.yaml'):
+        assert load_train_config(CONFIG_DIR / name).task.gripper_penalty == 0.0, name
+
+
+@pytest.mark.parametrize('task,match', [
+    ({'gripper_penalty': -0.02}, r'task\.gripper_penalty=-0\.02: must be >= 0'),
+    ({'gripper_penalty': float('inf')}, r'task\.gripper_penalty=inf'),
+    ({'gripper_dead_band': 1.0}, r'task\.gripper_dead_band=1\.0'),
+    ({'gripper_closed_below_rad': float('nan')}, r'task\.gripper_closed_below_rad=nan'),
+])
+def test_bad_gripper_settings_name_the_field(task, match):
+    with pytest.raises(ConfigError, match=match):
+        load_train_config(None, {'task': task})
 
 
 # --- 2. state normalisation -----------------------------------------------------------------

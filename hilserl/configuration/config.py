@@ -206,6 +206,16 @@ class TaskConfig:
     # `hilserl eval` resets: randomised like training (true) or always the home TCP (false,
     # the seed's eval configuration).
     eval_random_ee_reset: bool = True
+    # Subtracted from the step reward for each state-changing gripper command (HIL-SERL's grasp
+    # penalty; 0 here so that runs and checkpoints from before it keep their rewards): the
+    # executed gripper action, beyond +-gripper_dead_band, commands closing (< 0) or opening
+    # (> 0); it changes the state when it differs from the last such command of the episode
+    # (at the start: closed if reset_gripper_rad < gripper_closed_below_rad, else open).
+    gripper_penalty: float = 0.0
+    gripper_dead_band: float = 0.5        # |gripper action| up to this: "stay", no command
+    # The gripper counts as closed below this joint position (rad): a 3 cm cube held in the
+    # simulated SO-101 stops the jaws at 0.12-0.19 rad, the reset opens them to 0.7.
+    gripper_closed_below_rad: float = 0.4
 
     def __post_init__(self):
         _positive('task.control_rate_hz', self.control_rate_hz)
@@ -249,6 +259,13 @@ class TaskConfig:
             _finite('task.classifier_threshold', self.classifier_threshold)
             _require(0 < self.classifier_threshold < 1, 'task.classifier_threshold',
                      self.classifier_threshold, "must be in (0, 1) (null: the classifier's own)")
+        _finite('task.gripper_penalty', self.gripper_penalty)
+        _require(self.gripper_penalty >= 0, 'task.gripper_penalty', self.gripper_penalty,
+                 'must be >= 0 (it is subtracted, as step_penalty)')
+        _finite('task.gripper_dead_band', self.gripper_dead_band)
+        _require(0 <= self.gripper_dead_band < 1, 'task.gripper_dead_band',
+                 self.gripper_dead_band, 'must be in [0, 1) (the action is in [-1, 1])')
+        _finite('task.gripper_closed_below_rad', self.gripper_closed_below_rad)
 
     @property
     def max_episode_steps(self) -> int:
