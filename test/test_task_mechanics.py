@@ -1,5 +1,6 @@
 """The peers' task mechanics (issue #26 item 7), without ROS: the grasp penalty on
-state-changing gripper commands and min-max state normalisation inside the policy."""
+state-changing gripper commands, min-max state normalisation inside the policy, and the
+detector's success gated on a closed gripper."""
 import dataclasses
 import json
 import math
@@ -93,7 +94,7 @@ def test_the_transition_carries_the_penalty_of_its_own_executed_action():
     assert runner.stats.gripper_changes == 2
     assert runner.stats.episode_return == pytest.approx(sum(rewards))
     end = json.loads(results[-1].events[0])
-    assert end['gripper_changes'] == 2
+    assert end['gripper_changes'] == 2 and 'open_gripper_successes' not in end  # gating off
     assert end['return'] == pytest.approx(sum(rewards))
     # without the penalty the events are as they were
     plain = runner_with(TrainConfig(), [1.0])
@@ -251,3 +252,53 @@ def test_a_checkpoint_from_before_the_option_loads_and_acts_as_it_did(tmp_path):
 def test_bad_normalisation_settings_name_the_field(observation, match):
     with pytest.raises(ConfigError, match=match):
         load_train_config(None, {'observation': observation})
+
+
+# --- 3. success gated on a closed gripper ----------------------------------------------------
+
+def test_the_detector_counts_only_while_the_gripper_is_closed():
+    task = TaskConfig(classifier_requires_gripper_closed=True, success_frames_to_end=2,
+                      gripper_closed_below_rad=0.4)
+    tracker = RewardTracker(task)
+    assert tracker.step(True, gripper_rad=0.15) == (10.0, False, False)  # holding the cube
+    assert tracker.step(True, gripper_rad=0.7) == (-STEP, False, False)  # open: not counted
+    assert tracker.open_gripper_successes == 1
+    assert tracker.step(True, gripper_rad=0.4) == (-STEP, False, False)  # the bound is open
+    assert tracker.step(True, gripper_rad=0.2) == (10.0, False, False)   # the streak restarted
+    assert tracker.step(True, gripper_rad=0.2) == (10.0, True, False)
+    # the person's key is final, open gripper or not
+    tracker.reset()
+    assert tracker.step(False, key_success=True, gripper_rad=0.9) == (10.0, True, False)
+    # without the option the gripper is not consulted
+    assert RewardTracker(TaskConfig()).step(True, gripper_rad=1.5)[0] == 10.0
+    with pytest.raises(ValueError, match='gripper position'):
+        RewardTracker(task).step(True)
+
+
+def test_the_actor_gates_on_the_gripper_joint_of_the_state_it_judges():
+    cfg = TrainConfig(task=TaskConfig(classifier_requires_gripper_closed=True,
+                                      episode_time_s=1.0))
+    runner = runner_with(cfg, [0.0] * 10)
+    runner.start()
+    runner.step(*obs(0, gripper_rad=0.7), success=False, human_action=None, intervention=False)
+    open_frame = runner.step(*obs(1, gripper_rad=0.7), success=True, human_action=None,
+                             intervention=False)
+    assert open_frame.reward == -STEP and not open_frame.ended
+    closed = runner.step(*obs(2, gripper_rad=0.1), success=True, human_action=None,
+                         intervention=False)
+    assert closed.reward == 10.0 and closed.ended and closed.transition.terminated
+    end = json.loads(closed.events[0])
+    assert end['open_gripper_successes'] == 1 and end['outcome'] == 'success'
+    assert 'gripper_changes' not in end  # no penalty configured
+
+
+def test_gating_needs_the_gripper_in_the_state():
+    assert ObservationConfig(state_features=('ee_xyz', 'gripper_pos')).gripper_index == 3
+    assert ObservationConfig(state_features=('joint_vel', 'joint_pos')).gripper_index == 11
+    with pytest.raises(ConfigError, match=r'task\.classifier_requires_gripper_closed=True: '
+                                          r'needs the gripper position'):
+        load_train_config(None, {'task': {'classifier_requires_gripper_closed': True},
+                                 'observation': {'state_features': ['ee_xyz', 'ee_euler']}})
+    cfg = load_train_config(None, {'task': {'classifier_requires_gripper_closed': True},
+                                   'observation': {'state_features': ['ee_xyz', 'gripper_pos']}})
+    assert cfg.observation.gripper_index == 3

@@ -216,6 +216,10 @@ class TaskConfig:
     # The gripper counts as closed below this joint position (rad): a 3 cm cube held in the
     # simulated SO-101 stops the jaws at 0.12-0.19 rad, the reset opens them to 0.7.
     gripper_closed_below_rad: float = 0.4
+    # Count the detector's success (classifier, or the simulator's) only while the gripper is
+    # closed (HIL-SERL gates its reward classifier on the gripper state); the success key is
+    # a person's judgement and never gated.
+    classifier_requires_gripper_closed: bool = False
 
     def __post_init__(self):
         _positive('task.control_rate_hz', self.control_rate_hz)
@@ -460,6 +464,11 @@ class TrainConfig:
                     'they must be equal (scale in the driver, not in the action space)')
         _require(tuple(self.action.names) == ACTION_NAMES, 'action.names', self.action.names,
                  f'the SO-101 driver expects {ACTION_NAMES}')
+        _require(not self.task.classifier_requires_gripper_closed or
+                 self.observation.gripper_index is not None,
+                 'task.classifier_requires_gripper_closed', True,
+                 f'needs the gripper position in the state: observation.state_features '
+                 f'{list(self.observation.state_features)} has neither joint_pos nor gripper_pos')
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -76,20 +76,30 @@ class RewardTracker:
         self.episode_return = 0.0
         self.succeeded = False
         self.gripper.reset()
+        self.open_gripper_successes = 0  # detector successes not counted: gripper open
 
     @property
     def gripper_changes(self) -> int:
         return self.gripper.changes
 
     def step(self, success: bool, key_success: bool = False,
-             gripper_action: Optional[float] = None) -> Tuple[float, bool, bool]:
+             gripper_action: Optional[float] = None, gripper_rad: Optional[float] = None
+             ) -> Tuple[float, bool, bool]:
         """`success`: the detector's (classifier or ground truth) flag for this frame.
         `key_success`: the human pressed success; a person's judgement is final: the success
         reward and the end at once (no minimum step count, no streak of frames).
         `gripper_action`: the executed gripper action of the step that led to this frame (the
-        grasp penalty; None: no gripper command)."""
+        grasp penalty; None: no gripper command). `gripper_rad`: the gripper joint position in
+        this frame (needed by task.classifier_requires_gripper_closed)."""
         self.steps += 1
         counted = bool(success) and self.steps > self.cfg.min_steps_before_success
+        if counted and self.cfg.classifier_requires_gripper_closed:
+            if gripper_rad is None:
+                raise ValueError('task.classifier_requires_gripper_closed needs the gripper '
+                                 'position of the frame')
+            if not gripper_rad < self.cfg.gripper_closed_below_rad:
+                counted = False
+                self.open_gripper_successes += 1
         held = self.success_streak.update(counted)
         reward = self.cfg.success_reward if counted or key_success else -self.cfg.step_penalty
         if gripper_action is not None and self.gripper.update(float(gripper_action)):
