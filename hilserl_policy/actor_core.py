@@ -197,6 +197,11 @@ class ActorCore:
         self.success = False
         self.success_probability = float('nan')  # the classifier's, shown in the status only
         self.driver_ready = False
+        # the reset's homing: the driver reported not ready since the reset was asked for (it
+        # is while it drives home), and since when the arm is home (the re-place time runs)
+        self.driver_left_ready = False
+        self.home_since_s: Optional[float] = None
+        self.countdown_shown_s: Optional[int] = None
         self.recorder_ready = False
         # Latest human output: (action, intervention, stamp_ns); each action is used once.
         self.human: Optional[tuple] = None
@@ -258,12 +263,22 @@ class ActorCore:
         return self._take()
 
     def on_label(self, label: str, *, monotonic_s: float) -> List[Output]:
-        """The human's episode key; it takes effect on the next step."""
+        """The human's episode key; it takes effect on the next step of a running episode.
+        Between episodes it applies to none: the person is told so, it is not kept for the
+        next episode."""
         self._enter(monotonic_s)
-        if label in LABELS:
-            self.label = label
-        else:
+        if label not in LABELS:
             self._ignored('episode label', ValueError(repr(label)))
+        elif self.phase == 'running':
+            self.label = label
+        elif not self.settings.wait_for_teleop:  # a person pressed it (not the simulated human)
+            stats = self.runner.stats
+            ended = (f'episode {stats.episode} ended {stats.outcome.upper()}'
+                     if stats is not None and stats.outcome != 'running' else 'no episode ran')
+            resetting = self.phase in ('need_reset', 'resetting', 'settling')
+            waiting = 'the arm is resetting' if resetting else 'post roll'
+            self._log('warning', f'{label} key between episodes ({ended}; {waiting}): it '
+                      'applies to no episode; press it while an episode runs')
         return self._take()
 
     def on_bad_message(self, what: str, error: Exception, *, monotonic_s: float) -> List[Output]:
@@ -274,6 +289,8 @@ class ActorCore:
 
     def on_driver_ready(self, ready: bool) -> None:
         self.driver_ready = bool(ready)
+        if not ready:
+            self.driver_left_ready = True
 
     def on_recorder_ready(self, ready: bool) -> None:
         self.recorder_ready = bool(ready)
@@ -420,6 +437,10 @@ class ActorCore:
             if self.graph.reset_service_ready():
                 self._emit(CallReset())
                 self._set_phase('resetting')
+                # a driver that is not ready now has left ready for this reset already
+                self.driver_left_ready = not self.driver_ready
+                self.home_since_s = None
+                self.countdown_shown_s = None
             return False
         waited_s = self._now_s() - self.phase_since_s
         if self.phase == 'resetting':
@@ -432,13 +453,14 @@ class ActorCore:
                     self._set_phase('need_reset')
                     return False
                 self._set_phase('settling')
+                if self._arm_home():  # a simulated reset: home with its answer
+                    self.home_since_s = self._now_s()
             elif waited_s > self.settings.reset_timeout_s:
                 self.counters['reset_failures'] += 1
                 self._log('error', 'reset timed out; retrying')
                 self._set_phase('need_reset')
             return False
-        # settling: on hardware the arm drives home after the reset call returns: wait for ready
-        if waited_s < self.cfg.task.reset_delay_s or not self.driver_ready:
+        if not self._home_and_replaced(waited_s):
             return False
         if self.settings.wait_for_recorder and not (self.recorder_ready and
                                                     self._recorder_matched()):
@@ -453,6 +475,38 @@ class ActorCore:
         self._set_phase('running')
         if not self.settings.sim_clock:  # a person at the arm: the episode is theirs from now on
             self._log('info', f'episode {self.runner.episode_index} started: go')
+        return True
+
+    def _arm_home(self) -> bool:
+        """The driver is ready after the reset's homing (a simulated reset: at once)."""
+        return self.driver_ready and (self.settings.sim_clock or self.driver_left_ready)
+
+    def _home_and_replaced(self, settling_s: float) -> bool:
+        """Settling: on hardware the arm drives home after the reset call returns, and the
+        driver is not ready until it is there; only then does the person's time to re-place the
+        cube (task.reset_delay_s) start, counted down at the terminal. A simulated reset puts
+        the arm home at once."""
+        if not self._arm_home():
+            self.home_since_s = None
+            if settling_s > self.settings.reset_timeout_s:
+                self.counters['reset_failures'] += 1
+                self._log('error', f'the arm did not reach home within '
+                          f'{self.settings.reset_timeout_s:g} s of the reset; resetting again')
+                self._set_phase('need_reset')
+            else:
+                self.stale_reason = 'waiting for the arm to reach home'
+            return False
+        if self.home_since_s is None:
+            self.home_since_s = self._now_s()
+        left_s = self.cfg.task.reset_delay_s - (self._now_s() - self.home_since_s)
+        if left_s > 0:
+            if not self.settings.sim_clock and math.ceil(left_s) != self.countdown_shown_s:
+                self.countdown_shown_s = math.ceil(left_s)
+                first = self.countdown_shown_s == math.ceil(self.cfg.task.reset_delay_s)
+                self._log('info', (f'arm home: re-place the cube; episode '
+                                   f'{self.runner.episode_index + 1} starts in '
+                                   if first else '') + f'{self.countdown_shown_s} s')
+            return False
         return True
 
     def _recorder_matched(self) -> bool:
@@ -584,6 +638,13 @@ class ActorCore:
                   f'{self.weights_step})')
         if self.evaluation is not None:
             self.evaluation.add(stats)
+        if self.settings.mode == 'record' and stats.outcome == 'rerecord':
+            # the person threw this one away: the next episode takes its place in the count
+            kept = f'{self.episodes_done} of {self.settings.num_episodes} kept' \
+                if self.settings.num_episodes else f'{self.episodes_done} kept'
+            self._log('info', f're-recording episode {stats.episode} ({kept})')
+            self._set_phase('need_reset')
+            return
         self.episodes_done += 1
         if self.settings.num_episodes and self.episodes_done >= self.settings.num_episodes:
             self.done_since_s = self._monotonic_s

@@ -27,6 +27,7 @@ import torch
 from hilserl.configuration.config import TrainConfig
 from hilserl.configuration.run_dir import (  # noqa: F401 - re-exported
     complete_checkpoints, latest_checkpoint)
+from hilserl.robot.observation import state_bounds
 from hilserl_policy.policy import (  # noqa: F401 - load_pretrained re-exported
     build_policy, load_pretrained, load_strict, read_pretrained, split_old_layout)
 from hilserl_policy.replay_buffer import ReplayBuffer, segment_files
@@ -42,7 +43,7 @@ def build_agent(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
     return SAC(cfg.policy, cfg.algorithm, image_shape, cfg.observation.state_dim, cfg.action.dim,
                discrete_gripper=cfg.action.gripper_mode == 'discrete',
                device=device or cfg.learner.device, seed=cfg.seed,
-               weights_from_checkpoint=weights_from_checkpoint)
+               weights_from_checkpoint=weights_from_checkpoint, state_bounds=state_bounds(cfg))
 
 
 def save_checkpoint(run_dir, agent: SAC, cfg: TrainConfig, online: Optional[ReplayBuffer] = None,

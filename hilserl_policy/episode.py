@@ -76,11 +76,19 @@ class EpisodeStats:
     interventions: int = 0
     success: bool = False
     outcome: str = 'running'          # running | success | failure | timeout | rerecord
+    # Counted while their mechanism is on (None: off, and not in the events, which stay as
+    # they were): state-changing gripper commands (task.gripper_penalty > 0) and detector
+    # successes not counted because the gripper was open (classifier_requires_gripper_closed).
+    gripper_changes: Optional[int] = None
+    open_gripper_successes: Optional[int] = None
 
     def event(self, name: str, **extra) -> str:
         data = {'event': name, 'episode': self.episode, 'steps': self.steps,
                 'return': round(self.episode_return, 4), 'interventions': self.interventions,
                 'success': self.success, 'outcome': self.outcome}
+        for key in ('gripper_changes', 'open_gripper_successes'):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         data.update(extra)
         return json.dumps(data)
 
@@ -103,6 +111,8 @@ class EpisodeRunner:
         self.cfg = cfg
         self.policy = policy
         self.tracker = RewardTracker(cfg.task)
+        self.gripper_action_index = cfg.action.names.index('gripper')
+        self.gripper_state_index = cfg.observation.gripper_index
         self.stats: Optional[EpisodeStats] = None
         self.episode_index = -1
         self._pending: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = None
@@ -115,7 +125,11 @@ class EpisodeRunner:
         self.episode_index = self.episode_index + 1 if episode_index is None else episode_index
         self.tracker.reset()
         self._pending = None
-        self.stats = EpisodeStats(self.episode_index)
+        task = self.cfg.task
+        self.stats = EpisodeStats(
+            self.episode_index,
+            gripper_changes=0 if task.gripper_penalty > 0 else None,
+            open_gripper_successes=0 if task.classifier_requires_gripper_closed else None)
         return self.stats.event('start')
 
     def step(self, image: np.ndarray, state: np.ndarray, success: bool,
@@ -131,12 +145,20 @@ class EpisodeRunner:
             raise RuntimeError('step() outside an episode: call start() first')
         if self._pending is not None:
             prev_image, prev_state, prev_action, prev_intervention = self._pending
-            reward, terminated, truncated = self.tracker.step(success, label == 'success')
+            gripper_rad = (None if self.gripper_state_index is None
+                           else float(state[self.gripper_state_index]))
+            reward, terminated, truncated = self.tracker.step(
+                success, label == 'success', float(prev_action[self.gripper_action_index]),
+                gripper_rad)
             if label in ('failure', 'rerecord') and not terminated:
                 truncated = True
             stats.steps += 1
             stats.episode_return += reward
             stats.interventions += int(prev_intervention)
+            if stats.gripper_changes is not None:
+                stats.gripper_changes = self.tracker.gripper_changes
+            if stats.open_gripper_successes is not None:
+                stats.open_gripper_successes = self.tracker.open_gripper_successes
             result.reward = reward
             result.transition = Transition(prev_image, prev_state, prev_action, reward, image,
                                            state, terminated, truncated, prev_intervention)

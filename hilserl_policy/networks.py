@@ -59,13 +59,36 @@ class Backbone(nn.Module):
         return fmap.reshape(b, frames, *fmap.shape[1:])
 
 
+class MinMaxStateNorm(nn.Module):
+    """State -> [-1, 1]: 2 (s - min) / (max - min) - 1 per value, clipped (a joint pushed past
+    its limit or a velocity spike stays in the encoder's range). The bounds are buffers: the
+    policy's state dict carries them, so a checkpoint and the weights streamed to actors map
+    the state exactly as the learner did."""
+
+    def __init__(self, low, high):
+        super().__init__()
+        low = torch.as_tensor(low, dtype=torch.float32)
+        high = torch.as_tensor(high, dtype=torch.float32)
+        if low.shape != high.shape or low.dim() != 1 or not bool(torch.all(high > low)):
+            raise ValueError(f'state bounds need min < max per value: {low} / {high}')
+        self.register_buffer('low', low)
+        self.register_buffer('high', high)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        scaled = 2 * (state - self.low) / (self.high - self.low) - 1
+        return scaled.clamp(-1.0, 1.0)
+
+
 class ObservationEncoder(nn.Module):
     """Feature maps + state -> latent: spatial embedding -> Linear -> LN -> tanh per image,
-    Linear -> LN -> tanh for the state; concatenated."""
+    [min-max normalisation ->] Linear -> LN -> tanh for the state; concatenated."""
 
     def __init__(self, fmap_shape, n_frames: int, state_dim: int, latent_dim: int,
-                 spatial_features: int = 8):
+                 spatial_features: int = 8, state_bounds=None):
+        """`state_bounds`: (min, max) per state value for observation.state_normalisation
+        min_max; None: the raw state (the state dict has no normaliser then, as before)."""
         super().__init__()
+        self.state_norm = MinMaxStateNorm(*state_bounds) if state_bounds is not None else None
         channels, h, w = fmap_shape
         self.spatial = SpatialEmbedding(channels, h, w, spatial_features)
         self.image_proj = nn.Sequential(
@@ -78,6 +101,8 @@ class ObservationEncoder(nn.Module):
     def forward(self, fmaps: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         b, frames = fmaps.shape[:2]
         spatial = self.spatial(fmaps.flatten(0, 1).float()).reshape(b, -1)
+        if self.state_norm is not None:
+            state = self.state_norm(state)
         return torch.cat([self.image_proj(spatial), self.state_proj(state)], dim=-1)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from hilserl.configuration.config import PolicyConfig, TrainConfig, from_dict
 from hilserl.configuration.run_dir import checkpoint_model_dir
+from hilserl.robot.observation import state_bounds
 from hilserl_policy.networks import Backbone, GraspCritic, ObservationEncoder, TanhGaussianActor
 
 
@@ -36,9 +37,11 @@ def resolve_device(name: str) -> torch.device:
 class Policy(nn.Module):
     def __init__(self, cfg: PolicyConfig, image_shape, state_dim: int, action_dim: int,
                  discrete_gripper: bool = False, device: str = 'cpu', seed: int = 0,
-                 weights_from_checkpoint: bool = False):
+                 weights_from_checkpoint: bool = False, state_bounds=None):
         """`weights_from_checkpoint`: a checkpoint's state is loaded right after (its frozen
-        encoder included), so the pretrained encoder directory is not read."""
+        encoder included), so the pretrained encoder directory is not read. `state_bounds`:
+        (min, max) per state value to map the state to [-1, 1] before the state encoder
+        (`hilserl.robot.observation.state_bounds`); None: the raw state."""
         super().__init__()
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
@@ -51,7 +54,7 @@ class Policy(nn.Module):
         self.backbone = Backbone(cfg.encoder, (h, w), cfg.freeze_encoder,
                                  cfg.pretrained_encoder_path, weights_from_checkpoint)
         self.encoder = ObservationEncoder(self.backbone.fmap_shape, channels // 3, state_dim,
-                                          cfg.latent_dim)
+                                          cfg.latent_dim, state_bounds=state_bounds)
         self.actor = TanhGaussianActor(self.encoder.out_dim, self.continuous_dim,
                                        cfg.hidden_dims, cfg.log_std_min, cfg.log_std_max)
         self.grasp_critic = (GraspCritic(self.encoder.out_dim, cfg.hidden_dims)
@@ -234,7 +237,8 @@ def build_policy(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
     return Policy(cfg.policy, (3 * cfg.observation.n_obs_steps, *hw), cfg.observation.state_dim,
                   cfg.action.dim, discrete_gripper=cfg.action.gripper_mode == 'discrete',
                   device=device or cfg.learner.device, seed=cfg.seed,
-                  weights_from_checkpoint=weights_from_checkpoint)
+                  weights_from_checkpoint=weights_from_checkpoint,
+                  state_bounds=state_bounds(cfg))
 
 
 def read_pretrained(model_dir) -> Tuple[Path, dict, TrainConfig]:

@@ -31,6 +31,9 @@ class DriverConfig:
     reset_velocity_rad_s: float = param(0.8, 'joint speed while going home (rad/s)',
                                         float_range=(0.1, 3.0))
     reset_tolerance_rad: float = 0.03
+    reset_safe_height_m: float = param(0.12, 'a reset from lower first lifts the TCP straight up '
+                                       'to this height above the table, then goes home (m)',
+                                       float_range=(0.0, 0.4))
     reset_tcp_xyz_m: Tuple[float, float, float] = param(
         TASK_DEFAULTS.reset_tcp_xyz_m, 'home TCP position in base_link (m)')
     reset_gripper_rad: float = param(TASK_DEFAULTS.reset_gripper_rad, 'gripper at home (rad)',
@@ -105,6 +108,7 @@ class DriverCore:
         self._lo = np.append(self.kin.lower, self.kin.gripper_limits[0])
         self._hi = np.append(self.kin.upper, self.kin.gripper_limits[1])
         self.mode = 'idle'
+        self.reset_waypoints: List[np.ndarray] = []   # a reset's goals after the current one
         self.tcp_target_m = None   # last commanded TCP position (after workspace clamping)
         self.reading: Optional[JointReading] = None
         self.target: Optional[np.ndarray] = None
@@ -182,9 +186,30 @@ class DriverCore:
         use_random = self.cfg.random_ee_reset if random_offset is None else random_offset
         home = home_joint_goal(self.kin, self.cfg.reset_tcp_xyz_m, self.cfg.reset_gripper_rad,
                                self.cfg.random_ee_range_xy_m if use_random else 0.0, self.rng)
-        self.target = np.clip(home, self._lo, self._hi)
+        home = np.clip(home, self._lo, self._hi)
+        # a joint-space move from low down can sweep the table (and the cube): lift first
+        self.reset_waypoints = [home]
+        lifted = self._lifted_pose()
+        if lifted is not None:
+            self.reset_waypoints.insert(0, lifted)
+        self.target = self.reset_waypoints.pop(0)
         self.mode = 'reset'
-        return self.target.copy()
+        return home.copy()
+
+    def _lifted_pose(self) -> Optional[np.ndarray]:
+        """Joints with the TCP straight above where it is, at reset_safe_height_m, top-down
+        (gripper as it is); None when it is that high already, or no reading or IK solution."""
+        if self.reading is None:
+            return None
+        q = self.reading.position
+        tcp = self.kin.fk(q[:5])[:3, 3]
+        if tcp[2] >= self.cfg.reset_safe_height_m:
+            return None
+        target = np.array([tcp[0], tcp[1], self.cfg.reset_safe_height_m])
+        result = self.kin.ik_position(target, q[:5], hold_approach=np.array([0, 0, -1.0]))
+        if not result.converged:
+            return None
+        return np.clip(np.append(result.q, q[5]), self._lo, self._hi)
 
     def placed_at(self, reading: JointReading, goal: np.ndarray) -> None:
         """The arm was put at `goal` (a simulation reset teleports it) and reads `reading`: hold
@@ -192,6 +217,7 @@ class DriverCore:
         self.reading = reading
         self.written = goal.copy()
         self.target = goal.copy()
+        self.reset_waypoints = []
         self.mode = 'idle'
         self.controller.reset()
 
@@ -248,8 +274,11 @@ class DriverCore:
         if self.mode == 'reset' and np.all(np.abs(reading.position - self.target)[:5]
                                            < self.cfg.reset_tolerance_rad) \
                 and np.allclose(self.written, self.target):
-            self.mode = 'idle'
-            self.controller.reset()
+            if self.reset_waypoints:  # lifted: now home
+                self.target = self.reset_waypoints.pop(0)
+            else:
+                self.mode = 'idle'
+                self.controller.reset()
         return reading
 
     def _write(self, goal: np.ndarray) -> None:

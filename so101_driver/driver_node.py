@@ -238,6 +238,9 @@ class DriverNode(Node):
         except (RuntimeError, BackendError) as exc:
             response.success, response.message = False, str(exc)
             return response
+        # not ready until home, said before the answer: the actor times the person's re-place
+        # delay from when the arm is home again
+        self._publish_ready()
         response.success = True
         response.message = f'going home: {np.round(home, 3).tolist()} rad'
         return response

@@ -101,6 +101,8 @@ class Rig:
         self.core.on_recorder_ready(True)
         assert of(next_tick(), CallReset)
         self.graph.response = (True, 'going home')
+        self.core.on_driver_ready(False)   # the driver, while it drives home
+        self.core.on_driver_ready(True)
         next_tick()
         assert self.core.phase == 'settling'
         while self.core.phase == 'settling':
@@ -207,28 +209,64 @@ def test_reset_timeout_gives_up_and_retries():
 
 
 # --- settling -> running ----------------------------------------------------------------------
-def test_settling_waits_for_the_reset_delay_and_the_driver():
-    rig = Rig(mode='eval')
+def test_the_replace_time_starts_when_the_arm_is_home_and_is_counted_down():
+    """The driver answers the reset at once and drives home, not ready until it is there: the
+    person's re-place time (task.reset_delay_s) starts then, not at the answer."""
+    rig = Rig(mode='eval', reset_timeout_s=5.0)
+    cfg = TrainConfig(image=ImageConfig(resize_hw_px=(8, 8)),
+                      task=TaskConfig(episode_time_s=0.5, reset_delay_s=2.0))
+    rig.core = ActorCore(ActorSettings(mode='eval', reset_timeout_s=5.0), cfg, rig.graph,
+                         policy=fixed_policy)
+    rig.core.on_driver_ready(True)             # ready before the reset (the last episode)
+    rig.tick()
+    rig.graph.response = (True, 'going home')
+    assert rig.tick() == [] and rig.core.phase == 'settling'
+    for _ in range(30):                         # 3 s homing: still "ready" from before
+        assert rig.tick() == [] and rig.core.phase == 'settling'
+    assert rig.core.stale_reason == 'waiting for the arm to reach home'
+    rig.core.on_driver_ready(False)            # the driver's report of the homing arrives
+    rig.tick()
+    rig.core.on_driver_ready(True)             # home
+    assert logs(rig.tick(), 'info') == ['arm home: re-place the cube; episode 0 starts in 2 s']
+    countdown = [text for _ in range(10) for text in logs(rig.tick(), 'info')]
+    assert countdown == ['1 s'] and rig.core.phase == 'settling'   # 1.1 s after home
+    while rig.core.phase == 'settling':
+        outputs = rig.tick()
+    assert logs(outputs, 'info') == ['episode 0 started: go']
+    (start,) = events(outputs)
+    assert start['event'] == 'start' and start['episode'] == 0 and 'stamp_ns' not in start
+    assert [type(o) for o in outputs] == [PublishEvent, Log, PublishProposal, PublishAction,
+                                          PublishStatus]
+    assert np.array_equal(outputs[2].action, [0.5, -0.5, 0.25, 1.0])
+    assert outputs[3].source == ActionSource.POLICY and outputs[3].stamp_ns is None
+    assert 'episode 0  step 0  return 0.00' in outputs[4].text
+
+
+def test_an_arm_that_never_reaches_home_is_reset_again():
+    rig = Rig(mode='eval', reset_timeout_s=2.0)
     rig.tick()
     rig.graph.response = (True, 'going home')
     rig.tick()
+    rig.core.on_driver_ready(False)            # driving home ... and stuck
+    for _ in range(20):
+        assert rig.tick() == [] and rig.core.phase == 'settling'
+    outputs = rig.tick(0.05)
+    assert logs(outputs, 'error') == ['the arm did not reach home within 2 s of the reset; '
+                                      'resetting again']
+    assert rig.core.phase == 'need_reset' and rig.core.counters['reset_failures'] == 1
+
+
+def test_a_simulated_reset_is_home_at_once():
+    rig = Rig(mode='train', sim_clock=True)
     rig.core.on_driver_ready(True)
-    assert rig.tick(0.3) == [] and rig.core.phase == 'settling'  # 0.3 s < reset_delay_s
-    rig.core.on_driver_ready(False)
-    assert rig.tick(0.3) == [] and rig.core.phase == 'settling'  # the driver is not ready
-    rig.core.on_driver_ready(True)
-    outputs = rig.tick()
-    assert rig.core.phase == 'running'
-    assert [type(o) for o in outputs] == [PublishEvent, Log, PublishProposal, PublishAction,
-                                          PublishStatus]
-    (start,) = events(outputs)
-    assert start['event'] == 'start' and start['episode'] == 0 and 'stamp_ns' not in start
-    assert logs(outputs, 'info') == ['episode 0 started: go']
-    assert np.array_equal(outputs[2].action, [0.5, -0.5, 0.25, 1.0])
-    assert outputs[3].source == ActionSource.POLICY and outputs[3].stamp_ns is None
-    assert np.array_equal(outputs[3].action, outputs[2].action)
-    assert 'episode 0  step 0  return 0.00' in outputs[4].text
-    assert 'control: policy  [running]' in outputs[4].text
+    assert of(rig.sim_tick(), CallReset)
+    rig.graph.response = (True, 'placed home')
+    rig.sim_tick()
+    ticks = 0
+    while rig.core.phase == 'settling':
+        assert not logs(rig.sim_tick()), 'no count-down on the simulated clock'
+        ticks += 1
+    assert ticks == 5   # reset_delay_s 0.5 s of 0.1 s ticks, then the first step
 
 
 def test_a_resumed_run_goes_on_with_its_episode_numbering():
@@ -244,7 +282,10 @@ def test_wait_for_recorder_waits_for_ready_and_matched_writers():
     rig.core.on_driver_ready(True)
     rig.tick()
     rig.graph.response = (True, 'going home')
+    rig.core.on_driver_ready(False)   # driving home
+    rig.core.on_driver_ready(True)    # home
     rig.tick()
+    rig.tick()                        # home: the re-place time starts
     rig.graph.writers = [WriterMatch(True, 1, 1), WriterMatch(False, 1, 1)]  # no recorder yet
     assert rig.tick(1.0) == [] and rig.core.phase == 'settling'  # not ready (says the recorder)
     assert rig.core.stale_reason == 'waiting for the episode recorder to hear the graph'
@@ -263,7 +304,10 @@ def test_partially_matched_writers_start_after_the_grace_period():
     rig.core.on_recorder_ready(True)
     rig.tick()
     rig.graph.response = (True, 'going home')
+    rig.core.on_driver_ready(False)
+    rig.core.on_driver_ready(True)
     rig.tick()
+    rig.tick()   # home: the re-place time starts
     # the graph lists two readers of the events, the writer has matched one
     rig.graph.writers = [WriterMatch(True, 1, 2), WriterMatch(True, 1, 1)]
     assert rig.tick(1.0) == [] and rig.core.phase == 'settling'
@@ -403,6 +447,43 @@ def test_record_success_rolls_on_with_the_human_before_the_episode_events():
     rig.start_episode()
     rig.core.on_success(True)
     assert events(rig.tick())[0]['outcome'] == 'success' and rig.core.phase == 'need_reset'
+
+
+def test_a_rerecorded_episode_does_not_use_up_the_count():
+    """record --episodes 2: the person presses u on the second; it is recorded again (a new
+    episode number: the old bag stays, marked rerecord) and the run ends after two kept."""
+    rig = Rig(mode='record', policy=None, num_episodes=2, record_steps_after_success=0)
+    for label, message in (('failure', None), ('rerecord', 're-recording episode 1 (1 of 2 kept)'),
+                           ('failure', None)):
+        rig.start_episode()
+        rig.core.on_label(label, monotonic_s=rig.monotonic_s)
+        outputs = rig.tick()
+        end = [e for e in events(outputs) if e['event'] == 'end']
+        assert end[0]['outcome'] == label
+        if message:
+            assert message in logs(outputs, 'info') and rig.core.phase == 'need_reset'
+    assert [e['event'] for e in events(outputs)][-1] == 'finished'
+    assert rig.core.episodes_done == 2 and rig.core.runner.episode_index == 2
+
+
+def test_a_key_between_episodes_is_answered_not_kept_for_the_next():
+    rig = Rig(mode='record', policy=None, record_steps_after_success=0)
+    rig.start_episode()
+    for _ in range(4):
+        rig.tick()
+    rig.tick()   # the time limit (5 steps)
+    assert rig.core.phase == 'need_reset'
+    outputs = rig.core.on_label('success', monotonic_s=rig.monotonic_s)
+    assert logs(outputs, 'warning') == [
+        'success key between episodes (episode 0 ended TIMEOUT; the arm is resetting): it '
+        'applies to no episode; press it while an episode runs']
+    rig.start_episode()
+    outputs = rig.tick()
+    assert not [e for e in events(outputs) if e['event'] == 'label']   # not carried over
+    assert rig.core.phase == 'running'
+    # the simulated human's late key after a success ending is expected: no message
+    sim = Rig(mode='train', sim_clock=True, wait_for_teleop=True)
+    assert sim.core.on_label('success', monotonic_s=sim.monotonic_s) == []
 
 
 def test_the_last_episode_finishes_the_run_and_writes_the_eval_summary(tmp_path):

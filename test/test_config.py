@@ -27,6 +27,10 @@ def test_shipped_train_yaml_is_the_seed_configuration():
     assert cfg.task.classifier_threshold == 0.7 and cfg.task.eval_random_ee_reset is False
     assert cfg.task.reset_delay_s == 2.0
     assert cfg.learner.keep_last_checkpoints == 3
+    # HIL-SERL's grasp penalty (the seed's own value is not known); the raw state, ungated
+    # success (README "Seed values vs ours")
+    assert cfg.task.gripper_penalty == 0.02 and cfg.observation.state_normalisation == 'none'
+    assert cfg.task.classifier_requires_gripper_closed is False
 
 
 def test_simulated_learning_configuration_keeps_its_success_and_reset_rules():
@@ -34,6 +38,7 @@ def test_simulated_learning_configuration_keeps_its_success_and_reset_rules():
     assert (task.success_frames_to_end, task.min_steps_before_success) == (1, 0)
     assert task.classifier_threshold is None and task.eval_random_ee_reset is True
     assert task.reset_delay_s == 0.5
+    assert task.gripper_penalty == 0.0  # its learning results were measured without it
 
 
 def test_every_yaml_value_has_a_comment():

@@ -59,3 +59,40 @@ def test_placed_at_home_holds_there_and_takes_the_next_action_from_there():
     tcp_home = kin.fk(arm.position[:5])[:3, 3]
     assert core.tcp_target_m[0] == pytest.approx(
         tcp_home[0] + DriverConfig().ee.ee_step_m[0], abs=1e-3)
+
+
+class FollowingArm(StillArm):
+    """Goes where it is told at once (the slew limit is the core's): the path is the goals."""
+
+    def write_goal(self, position_rad) -> None:
+        super().write_goal(position_rad)
+        self.position = np.array(position_rad, dtype=np.float64)
+
+
+def test_a_reset_from_low_down_lifts_straight_up_before_going_home():
+    kin = SO101Kinematics()
+    low = np.append(kin.ik_position([0.20, 0.08, 0.02], HOME_RAD[:5],
+                                    hold_approach=np.array([0, 0, -1.0])).q, 0.8)
+    arm = FollowingArm(low)
+    core = DriverCore(arm, DriverConfig(random_ee_reset=False), kin)
+    core.tick(0.0, 0.01)
+    home = core.begin_reset()
+    start = kin.fk(low[:5])[:3, 3]
+    for i in range(2000):
+        core.tick(0.01 * (i + 1), 0.01)
+        if core.mode == 'idle':
+            break
+    assert core.mode == 'idle' and core.ready
+    np.testing.assert_allclose(arm.position, home, atol=0.03)
+    path = np.array([kin.fk(g[:5])[:3, 3] for g in arm.goals])
+    assert path[:, 2].min() >= start[2] - 0.005                  # never lower than it started
+    high = np.flatnonzero(path[:, 2] >= DriverConfig().reset_safe_height_m - 0.005)
+    assert high.size, 'the TCP never reached the safe height'
+    lift = path[:high[0] + 1]                                     # up to the safe height first
+    assert np.abs(lift[:, :2] - start[:2]).max() < 0.03           # ... nearly straight up
+    # from high up it goes home at once (no lift), as before
+    arm.position = np.append(kin.ik_position([0.22, -0.05, 0.2], HOME_RAD[:5],
+                                             hold_approach=np.array([0, 0, -1.0])).q, 0.8)
+    core.tick(30.0, 0.01)
+    core.begin_reset()
+    assert core.reset_waypoints == [] and np.allclose(core.target, home)

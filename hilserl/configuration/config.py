@@ -112,12 +112,28 @@ STATE_FEATURE_DIMS = {'joint_pos': 6, 'joint_vel': 6, 'ee_xyz': 3, 'ee_euler': 3
                       'gripper_pos': 1}
 
 
+STATE_NORMALISATIONS = ('none', 'min_max')
+
+
 @dataclass(frozen=True)
 class ObservationConfig:
     """Proprioceptive state layout (seed: joint_pos 6 + joint_vel 6 + ee_xyz 3 + ee_euler 3)."""
     state_features: Tuple[str, ...] = ('joint_pos', 'joint_vel', 'ee_xyz', 'ee_euler')
     n_obs_steps: int = 1
     max_staleness_s: float = 0.25  # an older observation pauses the policy
+    # The state as the policy's state encoder sees it: none (raw rad, rad/s, m) or min_max
+    # (the seed's MIN_MAX: each value mapped from [state_min, state_max] to [-1, 1] and clipped
+    # there), inside the policy, so actor and learner map it alike and the replay keeps raw
+    # states. none: checkpoints from before the option behave as they did.
+    state_normalisation: str = 'none'
+    # min_max bounds, one per state value in state_features order; null (both): derived from
+    # the URDF joint limits, the task's workspace box, the Euler angles' ranges and
+    # state_velocity_bound_rad_s (hilserl/robot/observation.py, state_bounds).
+    state_min: Optional[Tuple[float, ...]] = None
+    state_max: Optional[Tuple[float, ...]] = None
+    # derived bounds of joint_vel: +- this (rad/s); a commanded step moves the gripper at most
+    # 0.35 rad, an arm joint 0.25 rad (the driver's limits), at 10 Hz
+    state_velocity_bound_rad_s: float = 3.5
 
     def __post_init__(self):
         for name in self.state_features:
@@ -128,10 +144,41 @@ class ObservationConfig:
         _require(isinstance(self.n_obs_steps, int) and 1 <= self.n_obs_steps <= 8,
                  'observation.n_obs_steps', self.n_obs_steps, 'must be an integer in [1, 8]')
         _positive('observation.max_staleness_s', self.max_staleness_s)
+        _require(self.state_normalisation in STATE_NORMALISATIONS,
+                 'observation.state_normalisation', self.state_normalisation,
+                 f'choose from {list(STATE_NORMALISATIONS)}')
+        _positive('observation.state_velocity_bound_rad_s', self.state_velocity_bound_rad_s)
+        given = [name for name in ('state_min', 'state_max') if getattr(self, name) is not None]
+        if not given:
+            return
+        _require(self.state_normalisation == 'min_max', f'observation.{given[0]}',
+                 getattr(self, given[0]), 'is used by observation.state_normalisation: min_max '
+                 f'only (it is {self.state_normalisation!r}); set that or remove the bounds')
+        _require(len(given) == 2, f'observation.{given[0]}', getattr(self, given[0]),
+                 'needs observation.state_min and state_max both (or neither: derived)')
+        for name in given:
+            value = getattr(self, name)
+            _require(len(value) == self.state_dim, f'observation.{name}', value,
+                     f'needs {self.state_dim} values (one per value of {self.state_features})')
+            for i, v in enumerate(value):
+                _finite(f'observation.{name}[{i}]', v)
+        for i, (lo, hi) in enumerate(zip(self.state_min, self.state_max)):
+            _require(lo < hi, f'observation.state_min[{i}]', lo,
+                     f'must be < observation.state_max[{i}]={hi}')
 
     @property
     def state_dim(self) -> int:
         return sum(STATE_FEATURE_DIMS[f] for f in self.state_features)
+
+    @property
+    def gripper_index(self) -> Optional[int]:
+        """Where the gripper joint position (rad) is in the state; None without it."""
+        offset = 0
+        for name in self.state_features:
+            if name in ('joint_pos', 'gripper_pos'):
+                return offset + (5 if name == 'joint_pos' else 0)
+            offset += STATE_FEATURE_DIMS[name]
+        return None
 
 
 @dataclass(frozen=True)
@@ -159,6 +206,20 @@ class TaskConfig:
     # `hilserl eval` resets: randomised like training (true) or always the home TCP (false,
     # the seed's eval configuration).
     eval_random_ee_reset: bool = True
+    # Subtracted from the step reward for each state-changing gripper command (HIL-SERL's grasp
+    # penalty; 0 here so that runs and checkpoints from before it keep their rewards): the
+    # executed gripper action, beyond +-gripper_dead_band, commands closing (< 0) or opening
+    # (> 0); it changes the state when it differs from the last such command of the episode
+    # (at the start: closed if reset_gripper_rad < gripper_closed_below_rad, else open).
+    gripper_penalty: float = 0.0
+    gripper_dead_band: float = 0.5        # |gripper action| up to this: "stay", no command
+    # The gripper counts as closed below this joint position (rad): a 3 cm cube held in the
+    # simulated SO-101 stops the jaws at 0.12-0.19 rad, the reset opens them to 0.7.
+    gripper_closed_below_rad: float = 0.4
+    # Count the detector's success (classifier, or the simulator's) only while the gripper is
+    # closed (HIL-SERL gates its reward classifier on the gripper state); the success key is
+    # a person's judgement and never gated.
+    classifier_requires_gripper_closed: bool = False
 
     def __post_init__(self):
         _positive('task.control_rate_hz', self.control_rate_hz)
@@ -202,6 +263,13 @@ class TaskConfig:
             _finite('task.classifier_threshold', self.classifier_threshold)
             _require(0 < self.classifier_threshold < 1, 'task.classifier_threshold',
                      self.classifier_threshold, "must be in (0, 1) (null: the classifier's own)")
+        _finite('task.gripper_penalty', self.gripper_penalty)
+        _require(self.gripper_penalty >= 0, 'task.gripper_penalty', self.gripper_penalty,
+                 'must be >= 0 (it is subtracted, as step_penalty)')
+        _finite('task.gripper_dead_band', self.gripper_dead_band)
+        _require(0 <= self.gripper_dead_band < 1, 'task.gripper_dead_band',
+                 self.gripper_dead_band, 'must be in [0, 1) (the action is in [-1, 1])')
+        _finite('task.gripper_closed_below_rad', self.gripper_closed_below_rad)
 
     @property
     def max_episode_steps(self) -> int:
@@ -396,6 +464,11 @@ class TrainConfig:
                     'they must be equal (scale in the driver, not in the action space)')
         _require(tuple(self.action.names) == ACTION_NAMES, 'action.names', self.action.names,
                  f'the SO-101 driver expects {ACTION_NAMES}')
+        _require(not self.task.classifier_requires_gripper_closed or
+                 self.observation.gripper_index is not None,
+                 'task.classifier_requires_gripper_closed', True,
+                 f'needs the gripper position in the state: observation.state_features '
+                 f'{list(self.observation.state_features)} has neither joint_pos nor gripper_pos')
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
