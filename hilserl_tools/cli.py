@@ -229,6 +229,9 @@ def _start_graph(graph_args, cfg, args, echo=None) -> int:
         print('hilserl: rviz needs a ROS 2 distro (ros2 launch hilserl ...); ignored here',
               file=sys.stderr)
     _repair_before_start(graph_args)
+    from hilserl.ros.graph import robot_file_disagreements
+    for line in robot_file_disagreements(graph_args):
+        print(f'hilserl: {line}', file=sys.stderr)
     nodes = build_graph(graph_args, cfg)
     episodes_ended, bags_closed = set(), set()
 

@@ -65,8 +65,8 @@ def test_driver_external_hands_the_joints_to_a_ros2_control_stack():
     driver = nodes['so101_driver'].parameters
     assert (driver['backend'], driver['on_exit'], driver['external_command_topic']) == \
         ('external', 'hold', 'arm/commands')
-    assert 'backend' not in {n.name: n for n in build_graph(GraphArgs(**args))}[
-        'so101_driver'].parameters  # so101: the robot file's backend (hardware)
+    assert {n.name: n for n in build_graph(GraphArgs(**args))}[
+        'so101_driver'].parameters['backend'] == 'hardware'  # so101: the backend argument
     with pytest.raises(ValueError, match='driver=external needs backend=hardware'):
         GraphArgs(driver='external')
     with pytest.raises(ValueError, match='driver'):
@@ -139,3 +139,22 @@ def test_classifier_threshold_and_eval_reset_come_from_the_training_config(tmp_p
     assert nodes['so101_driver'].parameters['random_ee_reset'] is False
     nodes = graph('eval', '{eval_random_ee_reset: true}', checkpoint='x')
     assert nodes['so101_driver'].parameters['random_ee_reset'] is True
+
+
+def test_the_graph_backend_wins_over_the_robot_file():
+    from hilserl.ros.graph import robot_file_disagreements
+    follower = str(ROOT / 'config' / 'so101_follower.yaml')
+    args = GraphArgs(mode='train', backend='sim', robot_config=follower)
+    nodes = {n.name: n for n in build_graph(args)}
+    # the node's own parameters come after the robot file's: these win
+    assert nodes['so101_driver'].parameter_files == (str(Path(follower).resolve()),)
+    assert nodes['so101_driver'].parameters['backend'] == 'sim'
+    assert nodes['gripper_camera'].parameters['backend'] == 'sim'
+    (line,) = robot_file_disagreements(args)
+    assert 'says backend: hardware; the graph runs backend sim as asked' in line
+    hardware = GraphArgs(mode='train', backend='hardware', teleop='keyboard',
+                         success_source='key', robot_config=follower)
+    nodes = {n.name: n for n in build_graph(hardware)}
+    assert nodes['so101_driver'].parameters['backend'] == 'hardware'
+    assert 'backend' not in nodes['gripper_camera'].parameters   # the file's camera kind
+    assert robot_file_disagreements(hardware) == []

@@ -104,6 +104,21 @@ def test_train_launch_with_two_arms_ends_when_both_have_run_their_episodes(insta
     assert out.count('sac_learner up') == 1 and 'Traceback' not in out, out[-3000:]
 
 
+def test_the_backend_argument_beats_the_robot_file(installed):
+    """robot_config:= the real arm's file (backend: hardware, a serial port, /dev/video0) with
+    backend:=sim runs the simulated arm and camera, and says that the file was overridden."""
+    env, work, config = installed
+    run_dir = work / 'sim_with_arm_file'
+    proc = launch(env, 'train.launch.py', 'backend:=sim', 'num_episodes:=1',
+                  f'robot_config:={ROOT / "config" / "so101_follower.yaml"}',
+                  f'run_dir:={run_dir}', f'config:={config}')
+    out = finish(proc, 400)
+    assert proc.returncode == 0, out[-3000:]
+    assert 'says backend: hardware; the graph runs backend sim as asked' in out, out[-3000:]
+    assert 'episode 0 ended' in out and 'calibration' not in out.lower(), out[-3000:]
+    assert 'Traceback' not in out, out[-3000:]
+
+
 def test_eval_launch_evaluates_a_checkpoint(installed):
     env, work, _ = installed
     checkpoints = sorted((work / 'train' / 'checkpoints').glob('[0-9]*'))

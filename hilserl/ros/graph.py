@@ -229,6 +229,27 @@ def recorded_publishers(mode: str, backend: str, teleop: str) -> List[str]:
     return topics
 
 
+def robot_file_disagreements(args: GraphArgs) -> List[str]:
+    """One line for each value the robot file sets that the graph's arguments override
+    (today: the backend), so a file cannot switch the backend behind the user's back."""
+    import yaml
+    try:
+        data = yaml.safe_load(args.robot_config_path().read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []  # a missing or broken file is refused by the node that reads it
+    lines = []
+    for key, section in data.items():
+        if not isinstance(section, dict) or str(key).rstrip('/').split('/')[-1] != \
+                'so101_driver':
+            continue
+        in_file = (section.get('ros__parameters') or {}).get('backend')
+        wanted = 'external' if args.driver == 'external' else args.backend
+        if in_file is not None and in_file != wanted:
+            lines.append(f'{args.robot_config_path()} says backend: {in_file}; the graph runs '
+                         f'backend {wanted} as asked (backend:= / --backend wins over the file)')
+    return lines
+
+
 def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[NodeSpec]:
     """The graph's nodes. With the sim backend the driver owns simulated time (/clock) and every
     node runs on it (`use_sim_time`): the actor answers each observation tick, the simulated
@@ -291,6 +312,8 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
         'random_ee_reset': task.eval_random_ee_reset if eval_mode else task.random_ee_reset,
         'random_ee_range_xy_m': task.random_ee_range_xy_m,
         'seed': seed}
+    # the graph's backend wins over a robot file's (its parameters come after the file's)
+    driver['backend'] = args.backend
     if args.driver == 'external':  # EE control here, the joints behind the user's controller
         driver.update({'backend': 'external', 'on_exit': 'hold',
                        'external_command_topic': args.joint_command_topic})
@@ -306,7 +329,10 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
                  remappings=tuple(r for r in shared if r[0] == Topics.LEARNER_PROGRESS)),
         NodeSpec('gripper_camera', 'so101_driver.camera_node', {
             'crop_tlhw_px': list(cfg.image.crop_tlhw_px),
-            'resize_hw_px': list(cfg.image.resize_hw_px)}, (robot_file,), **arm),
+            'resize_hw_px': list(cfg.image.resize_hw_px),
+            # a simulated arm has a simulated camera, whatever the robot file says; on
+            # hardware the file names the camera's kind (opencv)
+            **({'backend': 'sim'} if sim_clock else {})}, (robot_file,), **arm),
     ]
     if teleop != 'none':
         nodes.append(NodeSpec('teleop', 'so101_driver.teleop_node', {

@@ -7,7 +7,8 @@ from typing import List
 
 from hilserl.configuration.config import load_train_config
 from hilserl.ros.graph import (LAUNCH_ARGUMENTS, ROBOT_NAMESPACE, GraphArgs, NodeSpec, build_graph,
-                               keyboard_teleop_command, node_namespace, node_remappings)
+                               keyboard_teleop_command, node_namespace, node_remappings,
+                               robot_file_disagreements)
 from hilserl.configuration.pretrained import check_encoder_weights
 
 SIGTERM_TIMEOUT_S = 30
@@ -43,6 +44,7 @@ def graph_actions(context) -> List:
     if args.mode == 'train':  # before any node starts: the encoder weights are here
         check_encoder_weights(cfg.policy)
     actions = [SetEnvironmentVariable(k, v) for k, v in args.environment().items()]
+    actions += [LogInfo(msg=line) for line in robot_file_disagreements(args)]
     actors = []
     for spec in build_graph(args, cfg):
         if spec.needs_terminal:  # launched nodes have no stdin: the keys get a terminal apart
