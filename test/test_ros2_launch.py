@@ -119,6 +119,55 @@ def test_the_backend_argument_beats_the_robot_file(installed):
     assert 'Traceback' not in out, out[-3000:]
 
 
+def _session_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize('sig,to_group', [
+    (signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGINT, False),
+    (signal.SIGTERM, True), (signal.SIGHUP, True), (signal.SIGKILL, False)],
+    ids=['TERM-launch', 'HUP-launch', 'INT-launch', 'TERM-group', 'HUP-group', 'KILL-launch'])
+def test_every_way_of_stopping_ends_like_a_ctrl_c(installed, sig, to_group):
+    """A signal to the launch process alone (kill, systemd, a closing IDE; SIGKILL) or to its
+    whole process group (a closed terminal): no process is left, every bag is complete, and a
+    final checkpoint is written after the signal. (SIGINT to the group is the Ctrl-C test.)"""
+    env, work, config = installed
+    run_dir = work / f'stop_{sig.name}_{"group" if to_group else "launch"}'
+    proc = launch(env, 'train.launch.py', 'num_episodes:=0', f'run_dir:={run_dir}',
+                  f'config:={config}')
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None:
+        recording = sorted((run_dir / 'episodes').glob('episode_*'))
+        if len(recording) >= 2 and not (recording[-1] / 'episode.json').exists():
+            break  # one episode ended, the next one is being recorded
+        time.sleep(0.5)
+    assert proc.poll() is None, 'the graph stopped on its own'
+    signalled_at = time.time()
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    proc.communicate(timeout=120)   # launch itself (its output is not needed here)
+    deadline = time.monotonic() + 120
+    while not _session_gone(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _session_gone(proc.pid)
+    if not left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert left, f'nodes still running 120 s after {sig.name}'
+    episodes = sorted((run_dir / 'episodes').glob('episode_*'))
+    assert len(episodes) >= 2
+    for episode in episodes:
+        assert (episode / 'bag' / 'metadata.yaml').is_file(), episode
+        assert (episode / 'episode.json').is_file(), episode
+    checkpoints = sorted((run_dir / 'checkpoints').glob('[0-9]*'))
+    assert checkpoints and checkpoints[-1].stat().st_mtime >= signalled_at - 1.0
+
+
 def test_eval_launch_evaluates_a_checkpoint(installed):
     env, work, _ = installed
     checkpoints = sorted((work / 'train' / 'checkpoints').glob('[0-9]*'))

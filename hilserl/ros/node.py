@@ -2,7 +2,10 @@
 `main()` runner that shuts down cleanly on Ctrl-C / launch's SIGINT (exit code 0)."""
 from __future__ import annotations
 
+import io
+import os
 import signal
+import sys
 import threading
 import time
 from typing import Callable, Optional, Sequence
@@ -64,6 +67,7 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
             if sig is not None:
                 signal.signal(sig, request_stop)
+        _stop_when_the_parent_dies(stop_requested)
     node = None
     try:
         node = node_factory()
@@ -92,6 +96,9 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
             for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
                 if sig is not None:
                     signal.signal(sig, signal.SIG_IGN)
+        # A launch that died (SIGKILL, SIGTERM) took the read end of our output with it: a
+        # line printed while closing must not abort the closing (BrokenPipeError).
+        sys.stdout, sys.stderr = _Unbreakable(sys.stdout), _Unbreakable(sys.stderr)
         # A close that hangs must not keep the process forever (ignoring signals): after the
         # node's close_timeout_s, print where it hangs and exit.
         faulthandler.dump_traceback_later(getattr(node, 'close_timeout_s', 20.0), exit=True)
@@ -103,6 +110,46 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         rclpy.try_shutdown()
         faulthandler.cancel_dump_traceback_later()
     return 0
+
+
+class _Unbreakable(io.TextIOBase):
+    """A text stream whose writes never raise: output nobody can read any more is dropped."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _stop_when_the_parent_dies(stop_requested: threading.Event) -> None:
+    """Linux: SIGINT when the process that started this node (ros2 launch, `hilserl`) dies,
+    however it dies (SIGKILL, or a launch that exits on SIGTERM or SIGHUP without waiting for
+    its nodes): an orphaned driver would hold the arm under torque with nobody watching."""
+    parent = os.getppid()
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took hold
+        stop_requested.set()
 
 
 def _init_without_signal_handlers(args) -> None:
