@@ -13,6 +13,8 @@
   hilserl fetch-encoder [REPO]  pretrained encoder weights into the Hugging Face cache (online)
   hilserl setup-motors --port P each servo's id (1..6) and baud rate, one servo connected at a
                                 time, read back at the new id and rate (--check: the chained arm)
+  hilserl calibrate --port P --id NAME   homing offsets (arm mid-range, written after a yes)
+                                and joint ranges swept by hand: servo EEPROM + LeRobot's JSON
   hilserl crop --robot-config F the policy crop on a camera frame, written into the config
   hilserl find-workspace ...    the end-effector box swept by hand, written into the config
   hilserl train-classifier      success classifier from episode bags
@@ -337,6 +339,12 @@ def _cmd_setup_motors(args) -> int:
                             timeout_ms=args.bus_timeout_ms or None)
 
 
+def _cmd_calibrate(args) -> int:
+    from hilserl_tools.calibrate import run_calibrate
+    return run_calibrate(args.port, args.id, leader=args.leader, output=args.output,
+                         baudrate=args.baudrate, timeout_ms=args.bus_timeout_ms or None)
+
+
 def _cmd_fetch_encoder(args) -> int:
     from hilserl.configuration.pretrained import fetch_encoder
     folder = fetch_encoder(args.repo_id, args.local_dir or None)
@@ -493,6 +501,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--bus-timeout-ms', type=_positive, default=None,
                    help='floor of a servo reply timeout (ms; default the SDK\'s ~35 ms)')
     p.set_defaults(func=_cmd_setup_motors)
+
+    p = sub.add_parser('calibrate', help='calibrate an arm as LeRobot does (homing offsets, '
+                       'joint ranges swept by hand) into its servos and LeRobot\'s JSON')
+    p.add_argument('--port', required=True, help='serial port of the arm\'s board')
+    p.add_argument('--id', required=True, help='the arm\'s name: the JSON is <id>.json in '
+                   'LeRobot\'s calibration folder (LeRobot\'s --robot.id / --teleop.id)')
+    p.add_argument('--leader', action='store_true', help='a leader arm (teleoperators/'
+                   'so101_leader/ instead of robots/so101_follower/)')
+    p.add_argument('--output', default='', help='write the JSON here instead')
+    p.add_argument('--baudrate', type=int, default=1_000_000,
+                   choices=sorted(BAUD_RATES.values(), reverse=True), help='bus rate (bit/s)')
+    p.add_argument('--bus-timeout-ms', type=_positive, default=None,
+                   help='floor of a servo reply timeout (ms; default the SDK\'s ~35 ms)')
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser('crop', help='choose the policy crop on one camera frame and write it '
                        'into the training config (a window with a display, else a PNG + --crop)')

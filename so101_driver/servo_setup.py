@@ -1,13 +1,18 @@
 """Setting up the STS3215 servos of an SO-101 on its bus (no ROS): find the one servo that is
-connected, give it its id and baud rate, read it back. Everything here raises ValueError or
+connected, give it its id and baud rate, read it back; torque off, homing offsets and position
+limits into EEPROM (unlocked only meanwhile, read back). Everything here raises ValueError or
 OSError with a one-line message a person can act on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from so101_driver import sts_protocol as sts
 from so101_driver.feetech_bus import BusError, FeetechBus
+
+
+TICKS = sts.TICKS_PER_REV
+HALF_TURN = 2047   # LeRobot's homing: the pose at calibration reads 2047 (4095 // 2)
 
 
 @dataclass(frozen=True)
@@ -122,3 +127,42 @@ def read_back(bus: FeetechBus, ids: Sequence[int]
         except BusError:
             result[servo_id] = None
     return result
+
+
+def torque_off(bus: FeetechBus, ids: Sequence[int]) -> None:
+    """Every servo limp, read back (a sync write is not acknowledged); one still holding gets a
+    write of its own."""
+    bus.sync_write('torque_enable', {i: 0 for i in ids})
+    state = bus.sync_read('torque_enable', ids, ['torque_enable'])
+    for servo_id in ids:
+        if state[servo_id]['torque_enable']:
+            bus.write(servo_id, 'torque_enable', 0)
+
+
+def present_positions(bus: FeetechBus, ids: Sequence[int]) -> Dict[int, int]:
+    raw = bus.sync_read('present_position', ids, ['present_position'])
+    return {i: raw[i]['present_position'] for i in ids}
+
+
+def half_turn_offset(present: int, offset_in_effect: int) -> int:
+    """The homing offset that makes the encoder's position now read HALF_TURN (present reads
+    encoder - offset, modulo a turn). Computed from the offset in effect instead of clearing it
+    first as LeRobot does, so that nothing is written before the owner agrees."""
+    return (present + offset_in_effect) % TICKS - HALF_TURN
+
+
+def write_eeprom(bus: FeetechBus, servo_id: int, values: Mapping[str, int]) -> None:
+    """Write EEPROM registers (lock opened only meanwhile) and read them back (OSError if a
+    value did not stay)."""
+    try:
+        bus.write(servo_id, 'lock', 0)
+        try:
+            for name, value in values.items():
+                bus.write(servo_id, name, value)
+        finally:
+            bus.write(servo_id, 'lock', 1)
+        kept = {name: bus.read(servo_id, name) for name in values}
+    except BusError as exc:
+        raise OSError(f'writing {dict(values)} to servo {servo_id} failed: {exc}') from None
+    if kept != dict(values):
+        raise OSError(f'servo {servo_id} holds {kept} after writing {dict(values)}')

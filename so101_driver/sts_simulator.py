@@ -156,6 +156,10 @@ class SimulatedServo:
                     (locked and at < sts.EEPROM_END):
                 continue
             self.table[at] = byte
+        offset = sts.REGISTERS['homing_offset']
+        if address < offset.address + offset.size and address + len(data) > offset.address:
+            # the firmware reports through the new offset at once, not at the next motor tick
+            self._put('present_position', int(round(self.actual_ticks)) - self._offset())
         goal = sts.REGISTERS['goal_position']
         if address <= goal.address and address + len(data) >= goal.address + goal.size:
             self.goals_received.append(self.get('goal_position'))
