@@ -11,6 +11,10 @@
                                 episode (outcome, steps, return, human steps)
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
   hilserl fetch-encoder [REPO]  pretrained encoder weights into the Hugging Face cache (online)
+  hilserl setup-motors --port P each servo's id (1..6) and baud rate, one servo connected at a
+                                time, read back at the new id and rate (--check: the chained arm)
+  hilserl calibrate --port P --id NAME   homing offsets (arm mid-range, written after a yes)
+                                and joint ranges swept by hand: servo EEPROM + LeRobot's JSON
   hilserl crop --robot-config F the policy crop on a camera frame, written into the config
   hilserl find-workspace ...    the end-effector box swept by hand, written into the config
   hilserl train-classifier      success classifier from episode bags
@@ -331,6 +335,19 @@ def _cmd_find_workspace(args) -> int:
                               seconds=args.seconds, z_floor_m=args.z_floor_m)
 
 
+def _cmd_setup_motors(args) -> int:
+    from hilserl_tools.setup_motors import run_setup_motors
+    return run_setup_motors(args.port, leader=args.leader, baudrate=args.baudrate,
+                            joints=args.joint, check=args.check,
+                            timeout_ms=args.bus_timeout_ms or None)
+
+
+def _cmd_calibrate(args) -> int:
+    from hilserl_tools.calibrate import run_calibrate
+    return run_calibrate(args.port, args.id, leader=args.leader, output=args.output,
+                         baudrate=args.baudrate, timeout_ms=args.bus_timeout_ms or None)
+
+
 def _cmd_fetch_encoder(args) -> int:
     from hilserl.configuration.pretrained import fetch_encoder
     folder = fetch_encoder(args.repo_id, args.local_dir or None)
@@ -468,6 +485,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-minutes', type=_positive, default=None,
                    help='stop the whole graph after this long')
     p.set_defaults(func=_cmd_record)
+
+    from hilserl.messages.conventions import JOINT_NAMES
+    from so101_driver.sts_protocol import BAUD_RATES
+    p = sub.add_parser('setup-motors', help='give each servo its id (1..6 in joint order) and '
+                       'the baud rate, one servo connected at a time; read them back')
+    p.add_argument('--port', required=True, help='serial port of the arm\'s board '
+                   '(a /dev/serial/by-id/... path)')
+    p.add_argument('--leader', action='store_true', help='the leader arm (same ids; the '
+                   'prompts say leader)')
+    p.add_argument('--baudrate', type=int, default=1_000_000,
+                   choices=sorted(BAUD_RATES.values(), reverse=True),
+                   help='bus rate to set (bit/s; default the STS3215\'s 1000000)')
+    p.add_argument('--joint', action='append', choices=JOINT_NAMES, default=None,
+                   help='only this joint\'s servo (repeatable; default all six)')
+    p.add_argument('--check', action='store_true', help='no setting: the assembled arm\'s '
+                   'servos must answer at their ids and the rate')
+    p.add_argument('--bus-timeout-ms', type=_positive, default=None,
+                   help='floor of a servo reply timeout (ms; default the SDK\'s ~35 ms)')
+    p.set_defaults(func=_cmd_setup_motors)
+
+    p = sub.add_parser('calibrate', help='calibrate an arm as LeRobot does (homing offsets, '
+                       'joint ranges swept by hand) into its servos and LeRobot\'s JSON')
+    p.add_argument('--port', required=True, help='serial port of the arm\'s board')
+    p.add_argument('--id', required=True, help='the arm\'s name: the JSON is <id>.json in '
+                   'LeRobot\'s calibration folder (LeRobot\'s --robot.id / --teleop.id)')
+    p.add_argument('--leader', action='store_true', help='a leader arm (teleoperators/'
+                   'so101_leader/ instead of robots/so101_follower/)')
+    p.add_argument('--output', default='', help='write the JSON here instead')
+    p.add_argument('--baudrate', type=int, default=1_000_000,
+                   choices=sorted(BAUD_RATES.values(), reverse=True), help='bus rate (bit/s)')
+    p.add_argument('--bus-timeout-ms', type=_positive, default=None,
+                   help='floor of a servo reply timeout (ms; default the SDK\'s ~35 ms)')
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser('crop', help='choose the policy crop on one camera frame and write it '
                        'into the training config (a window with a display, else a PNG + --crop)')

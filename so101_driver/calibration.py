@@ -7,6 +7,11 @@ Arm joints: rad = radians((raw - mid) * 360 / 4095) with mid = (range_min + rang
 is LeRobot's DEGREES mode, so URDF radians = radians(LeRobot degrees). Gripper: LeRobot's 0..100
 range (0 = range_min) read as degrees, i.e. 0..1.745 rad, as LeRobot feeds it to its kinematics.
 drive_mode 1 inverts a joint.
+
+Where LeRobot keeps them (lerobot/utils/constants.py): $HF_LEROBOT_CALIBRATION, else
+$HF_LEROBOT_HOME/calibration, else $HF_HOME/lerobot/calibration (HF_HOME: huggingface_hub's,
+default $XDG_CACHE_HOME/huggingface or ~/.cache/huggingface); then robots/<robot type>/<id>.json
+for a follower and teleoperators/<teleop type>/<id>.json for a leader.
 """
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ from hilserl.messages.conventions import JOINT_NAMES
 from hilserl.common.files import write_text_atomic
 
 DEGREES_PER_TICK = 360.0 / 4095.0  # LeRobot divides by 4095, not 4096
+FIELDS = ('id', 'drive_mode', 'homing_offset', 'range_min', 'range_max')  # LeRobot's, in order
+FOLLOWER_TYPE = 'so101_follower'   # LeRobot's robot type (its folder under robots/)
+LEADER_TYPE = 'so101_leader'       # LeRobot's teleoperator type (under teleoperators/)
 
 
 class CalibrationError(ValueError):
@@ -70,9 +78,7 @@ def parse_calibration(data: Mapping, source: str = 'calibration') -> Dict[str, M
     for name in JOINT_NAMES:
         entry = data[name]
         try:
-            out[name] = MotorCalibration(**{k: int(entry[k]) for k in
-                                            ('id', 'drive_mode', 'homing_offset', 'range_min',
-                                             'range_max')})
+            out[name] = MotorCalibration(**{k: int(entry[k]) for k in FIELDS})
         except KeyError as exc:
             raise CalibrationError(f'{source}: {name} lacks {exc}') from None
         except CalibrationError as exc:
@@ -85,6 +91,39 @@ def parse_calibration(data: Mapping, source: str = 'calibration') -> Dict[str, M
 
 def save_calibration(calibration: Mapping[str, MotorCalibration], path) -> None:
     write_text_atomic(path, json.dumps({n: asdict(c) for n, c in calibration.items()}, indent=4))
+
+
+def lerobot_calibration_root() -> Path:
+    """LeRobot's calibration folder, from the same environment variables LeRobot reads."""
+    if os.environ.get('HF_LEROBOT_CALIBRATION'):
+        return Path(os.environ['HF_LEROBOT_CALIBRATION']).expanduser()
+    if os.environ.get('HF_LEROBOT_HOME'):
+        home = Path(os.environ['HF_LEROBOT_HOME'])
+    else:
+        hf_home = os.environ.get('HF_HOME') or os.path.join(
+            os.environ.get('XDG_CACHE_HOME') or '~/.cache', 'huggingface')
+        home = Path(hf_home) / 'lerobot'
+    return (home / 'calibration').expanduser()
+
+
+def default_calibration_path(arm_id: str, leader: bool = False) -> Path:
+    """Where LeRobot reads (and writes) the calibration of the SO-101 follower or leader `arm_id`
+    (LeRobot's --robot.id / --teleop.id)."""
+    if not arm_id or arm_id in ('.', '..') or '/' in arm_id or os.sep in arm_id:
+        raise CalibrationError(f'arm id {arm_id!r}: a file name is needed (e.g. follower)')
+    kind = ('teleoperators', LEADER_TYPE) if leader else ('robots', FOLLOWER_TYPE)
+    return lerobot_calibration_root().joinpath(*kind, f'{arm_id}.json')
+
+
+def eeprom_values(cal: MotorCalibration) -> Dict[str, int]:
+    """What a calibration puts into a servo's EEPROM: register name -> value."""
+    return {'homing_offset': cal.homing_offset, 'min_position_limit': cal.range_min,
+            'max_position_limit': cal.range_max}
+
+
+# register name -> the calibration file's field
+EEPROM_FIELDS = {'homing_offset': 'homing_offset', 'min_position_limit': 'range_min',
+                 'max_position_limit': 'range_max'}
 
 
 def ticks_to_rad(joint: str, raw: int, cal: MotorCalibration) -> float:

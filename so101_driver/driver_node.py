@@ -59,6 +59,11 @@ class DriverNode(Node):
                            int_range=(9600, 1_000_000), read_only=True)
         calibration_file = declare(self, 'calibration_file', '',
                                    'LeRobot SO-101 calibration JSON (hardware)', read_only=True)
+        self.write_calibration = declare(
+            self, 'write_calibration_to_servos', False, 'hardware: where a servo\'s EEPROM '
+            '(homing offset, position limits) differs from calibration_file, write the file\'s '
+            'values (said in the log); false: refuse to bring the arm up (`hilserl calibrate` '
+            'writes both)', read_only=True)
         self.bus_timeout_ms = declare(self, 'bus_timeout_ms', 0.0, 'hardware: floor of a '
                                       'servo reply timeout (ms; 0: the SDK\'s own, ~35 ms); '
                                       'raise it for slow USB adapters or a simulated bus',
@@ -168,7 +173,10 @@ class DriverNode(Node):
                              '(a LeRobot SO-101 calibration JSON)')
         calibration = load_calibration(calibration_file)
         self.bus = FeetechBus(port, baudrate, timeout_ms=self.bus_timeout_ms or None)
-        backend = HardwareBackend(self.bus, calibration)
+        backend = HardwareBackend(self.bus, calibration,
+                                  write_calibration=self.write_calibration,
+                                  calibration_source=str(calibration_file),
+                                  say=self.get_logger().warning)
         backend.connect()
         return backend
 

@@ -179,6 +179,21 @@ class FeetechBus:
                     pass
                 self._port = None
 
+    def set_baudrate(self, baudrate: int) -> None:
+        """Talk at another rate from now on (the port is reopened at it)."""
+        with self._lock:
+            if self._port is None:
+                raise BusError(f'bus {self.port_name!r} is not open')
+            try:
+                changed = self._port.setBaudRate(baudrate)
+            except Exception as exc:  # noqa: BLE001 - pyserial raises several types
+                raise BusError(f'cannot set {self.port_name!r} to {baudrate} baud: '
+                               f'{exc}') from None
+            if not changed:
+                raise BusError(f'baud rate {baudrate} refused for {self.port_name!r}')
+            self.baudrate = baudrate
+            self._late_lengths.clear()  # nothing sent at the old rate can arrive at this one
+
     @property
     def timeout_ms(self) -> Optional[float]:
         """Floor of the reply timeout (ms); None: the SDK's own."""
@@ -345,6 +360,39 @@ class FeetechBus:
             self._check_status(servo_id, error | error2)
             return sts.from_bytes(data)
         return self._retrying(f'ping {servo_id}', [servo_id], attempt)
+
+    def broadcast_ping(self) -> Tuple[List[int], int]:
+        """PING to every servo (id 254) at the current rate -> (the id of every status packet
+        that came back, in order: an id twice means two servos share it; the number of
+        garbled packets: replies that collided, or noise). One attempt, no retry: a scan
+        counts whoever answers; each packet gets a fresh reply timeout."""
+        scs, ph = self._scs, self._packet
+        if self._port is None:
+            raise BusError(f'bus {self.port_name!r} is not open')
+        ids: List[int] = []
+        garbled = 0
+        with self._lock:
+            try:
+                port = self._port
+                port.is_using = False
+                port.ser.reset_input_buffer()
+                self._send(sts.BROADCAST_ID, sts.INST_PING)
+                for _ in range(2 * sts.MAX_ID):  # bounded: a noisy line never goes quiet
+                    port.setPacketTimeout(6)
+                    rx, comm = ph.rxPacket(port)
+                    if comm == scs.COMM_RX_TIMEOUT:
+                        break
+                    if comm == scs.COMM_SUCCESS:
+                        ids.append(rx[2])
+                    else:
+                        garbled += 1
+                        if not rx:
+                            break
+            except _Fault as fault:
+                raise BusError(f'broadcast ping failed: {fault.detail}') from None
+            except OSError as exc:
+                raise BusError(f'broadcast ping on {self.port_name!r} failed: {exc}') from None
+        return ids, garbled
 
     def read(self, servo_id: int, name: str) -> int:
         reg = sts.REGISTERS[name]

@@ -4,22 +4,38 @@ Bus faults become BackendError naming the joints (the caller holds the last goal
 cuts its own torque (a status error bit in its unload conditions in any reply, or its torque
 enable reading 0 in the health read while torque is on) is latched in `torque_lost`:
 `torque_enabled` is then False until `set_torque(True)` re-arms every servo.
+
+Calibration in EEPROM: the servos apply their homing offset before reporting a position, so a
+servo holding another offset than the calibration file reports positions the file misreads. At
+connect such a difference is said in one line and either refused (the default) or, where the
+owner allowed it (`write_calibration`), written; nothing is written silently.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, Mapping, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from hilserl.messages.conventions import JOINT_NAMES
 from so101_driver.backend import ArmBackend, BackendError, JointReading
-from so101_driver.calibration import (DEGREES_PER_TICK, MotorCalibration, rad_to_ticks,
-                                      ticks_to_rad)
+from so101_driver.calibration import (DEGREES_PER_TICK, EEPROM_FIELDS, MotorCalibration,
+                                      eeprom_values, rad_to_ticks, ticks_to_rad)
 from so101_driver.feetech_bus import (GRIPPER_SETTINGS, BusError, FeetechBus, ServoSettings)
+from so101_driver.servo_setup import write_eeprom
 from so101_driver.sts_protocol import DEFAULT_UNLOAD_ERRBITS, MODEL_NUMBER_STS3215, error_text
+
+
+def describe_differences(differences: Mapping[str, Mapping[str, Tuple[int, int]]]) -> str:
+    """'shoulder_pan homing_offset servo 0 / file -1024, ...' (one line)."""
+    return '; '.join(
+        f'{joint} ' + ', '.join(f'{EEPROM_FIELDS[key]} servo {held} / file {new}'
+                                for key, (held, new) in stale.items())
+        for joint, stale in differences.items())
+
 
 STATE_REGISTERS = ('present_position', 'present_speed', 'present_load')
 # One contiguous read (40..65): torque enable shows a servo that dropped its torque.
@@ -42,8 +58,15 @@ class HardwareBackend(ArmBackend):
     def __init__(self, bus: FeetechBus, calibration: Mapping[str, MotorCalibration],
                  arm_settings: ServoSettings = ServoSettings(),
                  gripper_settings: ServoSettings = GRIPPER_SETTINGS,
-                 torque_off_on_close: bool = False):
+                 torque_off_on_close: bool = False, write_calibration: bool = False,
+                 calibration_source: str = 'the calibration file',
+                 say: Optional[Callable[[str], None]] = None):
+        """write_calibration: where a servo's EEPROM differs from `calibration`, write the
+        file's values (said in one line through `say`); False refuses to bring the arm up."""
         self.bus = bus
+        self.write_calibration = write_calibration
+        self.calibration_source = calibration_source
+        self.say = say or logging.getLogger(__name__).warning
         self.calibration = dict(calibration)
         self.ids = [self.calibration[n].id for n in JOINT_NAMES]
         self.arm_settings = arm_settings
@@ -65,10 +88,23 @@ class HardwareBackend(ArmBackend):
                 if model != MODEL_NUMBER_STS3215:
                     raise BackendError(f'{name} (id {servo_id}) is model {model}, expected '
                                        f'STS3215 ({MODEL_NUMBER_STS3215})')
+            differences = self.calibration_differences()
+            if differences and not self.write_calibration:
+                self.bus.close()
+                raise BackendError(
+                    f'the servos hold another calibration than {self.calibration_source} '
+                    f'({describe_differences(differences)}): positions would be misread; run '
+                    f'`hilserl calibrate` to calibrate again, or set the driver parameter '
+                    f'write_calibration_to_servos: true to write the file\'s values')
+            if differences:
+                self.say(f'writing {self.calibration_source} into the servos\' EEPROM: '
+                         f'{describe_differences(differences)}')
             for name, servo_id in zip(JOINT_NAMES, self.ids):
                 settings = self.gripper_settings if name == 'gripper' else self.arm_settings
                 self.bus.configure(servo_id, settings)
-                self._sync_calibration(servo_id, self.calibration[name])
+                if name in differences:
+                    write_eeprom(self.bus, servo_id, {key: new for key, (_, new)
+                                                      in differences[name].items()})
                 self.unload_bits[servo_id] = self.bus.read(servo_id, 'unload_conditions')
             # Never command a position before knowing where the arm is (arms snap otherwise).
             present = self.bus.sync_read('present_position', self.ids, ['present_position'])
@@ -76,20 +112,21 @@ class HardwareBackend(ArmBackend):
                                 {i: present[i]['present_position'] for i in self.ids})
         except BusError as exc:
             raise BackendError(f'cannot bring up the arm on {self.bus.port_name}: {exc}') from exc
+        except OSError as exc:  # an EEPROM value that did not stay
+            raise BackendError(f'{self.bus.port_name}: {exc}') from exc
         self.set_torque(True)
 
-    def _sync_calibration(self, servo_id: int, cal: MotorCalibration):
-        """Write homing offset and position limits to EEPROM only where they differ."""
-        wanted = {'homing_offset': cal.homing_offset, 'min_position_limit': cal.range_min,
-                  'max_position_limit': cal.range_max}
-        stale = {k: v for k, v in wanted.items() if self.bus.read(servo_id, k) != v}
-        if stale:
-            self.bus.write(servo_id, 'lock', 0)
-            try:
-                for key, value in stale.items():
-                    self.bus.write(servo_id, key, value)
-            finally:
-                self.bus.write(servo_id, 'lock', 1)
+    def calibration_differences(self) -> Dict[str, Dict[str, Tuple[int, int]]]:
+        """joint -> {register: (servo's value, file's value)} where they differ (reads only)."""
+        differences = {}
+        for name, servo_id in zip(JOINT_NAMES, self.ids):
+            wanted = eeprom_values(self.calibration[name])
+            held = {key: self.bus.read(servo_id, key) for key in wanted}
+            stale = {key: (held[key], value) for key, value in wanted.items()
+                     if held[key] != value}
+            if stale:
+                differences[name] = stale
+        return differences
 
     def _names(self, ids: Sequence[int]) -> str:
         return ', '.join(f'{self.joint_of_id.get(i, "?")} (id {i})' for i in ids)

@@ -19,6 +19,14 @@ INST_ACTION = 0x05
 INST_SYNC_READ = 0x82
 INST_SYNC_WRITE = 0x83
 BROADCAST_ID = 0xFE
+MAX_ID = 253        # 0..253 address one servo; 254 is the broadcast id
+
+# Baud index (register 6) -> bit/s: the indices the docs confirm (5-7 differ between LeRobot and
+# the Feetech SDK, so nothing here writes or assumes them).
+BAUD_RATES = {0: 1_000_000, 1: 500_000, 2: 250_000, 3: 128_000, 4: 115_200}
+# Where a servo of unknown history may listen: the confirmed rates, then LeRobot's 5-7.
+SCAN_BAUD_RATES = (1_000_000, 500_000, 250_000, 128_000, 115_200, 57_600, 38_400, 19_200)
+EEPROM_END = 40     # addresses below are EEPROM (writable only with lock = 0), 40.. are RAM
 
 ERRBIT_VOLTAGE = 1
 ERRBIT_ANGLE = 2
@@ -78,6 +86,15 @@ REGISTERS = {
     'moving': Register(66, 1),
     'present_current': Register(69, 2),
 }
+
+
+def baud_index(baudrate: int) -> int:
+    """Register-6 value for a bit rate (ValueError for a rate not in BAUD_RATES)."""
+    for index, rate in BAUD_RATES.items():
+        if rate == baudrate:
+            return index
+    raise ValueError(f'baud rate {baudrate}: an STS3215 takes one of '
+                     f'{sorted(BAUD_RATES.values(), reverse=True)}')
 
 
 def encode_sign_magnitude(value: int, sign_bit: int) -> int:

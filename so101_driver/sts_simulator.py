@@ -6,29 +6,73 @@ goal at a bounded speed while torque is on; cuts its torque when a status error 
 unload conditions, as the firmware's protection does). Faults can be injected: no reply,
 corrupted checksum, truncated or random replies at a rate, a servo that disappears, over-
 temperature, low voltage, an overload trip. Every goal position a servo receives is recorded.
+
+What setting a servo up needs, as an STS3215 does it:
+- EEPROM (addresses 0..39) takes writes only while the lock register (55) is 0; locked, a write
+  is acknowledged and ignored. A simulated servo powers up locked (the stricter assumption: code
+  that forgets to unlock fails here too).
+- A new ID (5) or baud index (6) takes effect after the write's status packet: the reply still
+  carries the old ID and leaves at the old rate.
+- Baud rate: a pty carries bytes, not bit timing. The simulator reads the line speed the other
+  end configured (pyserial sets it with termios on the pty; read back here with TCGETS2, which
+  also gives custom rates such as 250000) when it takes an instruction packet, and a servo
+  answers only when that speed is the rate of its baud index. Where the speed cannot be read
+  every servo hears every packet.
+- Servos can be plugged in and unplugged while the bus runs (`plug`, `unplug`), several with the
+  same ID included; all of them answer (back to back here, where real replies would collide).
+  A broadcast PING (id 254) is answered by every servo, one status packet each, in id order.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import random
 import select
+import struct
+import termios
 import threading
 import time
 import tty
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from so101_driver import sts_protocol as sts
 
+# Linux (asm-generic) _IOR('T', 0x2A, struct termios2); c_ospeed sits at byte 40 of the struct.
+_TCGETS2 = 0x802C542A
+_OSPEED_OFFSET = 40
+_TERMIOS_RATES = {getattr(termios, f'B{rate}'): rate for rate in
+                  (1_000_000, 500_000, 115_200, 57_600, 38_400, 19_200)
+                  if hasattr(termios, f'B{rate}')}
+
+
+def line_baud(fd: int) -> Optional[int]:
+    """The speed (bit/s) a serial fd (either end of a pty) is set to; None if unknown."""
+    try:
+        buffer = bytearray(64)
+        fcntl.ioctl(fd, _TCGETS2, buffer)
+        return struct.unpack_from('I', buffer, _OSPEED_OFFSET)[0]
+    except OSError:
+        pass
+    try:
+        return _TERMIOS_RATES.get(termios.tcgetattr(fd)[5])
+    except termios.error:
+        return None
+
 
 class SimulatedServo:
-    def __init__(self, servo_id: int, position_ticks: int = 2048):
-        self.id = servo_id
+    def __init__(self, servo_id: int, position_ticks: int = 2048, baud_index: int = 0,
+                 homing_offset: int = 0, limits=(0, 4095)):
+        """position_ticks: the present-position reading (the encoder minus the homing offset)."""
         self.table = bytearray(256)
         self._put('model_number', sts.MODEL_NUMBER_STS3215)
         self._put('id', servo_id)
+        self._put('baud_rate', baud_index)
         self._put('return_delay', 250)
-        self._put('max_position_limit', 4095)
+        self._put('homing_offset', homing_offset)
+        self._put('min_position_limit', limits[0])
+        self._put('max_position_limit', limits[1])
+        self._put('lock', 1)
         self._put('max_temperature', 70)
         self._put('max_input_voltage', 140)
         self._put('min_input_voltage', 45)
@@ -41,12 +85,21 @@ class SimulatedServo:
         self._put('torque_limit', 1000)
         self._put('present_voltage', 120)
         self._put('present_temperature', 30)
-        self.actual_ticks = float(position_ticks)  # physical encoder reading, before the offset
+        # physical encoder reading, before the offset
+        self.actual_ticks = float(position_ticks + homing_offset)
         self.latched_error = 0   # tripped protections (overload...), cleared by torque on
         self.goals_received: List[int] = []  # every goal position written, register value
         self._put('goal_position', position_ticks)
         self._update_present(0.0, 0.0)
         self.max_speed_ticks_s = 3000.0
+
+    @property
+    def id(self) -> int:
+        return self.table[sts.REGISTERS['id'].address]
+
+    @property
+    def baud_index(self) -> int:
+        return self.table[sts.REGISTERS['baud_rate'].address]
 
     def _put(self, name, value):
         reg = sts.REGISTERS[name]
@@ -94,10 +147,19 @@ class SimulatedServo:
         return error | self.latched_error
 
     def write(self, address: int, data: bytes):
-        # Writes to present/read-only areas are ignored like the firmware does.
-        if address >= 56 and address != 85:
-            return
-        self.table[address:address + len(data)] = data
+        # Writes to read-only areas (firmware, model, present values) are ignored like the
+        # firmware does; so are EEPROM bytes while the lock is closed.
+        locked = self.get('lock') != 0
+        for k, byte in enumerate(data):
+            at = address + k
+            if at in (0, 1, 3, 4) or (at >= 56 and at != 85) or \
+                    (locked and at < sts.EEPROM_END):
+                continue
+            self.table[at] = byte
+        offset = sts.REGISTERS['homing_offset']
+        if address < offset.address + offset.size and address + len(data) > offset.address:
+            # the firmware reports through the new offset at once, not at the next motor tick
+            self._put('present_position', int(round(self.actual_ticks)) - self._offset())
         goal = sts.REGISTERS['goal_position']
         if address <= goal.address and address + len(data) >= goal.address + goal.size:
             self.goals_received.append(self.get('goal_position'))
@@ -110,8 +172,19 @@ class SimulatedBus:
     """Six (or any) servos behind a pty. `port` is the device path to give the SDK."""
 
     def __init__(self, ids: Iterable[int] = range(1, 7), positions: Optional[Dict[int, int]] = None,
-                 physics_rate_hz: float = 500.0):
-        self.servos = {i: SimulatedServo(i, (positions or {}).get(i, 2048)) for i in ids}
+                 physics_rate_hz: float = 500.0,
+                 calibration: Optional[Mapping[str, Any]] = None):
+        """positions: present-position readings by id (default 2048). calibration: joint ->
+        MotorCalibration-like (id, homing_offset, range_min, range_max): the servos hold it in
+        EEPROM, as `hilserl calibrate` leaves them (default: offset 0, limits 0..4095)."""
+        eeprom = {c.id: c for c in (calibration or {}).values()}
+        self._plugged: List[SimulatedServo] = []
+        for i in ids:
+            cal = eeprom.get(i)
+            self._plugged.append(SimulatedServo(
+                i, (positions or {}).get(i, 2048),
+                homing_offset=cal.homing_offset if cal else 0,
+                limits=(cal.range_min, cal.range_max) if cal else (0, 4095)))
         self._master, self._slave = pty.openpty()
         tty.setraw(self._slave)
         self.port = os.ttyname(self._slave)
@@ -134,6 +207,25 @@ class SimulatedBus:
         self._physics_dt = 1.0 / physics_rate_hz
         self._thread = threading.Thread(target=self._serve, name='sts-bus', daemon=True)
         self._thread.start()
+
+    @property
+    def servos(self) -> Dict[int, SimulatedServo]:
+        """The plugged servos by id (of several with one id, the last plugged)."""
+        return {servo.id: servo for servo in list(self._plugged)}
+
+    def plug(self, servo_id=1, position_ticks: int = 2048, baud_index: int = 0
+             ) -> SimulatedServo:
+        """A servo is connected to the bus: a new one (factory state: id 1 at 1 Mbit/s) or,
+        given a SimulatedServo, one unplugged before, as it was."""
+        servo = servo_id if isinstance(servo_id, SimulatedServo) else \
+            SimulatedServo(servo_id, position_ticks, baud_index)
+        with self._lock:
+            self._plugged.append(servo)
+        return servo
+
+    def unplug(self, servo: SimulatedServo) -> None:
+        with self._lock:
+            self._plugged = [s for s in self._plugged if s is not servo]
 
     # --- fault injection --------------------------------------------------------------------
     def silence(self, servo_id: int, silent: bool = True):
@@ -217,7 +309,7 @@ class SimulatedBus:
             now = time.monotonic()
             if now - last >= self._physics_dt:
                 with self._lock:
-                    for servo in self.servos.values():
+                    for servo in self._plugged:
                         servo.advance(now - last)
                 last = now
             if not ready:
@@ -257,14 +349,15 @@ class SimulatedBus:
             self.faulted_packets.append(self._frame_index)
         self.replies_faulted += 1
 
-    def _reply(self, servo: SimulatedServo, params=b''):
-        if servo.id in self._silent:
+    def _reply(self, servo: SimulatedServo, params=b'', reply_id: Optional[int] = None):
+        reply_id = servo.id if reply_id is None else reply_id
+        if reply_id in self._silent:
             return
         if self._drop_replies > 0:
             self._drop_replies -= 1
             self._faulted()
             return
-        data = bytearray(sts.packet(servo.id, servo.status_error(), params))
+        data = bytearray(sts.packet(reply_id, servo.status_error(), params))
         if self._corrupt_replies > 0:
             self._corrupt_replies -= 1
             data[-1] ^= 0x5A
@@ -282,7 +375,7 @@ class SimulatedBus:
             elif mode == 'random':
                 data = bytearray(rng.getrandbits(8) for _ in range(rng.randint(1, len(data) + 2)))
             elif mode == 'short':
-                data = bytearray(sts.packet(servo.id, servo.status_error()))
+                data = bytearray(sts.packet(reply_id, servo.status_error()))
         self._out += data
 
     def goals_received(self) -> Dict[int, List[int]]:
@@ -301,30 +394,44 @@ class SimulatedBus:
 
     def _answer(self, frame: bytes):
         servo_id, instruction, params = frame[2], frame[4], frame[5:-1]
+        baud = line_baud(self._slave)
         with self._lock:
+            # Only servos set to the line's rate make sense of the bytes.
+            hearing = [s for s in self._plugged
+                       if baud is None or sts.BAUD_RATES.get(s.baud_index) == baud]
+
+            def addressed(target_id):
+                return [s for s in hearing if s.id == target_id]
             if instruction == sts.INST_SYNC_WRITE and servo_id == sts.BROADCAST_ID:
                 address, length = params[0], params[1]
                 for i in range(2, len(params), length + 1):
-                    target = self.servos.get(params[i])
-                    if target is not None and target.id not in self._silent:
-                        target.write(address, params[i + 1:i + 1 + length])
+                    for target in addressed(params[i]):
+                        if target.id not in self._silent:
+                            target.write(address, params[i + 1:i + 1 + length])
                 return
             if instruction == sts.INST_SYNC_READ and servo_id == sts.BROADCAST_ID:
                 address, length = params[0], params[1]
                 for target_id in params[2:]:
-                    target = self.servos.get(target_id)
-                    if target is not None:
+                    for target in addressed(target_id):
                         self._reply(target, target.table[address:address + length])
                 return
-            servo = self.servos.get(servo_id)
-            if servo is None:
+            if servo_id == sts.BROADCAST_ID:
+                if instruction == sts.INST_PING:
+                    for target in sorted(hearing, key=lambda s: s.id):
+                        self._reply(target)
+                elif instruction == sts.INST_WRITE:  # every servo writes, none replies
+                    for target in hearing:
+                        if target.id not in self._silent:
+                            target.write(params[0], params[1:])
                 return
-            if instruction == sts.INST_PING:
-                self._reply(servo)
-            elif instruction == sts.INST_READ:
-                address, length = params[0], params[1]
-                self._reply(servo, servo.table[address:address + length])
-            elif instruction in (sts.INST_WRITE, sts.INST_REG_WRITE):
-                if servo.id not in self._silent:
-                    servo.write(params[0], params[1:])
-                self._reply(servo)
+            for servo in addressed(servo_id):
+                if instruction == sts.INST_PING:
+                    self._reply(servo)
+                elif instruction == sts.INST_READ:
+                    address, length = params[0], params[1]
+                    self._reply(servo, servo.table[address:address + length])
+                elif instruction in (sts.INST_WRITE, sts.INST_REG_WRITE):
+                    if servo.id not in self._silent:
+                        servo.write(params[0], params[1:])
+                    # a new id (or baud index) applies after this reply: it has the old id
+                    self._reply(servo, reply_id=servo_id)

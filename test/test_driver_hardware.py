@@ -26,7 +26,7 @@ RETRIES = 3
 def rig():
     cal = default_calibration()
     start = {cal[n].id: rad_to_ticks(n, HOME[k], cal[n]) for k, n in enumerate(JOINT_NAMES)}
-    sim = SimulatedBus(positions=start)
+    sim = SimulatedBus(positions=start, calibration=cal)  # calibrated: EEPROM matches cal
     bus = FeetechBus(sim.port, retries=RETRIES, backoff_s=0.001, timeout_ms=TIMEOUT_MS)
     backend = HardwareBackend(bus, cal)
     backend.connect()

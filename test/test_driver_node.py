@@ -34,7 +34,7 @@ def graph(request, ros_context, tmp_path):
         cal = default_calibration()
         home = np.append(TOP_DOWN_SEED_RAD, 0.7)
         start = {cal[n].id: rad_to_ticks(n, home[k], cal[n]) for k, n in enumerate(JOINT_NAMES)}
-        sim_bus = SimulatedBus(positions=start)
+        sim_bus = SimulatedBus(positions=start, calibration=cal)  # EEPROM matches cal
         save_calibration(cal, tmp_path / 'cal.json')
         overrides += [Parameter('port', value=sim_bus.port),
                       Parameter('bus_timeout_ms', value=300.0),  # the simulator shares the CPUs

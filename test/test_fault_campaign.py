@@ -50,7 +50,7 @@ class Campaign:
         self.cal = default_calibration()
         start = {self.cal[n].id: rad_to_ticks(n, HOME[k], self.cal[n])
                  for k, n in enumerate(JOINT_NAMES)}
-        self.sim = SimulatedBus(positions=start)
+        self.sim = SimulatedBus(positions=start, calibration=self.cal)  # EEPROM matches cal
         # Bring-up is not under test: patient with a simulator that this loaded machine may
         # stall for a second. The campaign then runs with 100 ms and 3 tries.
         self.bus = FeetechBus(self.sim.port, retries=4, backoff_s=0.002, timeout_ms=1000,

@@ -110,8 +110,10 @@ def arm(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('arm')
     cal = default_calibration()
     home = np.append(TOP_DOWN_SEED_RAD, 0.7)
+    # calibrated (`hilserl calibrate` wrote the same offsets and limits to the servos and to
+    # the file the robot file names), so the driver brings it up without writing EEPROM
     bus = SimulatedBus(positions={cal[n].id: rad_to_ticks(n, home[k], cal[n])
-                                  for k, n in enumerate(JOINT_NAMES)})
+                                  for k, n in enumerate(JOINT_NAMES)}, calibration=cal)
     config = tmp / 'train.yaml'
     config.write_text(yaml.safe_dump({
         'task': {'episode_time_s': 30.0, 'random_ee_reset': False},
