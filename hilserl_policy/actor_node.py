@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import collections
+import sys
 import time
 
 import numpy as np
@@ -328,4 +329,4 @@ def main(args=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
