@@ -309,6 +309,7 @@ class ActorNode(Node):
                 f'{np.percentile(ms, 99):.2f} ms')
 
     def _publish_diagnostics(self):
+        self._run(self.core.check_progress(monotonic_s=time.monotonic()))
         entry = self.core.diagnostics(self.act_latency_summary())
         self.diag_pub.publish(diagnostic_array([entry], self.get_clock().now().to_msg()))
 
