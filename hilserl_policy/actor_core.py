@@ -38,7 +38,9 @@ FINISHED_EXIT_DELAY_S = 1.0
 # Warnings that could repeat every tick or message are logged at most once per period (s);
 # each key is one message kind (all ignored messages share one, as they always did).
 THROTTLE_S = {'ignored message': 2.0, 'policy paused': 2.0, 'reset refused': 5.0,
-              'weights rejected': 5.0}
+              'weights rejected': 5.0, 'no episode': 30.0}
+# A graph up for this long without an episode running says what the actor waits for (wall s).
+NO_EPISODE_WARN_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ class ActorCore:
         self.done_since_s: Optional[float] = None  # wall time the last episode ended
         self.episodes_done = 0
         self._last_logged_s: Dict[str, float] = {}
+        self._no_episode_since_s: Optional[float] = None  # wall time episodes stopped running
         self._outputs: List[Output] = []
         self._clock_ns = 0
         self._monotonic_s = 0.0
@@ -319,6 +322,38 @@ class ActorCore:
             if self._advance_phase() and self._propose_step():
                 self._finish_step()
         return self._take()
+
+    def check_progress(self, *, monotonic_s: float) -> List[Output]:
+        """Called about once a second (the node's diagnostics timer): while no episode runs
+        for NO_EPISODE_WARN_S, say once every NO_EPISODE_WARN_S what the actor is waiting for
+        (a graph that comes up and runs nothing is otherwise silent)."""
+        self._enter(monotonic_s)
+        if self.phase in ('running', 'post_roll') or self.done_since_s is not None:
+            self._no_episode_since_s = None
+            return self._take()
+        if self._no_episode_since_s is None:
+            self._no_episode_since_s = monotonic_s
+        waited_s = monotonic_s - self._no_episode_since_s
+        if waited_s >= NO_EPISODE_WARN_S:
+            self._log_throttled('no episode', 'warning', f'no episode for {waited_s:.0f} s: '
+                                f'waiting for {self._waiting_for()}')
+        return self._take()
+
+    def _waiting_for(self) -> str:
+        if self.settings.sim_clock and self.tick_ns is None:
+            return 'the first observation tick (image and joint state of one stamp) from the ' \
+                'driver and the camera'
+        if self.phase == 'need_reset':
+            if self.settings.waits_for_learner and not self.graph.learner_listening():
+                return 'the learner (sac_learner) to subscribe to the transitions'
+            return 'the driver\'s reset service'
+        if self.phase == 'resetting':
+            return 'the driver\'s answer to the reset'
+        if not self._arm_home():
+            return 'the arm to reach home (driver/ready)'
+        if self.settings.wait_for_recorder:
+            return 'the episode recorder to hear the graph (episode_recorder/ready)'
+        return 'the next observation'
 
     # --- reading --------------------------------------------------------------------------
     def finished(self, monotonic_s: float) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import collections
+import sys
 import time
 
 import numpy as np
@@ -308,6 +309,7 @@ class ActorNode(Node):
                 f'{np.percentile(ms, 99):.2f} ms')
 
     def _publish_diagnostics(self):
+        self._run(self.core.check_progress(monotonic_s=time.monotonic()))
         entry = self.core.diagnostics(self.act_latency_summary())
         self.diag_pub.publish(diagnostic_array([entry], self.get_clock().now().to_msg()))
 
@@ -328,4 +330,4 @@ def main(args=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -18,6 +18,7 @@ Publishes   policy_weights (std_msgs/UInt8MultiArray, transient local), learner/
 from __future__ import annotations
 
 import array
+import sys
 import threading
 import time
 from pathlib import Path
@@ -221,4 +222,4 @@ def main(args=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -4,6 +4,7 @@ applies; each topic gets the suite's QoS for it.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 from rclpy.node import Node
@@ -64,4 +65,4 @@ def main(args=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -7,6 +7,7 @@ hilserl.data.bags.EPISODE_TOPICS and episode/events; optionally gripper_cam/imag
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -144,4 +145,4 @@ def main(args=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

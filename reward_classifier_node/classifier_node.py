@@ -8,6 +8,7 @@ the actor's RewardTracker (hilserl/learning/task.py) turns success into reward a
 """
 from __future__ import annotations
 
+import sys
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -89,4 +90,4 @@ def main(args=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -11,6 +11,7 @@ camera.
 from __future__ import annotations
 
 import numpy as np
+import sys
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
@@ -148,4 +149,4 @@ def main(args=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

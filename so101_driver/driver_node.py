@@ -22,6 +22,7 @@ learner (learner/progress). Hardware keeps wall-clock time.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -35,8 +36,8 @@ from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int64MultiA
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.ros.node import (declare, declare_config, diagnostic_array, marker, pose_stamped,
-                              qos_profile, spin_node)
+from hilserl.ros.node import (NodeStartError, declare, declare_config, diagnostic_array, marker,
+                              pose_stamped, qos_profile, spin_node)
 from hilserl.messages.conventions import JOINT_NAMES, Frames, Topics
 from hilserl.messages.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
                                           joint_state_to_arrays, nanoseconds_to_stamp,
@@ -167,17 +168,23 @@ class DriverNode(Node):
     def _hardware_backend(self, port, baudrate, calibration_file):
         from so101_driver.calibration import load_calibration
         from so101_driver.feetech_bus import FeetechBus
-        from so101_driver.hardware_backend import HardwareBackend
+        from so101_driver.hardware_backend import HardwareBackend, bring_up
         if not calibration_file:
-            raise ValueError('backend=hardware needs the calibration_file parameter '
-                             '(a LeRobot SO-101 calibration JSON)')
-        calibration = load_calibration(calibration_file)
+            raise NodeStartError('backend=hardware needs the calibration_file parameter '
+                                 '(a LeRobot SO-101 calibration JSON: hilserl calibrate)')
+        try:
+            calibration = load_calibration(calibration_file)
+        except (OSError, ValueError) as exc:
+            raise NodeStartError(f'calibration_file {calibration_file}: {exc}') from None
         self.bus = FeetechBus(port, baudrate, timeout_ms=self.bus_timeout_ms or None)
         backend = HardwareBackend(self.bus, calibration,
                                   write_calibration=self.write_calibration,
                                   calibration_source=str(calibration_file),
                                   say=self.get_logger().warning)
-        backend.connect()
+        try:
+            bring_up(backend, say=self.get_logger().warning)
+        except BackendError as exc:  # torque left off; one line, no traceback
+            raise NodeStartError(str(exc)) from None
         return backend
 
     def _external_backend(self):
@@ -257,6 +264,7 @@ class DriverNode(Node):
         try:
             self.core.set_torque(request.data)
         except BackendError as exc:
+            self.get_logger().error(str(exc))
             response.success, response.message = False, str(exc)
             return response
         self.get_logger().warning(f'torque {"ON" if request.data else "OFF"} by request')
@@ -410,4 +418,4 @@ def main(args=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -84,7 +84,10 @@ class HardwareBackend(ArmBackend):
             if not self.bus.is_open:
                 self.bus.open()
             for name, servo_id in zip(JOINT_NAMES, self.ids):
-                model = self.bus.ping(servo_id)
+                try:
+                    model = self.bus.ping(servo_id)
+                except BusError as exc:  # name the joint: which servo to check
+                    raise BusError(f'{name} (id {servo_id}) does not answer: {exc}') from exc
                 if model != MODEL_NUMBER_STS3215:
                     raise BackendError(f'{name} (id {servo_id}) is model {model}, expected '
                                        f'STS3215 ({MODEL_NUMBER_STS3215})')
@@ -111,7 +114,8 @@ class HardwareBackend(ArmBackend):
             self.bus.sync_write('goal_position',
                                 {i: present[i]['present_position'] for i in self.ids})
         except BusError as exc:
-            raise BackendError(f'cannot bring up the arm on {self.bus.port_name}: {exc}') from exc
+            raise BackendError(f'cannot bring up the arm on {self.bus.port_name}: '
+                               f'{self._bus_error(exc)}') from exc
         except OSError as exc:  # an EEPROM value that did not stay
             raise BackendError(f'{self.bus.port_name}: {exc}') from exc
         self.set_torque(True)
@@ -201,11 +205,33 @@ class HardwareBackend(ArmBackend):
             self.bus.sync_write('torque_enable', {i: int(enabled) for i in self.ids})
             if not enabled:
                 self._confirm_torque_off()
+            refused = self._servos_without_torque() if enabled else {}
         except BusError as exc:
             raise BackendError(f'torque {"on" if enabled else "off"} failed: '
                                f'{self._bus_error(exc)}') from exc
         self._torque = bool(enabled)
-        self.torque_lost.clear()  # re-armed (or deliberately off): a new decision
+        # re-armed (or deliberately off): a new decision; a servo that did not take torque
+        # stays lost, and the caller is told which and why
+        self.torque_lost = {name: f'did not take torque ({why})' for name, why in refused.items()}
+        if refused:
+            raise BackendError('torque on failed: ' + '; '.join(
+                f'{name} (id {self.calibration[name].id}) {why}' for name, why in refused.items())
+                + ': it goes limp again to protect itself; let it cool or free it, then '
+                'enable torque again')
+
+    def _servos_without_torque(self) -> Dict[str, str]:
+        """Read torque back (a sync write is not acknowledged): joint -> why, for each servo
+        whose torque is off or whose reply carries an error bit it cuts torque on (an overheated
+        servo accepts the write, then lets go at once)."""
+        state = self.bus.sync_read('torque_enable', self.ids, ['torque_enable'])
+        refused = {}
+        for servo_id in self.ids:
+            bits = self.bus.stats.last_status_by_id.get(servo_id, 0) & \
+                self.unload_bits.get(servo_id, DEFAULT_UNLOAD_ERRBITS)
+            if bits or not state[servo_id]['torque_enable']:
+                refused[self.joint_of_id[servo_id]] = \
+                    f'reports {error_text(bits)}' if bits else 'reads torque off'
+        return refused
 
     def _confirm_torque_off(self):
         """Read torque off back: a sync write is not acknowledged, and latched faults have kept
@@ -227,3 +253,46 @@ class HardwareBackend(ArmBackend):
             except BackendError:
                 pass
         self.bus.close()
+
+
+BRING_UP_ATTEMPTS = 5
+BRING_UP_FIRST_BACKOFF_S = 0.5
+
+
+def bring_up(backend: 'HardwareBackend', attempts: int = BRING_UP_ATTEMPTS,
+             first_backoff_s: float = BRING_UP_FIRST_BACKOFF_S,
+             say: Callable[[str], None] = lambda line: None,
+             sleep: Callable[[float], None] = time.sleep) -> None:
+    """`backend.connect()`, retried with a doubling backoff while the bus fails (a noisy cable,
+    a servo slow to answer after power-up); a refusal that a retry cannot change (another
+    model, another calibration in the servos) is not retried. On giving up the arm is left with
+    torque off (best effort) and the bus closed; BackendError says in one line what failed."""
+    delay_s = first_backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            backend.connect()
+            return
+        except BackendError as exc:
+            transient = isinstance(exc.__cause__, BusError)
+            if not transient or attempt == attempts:
+                _leave_limp(backend)
+                tries = f' (after {attempt} attempts)' if attempt > 1 else ''
+                raise BackendError(f'{exc}{tries}') from None
+            say(f'bring-up attempt {attempt} of {attempts} failed: {exc}; retrying in '
+                f'{delay_s:g} s')
+            sleep(delay_s)
+            delay_s *= 2
+
+
+def _leave_limp(backend: 'HardwareBackend') -> None:
+    try:
+        if not backend.bus.is_open:
+            backend.bus.open()
+        backend.bus.sync_write('torque_enable', {i: 0 for i in backend.ids})
+    except (BusError, OSError):
+        pass  # the bus itself is what failed: nothing more can be done from here
+    finally:
+        try:
+            backend.bus.close()
+        except (BusError, OSError):
+            pass

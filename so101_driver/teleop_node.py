@@ -251,4 +251,4 @@ def keyboard_main(args=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -632,3 +632,23 @@ def test_bad_messages_and_weights_are_counted_with_throttled_logs():
     rig.core.on_weights_loaded(17)
     assert rig.core.counters['weights_rejected'] == 2 and rig.core.counters['weights_loaded'] == 1
     assert rig.core.weights_step == 17 and rig.core.diagnostics().values['weights_step'] == '17'
+
+
+def test_a_graph_that_runs_no_episode_says_what_it_waits_for():
+    from hilserl_policy.actor_core import NO_EPISODE_WARN_S
+    rig = Rig(mode='train')
+    rig.graph.learner = False            # the learner never subscribes
+    said = []
+    for _ in range(int(NO_EPISODE_WARN_S) + 2):
+        rig.tick(1.0)
+        said += logs(rig.core.check_progress(monotonic_s=rig.monotonic_s), 'warning')
+    assert said == ['no episode for 30 s: waiting for the learner (sac_learner) to subscribe '
+                    'to the transitions']
+    rig.graph.learner = True
+    rig.start_episode()
+    assert rig.core.check_progress(monotonic_s=rig.monotonic_s) == []
+    sim = Rig(mode='train', sim_clock=True)   # no tick ever arrives
+    sim.advance(NO_EPISODE_WARN_S)
+    sim.core.check_progress(monotonic_s=sim.monotonic_s - NO_EPISODE_WARN_S)
+    (line,) = logs(sim.core.check_progress(monotonic_s=sim.monotonic_s))
+    assert 'waiting for the first observation tick' in line

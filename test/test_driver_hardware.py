@@ -298,3 +298,101 @@ def test_a_second_ctrl_c_cuts_the_rest_motion_short_but_torque_still_goes_off(ri
     report = core.shutdown('rest_then_torque_off', sleep=sleep)
     assert not report.reached_rest and report.torque_off
     assert 'interrupted' in report.message and set(servo_torque(sim, bus).values()) == {0}
+
+
+def test_torque_on_tells_the_truth_about_an_overheated_servo(rig):
+    """An overheated servo takes the torque write and lets go at once (its protection): the
+    torque service must say so, naming it, and the arm stays refused until it has cooled."""
+    sim, bus, backend, core = rig
+    core.tick(0.0, 1.0 / RATE_HZ)
+    backend.set_torque(False)
+    sim.set_temperature(2, 80)   # shoulder_lift, above its 70 C limit
+    with pytest.raises(Exception) as refused:
+        core.set_torque(True)
+    message = str(refused.value)
+    assert 'shoulder_lift (id 2)' in message and 'overheat' in message.lower(), message
+    assert 'elbow_flex' not in message and not backend.torque_enabled
+    ok, why = core.ee_action([0.0, 0.0, 0.0, 0.0], now_s=0.0)
+    assert not ok and 'shoulder_lift' in why
+    sim.set_temperature(2, 35)   # cooled down
+    core.set_torque(True)
+    assert backend.torque_enabled and backend.torque_lost == {}
+
+
+@pytest.mark.parametrize('faults', ['corrupt 10 %', 'silent 20 %', 'a silent servo'])
+def test_bring_up_under_bus_faults_runs_or_gives_up_in_one_line(faults, tmp_path):
+    """Faults from the first packet: bring-up retries with a backoff and either runs or says
+    in one line what failed, on which servo, with torque left off."""
+    from so101_driver.backend import BackendError
+    from so101_driver.hardware_backend import bring_up
+    cal = default_calibration()
+    start = {cal[n].id: rad_to_ticks(n, HOME[k], cal[n]) for k, n in enumerate(JOINT_NAMES)}
+    sim = SimulatedBus(positions=start, calibration=cal)
+    if faults == 'corrupt 10 %':
+        sim.inject_faults('checksum', 0.10)
+    elif faults == 'silent 20 %':
+        sim.inject_faults('silent', 0.20)
+    else:
+        sim.silence(3)
+    said, slept = [], []
+    bus = FeetechBus(sim.port, retries=RETRIES, backoff_s=0.001, timeout_ms=TIMEOUT_MS)
+    backend = HardwareBackend(bus, cal)
+    try:
+        try:
+            bring_up(backend, say=said.append, sleep=slept.append)
+            ran = True
+        except BackendError as exc:
+            ran, message = False, str(exc)
+        if faults == 'a silent servo':
+            assert not ran and 'elbow_flex (id 3) does not answer' in message, message
+            assert '\n' not in message and '(after 5 attempts)' in message
+            assert slept == [0.5, 1.0, 2.0, 4.0] and len(said) == 4   # the doubling backoff
+            assert not any(s.get('torque_enable') for s in sim.servos.values())
+        else:
+            assert ran or '\n' not in message
+            if ran:
+                assert backend.torque_enabled
+    finally:
+        sim.stop_faults()
+        backend.close()
+        sim.close()
+
+
+def test_a_refusal_a_retry_cannot_change_is_not_retried(tmp_path):
+    from so101_driver.backend import BackendError
+    from so101_driver.hardware_backend import bring_up
+    cal = default_calibration()
+    sim = SimulatedBus()   # factory servos: another calibration than the file's
+    slept = []
+    backend = HardwareBackend(FeetechBus(sim.port, timeout_ms=TIMEOUT_MS), cal)
+    try:
+        with pytest.raises(BackendError, match='another calibration') as refused:
+            bring_up(backend, sleep=slept.append)
+        assert slept == [] and '\n' not in str(refused.value)
+    finally:
+        sim.close()
+
+
+def test_the_driver_node_that_cannot_bring_up_the_arm_says_so_in_one_line(tmp_path):
+    """The node itself, as launch starts it: a servo that never answers gives exit code 1 and
+    one line naming it (after the retries), no traceback."""
+    import subprocess
+    import sys
+    pytest.importorskip('rclpy')
+    from so101_driver.calibration import save_calibration
+    cal = default_calibration()
+    sim = SimulatedBus(calibration=cal)
+    sim.silence(3)
+    save_calibration(cal, tmp_path / 'cal.json')
+    try:
+        result = subprocess.run(
+            [sys.executable, '-m', 'so101_driver.driver_node', '--ros-args',
+             '-p', 'backend:=hardware', '-p', f'port:={sim.port}',
+             '-p', f'calibration_file:={tmp_path / "cal.json"}', '-p', 'bus_timeout_ms:=300.0'],
+            capture_output=True, text=True, timeout=240)
+    finally:
+        sim.close()
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr + result.stdout, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith('cannot start:')]
+    assert 'elbow_flex (id 3) does not answer' in line and '(after 5 attempts)' in line

@@ -44,6 +44,11 @@ def describe(description: str, *, float_range: Optional[Sequence[float]] = None,
     return descriptor
 
 
+class NodeStartError(RuntimeError):
+    """A node that cannot start for a reason the user can act on (a bus that does not answer,
+    a missing file): spin_node prints it in one line and exits 1, without a traceback."""
+
+
 def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor=None) -> int:
     """Create a node, spin it, and always destroy it and shut down rclpy; returns exit code.
 
@@ -69,8 +74,14 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
                 signal.signal(sig, request_stop)
         _stop_when_the_parent_dies(stop_requested)
     node = None
+    exit_code = 0
     try:
-        node = node_factory()
+        try:
+            node = node_factory()
+        except NodeStartError as exc:
+            print(f'cannot start: {exc}', file=sys.stderr, flush=True)
+            exit_code = 1
+            return exit_code
         executor = executor or SingleThreadedExecutor()
         executor.add_node(node)
         spinning[0] = True
@@ -109,7 +120,7 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
             node.destroy_node()
         rclpy.try_shutdown()
         faulthandler.cancel_dump_traceback_later()
-    return 0
+    return exit_code
 
 
 class _Unbreakable(io.TextIOBase):
