@@ -202,6 +202,7 @@ class ActorCore:
         # the reset's homing: the driver reported not ready since the reset was asked for (it
         # is while it drives home), and since when the arm is home (the re-place time runs)
         self.driver_left_ready = False
+        self.paused = False   # a running episode waits for the driver (see _arm_answers)
         self.home_since_s: Optional[float] = None
         self.countdown_shown_s: Optional[int] = None
         self.recorder_ready = False
@@ -222,7 +223,7 @@ class ActorCore:
         self.counters = {'ticks': 0, 'stale_ticks': 0, 'bad_messages': 0, 'weights_loaded': 0,
                          'weights_rejected': 0, 'reset_failures': 0, 'human_actions_used': 0,
                          'human_actions_missing': 0, 'unanswered_proposals': 0,
-                         'teleop_resubscribed': 0, 'partial_reader_matches': 0}
+                         'teleop_resubscribed': 0, 'partial_reader_matches': 0, 'pauses': 0}
         self.stale_reason = ''
         self.done_since_s: Optional[float] = None  # wall time the last episode ended
         self.episodes_done = 0
@@ -463,7 +464,7 @@ class ActorCore:
     def _advance_phase(self) -> bool:
         """Resets and settling between episodes; True when an episode step is due."""
         if self.phase in ('running', 'post_roll'):
-            return True
+            return self._arm_answers()
         if self.phase == 'need_reset':
             if self.settings.waits_for_learner and not self.graph.learner_listening():
                 # transitions are volatile: do not start before the learner listens
@@ -511,6 +512,26 @@ class ActorCore:
         if not self.settings.sim_clock:  # a person at the arm: the episode is theirs from now on
             self._log('info', f'episode {self.runner.episode_index} started: go')
         return True
+
+    def _arm_answers(self) -> bool:
+        """A running episode pauses while the driver is not ready (a servo locked out by its
+        protection, an e-stop, a bus that stopped answering): no step is counted and no
+        transition goes out, as the arm does not move; it goes on when the driver is back."""
+        if self.driver_ready:
+            if self.paused:
+                self.paused = False
+                self._log('info', f'episode {self.runner.episode_index} goes on: the driver is '
+                          'ready again')
+            return True
+        if not self.paused:
+            self.paused = True
+            self.counters['pauses'] += 1
+            self._log('warning', f'episode {self.runner.episode_index} paused at step '
+                      f'{self.runner.stats.steps}: the driver is not ready (its log says why: a '
+                      'lock-out, an e-stop or a bus that stopped answering); after a lock-out, '
+                      'once the servo has cooled: hilserl torque on')
+        self.stale_reason = 'episode paused: the driver is not ready'
+        return False
 
     def _arm_home(self) -> bool:
         """The driver is ready after the reset's homing (a simulated reset: at once)."""

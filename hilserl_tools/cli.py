@@ -17,6 +17,7 @@
                                 and joint ranges swept by hand: servo EEPROM + LeRobot's JSON
   hilserl crop --robot-config F the policy crop on a camera frame, written into the config
   hilserl find-workspace ...    the end-effector box swept by hand, written into the config
+  hilserl torque on|off         the running arm's torque (re-arm after a lock-out)
   hilserl train-classifier      success classifier from episode bags
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
   hilserl export-lerobot RUN OUT   episodes as a LeRobot v3.0 dataset (video or images)
@@ -348,6 +349,15 @@ def _cmd_calibrate(args) -> int:
                          baudrate=args.baudrate, timeout_ms=args.bus_timeout_ms or None)
 
 
+def _cmd_torque(args) -> int:
+    if args.domain_id is not None:
+        os.environ['ROS_DOMAIN_ID'] = str(args.domain_id)
+    from hilserl_tools.torque_node import call_torque
+    success, message = call_torque(args.state == 'on', args.namespace, args.timeout_s)
+    print(message, file=sys.stdout if success else sys.stderr)
+    return 0 if success else 2
+
+
 def _cmd_fetch_encoder(args) -> int:
     from hilserl.configuration.pretrained import fetch_encoder
     folder = fetch_encoder(args.repo_id, args.local_dir or None)
@@ -548,6 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--z-floor-m', type=float, default=0.01,
                    help='the box bottom is no lower than this (m; 0 = the table top)')
     p.set_defaults(func=_cmd_find_workspace)
+
+    p = sub.add_parser('torque', help='torque on or off on a running graph\'s arm (re-arm after '
+                       'a lock-out, once the servo has cooled)')
+    p.add_argument('state', choices=('on', 'off'))
+    p.add_argument('--namespace', default='', help='the arm\'s namespace (namespace:= / '
+                   '--namespace of the graph)')
+    p.add_argument('--domain-id', type=_whole(0, 232), default=None,
+                   help='the graph\'s ROS_DOMAIN_ID')
+    p.add_argument('--timeout-s', type=_positive, default=20.0,
+                   help='wait this long for the driver')
+    p.set_defaults(func=_cmd_torque)
 
     p = sub.add_parser('fetch-encoder', help='download pretrained encoder weights (the seed\'s '
                        'ResNet-10) into the Hugging Face cache; needs the network once')

@@ -300,6 +300,16 @@ class DriverCore:
         return 'servo dropped its torque: ' + '; '.join(f'{j} {why}' for j, why in lost.items())
 
     @property
+    def lockout(self) -> Optional[str]:
+        """What locks the arm out and what to do, in one line; None while it is not."""
+        lost = self.torque_lost
+        if not lost:
+            return None
+        return (f'arm locked out, {self._lost_text(lost)}: holding, commands refused. Let the '
+                'servo cool down (or free what blocks it), then run `hilserl torque on` (or '
+                'call the driver\'s torque service with true)')
+
+    @property
     def ready(self) -> bool:
         """Accepting commands: a fresh reading, torque held by every servo, no e-stop/reset."""
         return self.mode in ('idle', 'ee', 'joint') and self.reading is not None and \

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
@@ -142,6 +143,7 @@ class DriverNode(Node):
         self.create_service(SetBool, 'torque', self._on_torque)
         self.create_service(SetBool, 'estop', self._on_estop)
         self._last_ready = None
+        self._last_lockout: Optional[str] = None
         self._last_tick_s = None
         self.lock_step = None
         if self.sim is not None and sim_clock:
@@ -368,6 +370,13 @@ class DriverNode(Node):
         if ready != self._last_ready:
             self.ready_pub.publish(Bool(data=ready))
             self._last_ready = ready
+        lockout = self.core.lockout
+        if bool(lockout) != bool(self._last_lockout):  # said when it starts and when it ends
+            if lockout:
+                self.get_logger().error(lockout)
+            else:
+                self.get_logger().info('lock-out over: torque is back on every servo')
+        self._last_lockout = lockout
 
     def _publish_diagnostics(self):
         health = None

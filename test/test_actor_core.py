@@ -652,3 +652,26 @@ def test_a_graph_that_runs_no_episode_says_what_it_waits_for():
     sim.core.check_progress(monotonic_s=sim.monotonic_s - NO_EPISODE_WARN_S)
     (line,) = logs(sim.core.check_progress(monotonic_s=sim.monotonic_s))
     assert 'waiting for the first observation tick' in line
+
+
+def test_a_running_episode_pauses_while_the_driver_is_not_ready():
+    """A lock-out mid-episode: no step is counted and no transition goes out until the driver
+    is ready again; the pause and the resumption are each said once."""
+    rig = Rig(mode='train')
+    rig.start_episode()
+    rig.tick()
+    steps = rig.core.runner.stats.steps
+    rig.core.on_driver_ready(False)         # a servo overheated and let go
+    outputs = rig.tick()
+    assert not of(outputs, PublishTransition) and not of(outputs, PublishProposal)
+    (line,) = logs(outputs, 'warning')
+    assert line.startswith(f'episode 0 paused at step {steps}') and 'hilserl torque on' in line
+    for _ in range(20):
+        outputs = rig.tick()
+        assert not of(outputs, PublishTransition) and not logs(outputs)
+    assert rig.core.runner.stats.steps == steps and rig.core.counters['pauses'] == 1
+    assert rig.core.diagnostics().level == WARN
+    rig.core.on_driver_ready(True)          # re-armed
+    outputs = rig.tick()
+    assert logs(outputs, 'info') == ['episode 0 goes on: the driver is ready again']
+    assert of(outputs, PublishTransition) and rig.core.runner.stats.steps == steps + 1

@@ -1,0 +1,79 @@
+"""A lock-out on a real arm (the pty STS3215 simulator): a servo overheats and lets go, the
+driver says so once with what to do, the actor pauses the episode (ROS-free: test_actor_core),
+and `hilserl torque on` re-arms once the servo has cooled; refused, naming the servo, before."""
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+
+from conftest import free_domain_id  # noqa: E402
+from hilserl.messages.conventions import JOINT_NAMES  # noqa: E402
+from hilserl_tools import cli  # noqa: E402
+from so101_driver.calibration import default_calibration, rad_to_ticks, save_calibration  # noqa: E402,E501
+from so101_driver.ee_control import TOP_DOWN_SEED_RAD  # noqa: E402
+from so101_driver.sts_simulator import SimulatedBus  # noqa: E402
+
+
+def read_lines(stream, lines):
+    for line in stream:
+        lines.put(line.rstrip())
+
+
+def wait_for(lines, text, seen, timeout_s=120.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if text in line:
+            return line
+    pytest.fail(f'{text!r} never came:\n' + '\n'.join(seen[-30:]))
+
+
+def test_a_lock_out_is_said_once_and_torque_on_re_arms_after_cooling(tmp_path, capsys):
+    cal = default_calibration()
+    home = np.append(TOP_DOWN_SEED_RAD, 0.7)
+    sim = SimulatedBus(positions={cal[n].id: rad_to_ticks(n, home[k], cal[n])
+                                  for k, n in enumerate(JOINT_NAMES)}, calibration=cal)
+    save_calibration(cal, tmp_path / 'cal.json')
+    domain = str(free_domain_id())
+    env = {**os.environ, 'ROS_DOMAIN_ID': domain, 'PYTHONUNBUFFERED': '1'}
+    driver = subprocess.Popen(
+        [sys.executable, '-m', 'so101_driver.driver_node', '--ros-args',
+         '-p', 'backend:=hardware', '-p', f'port:={sim.port}', '-p', 'bus_timeout_ms:=300.0',
+         '-p', f'calibration_file:={tmp_path / "cal.json"}', '-p', 'health_period_s:=0.2'],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, seen = queue.Queue(), []
+    threading.Thread(target=read_lines, args=(driver.stdout, lines), daemon=True).start()
+    try:
+        wait_for(lines, 'so101_driver up', seen)
+        sim.set_temperature(2, 80)     # shoulder_lift over its 70 C limit: it lets go
+        line = wait_for(lines, 'arm locked out', seen)
+        assert 'shoulder_lift' in line and 'hilserl torque on' in line
+        assert cli.main(['torque', 'on', '--domain-id', domain]) == 2   # still hot
+        err = capsys.readouterr().err
+        assert 'shoulder_lift (id 2)' in err and 'overheat' in err.lower(), err
+        sim.set_temperature(2, 35)     # cooled down
+        assert cli.main(['torque', 'on', '--domain-id', domain]) == 0
+        assert 'torque on' in capsys.readouterr().out
+        wait_for(lines, 'lock-out over', seen)
+        assert sum('arm locked out' in x for x in seen) == 1   # said once, not every tick
+    finally:
+        driver.send_signal(signal.SIGINT)
+        try:
+            driver.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+        sim.close()
+    assert cli.main(['torque', 'on', '--domain-id', domain, '--timeout-s', '2']) == 2
+    assert 'no driver offers the torque service' in capsys.readouterr().err
