@@ -38,7 +38,11 @@ FINISHED_EXIT_DELAY_S = 1.0
 # Warnings that could repeat every tick or message are logged at most once per period (s);
 # each key is one message kind (all ignored messages share one, as they always did).
 THROTTLE_S = {'ignored message': 2.0, 'policy paused': 2.0, 'reset refused': 5.0,
-              'weights rejected': 5.0, 'no episode': 30.0}
+              'weights rejected': 5.0, 'no episode': 30.0, 'episode paused': 10.0}
+# The driver says not ready before it answers a reset and ready again once home; an arm that
+# was home already flips back within a tick, and driver/ready keeps only its newest sample, so
+# a ready driver that showed no "not ready" this long after its answer is taken as home (s).
+HOME_EDGE_GRACE_S = 1.0
 # A graph up for this long without an episode running says what the actor waits for (wall s).
 NO_EPISODE_WARN_S = 30.0
 
@@ -203,6 +207,7 @@ class ActorCore:
         # is while it drives home), and since when the arm is home (the re-place time runs)
         self.driver_left_ready = False
         self.paused = False   # a running episode waits for the driver (see _arm_answers)
+        self.pause_said = False
         self.home_since_s: Optional[float] = None
         self.countdown_shown_s: Optional[int] = None
         self.recorder_ready = False
@@ -350,7 +355,7 @@ class ActorCore:
             return 'the driver\'s reset service'
         if self.phase == 'resetting':
             return 'the driver\'s answer to the reset'
-        if not self._arm_home():
+        if not self._arm_home(self._now_s() - (self.phase_since_s or self._now_s())):
             return 'the arm to reach home (driver/ready)'
         if self.settings.wait_for_recorder:
             return 'the episode recorder to hear the graph (episode_recorder/ready)'
@@ -406,11 +411,14 @@ class ActorCore:
     def _log(self, level: str, text: str) -> None:
         self._emit(Log(level, text))
 
-    def _log_throttled(self, key: str, level: str, text: str) -> None:
+    def _log_throttled(self, key: str, level: str, text: str) -> bool:
+        """Log unless the same kind was logged within its THROTTLE_S; True when logged."""
         last = self._last_logged_s.get(key)
         if last is None or self._monotonic_s >= last + THROTTLE_S[key]:
             self._last_logged_s[key] = self._monotonic_s
             self._log(level, text)
+            return True
+        return False
 
     def _ignored(self, what: str, error: Exception) -> None:
         self.counters['bad_messages'] += 1
@@ -520,29 +528,34 @@ class ActorCore:
         if self.driver_ready:
             if self.paused:
                 self.paused = False
-                self._log('info', f'episode {self.runner.episode_index} goes on: the driver is '
-                          'ready again')
+                if self.pause_said:  # a blip of one failed read is not worth two lines
+                    self._log('info', f'episode {self.runner.episode_index} goes on: the '
+                              'driver is ready again')
             return True
         if not self.paused:
             self.paused = True
             self.counters['pauses'] += 1
-            self._log('warning', f'episode {self.runner.episode_index} paused at step '
-                      f'{self.runner.stats.steps}: the driver is not ready (its log says why: a '
-                      'lock-out, an e-stop or a bus that stopped answering); after a lock-out, '
-                      'once the servo has cooled: hilserl torque on')
+            self.pause_said = self._log_throttled(
+                'episode paused', 'warning', f'episode {self.runner.episode_index} paused at '
+                f'step {self.runner.stats.steps}: the driver is not ready (its log says why: a '
+                'lock-out, an e-stop or a bus that stopped answering); after a lock-out, once '
+                'the servo has cooled: hilserl torque on')
         self.stale_reason = 'episode paused: the driver is not ready'
         return False
 
-    def _arm_home(self) -> bool:
-        """The driver is ready after the reset's homing (a simulated reset: at once)."""
-        return self.driver_ready and (self.settings.sim_clock or self.driver_left_ready)
+    def _arm_home(self, settling_s: float = 0.0) -> bool:
+        """The driver is ready after the reset's homing (a simulated reset: at once): it was
+        seen not ready since the reset was asked for, or it stayed ready for HOME_EDGE_GRACE_S
+        after its answer (it was home already: its short "not ready" was not seen)."""
+        return self.driver_ready and (self.settings.sim_clock or self.driver_left_ready or
+                                      settling_s >= HOME_EDGE_GRACE_S)
 
     def _home_and_replaced(self, settling_s: float) -> bool:
         """Settling: on hardware the arm drives home after the reset call returns, and the
         driver is not ready until it is there; only then does the person's time to re-place the
         cube (task.reset_delay_s) start, counted down at the terminal. A simulated reset puts
         the arm home at once."""
-        if not self._arm_home():
+        if not self._arm_home(settling_s):
             self.home_since_s = None
             if settling_s > self.settings.reset_timeout_s:
                 self.counters['reset_failures'] += 1

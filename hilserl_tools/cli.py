@@ -152,13 +152,19 @@ def _run_graph(args, mode: str) -> int:
     return _start_graph(graph_args, cfg, args)
 
 
+def _kept_episodes(root) -> int:
+    """Complete episodes under `root` that were not marked re-record (what the learner and
+    the classifier use)."""
+    from hilserl.data.bags import complete_episodes
+    return sum(meta.get('outcome') != 'rerecord' for _, meta in complete_episodes(root))
+
+
 def _record_demos(graph_args, cfg, demo_root: Path, args) -> int:
     """Scripted-expert demonstrations through the record graph. An interrupted recording is
     continued on the next start (only complete episodes count), never silently used short."""
     import dataclasses
 
-    from hilserl.data.bags import complete_episodes
-    done = len(complete_episodes(demo_root))
+    done = _kept_episodes(demo_root)
     missing = args.demos - done
     if missing <= 0:
         return 0
@@ -168,7 +174,7 @@ def _record_demos(graph_args, cfg, demo_root: Path, args) -> int:
                                       num_episodes=missing, teleop='sim', record=True, robots=1,
                                       behaviour_mix='expert:1', demo_dir='')
     code = _start_graph(record_args, cfg, args, echo=_ProgressOnly())
-    if code == 0 and len(complete_episodes(demo_root)) < args.demos:
+    if code == 0 and _kept_episodes(demo_root) < args.demos:
         print('hilserl train: demo recording stopped early; run again to finish it',
               file=sys.stderr)
         return 1
@@ -305,9 +311,12 @@ def _cmd_record(args) -> int:
     started = time.monotonic()
     code = _start_graph(graph_args, cfg, args, echo=_ProgressOnly())
     episodes = complete_episodes(args.output)
-    successes = sum(bool(meta.get('success')) for _, meta in episodes)
-    print(f'{len(episodes)} episodes ({successes} successful) in '
-          f'{Path(args.output) / "episodes"} [{time.monotonic() - started:.0f} s]')
+    kept = [meta for _, meta in episodes if meta.get('outcome') != 'rerecord']
+    successes = sum(bool(meta.get('success')) for meta in kept)
+    redone = len(episodes) - len(kept)
+    left_out = f', {redone} marked re-record left out' if redone else ''
+    print(f'{len(kept)} episodes ({successes} successful) in '
+          f'{Path(args.output) / "episodes"}{left_out} [{time.monotonic() - started:.0f} s]')
     return code
 
 

@@ -98,6 +98,12 @@ def open_arm(robot_config: str, leader: bool):
         bus.open()
         backend = HardwareBackend(bus, calibration_map)
         backend.set_torque(False)   # the owner moves it by hand
+        differences = backend.calibration_differences()
+        if differences:  # positions would be misread, and the box with them
+            from so101_driver.hardware_backend import describe_differences
+            raise BackendError(f'the servos hold another calibration than {calibration} '
+                               f'({describe_differences(differences)}): run `hilserl '
+                               'calibrate` first')
     except (BusError, BackendError) as exc:  # a wrong port, no servo: one line, no traceback
         bus.close()
         raise OSError(f'{"leader" if leader else "follower"} arm on {port}: {exc}') from None
@@ -109,8 +115,9 @@ def open_arm(robot_config: str, leader: bool):
 
 def run_find_workspace(robot_config: str, config: str, leader: bool = False,
                        seconds: Optional[float] = None, z_floor_m: float = 0.01,
-                       rate_hz: float = 10.0, stdin: TextIO = sys.stdin,
+                       rate_hz: float = 10.0, stdin: Optional[TextIO] = None,
                        out: Callable[[str], None] = print) -> int:
+    stdin = sys.stdin if stdin is None else stdin
     cfg_path = Path(config)
     cfg = load_train_config(cfg_path)   # a broken config is refused before the arm moves
     bus, backend = open_arm(robot_config, leader)

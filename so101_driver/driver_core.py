@@ -109,6 +109,7 @@ class DriverCore:
         self._hi = np.append(self.kin.upper, self.kin.gripper_limits[1])
         self.mode = 'idle'
         self.reset_waypoints: List[np.ndarray] = []   # a reset's goals after the current one
+        self.reset_home: Optional[np.ndarray] = None
         self.tcp_target_m = None   # last commanded TCP position (after workspace clamping)
         self.reading: Optional[JointReading] = None
         self.target: Optional[np.ndarray] = None
@@ -187,14 +188,19 @@ class DriverCore:
         home = home_joint_goal(self.kin, self.cfg.reset_tcp_xyz_m, self.cfg.reset_gripper_rad,
                                self.cfg.random_ee_range_xy_m if use_random else 0.0, self.rng)
         home = np.clip(home, self._lo, self._hi)
-        # a joint-space move from low down can sweep the table (and the cube): lift first
+        self._plan_reset(home)
+        self.mode = 'reset'
+        return home.copy()
+
+    def _plan_reset(self, home: np.ndarray) -> None:
+        """The reset's goals from where the arm is: a joint-space move from low down can
+        sweep the table (and the cube), so the TCP first rises straight up, then goes home."""
+        self.reset_home = home
         self.reset_waypoints = [home]
         lifted = self._lifted_pose()
         if lifted is not None:
             self.reset_waypoints.insert(0, lifted)
         self.target = self.reset_waypoints.pop(0)
-        self.mode = 'reset'
-        return home.copy()
 
     def _lifted_pose(self) -> Optional[np.ndarray]:
         """Joints with the TCP straight above where it is, at reset_safe_height_m, top-down
@@ -241,6 +247,10 @@ class DriverCore:
             self.target = self.reading.position.copy()
             self.written = self.reading.position.copy()
             self.controller.reset()
+            if self.mode == 'reset' and self.reset_home is not None:
+                # re-armed during a reset (a lock-out while going home): the reset goes on
+                # from here, lifting first again where the arm is low
+                self._plan_reset(self.reset_home)
 
     # --- periodic ---------------------------------------------------------------------------
     def tick(self, now_s: float, dt_s: float) -> Optional[JointReading]:

@@ -280,8 +280,15 @@ def bring_up(backend: 'HardwareBackend', attempts: int = BRING_UP_ATTEMPTS,
                 raise BackendError(f'{exc}{tries}') from None
             say(f'bring-up attempt {attempt} of {attempts} failed: {exc}; retrying in '
                 f'{delay_s:g} s')
-            sleep(delay_s)
+            try:
+                sleep(delay_s)
+            except BaseException:  # a stop while waiting (Ctrl-C, the parent gone): go limp
+                _leave_limp(backend)
+                raise
             delay_s *= 2
+        except BaseException:  # a stop during an attempt: torque may be on already
+            _leave_limp(backend)
+            raise
 
 
 def _leave_limp(backend: 'HardwareBackend') -> None:

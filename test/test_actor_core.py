@@ -221,11 +221,12 @@ def test_the_replace_time_starts_when_the_arm_is_home_and_is_counted_down():
     rig.tick()
     rig.graph.response = (True, 'going home')
     assert rig.tick() == [] and rig.core.phase == 'settling'
-    for _ in range(30):                         # 3 s homing: still "ready" from before
+    for _ in range(3):                          # its "not ready" is a moment behind the answer
         assert rig.tick() == [] and rig.core.phase == 'settling'
     assert rig.core.stale_reason == 'waiting for the arm to reach home'
     rig.core.on_driver_ready(False)            # the driver's report of the homing arrives
-    rig.tick()
+    for _ in range(30):                         # 3 s homing
+        assert rig.tick() == [] and rig.core.phase == 'settling'
     rig.core.on_driver_ready(True)             # home
     assert logs(rig.tick(), 'info') == ['arm home: re-place the cube; episode 0 starts in 2 s']
     countdown = [text for _ in range(10) for text in logs(rig.tick(), 'info')]
@@ -240,6 +241,24 @@ def test_the_replace_time_starts_when_the_arm_is_home_and_is_counted_down():
     assert np.array_equal(outputs[2].action, [0.5, -0.5, 0.25, 1.0])
     assert outputs[3].source == ActionSource.POLICY and outputs[3].stamp_ns is None
     assert 'episode 0  step 0  return 0.00' in outputs[4].text
+
+
+def test_an_arm_home_already_is_taken_as_home_after_a_grace_period():
+    """The driver was home when asked: its "not ready" lasted a tick and only its "ready"
+    reached the actor (driver/ready keeps one sample). After HOME_EDGE_GRACE_S of ready the
+    arm counts as home, rather than resetting again after reset_timeout_s."""
+    from hilserl_policy.actor_core import HOME_EDGE_GRACE_S
+    rig = Rig(mode='eval')
+    rig.core.on_driver_ready(True)
+    rig.tick()
+    rig.graph.response = (True, 'going home')
+    rig.tick()
+    ticks = 0
+    while rig.core.home_since_s is None:
+        rig.tick()
+        ticks += 1
+        assert ticks < 100
+    assert ticks == pytest.approx(HOME_EDGE_GRACE_S / 0.1, abs=1)
 
 
 def test_an_arm_that_never_reaches_home_is_reset_again():

@@ -52,16 +52,24 @@ class Owner:
             if time.monotonic() > deadline:   # the command's own checks report what failed
                 return ''
             time.sleep(0.05)
-        time.sleep(self.hold_s)   # the sweep's first reading
+        self._held()   # the sweep's first reading
         for side in (0, 1):
             for joint in JOINT_NAMES:
                 if joint not in self.still:
                     self.sim.move_by_hand(IDS[joint], MID[joint] + SWEEP[joint][side])
-            time.sleep(self.hold_s)
+            self._held()
         for joint in JOINT_NAMES:
             self.sim.move_by_hand(IDS[joint], MID[joint])
-        time.sleep(self.hold_s)
+        self._held()
         return '\n'
+
+    def _held(self):
+        """Hold until the command has read the arm a few times (a loaded machine reads late),
+        and a little longer."""
+        seen, deadline = self.sim.packets_seen, time.monotonic() + 60
+        while self.sim.packets_seen < seen + 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(self.hold_s)
 
     def readline(self):
         step = next(self.script, '')

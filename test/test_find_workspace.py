@@ -34,7 +34,8 @@ def arm(tmp_path):
     save_calibration(calibration, tmp_path / 'follower.json')
     home = poses(SO101Kinematics())[0]   # the arm rests at home when the owner starts
     bus = SimulatedBus(positions={calibration[n].id: rad_to_ticks(n, v, calibration[n])
-                                  for n, v in zip(JOINT_NAMES, home)})
+                                  for n, v in zip(JOINT_NAMES, home)},
+                       calibration=calibration)   # the servos hold the file's calibration
     robot = tmp_path / 'robot.yaml'
     robot.write_text(yaml.safe_dump({'/**/so101_driver': {'ros__parameters': {
         'port': bus.port, 'calibration_file': str(tmp_path / 'follower.json'),
@@ -54,18 +55,33 @@ def move_through(bus, calibration, joint_sets, hold_s=0.8):
     for q in joint_sets:
         for name, value in zip(JOINT_NAMES, q):
             bus.move_by_hand(calibration[name].id, rad_to_ticks(name, value, calibration[name]))
+        # held until the command has read it a few times (not a fixed time: a loaded machine)
+        seen = bus.packets_seen
+        while bus.packets_seen < seen + 4:
+            assert time.monotonic() < deadline, 'the command stopped reading the arm'
+            time.sleep(0.02)
         time.sleep(hold_s)
 
 
-def test_the_swept_box_is_written_into_the_config(arm, capsys):
+def test_the_swept_box_is_written_into_the_config(arm, capsys, monkeypatch):
+    """The person sweeps, then presses Enter (a pipe as the terminal): no time bound, so a
+    loaded machine cannot cut the sweep short."""
+    import os
     bus, calibration, robot, config = arm
     kin = SO101Kinematics()
     joint_sets = poses(kin)
-    person = threading.Thread(target=move_through, args=(bus, calibration, joint_sets))
+    read_end, write_end = os.pipe()
+    monkeypatch.setattr('sys.stdin', os.fdopen(read_end, 'r'))
+
+    def sweep_then_enter():
+        move_through(bus, calibration, joint_sets)
+        os.write(write_end, b'\n')
+
+    person = threading.Thread(target=sweep_then_enter)
     person.start()
-    code = cli.main(['find-workspace', '--robot-config', str(robot), '--config', str(config),
-                     '--seconds', '6'])
+    code = cli.main(['find-workspace', '--robot-config', str(robot), '--config', str(config)])
     person.join()
+    os.close(write_end)
     assert code == 0, capsys.readouterr()
     task = load_train_config(config).task
     tcps = np.array([kin.fk(q[:5])[:3, 3] for q in joint_sets])

@@ -76,4 +76,5 @@ def test_a_lock_out_is_said_once_and_torque_on_re_arms_after_cooling(tmp_path, c
             driver.kill()
         sim.close()
     assert cli.main(['torque', 'on', '--domain-id', domain, '--timeout-s', '2']) == 2
-    assert 'no driver offers the torque service' in capsys.readouterr().err
+    err = capsys.readouterr().err   # a driver just gone may linger in the graph for a moment
+    assert 'no driver offers the torque service' in err or 'did not answer' in err, err
