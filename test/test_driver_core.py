@@ -69,14 +69,20 @@ class FollowingArm(StillArm):
         self.position = np.array(position_rad, dtype=np.float64)
 
 
-def test_a_reset_from_low_down_lifts_straight_up_before_going_home():
-    kin = SO101Kinematics()
+def reset_from_low_down(kin):
+    """(arm, core, home, the arm's joints) with the TCP 2 cm above the table and a reset
+    begun."""
     low = np.append(kin.ik_position([0.20, 0.08, 0.02], HOME_RAD[:5],
                                     hold_approach=np.array([0, 0, -1.0])).q, 0.8)
     arm = FollowingArm(low)
     core = DriverCore(arm, DriverConfig(random_ee_reset=False), kin)
     core.tick(0.0, 0.01)
-    home = core.begin_reset()
+    return arm, core, core.begin_reset(), low
+
+
+def test_a_reset_from_low_down_lifts_straight_up_before_going_home():
+    kin = SO101Kinematics()
+    arm, core, home, low = reset_from_low_down(kin)
     start = kin.fk(low[:5])[:3, 3]
     for i in range(2000):
         core.tick(0.01 * (i + 1), 0.01)
@@ -102,12 +108,7 @@ def test_torque_on_during_a_reset_goes_on_with_the_reset_lifting_first():
     """A lock-out while going home, re-armed low down: the reset is not taken as done; it goes
     on from where the arm is, lifting first again."""
     kin = SO101Kinematics()
-    low = np.append(kin.ik_position([0.20, 0.08, 0.02], HOME_RAD[:5],
-                                    hold_approach=np.array([0, 0, -1.0])).q, 0.8)
-    arm = FollowingArm(low)
-    core = DriverCore(arm, DriverConfig(random_ee_reset=False), kin)
-    core.tick(0.0, 0.01)
-    home = core.begin_reset()
+    arm, core, home, _ = reset_from_low_down(kin)
     core.set_torque(True)                 # `hilserl torque on` while the reset runs
     assert core.mode == 'reset' and not core.ready
     assert kin.fk(core.target[:5])[2, 3] == pytest.approx(DriverConfig().reset_safe_height_m,
