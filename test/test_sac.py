@@ -912,3 +912,12 @@ def test_onnxruntime_acting_backend_acts_as_the_torch_graph(encoder_weights):
                                torch_policy.act(image, state, True), atol=1e-4)
     with pytest.raises(ValueError, match='acting_backend'):
         with_fields(cfg, acting_backend='tensorrt')
+
+
+def test_a_malformed_weights_payload_is_a_value_error_not_a_crash():
+    """Anyone on the domain can publish policy_weights: the actor counts and rejects what is not
+    a weights payload (ValueError), it never dies of it."""
+    from hilserl_policy.transport import decode_weights
+    for payload in (b'', b'garbage', b'\xff' * 20, (5).to_bytes(8, 'little') + b'{}xyz'):
+        with pytest.raises(ValueError, match='not a policy weights payload'):
+            decode_weights(payload)
