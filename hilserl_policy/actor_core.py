@@ -647,7 +647,8 @@ class ActorCore:
         self.unanswered_ticks = 0
         human_action, intervention = self._fresh_human()
         if self.phase == 'post_roll':  # record: keep the human lifting for classifier frames
-            executed = human_action if human_action is not None else np.zeros(4)
+            executed = human_action if human_action is not None else \
+                np.zeros(self.cfg.action.dim)
             self._emit(PublishAction(executed, ActionSource.HUMAN, self._tick_stamp()))
             self.post_roll_left -= 1
             if self.post_roll_left <= 0:
