@@ -8,9 +8,7 @@ MIN_RANGE_TICKS is refused (one line). The position limits go into EEPROM, and t
 (LeRobot's fields) to LeRobot's file for the arm id unless --output says otherwise."""
 from __future__ import annotations
 
-import queue
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, TextIO, Tuple
@@ -21,49 +19,12 @@ from so101_driver.calibration import (MotorCalibration, default_calibration_path
 from so101_driver.feetech_bus import BusError
 from so101_driver.servo_setup import (TICKS, half_turn_offset, open_bus, present_positions,
                                       torque_off, write_eeprom)
+from hilserl_tools.terminal import Lines, LiveView, say
 
 FULL_TURN_JOINTS = ('wrist_roll',)   # LeRobot: no range recorded, 0..4095
 # About 18 degrees: every SO-101 joint (the gripper too) sweeps several times this; less means
 # the joint was not moved.
 MIN_RANGE_TICKS = 200
-
-
-def say(line: str) -> None:
-    print(line, flush=True)   # a prompt must reach a pipe before the program waits for Enter
-
-
-class Lines:
-    """The owner's lines, read by a thread: waited for at a prompt, polled during the sweep."""
-
-    def __init__(self, stream: TextIO):
-        self._queue: 'queue.Queue[Optional[str]]' = queue.Queue()
-        threading.Thread(target=self._read, args=(stream,), name='calibrate-input',
-                         daemon=True).start()
-
-    def _read(self, stream: TextIO) -> None:
-        try:
-            for line in iter(stream.readline, ''):
-                self._queue.put(line)
-        except (OSError, ValueError):   # a closed stream is the end of the input
-            pass
-        self._queue.put(None)
-
-    def wait(self) -> Optional[str]:
-        """The next line; None once the input has ended."""
-        line = self._queue.get()
-        if line is None:
-            self._queue.put(None)   # stays ended for the next caller
-        return line
-
-    def pressed(self) -> bool:
-        """A line (or the end of the input) is waiting, without blocking."""
-        try:
-            line = self._queue.get_nowait()
-        except queue.Empty:
-            return False
-        if line is None:
-            self._queue.put(None)
-        return True
 
 
 class RangeSweep:
@@ -195,16 +156,10 @@ def _sweep(bus, ids: Mapping[str, int], lines: Lines, out: Callable[[str], None]
     out('move every joint except wrist_roll through its whole range, one at a time; press '
         'Enter when done')
     sweep = RangeSweep()
-    live = sys.stdout.isatty()
-    last_shown = time.monotonic()
+    view = LiveView(out)
     while True:
         sweep.add(_positions(bus, ids))
-        now = time.monotonic()
-        if live:
-            out('\x1b[H\x1b[J' + sweep.table())
-        elif now - last_shown >= 1.0:
-            out('min/now/max: ' + sweep.line())
-            last_shown = now
+        view.show(sweep.table, lambda: 'min/now/max: ' + sweep.line())
         if lines.pressed():
             break
         time.sleep(1.0 / rate_hz)

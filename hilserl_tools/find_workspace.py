@@ -5,7 +5,6 @@ driver enforces). Torque stays off throughout; nothing is written to the servos.
 from __future__ import annotations
 
 import math
-import select
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,11 @@ from hilserl.configuration.config import ConfigError, load_train_config
 from hilserl.configuration.yaml_edit import node_parameters, set_values
 from hilserl.messages.conventions import ARM_JOINT_NAMES, JOINT_NAMES
 from hilserl.robot.kinematics import SO101Kinematics
+from hilserl_tools.terminal import Lines, LiveView, say
+from so101_driver.backend import BackendError
+from so101_driver.calibration import load_calibration
+from so101_driver.feetech_bus import BusError, FeetechBus
+from so101_driver.hardware_backend import HardwareBackend, describe_differences
 
 ROUND_M = 0.005   # the box is rounded outward to this (m): a hand never sweeps the exact edge
 
@@ -55,6 +59,10 @@ class WorkspaceSweep:
         low[2] = max(low[2], z_floor_m)
         return [round(float(v), 3) for v in low], [round(float(v), 3) for v in high]
 
+    def line(self) -> str:
+        box = [np.round(v, 3).tolist() for v in (self.tcp_min, self.tcp_max)]
+        return f'tcp now {np.round(self.tcp, 3).tolist()} m, box {box[0]} .. {box[1]}'
+
     def table(self) -> str:
         rows = [f'{"":<14} {"min":>8} {"now":>8} {"max":>8}']
         for k, name in enumerate(JOINT_NAMES):
@@ -66,21 +74,9 @@ class WorkspaceSweep:
         return '\n'.join(rows)
 
 
-def enter_pressed(stream: TextIO) -> bool:
-    """A line is waiting on `stream` (the owner pressed Enter), without blocking."""
-    try:
-        ready, _, _ = select.select([stream], [], [], 0)
-    except (ValueError, OSError, TypeError):  # closed, or not a file
-        return False
-    return bool(ready) and stream.readline() is not None
-
-
 def open_arm(robot_config: str, leader: bool):
     """(bus, backend) of the follower (the robot file's so101_driver section) or the leader
     (its teleop section), torque off. One-line errors for a missing port or calibration."""
-    from so101_driver.calibration import load_calibration
-    from so101_driver.feetech_bus import FeetechBus
-    from so101_driver.hardware_backend import HardwareBackend
     section = 'teleop' if leader else 'so101_driver'
     params = node_parameters(robot_config, section)
     port = params.get('leader_port' if leader else 'port')
@@ -90,8 +86,6 @@ def open_arm(robot_config: str, leader: bool):
         names = 'leader_port and leader_calibration_file' if leader else \
             'port and calibration_file'
         raise ValueError(f'{robot_config}: its /**/{section} section needs {names}')
-    from so101_driver.backend import BackendError
-    from so101_driver.feetech_bus import BusError
     bus = FeetechBus(str(port), int(params.get('baudrate', 1_000_000)), timeout_ms=timeout_ms)
     try:
         calibration_map = load_calibration(Path(str(calibration)).expanduser())
@@ -100,7 +94,6 @@ def open_arm(robot_config: str, leader: bool):
         backend.set_torque(False)   # the owner moves it by hand
         differences = backend.calibration_differences()
         if differences:  # positions would be misread, and the box with them
-            from so101_driver.hardware_backend import describe_differences
             raise BackendError(f'the servos hold another calibration than {calibration} '
                                f'({describe_differences(differences)}): run `hilserl '
                                'calibrate` first')
@@ -116,18 +109,18 @@ def open_arm(robot_config: str, leader: bool):
 def run_find_workspace(robot_config: str, config: str, leader: bool = False,
                        seconds: Optional[float] = None, z_floor_m: float = 0.01,
                        rate_hz: float = 10.0, stdin: Optional[TextIO] = None,
-                       out: Callable[[str], None] = print) -> int:
+                       out: Callable[[str], None] = say) -> int:
     stdin = sys.stdin if stdin is None else stdin
     cfg_path = Path(config)
     cfg = load_train_config(cfg_path)   # a broken config is refused before the arm moves
     bus, backend = open_arm(robot_config, leader)
     sweep = WorkspaceSweep()
-    live = sys.stdout.isatty()
+    view = LiveView(out)
+    lines = None if seconds else Lines(stdin)
     out(f'torque is off: move the {"leader " if leader else ""}arm through the space of the task '
         f'(the gripper where it must reach, and the home pose {list(cfg.task.reset_tcp_xyz_m)}), '
         + (f'for {seconds:g} s' if seconds else 'then press Enter'))
-    started = last_shown = time.monotonic()
-    from so101_driver.backend import BackendError
+    started = time.monotonic()
     try:
         while True:
             try:
@@ -135,14 +128,8 @@ def run_find_workspace(robot_config: str, config: str, leader: bool = False,
             except BackendError as exc:  # a servo stopped answering: the sweep so far stands
                 out(f'reading the arm failed ({exc}); the box stops at what was swept')
                 break
-            now = time.monotonic()
-            if live:
-                out('\x1b[H\x1b[J' + sweep.table())
-            elif now - last_shown >= 1.0:
-                box = [np.round(v, 3).tolist() for v in (sweep.tcp_min, sweep.tcp_max)]
-                out(f'tcp now {np.round(sweep.tcp, 3).tolist()} m, box {box[0]} .. {box[1]}')
-                last_shown = now
-            if (seconds and now - started >= seconds) or (not seconds and enter_pressed(stdin)):
+            view.show(sweep.table, sweep.line)
+            if lines.pressed() if lines else time.monotonic() - started >= seconds:
                 break
             time.sleep(1.0 / rate_hz)
     finally:

@@ -9,13 +9,10 @@ from typing import Callable, Optional, Sequence, TextIO
 from hilserl.messages.conventions import JOINT_NAMES
 from so101_driver import sts_protocol as sts
 from so101_driver.servo_setup import assign, open_bus, read_back, single_servo
+from hilserl_tools.terminal import say
 
 # LeRobot's order (gripper first), so an owner following its assembly guide meets no surprise.
 SETUP_ORDER = tuple(reversed(JOINT_NAMES))
-
-
-def say(line: str) -> None:
-    print(line, flush=True)   # a prompt must reach a pipe before the program waits for Enter
 
 
 def servo_id(joint: str) -> int:
