@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import yaml
 
@@ -66,11 +66,16 @@ def set_values(path, values: dict, comment: Optional[str] = None) -> Path:
     return write_text_atomic(path, text)
 
 
-def node_parameters(path, node: str) -> dict:
-    """The `ros__parameters` of `node` in a ROS 2 parameters file (keys `/**/node`, `node`,
-    `/node` or `ns/node`), {} when the file has no section for it."""
+def node_sections(path, node: str) -> Iterator[dict]:
+    """The `ros__parameters` of every section for `node` in a ROS 2 parameters file (keys
+    `/**/node`, `node`, `/node` or `ns/node`), in file order."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     for name, section in data.items():
         if str(name).rstrip('/').split('/')[-1] == node and isinstance(section, dict):
-            return dict(section.get('ros__parameters') or {})
-    return {}
+            yield dict(section.get('ros__parameters') or {})
+
+
+def node_parameters(path, node: str) -> dict:
+    """The `ros__parameters` of `node`'s first section in a ROS 2 parameters file, {} when the
+    file has none."""
+    return next(node_sections(path, node), {})

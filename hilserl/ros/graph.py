@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from hilserl.configuration.config import TrainConfig, load_train_config
+from hilserl.configuration.yaml_edit import node_sections
 from hilserl.messages.conventions import Topics
 from hilserl.common.paths import share_path
 
@@ -234,20 +235,14 @@ def robot_file_disagreements(args: GraphArgs) -> List[str]:
     (today: the backend), so a file cannot switch the backend behind the user's back."""
     import yaml
     try:
-        data = yaml.safe_load(args.robot_config_path().read_text()) or {}
+        in_file = [section.get('backend')
+                   for section in node_sections(args.robot_config_path(), 'so101_driver')]
     except (OSError, yaml.YAMLError):
         return []  # a missing or broken file is refused by the node that reads it
-    lines = []
-    for key, section in data.items():
-        if not isinstance(section, dict) or str(key).rstrip('/').split('/')[-1] != \
-                'so101_driver':
-            continue
-        in_file = (section.get('ros__parameters') or {}).get('backend')
-        wanted = 'external' if args.driver == 'external' else args.backend
-        if in_file is not None and in_file != wanted:
-            lines.append(f'{args.robot_config_path()} says backend: {in_file}; the graph runs '
-                         f'backend {wanted} as asked (backend:= / --backend wins over the file)')
-    return lines
+    wanted = 'external' if args.driver == 'external' else args.backend
+    return [f'{args.robot_config_path()} says backend: {backend}; the graph runs backend '
+            f'{wanted} as asked (backend:= / --backend wins over the file)'
+            for backend in in_file if backend is not None and backend != wanted]
 
 
 def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[NodeSpec]:
