@@ -139,13 +139,17 @@ class HardwareBackend(ArmBackend):
         return BackendError(f'{self._names(exc.failed_ids)}: {exc}' if exc.failed_ids
                             else str(exc))
 
+    def _protection_bits(self, servo_id: int) -> int:
+        """Error bits of the servo's last reply that it cuts its torque on."""
+        return self.bus.stats.last_status_by_id.get(servo_id, 0) & \
+            self.unload_bits.get(servo_id, DEFAULT_UNLOAD_ERRBITS)
+
     def _check_replies(self):
         """Latch servos whose last reply carries an error bit they cut torque on."""
         if not self._torque:
             return
         for servo_id in self.ids:
-            bits = self.bus.stats.last_status_by_id.get(servo_id, 0) & \
-                self.unload_bits.get(servo_id, DEFAULT_UNLOAD_ERRBITS)
+            bits = self._protection_bits(servo_id)
             name = self.joint_of_id[servo_id]
             if bits and name not in self.torque_lost:
                 self.torque_lost[name] = f'reports {error_text(bits)}'
@@ -226,8 +230,7 @@ class HardwareBackend(ArmBackend):
         state = self.bus.sync_read('torque_enable', self.ids, ['torque_enable'])
         refused = {}
         for servo_id in self.ids:
-            bits = self.bus.stats.last_status_by_id.get(servo_id, 0) & \
-                self.unload_bits.get(servo_id, DEFAULT_UNLOAD_ERRBITS)
+            bits = self._protection_bits(servo_id)
             if bits or not state[servo_id]['torque_enable']:
                 refused[self.joint_of_id[servo_id]] = \
                     f'reports {error_text(bits)}' if bits else 'reads torque off'
