@@ -275,6 +275,17 @@ class SimulatedBus:
         with self._lock:
             self.servos[servo_id].latched_error |= error_bits
 
+    def wait_for_packets(self, count: int, deadline_s: float) -> bool:
+        """Wait until `count` more instruction packets have come in (the program under test
+        has read the arm that often since), or time.monotonic() passes `deadline_s`; True when
+        they came."""
+        target = self.packets_seen + count
+        while self.packets_seen < target:
+            if time.monotonic() >= deadline_s:
+                return False
+            time.sleep(0.02)
+        return True
+
     def move_by_hand(self, servo_id: int, position_ticks: float) -> None:
         """A person moves a limp servo (a leader arm) to this encoder reading; a servo holding
         torque resists and stays where it is driven."""

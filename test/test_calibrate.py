@@ -66,9 +66,7 @@ class Owner:
     def _held(self):
         """Hold until the command has read the arm a few times (a loaded machine reads late),
         and a little longer."""
-        seen, deadline = self.sim.packets_seen, time.monotonic() + 60
-        while self.sim.packets_seen < seen + 4 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        self.sim.wait_for_packets(4, time.monotonic() + 60)
         time.sleep(self.hold_s)
 
     def readline(self):

@@ -56,10 +56,7 @@ def move_through(bus, calibration, joint_sets, hold_s=0.8):
         for name, value in zip(JOINT_NAMES, q):
             bus.move_by_hand(calibration[name].id, rad_to_ticks(name, value, calibration[name]))
         # held until the command has read it a few times (not a fixed time: a loaded machine)
-        seen = bus.packets_seen
-        while bus.packets_seen < seen + 4:
-            assert time.monotonic() < deadline, 'the command stopped reading the arm'
-            time.sleep(0.02)
+        assert bus.wait_for_packets(4, deadline), 'the command stopped reading the arm'
         time.sleep(hold_s)
 
 
