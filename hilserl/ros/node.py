@@ -1,5 +1,6 @@
 """rclpy helpers shared by every node: QoS from the conventions, parameter declaration, and a
-`main()` runner that shuts down cleanly on Ctrl-C / launch's SIGINT (exit code 0)."""
+`main()` runner that shuts down cleanly on Ctrl-C / launch's SIGINT (exit code 0; 1 for a node
+that cannot start)."""
 from __future__ import annotations
 
 import io
@@ -74,14 +75,12 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
                 signal.signal(sig, request_stop)
         _stop_when_the_parent_dies(stop_requested)
     node = None
-    exit_code = 0
     try:
         try:
             node = node_factory()
         except NodeStartError as exc:
             print(f'cannot start: {exc}', file=sys.stderr, flush=True)
-            exit_code = 1
-            return exit_code
+            return 1
         executor = executor or SingleThreadedExecutor()
         executor.add_node(node)
         spinning[0] = True
@@ -120,7 +119,7 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
             node.destroy_node()
         rclpy.try_shutdown()
         faulthandler.cancel_dump_traceback_later()
-    return exit_code
+    return 0
 
 
 class _Unbreakable(io.TextIOBase):
