@@ -38,10 +38,8 @@ def build_agent(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
                 weights_from_checkpoint: bool = False) -> SAC:
     """The agent of a configuration; a frozen encoder loads its pretrained weights unless
     `weights_from_checkpoint` (a checkpoint's state, encoder included, is loaded next)."""
-    hw = tuple(image_hw or cfg.image.resize_hw_px)
-    image_shape = (3 * cfg.observation.n_obs_steps, *hw)
-    return SAC(cfg.policy, cfg.algorithm, image_shape, cfg.observation.state_dim, cfg.action.dim,
-               discrete_gripper=cfg.action.gripper_mode == 'discrete',
+    return SAC(cfg.policy, cfg.algorithm, cfg.image_shape(image_hw), cfg.observation.state_dim,
+               cfg.action.dim, discrete_gripper=cfg.action.gripper_mode == 'discrete',
                device=device or cfg.learner.device, seed=cfg.seed,
                weights_from_checkpoint=weights_from_checkpoint, state_bounds=state_bounds(cfg))
 

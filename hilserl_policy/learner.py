@@ -183,8 +183,7 @@ class Learner:
         device = device or cfg.learner.device
         retain_freed_memory()  # batch tensors reuse freed memory: no page faults per update
         remove_stale_checkpoints(self.run_dir)  # an interrupted save's leftovers
-        image_hw = tuple(cfg.image.resize_hw_px)
-        image_shape = (3 * cfg.observation.n_obs_steps, *image_hw)
+        image_shape = cfg.image_shape()
         self.online: Optional[ReplayBuffer] = None
         self.offline: Optional[ReplayBuffer] = None
         self.resumed_from = None
@@ -197,7 +196,7 @@ class Learner:
                                                                      image_dir)
             self.resumed_from = checkpoint
         else:
-            self.agent = build_agent(cfg, image_hw, device)
+            self.agent = build_agent(cfg, device=device)
         s, a = cfg.observation.state_dim, cfg.action.dim
         featurizer = self.agent.featurize if cfg.algorithm.feature_cache_shifts else None
         self.online = self.online or ReplayBuffer(cfg.replay.online_buffer_capacity, image_shape,

@@ -233,8 +233,7 @@ class _ActingHeads(nn.Module):
 def build_policy(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
                  weights_from_checkpoint: bool = False) -> Policy:
     """The policy alone (an actor's): the same initial weights as `build_agent`'s policy."""
-    hw = tuple(image_hw or cfg.image.resize_hw_px)
-    return Policy(cfg.policy, (3 * cfg.observation.n_obs_steps, *hw), cfg.observation.state_dim,
+    return Policy(cfg.policy, cfg.image_shape(image_hw), cfg.observation.state_dim,
                   cfg.action.dim, discrete_gripper=cfg.action.gripper_mode == 'discrete',
                   device=device or cfg.learner.device, seed=cfg.seed,
                   weights_from_checkpoint=weights_from_checkpoint,

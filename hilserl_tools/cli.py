@@ -143,7 +143,7 @@ def _run_graph(args, mode: str) -> int:
         graph_args = dataclasses.replace(graph_args, demo_dir=str(demo_root))
     if mode == 'train' and graph_args.demo_dir and graph_args.part != 'robot':
         from hilserl.data.demos import check_demo_image_size
-        view = (3 * cfg.observation.n_obs_steps, *cfg.image.resize_hw_px)
+        view = cfg.image_shape()
         recorded = check_demo_image_size(graph_args.demo_dir, view)
         if recorded is not None:
             print(f'demos in {graph_args.demo_dir} were recorded at '

@@ -473,6 +473,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def image_shape(self, image_hw=None) -> Tuple[int, int, int]:
+        """(C, H, W) of an observation image: 3 channels per stacked frame at the policy view's
+        size (or `image_hw`, e.g. a checkpoint's)."""
+        height, width = tuple(image_hw or self.image.resize_hw_px)
+        return (3 * self.observation.n_obs_steps, height, width)
+
     def digest(self) -> str:
         """Short stable hash of the configuration (stored in episode metadata). Prefixed so that it
         never reads as a number: a bare '4410147259e4' is a float to ROS's parameter-file parser."""
