@@ -25,7 +25,7 @@ from so101_driver.backend import ArmBackend, BackendError, JointReading
 from so101_driver.calibration import (DEGREES_PER_TICK, EEPROM_FIELDS, MotorCalibration,
                                       eeprom_values, rad_to_ticks, ticks_to_rad)
 from so101_driver.feetech_bus import (GRIPPER_SETTINGS, BusError, FeetechBus, ServoSettings)
-from so101_driver.servo_setup import write_eeprom
+from so101_driver.servo_setup import torque_off, write_eeprom
 from so101_driver.sts_protocol import DEFAULT_UNLOAD_ERRBITS, MODEL_NUMBER_STS3215, error_text
 
 
@@ -202,14 +202,16 @@ class HardwareBackend(ArmBackend):
 
     def set_torque(self, enabled: bool) -> None:
         try:
+            refused = {}
             if enabled:
                 present = self.bus.sync_read('present_position', self.ids, ['present_position'])
                 self.bus.sync_write('goal_position',
                                     {i: present[i]['present_position'] for i in self.ids})
-            self.bus.sync_write('torque_enable', {i: int(enabled) for i in self.ids})
-            if not enabled:
-                self._confirm_torque_off()
-            refused = self._servos_without_torque() if enabled else {}
+                self.bus.sync_write('torque_enable', {i: 1 for i in self.ids})
+                refused = self._servos_without_torque()
+            else:
+                # read back: latched faults have kept servos on at shutdown
+                torque_off(self.bus, self.ids)
         except BusError as exc:
             raise BackendError(f'torque {"on" if enabled else "off"} failed: '
                                f'{self._bus_error(exc)}') from exc
@@ -235,14 +237,6 @@ class HardwareBackend(ArmBackend):
                 refused[self.joint_of_id[servo_id]] = \
                     f'reports {error_text(bits)}' if bits else 'reads torque off'
         return refused
-
-    def _confirm_torque_off(self):
-        """Read torque off back: a sync write is not acknowledged, and latched faults have kept
-        servos on at shutdown. A servo still on gets an acknowledged write of its own."""
-        state = self.bus.sync_read('torque_enable', self.ids, ['torque_enable'])
-        for servo_id in self.ids:
-            if state[servo_id]['torque_enable']:
-                self.bus.write(servo_id, 'torque_enable', 0)
 
     @property
     def torque_enabled(self) -> bool:
