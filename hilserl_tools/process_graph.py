@@ -144,7 +144,10 @@ class ProcessGraph:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 previous[sig] = signal.signal(sig, signal.SIG_IGN)
             if self._sigint_before_stop is not None:
-                previous[signal.SIGINT], self._sigint_before_stop = self._sigint_before_stop, None
+                # stopped by Ctrl-C: the command is ending; the terminal's second press may come
+                # after the nodes have closed, and must not turn the clean exit into a kill
+                del previous[signal.SIGINT]
+                self._sigint_before_stop = None
         try:
             return self._stop(grace_s)
         finally:
