@@ -33,10 +33,11 @@ from std_msgs.msg import Bool, Float32, Float32MultiArray, String, UInt8MultiArr
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.ros.node import (declare, declare_config, diagnostic_array, marker, qos_profile,
-                              spin_node)
+from hilserl.ros.interfaces import actor_interface
+from hilserl.ros.node import (check_interface, declare, declare_config, diagnostic_array, marker,
+                              qos_profile, spin_node)
 from hilserl.configuration.config import load_train_config
-from hilserl.messages.conventions import JOINT_NAMES, ActionSource, Frames, Topics
+from hilserl.messages.conventions import JOINT_NAMES, SUCCESS_TOPICS, ActionSource, Frames, Topics
 from hilserl.messages.conversions import (ConversionError, action_to_msg, image_to_array,
                                           joint_state_to_arrays, joy_to_human, stamp_dimension,
                                           stamp_to_nanoseconds)
@@ -45,9 +46,6 @@ from hilserl_policy.actor_core import (ActorCore, ActorSettings, CallReset, Log,
                                        PublishReward, PublishStatus, PublishTransition,
                                        ResubscribeTeleop, WriterMatch)
 from hilserl_policy.transport import decode_weights
-
-# key: no success topic, the human's success key (teleop/episode_label) is the only success
-SUCCESS_TOPICS = {'sim': Topics.SIM_SUCCESS, 'classifier': Topics.SUCCESS, 'key': None}
 
 
 class ActorNode(Node):
@@ -157,6 +155,7 @@ class ActorNode(Node):
             f'sac_actor up: mode={self.mode}, {self.cfg.task.control_rate_hz:g} Hz, success '
             f'from {success_topic or "the success key"}, '
             f'{self.cfg.task.max_episode_steps} steps per episode')
+        check_interface(self, actor_interface(self.mode, success_source))
 
     # --- time and the core's outputs ------------------------------------------------------------
     def _clock_ns(self) -> int:

@@ -28,7 +28,8 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 
-from hilserl.ros.node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.ros.interfaces import learner_interface, robot_topic
+from hilserl.ros.node import check_interface, declare, diagnostic_array, qos_profile, spin_node
 from hilserl.configuration.config import load_train_config
 from hilserl.messages.conventions import Topics
 from hilserl.configuration.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
@@ -113,13 +114,14 @@ class LearnerNode(Node):
                                               qos_profile(Topics.DIAGNOSTICS))
         for robot in dict.fromkeys(r.strip('/') for r in robots):
             self.create_subscription(
-                UInt8MultiArray, '/'.join(filter(None, (robot, Topics.TRANSITIONS))),
+                UInt8MultiArray, robot_topic(robot, Topics.TRANSITIONS),
                 lambda msg, robot=robot: self._on_transition(msg, robot),
                 qos_profile(Topics.TRANSITIONS))
             self.create_subscription(
-                String, '/'.join(filter(None, (robot, Topics.EPISODE_EVENTS))),
+                String, robot_topic(robot, Topics.EPISODE_EVENTS),
                 lambda msg, robot=robot: self._on_event(msg, robot),
                 qos_profile(Topics.EPISODE_EVENTS))
+        check_interface(self, learner_interface(robots))
         # wall clock: a person reads it, while simulated time may crawl behind a busy learner
         self.create_timer(self.summary_period_s, self._summary,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))

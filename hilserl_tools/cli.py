@@ -18,6 +18,8 @@
   hilserl crop --robot-config F the policy crop on a camera frame, written into the config
   hilserl find-workspace ...    the end-effector box swept by hand, written into the config
   hilserl torque on|off         the running arm's torque (re-arm after a lock-out)
+  hilserl security-policy MODE  the graph's SROS2 policy: one enclave per node, allowed exactly
+                                the topics and services that node uses
   hilserl train-classifier      success classifier from episode bags
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
   hilserl export-lerobot RUN OUT   episodes as a LeRobot v3.0 dataset (video or images)
@@ -78,9 +80,13 @@ def _positive(text: str) -> float:
 # --- graphs --------------------------------------------------------------------------------------
 
 def _add_graph_arguments(parser, mode: str) -> None:
+    """The graph's flags (LAUNCH_ARGUMENTS) for `hilserl train` / `eval`; mode 'policy': those
+    that decide a graph's nodes and topics (security-policy)."""
     from hilserl.ros.graph import LAUNCH_ARGUMENTS
     for name, default, description in LAUNCH_ARGUMENTS:
         if mode == 'eval' and name in ('demo_dir', 'device', 'part', 'robots'):
+            continue
+        if mode == 'policy' and name in ('keystore', 'part', 'discovery', 'device', 'rviz'):
             continue
         flag = '--' + name.replace('_', '-')
         if mode == 'eval' and name == 'teleop':
@@ -97,6 +103,8 @@ def _add_graph_arguments(parser, mode: str) -> None:
             parser.add_argument(flag, type=_whole(1, 64), default=int(default), help=description)
         else:
             parser.add_argument(flag, default=default, help=description)
+    if mode == 'policy':
+        return
     parser.add_argument('--max-minutes', type=_positive, default=None,
                         help='stop the whole graph after this long')
     parser.add_argument('--domain-id', type=_whole(0, 232), default=None,
@@ -115,7 +123,7 @@ def _graph_args(args, mode: str):
     values = {name: getattr(args, name) for name in GraphArgs.__dataclass_fields__
               if hasattr(args, name)}
     values['record'] = args.record == 'true'
-    values['rviz'] = args.rviz == 'true'
+    values['rviz'] = getattr(args, 'rviz', 'false') == 'true'  # security-policy: none
     return GraphArgs(mode=mode, **values)
 
 
@@ -244,6 +252,8 @@ def _start_graph(graph_args, cfg, args, echo=None) -> int:
     for line in robot_file_disagreements(graph_args):
         print(f'hilserl: {line}', file=sys.stderr)
     nodes = build_graph(graph_args, cfg)
+    from hilserl.ros.security import check_keystore
+    check_keystore(graph_args, nodes)
     episodes_ended, bags_closed = set(), set()
 
     def output(line: str) -> None:
@@ -365,6 +375,25 @@ def _cmd_torque(args) -> int:
     success, message = call_torque(args.state == 'on', args.namespace, args.timeout_s)
     print(message, file=sys.stdout if success else sys.stderr)
     return 0 if success else 2
+
+
+def _cmd_security_policy(args) -> int:
+    """The SROS2 policy of the graph these flags run (both machines' halves): one enclave per
+    node, /hilserl/<mode>/<namespace>/<node>, allowed exactly what that node uses."""
+    from hilserl.common.files import write_text_atomic
+    from hilserl.ros.security import secured_nodes, security_policy
+    graph_args = _graph_args(args, args.graph_mode)
+    nodes = secured_nodes(graph_args)
+    text = security_policy(nodes, graph_args.namespace,
+                           f'hilserl security-policy {graph_args.mode}: one enclave per node, '
+                           'each allowed exactly the topics and services its node uses')
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    write_text_atomic(args.output, text)
+    print(f'{args.output}: {len(nodes)} enclaves ({", ".join(n.enclave for n in nodes)}); '
+          f'next: ros2 security generate_artifacts -k KEYSTORE -p {args.output}')
+    return 0
 
 
 def _cmd_fetch_encoder(args) -> int:
@@ -578,6 +607,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--timeout-s', type=_positive, default=20.0,
                    help='wait this long for the driver')
     p.set_defaults(func=_cmd_torque)
+
+    p = sub.add_parser('security-policy', help='write the SROS2 policy of a graph: one enclave '
+                       'per node, allowed exactly the topics and services it uses')
+    p.add_argument('graph_mode', metavar='mode', choices=('train', 'eval', 'record'),
+                   help='the graph: train, eval or record')
+    _add_graph_arguments(p, 'policy')
+    p.add_argument('--output', '-o', default='', help='policy XML file (default: stdout)')
+    p.set_defaults(func=_cmd_security_policy)
 
     p = sub.add_parser('fetch-encoder', help='download pretrained encoder weights (the seed\'s '
                        'ResNet-10) into the Hugging Face cache; needs the network once')

@@ -53,6 +53,8 @@ def node_command(spec: NodeSpec, params_dir: Path, namespace: str = '') -> List[
     generated.write_text(yaml.dump({f'/**/{spec.name}': {'ros__parameters': spec.parameters}},
                                    Dumper=_QuotedStrings))
     cmd = [sys.executable, '-m', spec.module, '--ros-args', '-r', f'__node:={spec.name}']
+    if spec.enclave:  # its SROS2 keys and permissions, where the graph runs with a keystore
+        cmd += ['--enclave', spec.enclave]
     full_namespace = node_namespace(namespace, spec)
     if full_namespace:
         cmd += ['-r', f'__ns:={full_namespace}']

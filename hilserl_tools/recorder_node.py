@@ -15,7 +15,8 @@ from std_msgs.msg import Bool, String
 
 from hilserl.data.bag_repair import repair_killed_episodes
 from hilserl.data.bags import EPISODE_TOPICS, message_stamp_ns
-from hilserl.ros.node import declare, message_class, qos_profile, spin_node
+from hilserl.ros.interfaces import recorder_interface
+from hilserl.ros.node import check_interface, declare, message_class, qos_profile, spin_node
 from hilserl.messages.conventions import TOPIC_QOS, Qos, Topics
 from hilserl.data.recording import EpisodeRecorder
 
@@ -80,6 +81,7 @@ class RecorderNode(Node):
         self.ready = False
         self.create_timer(0.1, self._poll, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f'episode_recorder up: {len(topics)} topics -> {run_dir}/episodes')
+        check_interface(self, recorder_interface(record_raw, 'tf' in topics))
 
     def _repair_killed_episodes(self):
         """Bags a killed recorder left on this run dir are made readable before recording."""

@@ -15,7 +15,8 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, Float32
 
-from hilserl.ros.node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.ros.interfaces import classifier_interface
+from hilserl.ros.node import check_interface, declare, diagnostic_array, qos_profile, spin_node
 from hilserl.messages.conventions import Topics
 from hilserl.messages.conversions import ConversionError, image_to_array
 from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
@@ -51,6 +52,7 @@ class ClassifierNode(Node):
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(f'reward_classifier up: {model_dir}, threshold '
                                f'{self.detector.threshold:.3f}, debounce {debounce}')
+        check_interface(self, classifier_interface())
 
     def _on_parameters(self, params):
         for p in params:

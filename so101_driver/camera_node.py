@@ -17,7 +17,9 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
-from hilserl.ros.node import declare, declare_config, diagnostic_array, qos_profile, spin_node
+from hilserl.ros.interfaces import camera_interface
+from hilserl.ros.node import (check_interface, declare, declare_config, diagnostic_array,
+                              qos_profile, spin_node)
 from hilserl.robot.camera import CameraConfig, CameraSupervisor, OpenCVSource
 from hilserl.configuration.config import ImageConfig
 from hilserl.messages.conventions import JOINT_NAMES, Frames, Topics
@@ -90,6 +92,7 @@ class CameraNode(Node):
                                f'{self.cam_cfg.width_px}x{self.cam_cfg.height_px} @ '
                                f'{self.cam_cfg.fps:g} Hz, crop {self.image_cfg.crop_tlhw_px} -> '
                                f'{self.image_cfg.resize_hw_px}')
+        check_interface(self, camera_interface(backend))
 
     def _on_joints(self, msg):
         try:

@@ -37,8 +37,9 @@ from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int64MultiA
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.ros.node import (NodeStartError, declare, declare_config, diagnostic_array, marker,
-                              pose_stamped, qos_profile, spin_node)
+from hilserl.ros.interfaces import driver_interface
+from hilserl.ros.node import (NodeStartError, check_interface, declare, declare_config,
+                              diagnostic_array, marker, pose_stamped, qos_profile, spin_node)
 from hilserl.messages.conventions import JOINT_NAMES, Frames, Topics
 from hilserl.messages.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
                                           joint_state_to_arrays, nanoseconds_to_stamp,
@@ -166,6 +167,9 @@ class DriverNode(Node):
         self.create_timer(0.2, self._publish_markers)
         self.get_logger().info(f'so101_driver up: backend={backend_name}, '
                                f'{self.rate_hz:g} Hz, watchdog {self.config.command_timeout_s} s')
+        check_interface(self, driver_interface(
+            backend_name, sim_clock, **({'external_command_topic': self.get_parameter(
+                'external_command_topic').value} if self.external is not None else {})))
 
     def _hardware_backend(self, port, baudrate, calibration_file):
         from so101_driver.calibration import load_calibration

@@ -27,7 +27,8 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Float32MultiArray, String
 
-from hilserl.ros.node import declare, qos_profile, spin_node
+from hilserl.ros.interfaces import teleop_interface
+from hilserl.ros.node import check_interface, declare, qos_profile, spin_node
 from hilserl.configuration.config import ActionConfig, TaskConfig
 from hilserl.messages.conventions import JOINT_NAMES, Topics
 from hilserl.messages.conversions import (ConversionError, action_from_msg, action_stamp_ns,
@@ -148,6 +149,7 @@ class TeleopNode(Node):
         if self.config.publishes_at_control_rate:
             self.create_timer(1.0 / rate_hz, self._tick)
         self.get_logger().info(f'teleop up: device={self.device}, {rate_hz:g} Hz')
+        check_interface(self, teleop_interface(self.device))
 
     def _start_leader(self, port, calibration_file, timeout_ms):
         from so101_driver.calibration import load_calibration

@@ -47,6 +47,11 @@ class Topics:
     LEARNER_PROGRESS = 'learner/progress'
 
 
+# The actor's success signal by success_source; key: no topic, the human's success key
+# (teleop/episode_label) is the only success.
+SUCCESS_TOPICS = {'sim': Topics.SIM_SUCCESS, 'classifier': Topics.SUCCESS, 'key': None}
+
+
 class ActionSource:
     """Label carried in Float32MultiArray.layout.dim[0].label of every action message, so the
     source travels with the exact action (no second topic to synchronise)."""

@@ -10,7 +10,7 @@ Nothing here imports rclpy or launch.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -78,8 +78,12 @@ LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
     ('robots', '1', 'train, sim: this many simulated arms, each (driver, camera, teleop, actor, '
                     'recorder) in its namespace robot_0 ... robot_{N-1} with its own episodes and '
                     'bags under run_dir/robot_i, feeding one learner'),
+    ('keystore', '', 'SROS2 keystore directory (empty: no DDS security): every node runs in its '
+                     'enclave /hilserl/<mode>/<namespace>/<node> with ROS_SECURITY_ENABLE=true '
+                     'and ROS_SECURITY_STRATEGY=Enforce (policy: hilserl security-policy)'),
 )
 ROBOT_NAMESPACE = 'robot_{}'
+ENCLAVE_ROOT = '/hilserl'
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class GraphArgs:
     discovery: str = 'localhost'
     part: str = 'all'
     robots: int = 1
+    keystore: str = ''
     behaviour_mix: str = 'expert:1'   # record: the simulated human's per-episode behaviours
     seed_offset: int = 0              # added to the config's seed (resets, behaviours)
 
@@ -145,6 +150,9 @@ class GraphArgs:
         if self.teleop == 'sim' and self.backend != 'sim' and self.mode != 'eval':
             raise ValueError('teleop=sim (the simulated human) needs backend=sim; on hardware '
                              'use keyboard, gamepad or leader')
+        if self.keystore and not (Path(self.keystore) / 'enclaves').is_dir():
+            raise ValueError(f'keystore={self.keystore!r}: not an SROS2 keystore (no enclaves/ '
+                             'folder); make one with `ros2 security create_keystore DIR`')
 
     def config_path(self) -> Path:
         if self.config:
@@ -155,8 +163,16 @@ class GraphArgs:
                           'train.yaml')
 
     def environment(self) -> Dict[str, str]:
-        """What the graph's nodes start with beyond NODE_ENVIRONMENT: the discovery range."""
-        return {'ROS_AUTOMATIC_DISCOVERY_RANGE': DISCOVERY_RANGES[self.discovery]}
+        """What the graph's nodes start with beyond NODE_ENVIRONMENT: the discovery range and,
+        with a keystore, DDS security (a node without its enclave's keys does not start)."""
+        return {'ROS_AUTOMATIC_DISCOVERY_RANGE': DISCOVERY_RANGES[self.discovery],
+                **self.security_environment()}
+
+    def security_environment(self) -> Dict[str, str]:
+        if not self.keystore:
+            return {}
+        return {'ROS_SECURITY_KEYSTORE': str(Path(self.keystore).resolve()),
+                'ROS_SECURITY_ENABLE': 'true', 'ROS_SECURITY_STRATEGY': 'Enforce'}
 
     def robot_config_path(self) -> Path:
         if self.robot_config:
@@ -174,6 +190,7 @@ class NodeSpec:
     needs_terminal: bool = False   # reads keys from the terminal (keyboard / leader teleop)
     namespace: str = ''            # below the graph's namespace: one arm of several (robot_0)
     remappings: Tuple[Tuple[str, str], ...] = ()  # (from, to): topics shared across arms
+    enclave: str = ''              # SROS2 enclave (--enclave): its keys and permissions
 
     @property
     def executable(self) -> str:
@@ -203,16 +220,27 @@ def node_remappings(graph_namespace: str, spec: NodeSpec) -> List[Tuple[str, str
     return clock + list(spec.remappings)
 
 
-def keyboard_teleop_command(namespace: str = '', device: str = 'keyboard') -> str:
+def node_enclave(mode: str, graph_namespace: str, spec: NodeSpec) -> str:
+    """The node's SROS2 enclave: /hilserl/<mode>/<namespace>/<node>. One per node and mode, so
+    that one keystore holds the train, eval and record graphs' permissions side by side."""
+    return '/' + _join(ENCLAVE_ROOT, mode, graph_namespace, spec.namespace, spec.name)
+
+
+def keyboard_teleop_command(namespace: str = '', device: str = 'keyboard',
+                            security: Optional[Dict[str, str]] = None, enclave: str = '') -> str:
     """What gives a graph's keyboard a terminal of its own where its nodes have none (`ros2
-    launch`): the whole teleop for teleop:=keyboard, the episode labels beside a leader arm."""
+    launch`): the whole teleop for teleop:=keyboard, the episode labels beside a leader arm.
+    With a keystore: its security environment and enclave."""
     ros_args = []
     if namespace.strip('/'):
         ros_args += ['-r', f'__ns:=/{namespace.strip("/")}']
     if device == 'leader':
         ros_args += ['-p', 'labels_only:=true']
-    return ' '.join(['ros2 run hilserl keyboard_teleop'] + (['--ros-args'] + ros_args
-                                                            if ros_args else []))
+    if enclave:
+        ros_args += ['--enclave', enclave]
+    environment = [f'{name}={value}' for name, value in (security or {}).items()]
+    return ' '.join(environment + ['ros2 run hilserl keyboard_teleop']
+                    + (['--ros-args'] + ros_args if ros_args else []))
 
 
 def recorded_publishers(mode: str, backend: str, teleop: str) -> List[str]:
@@ -280,6 +308,7 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
         for node in nodes:
             # several arms run several simulated clocks: the learner keeps the wall clock
             node.parameters['use_sim_time'] = not (several and node.name == 'sac_learner')
+    nodes = [replace(node, enclave=node_enclave(args.mode, args.namespace, node)) for node in nodes]
     if args.part != 'all':  # the two halves of one training graph on two machines
         nodes = [n for n in nodes if (n.name == 'sac_learner') == (args.part == 'learner')]
     return nodes

@@ -7,8 +7,9 @@ from typing import List
 
 from hilserl.configuration.config import load_train_config
 from hilserl.ros.graph import (LAUNCH_ARGUMENTS, ROBOT_NAMESPACE, GraphArgs, NodeSpec, build_graph,
-                               keyboard_teleop_command, node_namespace, node_remappings,
-                               robot_file_disagreements)
+                               keyboard_teleop_command, node_enclave, node_namespace,
+                               node_remappings, robot_file_disagreements)
+from hilserl.ros.security import check_keystore
 from hilserl.configuration.pretrained import check_encoder_weights
 
 SIGTERM_TIMEOUT_S = 30
@@ -46,12 +47,17 @@ def graph_actions(context) -> List:
     actions = [SetEnvironmentVariable(k, v) for k, v in args.environment().items()]
     actions += [LogInfo(msg=line) for line in robot_file_disagreements(args)]
     actors = []
-    for spec in build_graph(args, cfg):
+    nodes = build_graph(args, cfg)
+    check_keystore(args, nodes)
+    for spec in nodes:
         if spec.needs_terminal:  # launched nodes have no stdin: the keys get a terminal apart
             device = spec.parameters['device']
-            actions.append(LogInfo(msg=f'teleop:={device}: run `'
-                                   f'{keyboard_teleop_command(args.namespace, device)}` in a '
-                                   f'terminal of its own for the keys'))
+            keyboard = keyboard_teleop_command(
+                args.namespace, device, args.security_environment(),
+                node_enclave(args.mode, args.namespace, NodeSpec('keyboard_teleop', ''))
+                if args.keystore else '')
+            actions.append(LogInfo(msg=f'teleop:={device}: run `{keyboard}` in a terminal of '
+                                       'its own for the keys'))
             if device == 'keyboard':
                 continue  # keyboard_teleop is the whole device
         # launch escalates to SIGTERM after sigterm_timeout (default 5 s): the driver's exit
@@ -60,6 +66,7 @@ def graph_actions(context) -> List:
                     namespace=node_namespace(args.namespace, spec), output='screen',
                     emulate_tty=True, parameters=[*spec.parameter_files, spec.parameters],
                     remappings=node_remappings(args.namespace, spec),
+                    ros_arguments=['--enclave', spec.enclave],
                     sigterm_timeout=str(SIGTERM_TIMEOUT_S))
         actions.append(node)
         if spec.name == 'sac_actor':
@@ -101,6 +108,10 @@ def visualization_actions(context) -> List:
     sim = LaunchConfiguration('backend').perform(context) == 'sim'
     rviz = LaunchConfiguration('rviz').perform(context).lower() in ('true', '1', 'yes')
     robots = int(LaunchConfiguration('robots').perform(context))
+    if LaunchConfiguration('keystore').perform(context):
+        # their topics are not in the graph's policy: without an enclave they would not start
+        return [LogInfo(msg='keystore:= given: no robot_state_publisher or RViz (not in the '
+                            'SROS2 policy; run them in an enclave of your own)')]
     # one robot description (and TF) per arm, in the arm's namespace
     arms = [NodeSpec('robot_state_publisher', '', namespace=ROBOT_NAMESPACE.format(i)
                      if robots > 1 else '') for i in range(robots)]

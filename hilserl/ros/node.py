@@ -17,6 +17,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from hilserl.messages.conventions import QosSpec, qos_for
+from hilserl.ros.interfaces import NodeInterface, ros_node_basics
 
 
 def qos_profile(spec_or_topic) -> QoSProfile:
@@ -48,6 +49,34 @@ def describe(description: str, *, float_range: Optional[Sequence[float]] = None,
 class NodeStartError(RuntimeError):
     """A node that cannot start for a reason the user can act on (a bus that does not answer,
     a missing file): spin_node prints it in one line and exits 1, without a traceback."""
+
+
+def check_interface(node, interface: NodeInterface) -> None:
+    """Refuse a node whose publishers, subscriptions, services or clients differ from what
+    hilserl/ros/interfaces.py declares for it (names resolved: namespace, remappings): the SROS2
+    policy grants each node's enclave exactly that. Called at the end of a node's __init__."""
+    everything = interface | ros_node_basics(node.get_parameter('use_sim_time').value)
+    topic, service = node.resolve_topic_name, node.resolve_service_name
+    problems = []
+    for what, own, allowed, made, resolve in (
+            ('publishes', interface.publish, everything.publish,
+             [p.topic_name for p in node.publishers], topic),
+            ('subscribes to', interface.subscribe, everything.subscribe,
+             [s.topic_name for s in node.subscriptions], topic),
+            ('serves', interface.serve, everything.serve, [s.srv_name for s in node.services],
+             service),
+            ('calls', interface.call, everything.call, [c.srv_name for c in node.clients],
+             service)):
+        made = {resolve(name) for name in made}
+        undeclared = made - {resolve(name) for name in allowed}
+        unused = {resolve(name) for name in own} - made
+        if undeclared:
+            problems.append(f'{what} {sorted(undeclared)} not declared')
+        if unused:
+            problems.append(f'declares but never {what} {sorted(unused)}')
+    if problems:
+        raise RuntimeError(f'{node.get_fully_qualified_name()} {"; ".join(problems)} in '
+                           'hilserl/ros/interfaces.py (its SROS2 permissions come from there)')
 
 
 def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor=None) -> int:
