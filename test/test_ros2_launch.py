@@ -8,6 +8,7 @@ checkpoint on its own configuration and ends by itself.
 (tests and CI); elsewhere these tests skip and say why. robot_state_publisher and rviz2 are not
 installed here: the launch runs without them (one INFO line)."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -166,6 +167,32 @@ def test_every_way_of_stopping_ends_like_a_ctrl_c(installed, sig, to_group):
         assert (episode / 'episode.json').is_file(), episode
     checkpoints = sorted((run_dir / 'checkpoints').glob('[0-9]*'))
     assert checkpoints and checkpoints[-1].stat().st_mtime >= signalled_at - 1.0
+
+
+def test_a_keystore_puts_every_node_in_its_enclave_and_none_runs_unsecured(installed):
+    """keystore:= sets ROS_SECURITY_* and each node's --enclave: rcl finds each node's folder
+    in the keystore. This Fast DDS has no security plugins (and the folders no keys), so every
+    node refuses to start, and the launch ends; a keystore without the enclaves is refused before
+    any node starts, naming them."""
+    from hilserl.ros.graph import GraphArgs
+    from hilserl.ros.security import secured_nodes
+    env, work, config = installed
+    keystore = work / 'keystore'
+    (keystore / 'enclaves').mkdir(parents=True)
+    arguments = (f'keystore:={keystore}', f'run_dir:={work / "secured"}', f'config:={config}')
+    out = finish(launch(env, 'train.launch.py', *arguments), 120)
+    assert 'has no enclave /hilserl/train/so101_driver' in out and ' up:' not in out, out[-3000:]
+    nodes = secured_nodes(GraphArgs(config=str(config)))
+    for spec in nodes:
+        (keystore / 'enclaves' / spec.enclave.lstrip('/')).mkdir(parents=True)
+    out = finish(launch(env, 'train.launch.py', *arguments), 300)
+    for spec in nodes:  # every node's command line (shown as it dies) names its enclave
+        assert f'--enclave {spec.enclave} ' in out, spec.name
+    # the actor's exit ends the launch: it got as far as its keys (slower nodes may be stopped
+    # before they load rclpy)
+    assert f'Found security directory: {keystore}/enclaves/hilserl/train/sac_actor' in out
+    assert re.search(r'\[sac_actor-\d+\]: process has died \[pid \d+, exit code 1,', out)
+    assert ' up:' not in out and 'no robot_state_publisher or RViz' in out, out[-3000:]
 
 
 def test_eval_launch_evaluates_a_checkpoint(installed):
