@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 from hilserl.configuration.config import ConfigError, load_train_config
+from hilserl.ros.domains import MAX_DOMAIN_ID, DomainBusy, claim_domain
 
 # '[robot_0/sac_actor] ...': the arm's namespace (several arms number their episodes alike)
 _EPISODE_END = re.compile(r'^\[(?:([^\]/]+)/)?[^\]]*\].*episode (\d+) ended')
@@ -99,8 +100,9 @@ def _add_graph_arguments(parser, mode: str) -> None:
             parser.add_argument(flag, default=default, help=description)
     parser.add_argument('--max-minutes', type=_positive, default=None,
                         help='stop the whole graph after this long')
-    parser.add_argument('--domain-id', type=_whole(0, 232), default=None,
-                        help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
+    parser.add_argument('--domain-id', type=_whole(0, MAX_DOMAIN_ID), default=None,
+                        help='ROS domain for the graph (default: ROS_DOMAIN_ID if set, else '
+                        'a domain no other graph on this machine uses, printed at start)')
     if mode == 'train':
         parser.add_argument('--demos', type=_whole(0), default=10,
                             help='sim: record this many scripted-expert demos into '
@@ -257,25 +259,45 @@ def _start_graph(graph_args, cfg, args, echo=None) -> int:
                 seen.add((match.group(1), int(match.group(2))))
 
     env = {**os.environ, **graph_args.environment()}  # --discovery decides over the shell's
-    graph = ProcessGraph(nodes, run_dir / 'params' / mode, graph_args.namespace, env=env,
-                         output=output, domain_id=args.domain_id)
-    output(f'hilserl {mode}: {", ".join(n.label for n in nodes)} (backend '
-           f'{graph_args.backend}, run {run_dir}); Ctrl-C stops')
-    started = time.monotonic()
-    graph.start()
-    timeout = args.max_minutes * 60 if args.max_minutes else None
-    # the run ends with the actors' last episodes; a learner alone runs until stopped
-    enders = [n.label for n in nodes if n.name == 'sac_actor'] or [nodes[0].label]
-    reason = graph.wait(lambda g: all(label in g.exited() for label in enders), timeout)
-    if reason == 'done' and graph_args.record:
-        # The actor's last `end` event may still be in flight to the recorder: let it close
-        # that bag with its outcome rather than as `interrupted`.
-        graph.wait(lambda g: len(bags_closed) >= len(episodes_ended), _BAG_CLOSE_WAIT_S)
-    codes = graph.stop()
+    # a domain of its own: another graph on this machine would drive and record this one's
+    domain = claim_domain(_requested_domain(args), namespace=graph_args.namespace,
+                          part=graph_args.part, run_dir=str(run_dir), mode=mode)
+    try:
+        print(f'hilserl {mode}: {domain.announce()}', flush=True)
+        graph = ProcessGraph(nodes, run_dir / 'params' / mode, graph_args.namespace, env=env,
+                             output=output, domain_id=domain.domain_id)
+        output(f'hilserl {mode}: {", ".join(n.label for n in nodes)} (backend '
+               f'{graph_args.backend}, run {run_dir}); Ctrl-C stops')
+        started = time.monotonic()
+        graph.start()
+        timeout = args.max_minutes * 60 if args.max_minutes else None
+        # the run ends with the actors' last episodes; a learner alone runs until stopped
+        enders = [n.label for n in nodes if n.name == 'sac_actor'] or [nodes[0].label]
+        reason = graph.wait(lambda g: all(label in g.exited() for label in enders), timeout)
+        if reason == 'done' and graph_args.record:
+            # The actor's last `end` event may still be in flight to the recorder: let it close
+            # that bag with its outcome rather than as `interrupted`.
+            graph.wait(lambda g: len(bags_closed) >= len(episodes_ended), _BAG_CLOSE_WAIT_S)
+        codes = graph.stop()
+    finally:
+        domain.close()
     output(f'hilserl {mode}: stopped ({reason}) after {time.monotonic() - started:.0f} s; '
            f'exit codes {codes}')
     failed = {n: c for n, c in codes.items() if c not in (0, None, -2)}
     return 1 if failed or reason.startswith('node exited') else 0
+
+
+def _requested_domain(args) -> Optional[int]:
+    """--domain-id, else the shell's ROS_DOMAIN_ID, else None (a free one is chosen)."""
+    if getattr(args, 'domain_id', None) is not None:
+        return args.domain_id
+    text = os.environ.get('ROS_DOMAIN_ID', '').strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) > MAX_DOMAIN_ID:
+        raise ConfigError(f'ROS_DOMAIN_ID={text!r} is not a domain id (0..{MAX_DOMAIN_ID}); '
+                          f'unset it to get a free one')
+    return int(text)
 
 
 def _cmd_train(args) -> int:
@@ -359,12 +381,29 @@ def _cmd_calibrate(args) -> int:
 
 
 def _cmd_torque(args) -> int:
-    if args.domain_id is not None:
-        os.environ['ROS_DOMAIN_ID'] = str(args.domain_id)
+    domain = _requested_domain(args)
+    if domain is None:
+        domain = _running_graph_domain(args.namespace)
+    os.environ['ROS_DOMAIN_ID'] = str(domain)
     from hilserl_tools.torque_node import call_torque
     success, message = call_torque(args.state == 'on', args.namespace, args.timeout_s)
     print(message, file=sys.stdout if success else sys.stderr)
     return 0 if success else 2
+
+
+def _running_graph_domain(namespace: str) -> int:
+    """The domain of the one hilserl graph running here with this namespace."""
+    from hilserl.ros.domains import running_graphs
+    graphs = [g for g in running_graphs() if g.part in ('all', 'robot')
+              and g.namespace.strip('/') == namespace.strip('/')]
+    if len(graphs) == 1:
+        return graphs[0].domain_id
+    if not graphs:
+        raise ConfigError('no hilserl graph with an arm is running on this machine'
+                          + (f' in namespace {namespace}' if namespace else '')
+                          + '; pass --domain-id for a graph elsewhere')
+    raise ConfigError('several graphs run here: ' + '; '.join(
+        f'{g.describe()} on domain {g.domain_id}' for g in graphs) + '; pass --domain-id')
 
 
 def _cmd_fetch_encoder(args) -> int:
@@ -498,8 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='--teleop sim: behaviour weights: expert, noisy, random')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--config', default=None, help='training YAML (task, image crop)')
-    p.add_argument('--domain-id', type=_whole(0, 232), default=None,
-                   help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
+    p.add_argument('--domain-id', type=_whole(0, MAX_DOMAIN_ID), default=None,
+                   help='ROS domain for the graph (default: ROS_DOMAIN_ID if set, else a '
+                   'domain no other graph on this machine uses, printed at start)')
     p.add_argument('--namespace', default='', help='namespace for every node and topic')
     p.add_argument('--max-minutes', type=_positive, default=None,
                    help='stop the whole graph after this long')
@@ -573,8 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('state', choices=('on', 'off'))
     p.add_argument('--namespace', default='', help='the arm\'s namespace (namespace:= / '
                    '--namespace of the graph)')
-    p.add_argument('--domain-id', type=_whole(0, 232), default=None,
-                   help='the graph\'s ROS_DOMAIN_ID')
+    p.add_argument('--domain-id', type=_whole(0, MAX_DOMAIN_ID), default=None,
+                   help='the graph\'s ROS domain (default: ROS_DOMAIN_ID if set, else the '
+                   'one hilserl graph running on this machine)')
     p.add_argument('--timeout-s', type=_positive, default=20.0,
                    help='wait this long for the driver')
     p.set_defaults(func=_cmd_torque)
@@ -668,7 +709,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, OSError) as exc:  # missing files, read-only run dirs
+    except (ConfigError, DomainBusy, ValueError, OSError) as exc:  # missing files, read-only dirs
         print(f'hilserl {args.command}: {exc}', file=sys.stderr)
         return 2
 

@@ -84,10 +84,12 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         executor = executor or SingleThreadedExecutor()
         executor.add_node(node)
         spinning[0] = True
+        namesakes = _NamesakeWatch(node)
         # a node that sets `finished` (e.g. the actor after its last eval episode) ends the process
         while rclpy.ok() and not stop_requested.is_set() and \
                 not getattr(node, 'finished', False):
             executor.spin_once(timeout_sec=0.1)
+            namesakes.poll()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
@@ -120,6 +122,38 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         rclpy.try_shutdown()
         faulthandler.cancel_dump_traceback_later()
     return 0
+
+
+class _NamesakeWatch:
+    """Warns once when another node with this node's full name is on the domain: a second
+    graph started on the same domain (two `ros2 launch` in two terminals), whose driver, actor
+    and recorder would take this graph's messages as their own. Checked a few times while
+    discovery settles, then never again (it costs a graph query)."""
+
+    CHECK_AFTER_S = (3.0, 10.0, 30.0)
+
+    def __init__(self, node):
+        self._node = node
+        self._started = time.monotonic()
+        self._checks = list(self.CHECK_AFTER_S)
+
+    def poll(self) -> None:
+        if not self._checks or time.monotonic() - self._started < self._checks[0]:
+            return
+        self._checks.pop(0)
+        try:
+            peers = self._node.get_node_names_and_namespaces()
+        except Exception:  # noqa: BLE001 - a graph query racing shutdown: nothing to warn about
+            return
+        name, namespace = self._node.get_name(), self._node.get_namespace()
+        if sum(1 for peer in peers if tuple(peer) == (name, namespace)) > 1:
+            self._checks.clear()
+            full = f'{namespace.rstrip("/")}/{name}'
+            self._node.get_logger().warning(
+                f'another node named {full} is on ROS domain {os.environ.get("ROS_DOMAIN_ID", "0")}'
+                f': another graph runs there, and the two would exchange actions, episodes and '
+                f'weights. Stop it, or start this graph on a domain of its own (ROS_DOMAIN_ID=N '
+                f'ros2 launch ..., or `hilserl` without --domain-id: it picks a free one)')
 
 
 class _Unbreakable(io.TextIOBase):
