@@ -3,10 +3,11 @@
   hilserl train                 simulated HIL-SERL: driver, camera, simulated human, actor,
                                 learner, recorder (each its own process, as `ros2 launch` would)
   hilserl eval --checkpoint D   deterministic policy for N episodes; prints the success table
+                                (--video: one MP4 an episode; each episode's positions are kept)
   hilserl record                demonstrations / classifier data as episode bags (the same
                                 graph, the simulated human or, --teleop keyboard|gamepad|leader,
                                 a person acting on every step and labelling by key)
-  hilserl replay BAG            republish a bag with its original timing
+  hilserl replay BAG            republish a bag with its original timing (--video: an MP4)
   hilserl bag-info BAG|DIR      topics, counts, duration and metadata; a folder: one line an
                                 episode (outcome, steps, return, human steps)
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
@@ -22,6 +23,7 @@
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
   hilserl export-lerobot RUN OUT   episodes as a LeRobot v3.0 dataset (video or images)
   hilserl config                validate a training config and print it resolved
+  hilserl plot RUN              PNG curves of a run and its eval's success map
 """
 from __future__ import annotations
 
