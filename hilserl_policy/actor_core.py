@@ -706,10 +706,11 @@ class ActorCore:
 
     def _episode_ended(self) -> None:
         stats = self.runner.stats
+        human_share = stats.interventions / stats.steps if stats.steps else 0.0
         self._log('info', f'episode {stats.episode} ended: {stats.outcome.upper()}, '
                   f'{stats.steps} steps, return {stats.episode_return:.2f}, '
-                  f'{stats.interventions} intervention steps (policy weights step '
-                  f'{self.weights_step})')
+                  f'{stats.interventions} intervention steps ({human_share:.0%} human; policy '
+                  f'weights step {self.weights_step})')
         if self.evaluation is not None:
             self.evaluation.add(stats)
         if self.settings.mode == 'record' and stats.outcome == 'rerecord':

@@ -3,10 +3,11 @@
   hilserl train                 simulated HIL-SERL: driver, camera, simulated human, actor,
                                 learner, recorder (each its own process, as `ros2 launch` would)
   hilserl eval --checkpoint D   deterministic policy for N episodes; prints the success table
+                                (--video: one MP4 an episode; each episode's positions are kept)
   hilserl record                demonstrations / classifier data as episode bags (the same
                                 graph, the simulated human or, --teleop keyboard|gamepad|leader,
                                 a person acting on every step and labelling by key)
-  hilserl replay BAG            republish a bag with its original timing
+  hilserl replay BAG            republish a bag with its original timing (--video: an MP4)
   hilserl bag-info BAG|DIR      topics, counts, duration and metadata; a folder: one line an
                                 episode (outcome, steps, return, human steps)
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
@@ -22,6 +23,7 @@
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
   hilserl export-lerobot RUN OUT   episodes as a LeRobot v3.0 dataset (video or images)
   hilserl config                validate a training config and print it resolved
+  hilserl plot RUN              PNG curves of a run and its eval's success map
 """
 from __future__ import annotations
 
@@ -103,6 +105,11 @@ def _add_graph_arguments(parser, mode: str) -> None:
     parser.add_argument('--domain-id', type=_whole(0, MAX_DOMAIN_ID), default=None,
                         help='ROS domain for the graph (default: ROS_DOMAIN_ID if set, else '
                         'a domain no other graph on this machine uses, printed at start)')
+    if mode == 'eval':
+        parser.add_argument('--video', action='store_true',
+                            help='one MP4 per episode in RUN_DIR/eval/videos: gripper camera and '
+                                 'policy view side by side, step, action, classifier p, result '
+                                 '(the bags then hold the full camera frame too)')
     if mode == 'train':
         parser.add_argument('--demos', type=_whole(0), default=10,
                             help='sim: record this many scripted-expert demos into '
@@ -118,6 +125,7 @@ def _graph_args(args, mode: str):
               if hasattr(args, name)}
     values['record'] = args.record == 'true'
     values['rviz'] = args.rviz == 'true'
+    values['record_camera'] = bool(getattr(args, 'video', False))
     return GraphArgs(mode=mode, **values)
 
 
@@ -305,7 +313,56 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    return _run_graph(args, 'eval')
+    """The eval graph, then from this eval's episode bags: each episode's positions (cube,
+    gripper start; on a real arm the gripper at the success key) into eval_summary.json, and
+    with --video one MP4 per episode."""
+    from hilserl.data.bags import complete_episodes
+    if args.video and args.record != 'true':
+        raise ValueError('--video is made from the episode bags: leave --record true')
+    eval_dir = Path(args.run_dir) / 'eval'
+    before = {path for path, _ in complete_episodes(eval_dir / 'episodes')}
+    started = time.time()
+    code = _run_graph(args, 'eval')
+    episodes = sorted(path for path, _ in complete_episodes(eval_dir / 'episodes')
+                      if path not in before)
+    videos = _eval_videos(episodes, eval_dir / 'videos') if args.video else {}
+    _add_eval_positions(eval_dir / 'eval_summary.json', started, episodes, videos)
+    return code
+
+
+def _eval_videos(episodes, out_dir: Path) -> dict:
+    """episode dir -> its MP4 (one that cannot be made is said in one line and skipped)."""
+    from hilserl.data.episode_video import write_episode_video
+    videos = {}
+    for path in episodes:
+        try:
+            video, frames = write_episode_video(path, out_dir / f'{path.name}.mp4')
+        except (OSError, ValueError) as exc:
+            print(f'hilserl eval: no video of {path.name}: {exc}', file=sys.stderr, flush=True)
+            continue
+        videos[path] = video
+        print(f'hilserl eval: video {video} ({frames} frames)', flush=True)
+    return videos
+
+
+def _add_eval_positions(summary_path: Path, started: float, episodes, videos: dict) -> None:
+    """This eval's summary (the actor wrote it when its last episode ended; an eval stopped
+    early has none) gets each episode's positions, bag and video."""
+    from hilserl.data.bags import write_json_atomic
+    from hilserl.data.episode_positions import add_positions
+    if not episodes or not summary_path.is_file() or summary_path.stat().st_mtime < started:
+        return
+    summary = json.loads(summary_path.read_text())
+    rows = summary.get('rows', [])
+    added = add_positions(rows, episodes, warn=lambda text: print(
+        f'hilserl eval: {text}', file=sys.stderr, flush=True))
+    for row in rows:
+        video = videos.get(Path(row.get('bag', '')))
+        if video is not None:
+            row['video'] = str(video)
+    write_json_atomic(summary_path, summary)
+    print(f'hilserl eval: positions of {added} of {len(rows)} episodes in {summary_path} '
+          f'(hilserl plot {summary_path.parent.parent} maps them)', flush=True)
 
 
 # --- bags --------------------------------------------------------------------------------------
@@ -441,6 +498,15 @@ def _repair_before_start(graph_args) -> None:
 
 
 def _cmd_replay(args) -> int:
+    if args.video is not None:  # a file, not a graph: no ROS needed
+        from hilserl.data.episode_video import write_episode_video
+        episode = Path(args.bag)
+        if episode.name == 'bag' and (episode / 'metadata.yaml').is_file():
+            episode = episode.parent
+        video, frames = write_episode_video(episode, args.video or episode / 'episode.mp4',
+                                            fps=args.fps)
+        print(f'{video}: {frames} frames')
+        return 0
     from hilserl_tools.bag_replay_node import main as replay_main
     ros_args = ['--ros-args', '-p', f'bag:={Path(args.bag).resolve()}', '-p',
                 f'rate:={args.rate}', '-p', f'loop:={"true" if args.loop else "false"}']
@@ -633,6 +699,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('bag', help='episode directory or its bag/ folder')
     p.add_argument('--rate', type=_positive, default=1.0, help='speed factor')
     p.add_argument('--loop', action='store_true')
+    p.add_argument('--video', nargs='?', const='', default=None, metavar='MP4',
+                   help='write the episode as a video instead (default EPISODE/episode.mp4): '
+                        'camera and policy view, step, action, classifier p, result')
+    p.add_argument('--fps', type=_whole(1, 120), default=None,
+                   help='--video: frames per second (default: the episode\'s control rate)')
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser('bag-info', help='summarise an episode bag, or tabulate the episodes of a '

@@ -440,7 +440,7 @@ def test_the_episode_ends_at_its_time_limit():
     (end,) = events(outputs)
     assert end['outcome'] == 'timeout' and end['steps'] == 5 and end['transitions'] == 0
     assert logs(outputs, 'info') == ['episode 0 ended: TIMEOUT, 5 steps, return -0.25, 0 '
-                                     'intervention steps (policy weights step 42)']
+                                     'intervention steps (0% human; policy weights step 42)']
     assert rig.core.phase == 'need_reset' and rig.core.episodes_done == 1
     only(rig.tick(), CallReset)  # and the next episode is on its way
 
@@ -462,6 +462,8 @@ def test_record_success_rolls_on_with_the_human_before_the_episode_events():
     (end,) = events(outputs)
     assert end['event'] == 'end' and end['outcome'] == 'success' and end['transitions'] == 1
     assert rig.core.phase == 'need_reset'
+    # the log says how much of the episode the human drove: all of it, recording
+    assert '1 intervention steps (100% human;' in logs(outputs, 'info')[0]
     # without post roll the episode ends at once
     rig = Rig(mode='record', policy=None, record_steps_after_success=0)
     rig.start_episode()
