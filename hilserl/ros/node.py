@@ -45,6 +45,10 @@ def describe(description: str, *, float_range: Optional[Sequence[float]] = None,
     return descriptor
 
 
+ORPHAN_POLL_S = 0.5          # how often a node checks that its parent is still there
+ORPHAN_EXTRA_GRACE_S = 10.0  # beyond the node's own close time, before an orphan exits hard
+
+
 class NodeStartError(RuntimeError):
     """A node that cannot start for a reason the user can act on (a bus that does not answer,
     a missing file): spin_node prints it in one line and exits 1, without a traceback."""
@@ -69,15 +73,17 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
             raise KeyboardInterrupt
 
     _init_without_signal_handlers(args)
+    built = []  # the node, once built: the orphan watchdog reads its close_timeout_s
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
             if sig is not None:
                 signal.signal(sig, request_stop)
-        _stop_when_the_parent_dies(stop_requested)
+        _stop_when_the_parent_dies(stop_requested, built)
     node = None
     try:
         try:
             node = node_factory()
+            built.append(node)
         except NodeStartError as exc:
             print(f'cannot start: {exc}', file=sys.stderr, flush=True)
             return 1
@@ -181,19 +187,38 @@ class _Unbreakable(io.TextIOBase):
         return False
 
 
-def _stop_when_the_parent_dies(stop_requested: threading.Event) -> None:
+def _stop_when_the_parent_dies(stop_requested: threading.Event, built: list) -> None:
     """Linux: SIGINT when the process that started this node (ros2 launch, `hilserl`) dies,
     however it dies (SIGKILL, or a launch that exits on SIGTERM or SIGHUP without waiting for
-    its nodes): an orphaned driver would hold the arm under torque with nobody watching."""
+    its nodes): an orphaned driver would hold the arm under torque with nobody watching.
+    A watchdog thread also sees the parent go (the signal is bound to the thread that forked
+    us, and a stop can hang in a callback that never returns): it asks for the stop and, if
+    the process is still there after the node's close time, prints every stack and exits."""
     parent = os.getppid()
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the request took hold
-        stop_requested.set()
+        pass
+    threading.Thread(target=_orphan_watchdog, args=(parent, stop_requested, built),
+                     name='orphan-watchdog', daemon=True).start()
+
+
+def _orphan_watchdog(parent: int, stop_requested: threading.Event, built: list) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_S)
+    stop_requested.set()
+    close_s = getattr(built[0], 'close_timeout_s', 20.0) if built else 20.0
+    time.sleep(close_s + ORPHAN_EXTRA_GRACE_S)
+    import faulthandler
+    try:
+        print(f'parent {parent} is gone and the node did not stop within '
+              f'{close_s + ORPHAN_EXTRA_GRACE_S:.0f} s: exiting', file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(all_threads=True)
+    except (OSError, ValueError):
+        pass
+    os._exit(1)
 
 
 def _init_without_signal_handlers(args) -> None:
