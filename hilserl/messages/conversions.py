@@ -163,12 +163,19 @@ def action_from_msg(msg, action_dim: int) -> np.ndarray:
     return validated_action(msg.data, action_dim)
 
 
-def validated_action(values, action_dim: int) -> np.ndarray:
+# float32 rounding of a value in [-1, 1] stays inside this
+ACTION_BOUND_TOLERANCE = 1e-6
+
+
+def validated_action(values, action_dim: int, bound: Optional[float] = None) -> np.ndarray:
+    """`action_dim` finite values; with `bound`, each within [-bound, bound] as well."""
     action = np.asarray(values, dtype=np.float64)
     if action.shape != (action_dim,):
         raise ConversionError(f'action has {action.size} values, expected {action_dim}')
     if not np.all(np.isfinite(action)):
         raise ConversionError(f'action has non-finite values: {action.tolist()}')
+    if bound is not None and np.any(np.abs(action) > bound + ACTION_BOUND_TOLERANCE):
+        raise ConversionError(f'action {action.tolist()} leaves [-{bound:g}, {bound:g}]')
     return action
 
 
