@@ -10,6 +10,7 @@ import json
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from hilserl.messages.conversions import event_from_json
 from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
 from hilserl.data.transition import InvalidTransition, MissingPreviousImage, TransitionDecoder
 
@@ -41,11 +42,8 @@ def checked_end_event(text: str) -> Optional[dict]:
     """An actor's `end` event (episode/events JSON) with the fields the learner keeps, of the
     types the actor writes; None for any other event; ValueError for anything malformed (any
     participant can publish on the topic)."""
-    try:
-        event = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ValueError('not JSON') from None
-    if not isinstance(event, dict):
+    event = event_from_json(text)
+    if event is None:
         raise ValueError('not a JSON object')
     if event.get('event') != 'end':
         return None

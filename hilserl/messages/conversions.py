@@ -5,6 +5,7 @@ serves live nodes and recorded bags. Writers import the message module lazily (n
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -161,6 +162,16 @@ def action_from_msg(msg, action_dim: int) -> np.ndarray:
     Wrong length and NaN/Inf raise: an invalid action is never clipped into a valid one.
     """
     return validated_action(msg.data, action_dim)
+
+
+def event_from_json(text) -> Optional[dict]:
+    """An episode/events message (JSON) as a dict; None for anything that is not a JSON object
+    (any participant on the domain can publish on the topic)."""
+    try:
+        event = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return event if isinstance(event, dict) else None
 
 
 # float32 rounding of a value in [-1, 1] stays inside this

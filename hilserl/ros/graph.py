@@ -364,5 +364,6 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
         nodes.append(NodeSpec('episode_recorder', 'hilserl_tools.recorder_node', {
             'run_dir': str(episodes_dir), 'config_digest': cfg.digest(),
             'sim_clock': sim_clock,
-            'required_topics': recorded_publishers(args.mode, args.backend, teleop)}, **arm))
+            'required_topics': recorded_publishers(args.mode, args.backend, teleop),
+            'trusted_publishers': [ACTOR]}, **arm))
     return nodes

@@ -83,6 +83,7 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         except NodeStartError as exc:
             print(f'cannot start: {exc}', file=sys.stderr, flush=True)
             return 1
+        _guard_sim_clock(node)
         executor = executor or SingleThreadedExecutor()
         executor.add_node(node)
         spinning[0] = True
@@ -122,6 +123,28 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         rclpy.try_shutdown()
         faulthandler.cancel_dump_traceback_later()
     return 0
+
+
+def _guard_sim_clock(node) -> None:
+    """With use_sim_time, rclpy's own /clock subscription raises on a time it cannot hold
+    (negative seconds), and the node would die of it: any participant on the domain can publish
+    on /clock. Such messages are dropped and counted (`node.bad_clock_messages`)."""
+    source = getattr(node, '_time_source', None)
+    subscription = getattr(source, '_clock_sub', None)
+    if subscription is None:  # wall clock (or an rclpy that keeps it elsewhere)
+        return
+    node.bad_clock_messages = 0
+    forward = source.clock_callback
+
+    def checked(msg) -> None:
+        if msg.clock.sec < 0:
+            node.bad_clock_messages += 1
+            node.get_logger().warning(f'/clock message with negative time ignored '
+                                      f'({node.bad_clock_messages} so far)',
+                                      throttle_duration_sec=5.0)
+            return
+        forward(msg)
+    subscription.callback = checked
 
 
 class _Unbreakable(io.TextIOBase):
