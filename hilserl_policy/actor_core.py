@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import (Callable, Dict, Iterable, List, NamedTuple, Optional, Protocol, Tuple,
@@ -223,6 +224,7 @@ class ActorCore:
                          'weights_rejected': 0, 'reset_failures': 0, 'human_actions_used': 0,
                          'human_actions_missing': 0, 'unanswered_proposals': 0,
                          'teleop_resubscribed': 0, 'partial_reader_matches': 0, 'pauses': 0}
+        self.weights_rejected_reasons: Counter = Counter()
         self.stale_reason = ''
         self.done_since_s: Optional[float] = None  # wall time the last episode ended
         self.episodes_done = 0
@@ -308,9 +310,12 @@ class ActorCore:
         self.weights_step = int(step)
         self.counters['weights_loaded'] += 1
 
-    def on_weights_rejected(self, error: Exception, *, monotonic_s: float) -> List[Output]:
+    def on_weights_rejected(self, error: Exception, *, monotonic_s: float,
+                            reason: str = 'invalid') -> List[Output]:
+        """Weights not applied (the policy keeps the ones it has): counted, by `reason`."""
         self._enter(monotonic_s)
         self.counters['weights_rejected'] += 1
+        self.weights_rejected_reasons[reason] += 1
         self._log_throttled('weights rejected', 'error', f'policy weights rejected: {error}')
         return self._take()
 
@@ -368,7 +373,9 @@ class ActorCore:
         values = {k: str(v) for k, v in self.counters.items()}
         values.update(phase=self.phase, episode=str(self.runner.episode_index),
                       clock='simulated' if self.settings.sim_clock else 'wall',
-                      weights_step=str(self.weights_step), last_stale=self.stale_reason,
+                      weights_step=str(self.weights_step),
+                      weights_rejected_reasons=json.dumps(dict(self.weights_rejected_reasons)),
+                      last_stale=self.stale_reason,
                       act_latency=act_latency)
         self.stale_reason = ''
         return DiagnosticEntry('sac_actor', level, f'{self.phase}', values)

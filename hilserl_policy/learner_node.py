@@ -28,7 +28,9 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 
-from hilserl.ros.node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.ros.node import (TrustedSubscription, declare, declare_trusted_publishers,
+                              diagnostic_array, qos_profile, spin_node)
+from hilserl.messages.diagnostics import ForeignTally
 from hilserl.configuration.config import load_train_config
 from hilserl.messages.conventions import Topics
 from hilserl.configuration.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
@@ -56,6 +58,8 @@ class LearnerNode(Node):
                          'the arms whose actors feed this learner: their namespaces relative to '
                          "the learner's (transitions and episode/events under each); [''] = one "
                          "arm in the learner's own namespace", read_only=True)
+        trusted_publishers = declare_trusted_publishers(
+            self, f'{Topics.TRANSITIONS} and {Topics.EPISODE_EVENTS}')
         num_threads = declare(self, 'num_threads', 0, 'torch CPU threads for training; 0: auto, '
                               'every core but one (max(1, os.cpu_count() - 1))',
                               int_range=(0, 256), read_only=True)
@@ -101,7 +105,9 @@ class LearnerNode(Node):
             self.get_logger().info(f'offline buffer: {added} demo transitions from {demo_dir}'
                                    + (f' ({len(unreadable)} unreadable episodes skipped)'
                                       if unreadable else ''))
-        self.core = LearnerCore(self.learner, self.cfg.learner.weight_push_period_s)
+        buffer = self.learner.online
+        self.core = LearnerCore(self.learner, self.cfg.learner.weight_push_period_s,
+                                (buffer.image_shape, buffer.state_dim, buffer.action_dim))
         self.stop = threading.Event()
 
         self.weights_pub = self.create_publisher(UInt8MultiArray, Topics.POLICY_WEIGHTS,
@@ -111,15 +117,18 @@ class LearnerNode(Node):
         self._progress_lock = threading.Lock()  # published by the ingest and update threads
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
                                               qos_profile(Topics.DIAGNOSTICS))
+        # the actors' topics: anyone on the domain can publish there
+        self.foreign = ForeignTally()
         for robot in dict.fromkeys(r.strip('/') for r in robots):
-            self.create_subscription(
-                UInt8MultiArray, '/'.join(filter(None, (robot, Topics.TRANSITIONS))),
-                lambda msg, robot=robot: self._on_transition(msg, robot),
-                qos_profile(Topics.TRANSITIONS))
-            self.create_subscription(
-                String, '/'.join(filter(None, (robot, Topics.EPISODE_EVENTS))),
+            TrustedSubscription(
+                self, UInt8MultiArray, '/'.join(filter(None, (robot, Topics.TRANSITIONS))),
+                lambda msg, publisher, robot=robot: self._on_transition(msg, robot, publisher),
+                qos_profile(Topics.TRANSITIONS), trusted_publishers, self.foreign,
+                with_publisher=True)
+            TrustedSubscription(
+                self, String, '/'.join(filter(None, (robot, Topics.EPISODE_EVENTS))),
                 lambda msg, robot=robot: self._on_event(msg, robot),
-                qos_profile(Topics.EPISODE_EVENTS))
+                qos_profile(Topics.EPISODE_EVENTS), trusted_publishers, self.foreign)
         # wall clock: a person reads it, while simulated time may crawl behind a busy learner
         self.create_timer(self.summary_period_s, self._summary,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -136,15 +145,15 @@ class LearnerNode(Node):
                                f'torch threads')
 
     # --- executor thread: decode and queue, nothing that waits ---------------------------------
-    def _on_transition(self, msg: UInt8MultiArray, robot: str = ''):
-        warning = self.core.on_transition(bytes(msg.data), robot)
+    def _on_transition(self, msg: UInt8MultiArray, robot: str = '', publisher: bytes = b''):
+        warning = self.core.on_transition(bytes(msg.data), robot, publisher)
         if warning:
-            self.get_logger().warning(warning)
+            self.get_logger().warning(warning, throttle_duration_sec=1.0)
 
     def _on_event(self, msg: String, robot: str = ''):
         warning = self.core.on_event(msg.data, robot)
         if warning:
-            self.get_logger().warning(warning)
+            self.get_logger().warning(warning, throttle_duration_sec=1.0)
 
     # --- worker threads ------------------------------------------------------------------------
     def _ingest_loop(self):
@@ -199,6 +208,7 @@ class LearnerNode(Node):
 
     def _summary(self):
         line, entry = self.core.summary(disk_usage_bytes(self.run_dir))
+        entry.values.update(self.foreign.values())
         self.get_logger().info(line)
         self.diag_pub.publish(diagnostic_array([entry], self.get_clock().now().to_msg()))
 

@@ -15,7 +15,9 @@ from std_msgs.msg import Bool, String
 
 from hilserl.data.bag_repair import repair_killed_episodes
 from hilserl.data.bags import EPISODE_TOPICS, message_stamp_ns
-from hilserl.ros.node import declare, message_class, qos_profile, spin_node
+from hilserl.ros.node import (TrustedSubscription, declare, declare_trusted_publishers,
+                              message_class, qos_profile, spin_node)
+from hilserl.messages.diagnostics import ForeignTally
 from hilserl.messages.conventions import TOPIC_QOS, Qos, Topics
 from hilserl.data.recording import EpisodeRecorder
 
@@ -48,6 +50,7 @@ class RecorderNode(Node):
             'publisher matched here before episode_recorder/ready (the graph lists what its '
             'nodes publish: a message published before matching is not in the bag)',
             read_only=True))
+        trusted_publishers = declare_trusted_publishers(self, Topics.EPISODE_EVENTS)
         topics = dict(EPISODE_TOPICS)
         if record_raw:
             topics[Topics.IMAGE_RAW] = 'sensor_msgs/msg/Image'
@@ -68,8 +71,12 @@ class RecorderNode(Node):
         self.topic_types = dict(topics)
         # events first: when an episode's start and its first messages are ready together, the
         # executor serves subscriptions in creation order
-        self.subscriptions_by_topic = {Topics.EPISODE_EVENTS: self.create_subscription(
-            String, Topics.EPISODE_EVENTS, self._on_event, qos_profile(Topics.EPISODE_EVENTS))}
+        # an episode's bag opens and closes on the actor's events: only its (anyone on the
+        # domain can publish on the topic)
+        self.foreign = ForeignTally()
+        self.subscriptions_by_topic = {Topics.EPISODE_EVENTS: TrustedSubscription(
+            self, String, Topics.EPISODE_EVENTS, self._on_event,
+            qos_profile(Topics.EPISODE_EVENTS), trusted_publishers, self.foreign).subscription}
         for topic, type_name in topics.items():
             if topic == Topics.EPISODE_EVENTS:
                 continue

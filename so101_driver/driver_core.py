@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hilserl.messages.conventions import JOINT_NAMES
+from hilserl.messages.conversions import ACTION_BOUND_TOLERANCE
 from hilserl.robot.kinematics import SO101Kinematics
 from hilserl.configuration.parameters import param
 from so101_driver.backend import ArmBackend, BackendError, JointReading
@@ -161,6 +162,8 @@ class DriverCore:
                                 f'got {action.size}')
         if not np.all(np.isfinite(action)):
             return self._reject(f'EE action has non-finite values {action.tolist()}')
+        if np.any(np.abs(action) > 1.0 + ACTION_BOUND_TOLERANCE):
+            return self._reject(f'EE action {action.tolist()} leaves [-1, 1]')
         busy = self._ready_for_commands()
         if busy:
             return self._reject(busy)

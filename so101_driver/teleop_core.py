@@ -5,12 +5,12 @@ converts messages and publishes what this returns.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from hilserl.messages.conversions import event_from_json
 from hilserl.robot.expert import ScriptedExpert
 from hilserl.robot.kinematics import SO101Kinematics
 from hilserl.robot.teleop import (LABEL_SUCCESS, GamepadTeleop, KeyboardTeleop, LeaderArmTeleop,
@@ -110,11 +110,8 @@ class SimHumanAnswers:
 
     def on_event(self, text: str) -> Optional[str]:
         """An episode/events message; at a start, what to log (the episode's behaviour)."""
-        try:
-            event = json.loads(text)
-        except (json.JSONDecodeError, TypeError):
-            return None
-        if not (isinstance(event, dict) and event.get('event') == 'start'):
+        event = event_from_json(text)
+        if event is None or event.get('event') != 'start':
             return None
         behaviour = self.human.start_episode()
         self.success_pressed = False

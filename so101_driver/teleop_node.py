@@ -177,6 +177,10 @@ class TeleopNode(Node):
 
     def _on_cube(self, msg):
         p = msg.pose.position
+        if not np.all(np.isfinite([p.x, p.y, p.z])):
+            self.get_logger().warning(f'ignoring cube pose: non-finite position '
+                                      f'{[p.x, p.y, p.z]}', throttle_duration_sec=5.0)
+            return
         self._publish(self.sim_human.on_cube(np.array([p.x, p.y, p.z]),
                                              stamp_to_nanoseconds(msg.header.stamp),
                                              self._now_ns()))
@@ -211,8 +215,14 @@ class TeleopNode(Node):
         if out.action is None:
             return
         stamp_ns = out.stamp_ns if out.stamp_ns is not None else self._now_ns()
+        try:
+            joy = human_to_joy(out.action, out.intervention, stamp_ns)
+        except ConversionError as exc:  # what it was told of the world was not (a stranger's)
+            self.get_logger().warning(f'no human action for this tick: {exc}',
+                                      throttle_duration_sec=5.0)
+            return
         self.intervention_pub.publish(Bool(data=bool(out.intervention)))
-        self.action_pub.publish(human_to_joy(out.action, out.intervention, stamp_ns))
+        self.action_pub.publish(joy)
 
     def _tick(self):
         now = time.monotonic()

@@ -123,7 +123,8 @@ def test_estop_holds_and_refuses_until_cleared(rig):
     assert core.ee_action([1, 0, 0, 0], clock[0])[0]
 
 
-@pytest.mark.parametrize('bad', [[0, 0, float('nan'), 0], [0, 0, 0], [float('inf')] * 4])
+@pytest.mark.parametrize('bad', [[0, 0, float('nan'), 0], [0, 0, 0], [float('inf')] * 4,
+                                 [0, 0, 1.5, 0], [0, -50.0, 0, 0]])
 def test_invalid_commands_are_counted_never_executed(rig, bad):
     sim, bus, backend, core = rig
     clock = [0.0]

@@ -3,6 +3,7 @@
 that cannot start)."""
 from __future__ import annotations
 
+import collections
 import io
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 import rclpy
+import rclpy.clock
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -87,6 +89,7 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
         except NodeStartError as exc:
             print(f'cannot start: {exc}', file=sys.stderr, flush=True)
             return 1
+        _guard_sim_clock(node)
         executor = executor or SingleThreadedExecutor()
         executor.add_node(node)
         spinning[0] = True
@@ -160,6 +163,28 @@ class _NamesakeWatch:
                 f': another graph runs there, and the two would exchange actions, episodes and '
                 f'weights. Stop it, or start this graph on a domain of its own (ROS_DOMAIN_ID=N '
                 f'ros2 launch ..., or `hilserl` without --domain-id: it picks a free one)')
+
+
+def _guard_sim_clock(node) -> None:
+    """With use_sim_time, rclpy's own /clock subscription raises on a time it cannot hold
+    (negative seconds), and the node would die of it: any participant on the domain can publish
+    on /clock. Such messages are dropped and counted (`node.bad_clock_messages`)."""
+    source = getattr(node, '_time_source', None)
+    subscription = getattr(source, '_clock_sub', None)
+    if subscription is None:  # wall clock (or an rclpy that keeps it elsewhere)
+        return
+    node.bad_clock_messages = 0
+    forward = source.clock_callback
+
+    def checked(msg) -> None:
+        if msg.clock.sec < 0:
+            node.bad_clock_messages += 1
+            node.get_logger().warning(f'/clock message with negative time ignored '
+                                      f'({node.bad_clock_messages} so far)',
+                                      throttle_duration_sec=5.0)
+            return
+        forward(msg)
+    subscription.callback = checked
 
 
 class _Unbreakable(io.TextIOBase):
@@ -301,3 +326,109 @@ def message_class(type_name: str):
     import importlib
     package, _, name = type_name.split('/')
     return getattr(importlib.import_module(f'{package}.msg'), name)
+
+
+# rmw's name for a publisher whose node it has not learnt yet (discovery of node names lags
+# behind that of the publisher: its first messages can arrive before)
+_UNKNOWN_NODE = '_NODE_NAME_UNKNOWN_'
+
+
+def _gid_key(gid) -> bytes:
+    """A publisher's GID as bytes, without the padding some rmw versions add."""
+    return bytes(gid).rstrip(b'\0')
+
+
+class TrustedSubscription:
+    """A subscription that hands `callback` only the messages of publishers in the nodes named
+    `trusted` (node names, any namespace; empty: every publisher): any participant on the
+    domain can publish on any topic. Others are refused and counted in `tally`. A publisher is
+    known by the GID each message carries (rclpy's MessageInfo) and the graph's endpoint list;
+    messages whose publisher's node is not known yet are held, in order, until it is (at most
+    `UNKNOWN_GRACE_S`, then refused). An rclpy without publisher GIDs accepts every message.
+    `with_publisher`: `callback(msg, publisher GID bytes)` (b'' where unknown), so that a
+    stream can be kept apart per publisher."""
+
+    UNKNOWN_GRACE_S = 5.0
+    MAX_HELD = 1000          # a flood from an unknown publisher cannot grow memory
+    REFRESH_PERIOD_S = 0.05  # graph queries are not free: a flood does not repeat them
+
+    def __init__(self, node, msg_type, topic: str, callback, qos, trusted: Sequence[str],
+                 tally, with_publisher: bool = False):
+        self.node = node
+        self.callback = callback if with_publisher else (lambda msg, _publisher: callback(msg))
+        self.trusted = frozenset(name for name in trusted if name)
+        self.tally = tally
+        self.topic = topic
+        self._names = {}   # GID bytes -> node name
+        self._held = {}    # GID bytes -> deque of (message, wall time it arrived)
+        self._refreshed_s = -1.0
+        self.subscription = node.create_subscription(
+            msg_type, topic, self._on_message if self.trusted or with_publisher else callback,
+            qos)
+        if self.trusted:
+            node.create_timer(0.1, self._release,
+                              clock=rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME))
+
+    def _on_message(self, msg, info) -> None:
+        gid = info.get('publisher_gid') if isinstance(info, dict) else None
+        if gid is None or not self.trusted:  # this rclpy does not say who published, or
+            self.callback(msg, b'' if gid is None else _gid_key(gid['data']))  # anyone may
+            return
+        key = _gid_key(gid['data'])
+        name = self._names.get(key)
+        if name is not None and key not in self._held:
+            self._deliver(key, name, msg)
+            return
+        if sum(map(len, self._held.values())) >= self.MAX_HELD:
+            self._refuse(_UNKNOWN_NODE)  # a flood of unknown origin: the newest goes
+        else:
+            self._held.setdefault(key, collections.deque()).append((msg, time.monotonic()))
+        self._release()
+
+    def _deliver(self, key: bytes, name: str, msg) -> None:
+        if name in self.trusted:
+            self.callback(msg, key)
+        else:
+            self._refuse(name)
+
+    def _refresh_names(self, now_s: float) -> None:
+        if now_s - self._refreshed_s < self.REFRESH_PERIOD_S:
+            return
+        self._refreshed_s = now_s
+        for info in self.node.get_publishers_info_by_topic(self.subscription.topic_name):
+            if info.node_name != _UNKNOWN_NODE:
+                self._names[_gid_key(info.endpoint_gid)] = info.node_name
+
+    def _release(self) -> None:
+        """Deliver or refuse the held messages, each publisher's in arrival order, once its
+        node is known (or refuse them after UNKNOWN_GRACE_S)."""
+        if not self._held:
+            return
+        now_s = time.monotonic()
+        self._refresh_names(now_s)
+        for key in list(self._held):
+            held, name = self._held[key], self._names.get(key)
+            while held and (name is not None or now_s - held[0][1] >= self.UNKNOWN_GRACE_S):
+                self._deliver(key, name or _UNKNOWN_NODE, held.popleft()[0])
+            if not held:
+                del self._held[key]
+
+    def _refuse(self, name: str) -> None:
+        self.tally.count(self.topic, name)
+        self.node.get_logger().warning(
+            f'{self.topic}: message from node {name!r} refused (trusted_publishers: '
+            f'{sorted(self.trusted)}); {self.tally.total} foreign messages so far',
+            throttle_duration_sec=5.0)
+
+
+TRUSTED_PUBLISHERS_DESCRIPTION = (
+    'node names whose messages on {} are accepted (any namespace); others are refused and '
+    'counted in diagnostics (foreign_messages). Empty: every publisher (the graph names its own '
+    'nodes)')
+
+
+def declare_trusted_publishers(node, topics: str) -> list:
+    """The `trusted_publishers` parameter of a node that guards `topics` (words for the
+    description)."""
+    return list(declare(node, 'trusted_publishers', [''],
+                        TRUSTED_PUBLISHERS_DESCRIPTION.format(topics), read_only=True))
