@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from hilserl.common.optional_packages import OptionalPackageMissing
 from hilserl.configuration.config import ConfigError, load_train_config
 
 # '[robot_0/sac_actor] ...': the arm's namespace (several arms number their episodes alike)
@@ -87,6 +88,12 @@ def _add_graph_arguments(parser, mode: str) -> None:
             default, description = 'none', description + ' (eval default: none)'
         if name in ('record', 'rviz'):
             parser.add_argument(flag, default=default, choices=('true', 'false'), help=description)
+        elif name == 'wandb':
+            parser.add_argument(flag, action='store_true', help=description if mode == 'train'
+                                else 'also log the evaluation (each episode, the totals and '
+                                'the episode videos under RUN_DIR/eval) to a Weights & Biases '
+                                'run under RUN_DIR/eval/wandb, offline unless WANDB_MODE says '
+                                'otherwise')
         elif mode == 'eval' and name == 'config':
             parser.add_argument(flag, default=default, help="training YAML (empty: the "
                                 "checkpoint's own pretrained_model/config.json)")
@@ -123,6 +130,9 @@ def _run_graph(args, mode: str) -> int:
     """Everything that can be refused is checked here, before any node (or demo) starts."""
     import dataclasses
     graph_args = _graph_args(args, mode)
+    if graph_args.wandb and (mode == 'eval' or graph_args.part != 'robot'):
+        from hilserl.common.optional_packages import require_wandb
+        require_wandb('--wandb')
     if mode == 'eval':
         graph_args, cfg = _eval_config(graph_args)
     else:
@@ -283,7 +293,26 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    return _run_graph(args, 'eval')
+    started = time.time()
+    code = _run_graph(args, 'eval')
+    if args.wandb:
+        _log_eval_to_wandb(Path(args.run_dir) / 'eval', started)
+    return code
+
+
+def _log_eval_to_wandb(eval_dir: Path, since_s: float) -> None:
+    """--wandb: the summary the actor wrote and the episode videos of this evaluation (MP4 files
+    under eval_dir written since it started, e.g. by --video) as a W&B run."""
+    from hilserl_policy.metrics import log_evaluation
+    summary_path = eval_dir / 'eval_summary.json'
+    if not summary_path.is_file() or summary_path.stat().st_mtime < since_s:
+        print(f'hilserl eval: no new {summary_path}: nothing logged to W&B', file=sys.stderr)
+        return
+    videos = [p for p in eval_dir.rglob('*.mp4') if 'wandb' not in p.relative_to(eval_dir).parts
+              and p.stat().st_mtime >= since_s]
+    location = log_evaluation(eval_dir, json.loads(summary_path.read_text()), videos)
+    print(f'hilserl eval: W&B run in {location} ({len(videos)} episode videos; upload an '
+          'offline run with `wandb sync DIR`)', flush=True)
 
 
 # --- bags --------------------------------------------------------------------------------------
@@ -668,7 +697,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, OSError) as exc:  # missing files, read-only run dirs
+    except (ConfigError, ValueError, OSError, OptionalPackageMissing) as exc:
+        # missing files, read-only run dirs, an option whose package is not installed
         print(f'hilserl {args.command}: {exc}', file=sys.stderr)
         return 2
 
