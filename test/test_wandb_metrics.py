@@ -188,3 +188,13 @@ def test_wandb_stays_off_unless_asked_for(tmp_path):
     assert parser.parse_args(['train']).wandb is False
     assert parser.parse_args(['train', '--wandb']).wandb is True
     assert parser.parse_args(['eval', '--checkpoint', 'c', '--wandb']).wandb is True
+    # ros2 launch ... wandb:=true reaches the learner's parameter the same way
+    launch = pytest.importorskip('launch')
+    from hilserl.ros.graph import LAUNCH_ARGUMENTS
+    from hilserl.ros.launch_support import graph_args_from_context
+    for text, wanted in (('false', False), ('true', True)):
+        context = launch.LaunchContext()
+        context.launch_configurations.update({name: default for name, default, _ in
+                                              LAUNCH_ARGUMENTS})
+        context.launch_configurations.update(mode='train', wandb=text)
+        assert graph_args_from_context(context).wandb is wanted
