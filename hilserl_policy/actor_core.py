@@ -55,8 +55,6 @@ class ActorSettings:
     num_episodes: int = param(0, 'stop after this many episodes (0: never)',
                               int_range=(0, 1_000_000))
     output_dir: str = param('outputs/eval', 'where eval writes eval_summary.json')
-    reset_timeout_s: float = param(15.0, 'give up on a reset after this long and retry (s)',
-                                   float_range=(1.0, 120.0))
     sim_clock: bool = param(False, 'act once per observation tick and echo its stamp (the '
                             'simulation driver owns time)')
     wait_for_teleop: bool = param(False, 'sim_clock: act on a tick only with the teleop answer '
@@ -75,10 +73,6 @@ class ActorSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f'{name}={value!r}: must be an integer >= 0')
-        if not (isinstance(self.reset_timeout_s, (int, float)) and
-                math.isfinite(self.reset_timeout_s) and self.reset_timeout_s > 0):
-            raise ValueError(f'reset_timeout_s={self.reset_timeout_s!r}: must be a finite '
-                             'number > 0')
 
     @property
     def waits_for_learner(self) -> bool:
@@ -499,7 +493,7 @@ class ActorCore:
                 self._set_phase('settling')
                 if self._arm_home():  # a simulated reset: home with its answer
                     self.home_since_s = self._now_s()
-            elif waited_s > self.settings.reset_timeout_s:
+            elif waited_s > self.cfg.task.reset_timeout_s:
                 self.counters['reset_failures'] += 1
                 self._log('error', 'reset timed out; retrying')
                 self._set_phase('need_reset')
@@ -532,6 +526,16 @@ class ActorCore:
                     self._log('info', f'episode {self.runner.episode_index} goes on: the '
                               'driver is ready again')
             return True
+        if self.label in ('failure', 'rerecord'):
+            # the person gave up on the paused episode: it ends now, without another step
+            label, self.label = self.label, None
+            self._publish_event(self.runner.stats.event('label', label=label))
+            self._publish_event(self.runner.end_by_label(label))
+            self.paused = False
+            self._log('info', f'episode {self.runner.episode_index} ended by the {label} key '
+                      'while paused')
+            self._episode_ended()
+            return False
         if not self.paused:
             self.paused = True
             self.counters['pauses'] += 1
@@ -539,7 +543,7 @@ class ActorCore:
                 'episode paused', 'warning', f'episode {self.runner.episode_index} paused at '
                 f'step {self.runner.stats.steps}: the driver is not ready (its log says why: a '
                 'lock-out, an e-stop or a bus that stopped answering); after a lock-out, once '
-                'the servo has cooled: hilserl torque on')
+                'the servo has cooled: hilserl torque on (or the t key); j or u ends it')
         self.stale_reason = 'episode paused: the driver is not ready'
         return False
 
@@ -557,10 +561,10 @@ class ActorCore:
         the arm home at once."""
         if not self._arm_home(settling_s):
             self.home_since_s = None
-            if settling_s > self.settings.reset_timeout_s:
+            if settling_s > self.cfg.task.reset_timeout_s:
                 self.counters['reset_failures'] += 1
                 self._log('error', f'the arm did not reach home within '
-                          f'{self.settings.reset_timeout_s:g} s of the reset; resetting again')
+                          f'{self.cfg.task.reset_timeout_s:g} s of the reset; resetting again')
                 self._set_phase('need_reset')
             else:
                 self.stale_reason = 'waiting for the arm to reach home'
@@ -702,10 +706,11 @@ class ActorCore:
 
     def _episode_ended(self) -> None:
         stats = self.runner.stats
+        human_share = stats.interventions / stats.steps if stats.steps else 0.0
         self._log('info', f'episode {stats.episode} ended: {stats.outcome.upper()}, '
                   f'{stats.steps} steps, return {stats.episode_return:.2f}, '
-                  f'{stats.interventions} intervention steps (policy weights step '
-                  f'{self.weights_step})')
+                  f'{stats.interventions} intervention steps ({human_share:.0%} human; policy '
+                  f'weights step {self.weights_step})')
         if self.evaluation is not None:
             self.evaluation.add(stats)
         if self.settings.mode == 'record' and stats.outcome == 'rerecord':

@@ -12,7 +12,7 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -177,32 +177,27 @@ class TrainingMetrics:
                 sink.close()
 
 
-def episode_number(video: Path, fallback: int) -> int:
-    """The episode number in a video's name (episode_000003.mp4 -> 3), else `fallback`."""
-    digits = ''.join(c if c.isdigit() else ' ' for c in video.stem).split()
-    return int(digits[-1]) if digits else fallback
-
-
-def log_evaluation(directory, summary: dict, videos: Iterable[Path] = (),
-                   config: Optional[dict] = None) -> Path:
-    """An evaluation (`hilserl eval --wandb`) as a W&B run of its own under `directory`
-    (the run's eval/ folder): each episode's success, return and steps by episode number, the
-    totals, and every video file given (one per episode). Returns the W&B run's directory.
-    Raises OptionalPackageMissing."""
+def log_evaluation(directory, summary: dict, config: Optional[dict] = None) -> Tuple[Path, int]:
+    """An evaluation (`hilserl eval --wandb`, its eval_summary.json) as a W&B run of its own
+    under `directory` (the run's eval/ folder): each episode's success, return and steps by
+    episode number, the totals, and each episode's video where its row names one that exists
+    (`--video`). Returns (the W&B run's directory, videos logged). Raises
+    OptionalPackageMissing."""
     sink = WandbSink(directory, 'eval', name=f'{Path(directory).resolve().parent.name}-eval',
                      config=config)
     metrics = TrainingMetrics([sink], utd_ratio=1)
+    videos = 0
     try:
         for row in summary.get('rows', []):
-            values = {'eval/success': float(row.get('result') == 'SUCCESS'),
-                      'eval/return': float(row.get('reward', 0.0)),
-                      'eval/steps': float(row.get('steps', 0))}
-            metrics.scalars(values, ('eval/episode', int(row.get('episode', 0))))
+            axis = ('eval/episode', int(row.get('episode', 0)))
+            metrics.scalars({'eval/success': float(row.get('result') == 'SUCCESS'),
+                             'eval/return': float(row.get('reward', 0.0)),
+                             'eval/steps': float(row.get('steps', 0))}, axis)
+            if row.get('video'):
+                videos += metrics.video('eval/video', row['video'], axis)
         totals = {f'eval_summary/{key}': float(summary.get(key, 0.0))
                   for key in ('success_rate', 'mean_steps', 'mean_return')}
         metrics.scalars(totals, ('eval_summary/episodes', int(summary.get('episodes', 0))))
-        for index, video in enumerate(sorted(videos), start=1):
-            metrics.video('eval/video', video, ('eval/episode', episode_number(video, index)))
     finally:
         metrics.close()
-    return sink.location
+    return sink.location, videos

@@ -22,6 +22,9 @@ from hilserl.data.recording import EpisodeRecorder
 
 # Messages a reader keeps per reliable topic while busy (~49 MB at most of 128x128 images).
 RECORDER_DEPTH = 1000
+# The 640x480 camera frames (~0.9 MB each: ~55 MB at most) asked for reliably (the camera
+# offers them so): frames that wait while a chunk is compressed stay in the eval videos.
+RECORDER_FRAME_DEPTH = 60
 # Published in every mode by the camera, the driver and the actor.
 REQUIRED_TOPICS = (Topics.IMAGE_CROP, Topics.JOINT_STATES, Topics.EE_ACTION)
 
@@ -104,7 +107,9 @@ class RecorderNode(Node):
         spec = TOPIC_QOS.get(topic, Qos.STATE)
         # A deep reader queue: while this node opens a bag (the first one takes a second on a
         # loaded machine) the simulated clock may run many ticks ahead, and a keep-last queue
-        # of 10 would lose the oldest of them from the bag. (Best-effort raw frames may drop.)
+        # of 10 would lose the oldest of them from the bag.
+        if topic == Topics.IMAGE_RAW:
+            return qos_profile(dataclasses.replace(Qos.OFFERED_FRAME, depth=RECORDER_FRAME_DEPTH))
         if not spec.reliable:
             return qos_profile(spec)
         return qos_profile(dataclasses.replace(spec, depth=max(spec.depth, RECORDER_DEPTH)))

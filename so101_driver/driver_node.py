@@ -115,6 +115,16 @@ class DriverNode(Node):
         else:
             raise ValueError(f"backend={backend_name!r}: must be 'sim', 'hardware' or 'external'")
         self.core = DriverCore(backend, self.config, self.kin, seed=seed)
+        try:
+            self._start(backend_name, sim_clock, health_period_s, seed)
+        except BaseException:
+            # Ctrl-C (or an error) after the arm came up, before the node spins: spin_node
+            # never gets this node to close, so leave the arm as on_exit says here
+            self.close()
+            raise
+
+    def _start(self, backend_name, sim_clock, health_period_s, seed):
+        """Publishers, services and timers of an arm that is up."""
         self.rng = np.random.default_rng(seed)
         if self.sim is not None:
             self._sim_reset()

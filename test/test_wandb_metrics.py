@@ -139,22 +139,29 @@ def test_an_evaluation_goes_to_wandb_with_its_episode_videos(tmp_path, monkeypat
     from hilserl_policy.metrics import log_evaluation
     monkeypatch.delenv('WANDB_MODE', raising=False)
     eval_dir = tmp_path / 'run' / 'eval'
-    eval_dir.mkdir(parents=True)
-    summary = {'episodes': 2, 'successes': 1, 'success_rate': 0.5, 'mean_steps': 30.0,
-               'mean_return': 3.5,
-               'rows': [{'episode': 1, 'steps': 20, 'reward': 9.0, 'result': 'SUCCESS'},
-                        {'episode': 2, 'steps': 40, 'reward': -2.0, 'result': 'FAIL'}]}
-    videos = [write_mp4(tmp_path / f'episode_00000{n}.mp4') for n in (1, 2)]
-    location = log_evaluation(eval_dir, summary, videos + [tmp_path / 'missing.mp4'])
+    (eval_dir / 'videos').mkdir(parents=True)
+    videos = [write_mp4(eval_dir / 'videos' / f'episode_00000{n}.mp4', frames=4 + n)
+              for n in (0, 1)]
+    # as `hilserl eval --video` leaves eval_summary.json: each row names its episode's video
+    summary = {'episodes': 3, 'successes': 1, 'success_rate': 1 / 3, 'mean_steps': 30.0,
+               'mean_return': 1.5,
+               'rows': [{'episode': 1, 'steps': 20, 'reward': 9.0, 'result': 'SUCCESS',
+                         'video': str(videos[0])},
+                        {'episode': 2, 'steps': 40, 'reward': -2.0, 'result': 'FAIL',
+                         'video': str(eval_dir / 'videos' / 'gone.mp4')},
+                        {'episode': 3, 'steps': 30, 'reward': -2.5, 'result': 'FAIL',
+                         'video': str(videos[1])}]}
+    location, logged_videos = log_evaluation(eval_dir, summary)
     assert location.parent == eval_dir / 'wandb' and location.name.startswith('offline-run-')
     rows = wandb_history(location)
     episodes = by_axis(rows, 'eval/episode')
-    assert episodes['eval/success'] == [(1, 1.0), (2, 0.0)]
-    assert episodes['eval/return'] == [(1, 9.0), (2, -2.0)]
-    assert by_axis(rows, 'eval_summary/episodes')['eval_summary/success_rate'] == [(2, 0.5)]
+    assert episodes['eval/success'] == [(1, 1.0), (2, 0.0), (3, 0.0)]
+    assert episodes['eval/return'] == [(1, 9.0), (2, -2.0), (3, -2.5)]
+    assert by_axis(rows, 'eval_summary/episodes')['eval_summary/success_rate'] == \
+        [(3, pytest.approx(1 / 3))]
     logged = [(row['eval/episode'], row['eval/video/path']) for row in rows
               if 'eval/video/path' in row]
-    assert [episode for episode, _ in logged] == [1, 2]  # the missing file is skipped
+    assert logged_videos == 2 and [episode for episode, _ in logged] == [1, 3]  # gone: skipped
     for (_, path), video in zip(logged, videos):  # each MP4 is copied into the run
         assert (location / 'files' / path).read_bytes() == video.read_bytes()
 

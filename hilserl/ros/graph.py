@@ -110,6 +110,7 @@ class GraphArgs:
     wandb: bool = False
     behaviour_mix: str = 'expert:1'   # record: the simulated human's per-episode behaviours
     seed_offset: int = 0              # added to the config's seed (resets, behaviours)
+    record_camera: bool = False       # the bags also hold the full camera frame (eval videos)
 
     def __post_init__(self):
         checks = [(self.mode in MODES, 'mode', f'one of {MODES}'),
@@ -362,6 +363,6 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
     if args.record:
         nodes.append(NodeSpec('episode_recorder', 'hilserl_tools.recorder_node', {
             'run_dir': str(episodes_dir), 'config_digest': cfg.digest(),
-            'sim_clock': sim_clock,
+            'sim_clock': sim_clock, 'record_raw_image': bool(args.record_camera),
             'required_topics': recorded_publishers(args.mode, args.backend, teleop)}, **arm))
     return nodes

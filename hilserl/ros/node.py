@@ -45,6 +45,10 @@ def describe(description: str, *, float_range: Optional[Sequence[float]] = None,
     return descriptor
 
 
+ORPHAN_POLL_S = 0.5          # how often a node checks that its parent is still there
+ORPHAN_EXTRA_GRACE_S = 10.0  # beyond the node's own close time, before an orphan exits hard
+
+
 class NodeStartError(RuntimeError):
     """A node that cannot start for a reason the user can act on (a bus that does not answer,
     a missing file): spin_node prints it in one line and exits 1, without a traceback."""
@@ -69,25 +73,29 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
             raise KeyboardInterrupt
 
     _init_without_signal_handlers(args)
+    built = []  # the node, once built: the orphan watchdog reads its close_timeout_s
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
             if sig is not None:
                 signal.signal(sig, request_stop)
-        _stop_when_the_parent_dies(stop_requested)
+        _stop_when_the_parent_dies(stop_requested, built)
     node = None
     try:
         try:
             node = node_factory()
+            built.append(node)
         except NodeStartError as exc:
             print(f'cannot start: {exc}', file=sys.stderr, flush=True)
             return 1
         executor = executor or SingleThreadedExecutor()
         executor.add_node(node)
         spinning[0] = True
+        namesakes = _NamesakeWatch(node)
         # a node that sets `finished` (e.g. the actor after its last eval episode) ends the process
         while rclpy.ok() and not stop_requested.is_set() and \
                 not getattr(node, 'finished', False):
             executor.spin_once(timeout_sec=0.1)
+            namesakes.poll()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
@@ -122,6 +130,38 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
     return 0
 
 
+class _NamesakeWatch:
+    """Warns once when another node with this node's full name is on the domain: a second
+    graph started on the same domain (two `ros2 launch` in two terminals), whose driver, actor
+    and recorder would take this graph's messages as their own. Checked a few times while
+    discovery settles, then never again (it costs a graph query)."""
+
+    CHECK_AFTER_S = (3.0, 10.0, 30.0)
+
+    def __init__(self, node):
+        self._node = node
+        self._started = time.monotonic()
+        self._checks = list(self.CHECK_AFTER_S)
+
+    def poll(self) -> None:
+        if not self._checks or time.monotonic() - self._started < self._checks[0]:
+            return
+        self._checks.pop(0)
+        try:
+            peers = self._node.get_node_names_and_namespaces()
+        except Exception:  # noqa: BLE001 - a graph query racing shutdown: nothing to warn about
+            return
+        name, namespace = self._node.get_name(), self._node.get_namespace()
+        if sum(1 for peer in peers if tuple(peer) == (name, namespace)) > 1:
+            self._checks.clear()
+            full = f'{namespace.rstrip("/")}/{name}'
+            self._node.get_logger().warning(
+                f'another node named {full} is on ROS domain {os.environ.get("ROS_DOMAIN_ID", "0")}'
+                f': another graph runs there, and the two would exchange actions, episodes and '
+                f'weights. Stop it, or start this graph on a domain of its own (ROS_DOMAIN_ID=N '
+                f'ros2 launch ..., or `hilserl` without --domain-id: it picks a free one)')
+
+
 class _Unbreakable(io.TextIOBase):
     """A text stream whose writes never raise: output nobody can read any more is dropped."""
 
@@ -147,19 +187,38 @@ class _Unbreakable(io.TextIOBase):
         return False
 
 
-def _stop_when_the_parent_dies(stop_requested: threading.Event) -> None:
+def _stop_when_the_parent_dies(stop_requested: threading.Event, built: list) -> None:
     """Linux: SIGINT when the process that started this node (ros2 launch, `hilserl`) dies,
     however it dies (SIGKILL, or a launch that exits on SIGTERM or SIGHUP without waiting for
-    its nodes): an orphaned driver would hold the arm under torque with nobody watching."""
+    its nodes): an orphaned driver would hold the arm under torque with nobody watching.
+    A watchdog thread also sees the parent go (the signal is bound to the thread that forked
+    us, and a stop can hang in a callback that never returns): it asks for the stop and, if
+    the process is still there after the node's close time, prints every stack and exits."""
     parent = os.getppid()
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the request took hold
-        stop_requested.set()
+        pass
+    threading.Thread(target=_orphan_watchdog, args=(parent, stop_requested, built),
+                     name='orphan-watchdog', daemon=True).start()
+
+
+def _orphan_watchdog(parent: int, stop_requested: threading.Event, built: list) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_S)
+    stop_requested.set()
+    close_s = getattr(built[0], 'close_timeout_s', 20.0) if built else 20.0
+    time.sleep(close_s + ORPHAN_EXTRA_GRACE_S)
+    import faulthandler
+    try:
+        print(f'parent {parent} is gone and the node did not stop within '
+              f'{close_s + ORPHAN_EXTRA_GRACE_S:.0f} s: exiting', file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(all_threads=True)
+    except (OSError, ValueError):
+        pass
+    os._exit(1)
 
 
 def _init_without_signal_handlers(args) -> None:
