@@ -1,9 +1,9 @@
 """The arm at rest with torque off, however the graph is stopped: the driver node on the pty
 STS3215 simulator (the real wire protocol), stopped the ways `ros2 launch` and a terminal stop
-it (SIGINT, SIGTERM to the node; SIGHUP takes SIGTERM's path in spin_node) and by the death of the process that started it
-(SIGKILL to `ros2 launch` or `hilserl`). Each time the servos end at the rest pose, torque off.
-The graph-level half (no process left, bags complete, a final checkpoint) is test_ros2_launch's
-and test_process_graph's, on the simulated arm."""
+it (SIGINT, SIGTERM to the node; SIGHUP takes SIGTERM's path in spin_node) and by the death of
+the process that started it (SIGKILL to `ros2 launch` or `hilserl`). Each time the servos end at
+the rest pose, torque off. The graph-level half (no process left, bags complete, a final
+checkpoint) is test_ros2_launch's and test_process_graph's, on the simulated arm."""
 import os
 import signal
 import subprocess
