@@ -173,7 +173,8 @@ def test_a_missing_wandb_package_is_one_line_naming_the_flag(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, 'wandb', None)  # `import wandb` fails as when missing
     with pytest.raises(OptionalPackageMissing, match='pip install wandb'):
         TrainingMetrics.for_run(tmp_path, 2, wandb=True)
-    assert cli.main(['eval', '--checkpoint', str(tmp_path / 'nothing'), '--wandb']) == 2
+    assert cli.main(['eval', '--checkpoint', str(tmp_path / 'nothing'), '--wandb',
+                     '--run-dir', str(tmp_path / 'run')]) == 2
     error = capsys.readouterr().err.strip()
     assert error == ('hilserl eval: --wandb needs the wandb package: pip install wandb '
                      '(offline runs need no account)')
