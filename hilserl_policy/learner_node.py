@@ -28,6 +28,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 
+from hilserl.common.optional_packages import OptionalPackageMissing
 from hilserl.ros.node import (TrustedSubscription, declare, declare_trusted_publishers,
                               diagnostic_array, qos_profile, spin_node)
 from hilserl.messages.diagnostics import ForeignTally
@@ -63,6 +64,9 @@ class LearnerNode(Node):
         num_threads = declare(self, 'num_threads', 0, 'torch CPU threads for training; 0: auto, '
                               'every core but one (max(1, os.cpu_count() - 1))',
                               int_range=(0, 256), read_only=True)
+        wandb = declare(self, 'wandb', False, 'also log the metrics to a Weights & Biases run '
+                        'under run_dir/wandb (offline unless WANDB_MODE says otherwise; needs '
+                        'the wandb package)', read_only=True)
         self.cfg = load_train_config(config_file or None)
         try:  # before resuming: a run continues only with the configuration it started with
             record_run_config(self.run_dir, self.cfg)
@@ -73,14 +77,17 @@ class LearnerNode(Node):
         torch.set_num_threads(torch_threads(num_threads))
         from hilserl.configuration.pretrained import PretrainedWeightsMissing
         try:
-            self.learner = Learner(self.cfg, self.run_dir, device=device)
+            self.learner = Learner(self.cfg, self.run_dir, device=device, wandb=wandb)
             self.learner.log = self.get_logger().info
-        except PretrainedWeightsMissing as exc:  # one line, not a traceback
+        except (PretrainedWeightsMissing, OptionalPackageMissing) as exc:  # one line, no traceback
             self.get_logger().fatal(str(exc))
             raise SystemExit(2) from None
-        if self.learner.tensorboard.unavailable:
-            self.get_logger().info('no TensorBoard event files (metrics.csv only): '
-                                   f'{self.learner.tensorboard.unavailable}')
+        metrics = self.learner.training_metrics
+        if metrics.unavailable:
+            self.get_logger().info(f'no TensorBoard event files: {metrics.unavailable}')
+        if metrics.wandb_location is not None:
+            self.get_logger().info(f'W&B run in {metrics.wandb_location} (upload an offline '
+                                   'run with `wandb sync DIR`)')
         if self.learner.resumed_from is not None:
             episodes, successes = self.learner.episode_counts()
             self.get_logger().info(f'resumed from {self.learner.resumed_from} (step '
@@ -224,7 +231,7 @@ class LearnerNode(Node):
         path = self.learner.maybe_checkpoint(now_s=float('inf'))
         if path is not None:
             print(f'[sac_learner] final checkpoint {path}', flush=True)  # context may be gone
-        self.learner.tensorboard.close()
+        self.learner.training_metrics.close()
 
 
 def main(args=None):

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from hilserl.common.optional_packages import OptionalPackageMissing
 from hilserl.configuration.config import ConfigError, load_train_config
 from hilserl.ros.domains import MAX_DOMAIN_ID, DomainBusy, claim_domain
 
@@ -90,6 +91,12 @@ def _add_graph_arguments(parser, mode: str) -> None:
             default, description = 'none', description + ' (eval default: none)'
         if name in ('record', 'rviz'):
             parser.add_argument(flag, default=default, choices=('true', 'false'), help=description)
+        elif name == 'wandb':
+            parser.add_argument(flag, action='store_true', help=description if mode == 'train'
+                                else 'also log the evaluation (each episode, the totals and '
+                                'the episode videos under RUN_DIR/eval) to a Weights & Biases '
+                                'run under RUN_DIR/eval/wandb, offline unless WANDB_MODE says '
+                                'otherwise')
         elif mode == 'eval' and name == 'config':
             parser.add_argument(flag, default=default, help="training YAML (empty: the "
                                 "checkpoint's own pretrained_model/config.json)")
@@ -133,6 +140,9 @@ def _run_graph(args, mode: str) -> int:
     """Everything that can be refused is checked here, before any node (or demo) starts."""
     import dataclasses
     graph_args = _graph_args(args, mode)
+    if graph_args.wandb and (mode == 'eval' or graph_args.part != 'robot'):
+        from hilserl.common.optional_packages import require_wandb
+        require_wandb('--wandb')
     if mode == 'eval':
         graph_args, cfg = _eval_config(graph_args)
     else:
@@ -315,7 +325,7 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     """The eval graph, then from this eval's episode bags: each episode's positions (cube,
     gripper start; on a real arm the gripper at the success key) into eval_summary.json, and
-    with --video one MP4 per episode."""
+    with --video one MP4 per episode; with --wandb all of it as a W&B run."""
     from hilserl.data.bags import complete_episodes
     if args.video and args.record != 'true':
         raise ValueError('--video is made from the episode bags: leave --record true')
@@ -327,6 +337,8 @@ def _cmd_eval(args) -> int:
                       if path not in before)
     videos = _eval_videos(episodes, eval_dir / 'videos') if args.video else {}
     _add_eval_positions(eval_dir / 'eval_summary.json', started, episodes, videos)
+    if args.wandb:
+        _log_eval_to_wandb(eval_dir / 'eval_summary.json', started)
     return code
 
 
@@ -363,6 +375,18 @@ def _add_eval_positions(summary_path: Path, started: float, episodes, videos: di
     write_json_atomic(summary_path, summary)
     print(f'hilserl eval: positions of {added} of {len(rows)} episodes in {summary_path} '
           f'(hilserl plot {summary_path.parent.parent} maps them)', flush=True)
+
+
+def _log_eval_to_wandb(summary_path: Path, started: float) -> None:
+    """--wandb: this eval's summary (each episode, the totals, each episode's video) as a W&B
+    run beside it."""
+    from hilserl_policy.metrics import log_evaluation
+    if not summary_path.is_file() or summary_path.stat().st_mtime < started:
+        print(f'hilserl eval: no new {summary_path}: nothing logged to W&B', file=sys.stderr)
+        return
+    location, videos = log_evaluation(summary_path.parent, json.loads(summary_path.read_text()))
+    print(f'hilserl eval: W&B run in {location} ({videos} episode videos; upload an offline '
+          'run with `wandb sync DIR`)', flush=True)
 
 
 # --- bags --------------------------------------------------------------------------------------
@@ -780,7 +804,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DomainBusy, ValueError, OSError) as exc:  # missing files, read-only dirs
+    except (ConfigError, DomainBusy, ValueError, OSError, OptionalPackageMissing) as exc:
+        # missing files, read-only dirs, an option whose package is not installed
         print(f'hilserl {args.command}: {exc}', file=sys.stderr)
         return 2
 

@@ -75,6 +75,9 @@ LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
                                'and learner on different machines; ROS_STATIC_PEERS is honoured)'),
     ('part', 'all', 'train: the nodes that run here: all, robot (everything but the learner: '
                     'the robot\'s computer) or learner (the learner alone: a GPU machine)'),
+    ('wandb', 'false', 'train: the learner also logs its metrics to a Weights & Biases run under '
+                       'run_dir/wandb, offline unless WANDB_MODE says otherwise (needs the '
+                       'wandb package; `hilserl eval --wandb` logs an evaluation)'),
     ('robots', '1', 'train, sim: this many simulated arms, each (driver, camera, teleop, actor, '
                     'recorder) in its namespace robot_0 ... robot_{N-1} with its own episodes and '
                     'bags under run_dir/robot_i, feeding one learner'),
@@ -108,6 +111,7 @@ class GraphArgs:
     discovery: str = 'localhost'
     part: str = 'all'
     robots: int = 1
+    wandb: bool = False
     behaviour_mix: str = 'expert:1'   # record: the simulated human's per-episode behaviours
     seed_offset: int = 0              # added to the config's seed (resets, behaviours)
     record_camera: bool = False       # the bags also hold the full camera frame (eval videos)
@@ -278,7 +282,7 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
         nodes.append(NodeSpec(LEARNER, 'hilserl_policy.learner_node', {
             'config_file': config_file, 'run_dir': str(run_dir),
             'demo_dir': str(Path(args.demo_dir).resolve()) if args.demo_dir else '',
-            'device': args.device, 'trusted_publishers': [ACTOR],
+            'device': args.device, 'trusted_publishers': [ACTOR], 'wandb': bool(args.wandb),
             'robot_namespaces': [ROBOT_NAMESPACE.format(i) for i in range(args.robots)]
             if several else ['']}))
     if args.backend == 'sim':
