@@ -34,8 +34,10 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from hilserl.ros.interfaces import actor_interface
-from hilserl.ros.node import (check_interface, declare, declare_config, diagnostic_array, marker,
-                              qos_profile, spin_node)
+from hilserl.ros.node import (TrustedSubscription, check_interface, declare, declare_config,
+                              declare_trusted_publishers, diagnostic_array, marker, qos_profile,
+                              spin_node)
+from hilserl.messages.diagnostics import ForeignTally
 from hilserl.configuration.config import load_train_config
 from hilserl.messages.conventions import JOINT_NAMES, SUCCESS_TOPICS, ActionSource, Frames, Topics
 from hilserl.messages.conversions import (ConversionError, action_to_msg, image_to_array,
@@ -45,7 +47,7 @@ from hilserl_policy.actor_core import (ActorCore, ActorSettings, CallReset, Log,
                                        PublishAction, PublishEvent, PublishProposal,
                                        PublishReward, PublishStatus, PublishTransition,
                                        ResubscribeTeleop, WriterMatch)
-from hilserl_policy.transport import decode_weights
+from hilserl_policy.transport import WeightsGate, WeightsRefused
 
 
 class ActorNode(Node):
@@ -65,6 +67,7 @@ class ActorNode(Node):
         self.learner_node_name = declare(self, 'learner_node_name', 'sac_learner',
                                          'train: episodes start once this node subscribes to '
                                          'the transitions', read_only=True)
+        trusted_publishers = declare_trusted_publishers(self, Topics.POLICY_WEIGHTS)
         episodes_run_dir = declare(self, 'run_dir', '', 'episode numbering continues after '
                                    'the episodes under <run_dir>/episodes (empty: from 0)',
                                    read_only=True)
@@ -126,9 +129,13 @@ class ActorNode(Node):
             self.create_subscription(Bool, success_topic,
                                      lambda msg: self.core.on_success(msg.data),
                                      qos_profile(success_topic))
+        self.foreign = ForeignTally()
         if self.mode == 'train':
-            self.create_subscription(UInt8MultiArray, Topics.POLICY_WEIGHTS, self._on_weights,
-                                     qos_profile(Topics.POLICY_WEIGHTS))
+            self.weights_gate = WeightsGate(self.agent.policy_state(), self.backbone_digest
+                                            if self.cfg.policy.freeze_encoder else None)
+            TrustedSubscription(self, UInt8MultiArray, Topics.POLICY_WEIGHTS, self._on_weights,
+                                qos_profile(Topics.POLICY_WEIGHTS), trusted_publishers,
+                                self.foreign)
         self.transition_pub = None
         if self.settings.streams_transitions:
             self.transition_pub = self.create_publisher(UInt8MultiArray, Topics.TRANSITIONS,
@@ -205,16 +212,14 @@ class ActorNode(Node):
 
     def _on_weights(self, msg: UInt8MultiArray):
         try:
-            state, meta = decode_weights(bytes(msg.data))
-            frozen_digest = meta.get('backbone_digest')
-            if frozen_digest and frozen_digest != self.backbone_digest:
-                raise ValueError('the learner\'s frozen image encoder differs from this actor\'s '
-                                 '(same seed and pretrained_encoder_path on both?)')
-            self.agent.load_policy_state(state)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            self._run(self.core.on_weights_rejected(exc, monotonic_s=time.monotonic()))
+            state, step = self.weights_gate.check(bytes(msg.data))
+        except WeightsRefused as exc:
+            self._run(self.core.on_weights_rejected(exc, monotonic_s=time.monotonic(),
+                                                    reason=exc.reason))
             return
-        self.core.on_weights_loaded(int(meta.get('step', -1)))
+        self.agent.load_policy_state(state)  # checked: every tensor fits
+        self.weights_gate.applied(step)
+        self.core.on_weights_loaded(step)
 
     def _wall_tick(self):
         self._run(self.core.tick(now_ns=self._clock_ns(), monotonic_s=time.monotonic()))
@@ -310,6 +315,7 @@ class ActorNode(Node):
     def _publish_diagnostics(self):
         self._run(self.core.check_progress(monotonic_s=time.monotonic()))
         entry = self.core.diagnostics(self.act_latency_summary())
+        entry.values.update(self.foreign.values())
         self.diag_pub.publish(diagnostic_array([entry], self.get_clock().now().to_msg()))
 
     def close(self):

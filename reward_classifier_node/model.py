@@ -11,7 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -94,7 +94,9 @@ def success_probabilities(model: RewardClassifier, *views) -> torch.Tensor:
     return torch.sigmoid(model(*tensors))
 
 
-def save_classifier(model: RewardClassifier, directory, threshold: float, metrics: dict) -> Path:
+def save_classifier(model: RewardClassifier, directory, threshold: float, metrics: dict,
+                    files: Optional[Dict[str, dict]] = None) -> Path:
+    """`files`: more JSON files beside the weights (name -> content), in the same rename."""
     from safetensors.torch import save_file
     directory = Path(directory)
     tmp = directory.with_name(directory.name + '.tmp')
@@ -108,6 +110,8 @@ def save_classifier(model: RewardClassifier, directory, threshold: float, metric
     config = dataclasses.asdict(model.config)
     (tmp / 'config.json').write_text(json.dumps(
         {'classifier': config, 'threshold': threshold, 'metrics': metrics}, indent=2))
+    for name, content in (files or {}).items():
+        (tmp / name).write_text(json.dumps(content, indent=2))
     if directory.exists():
         old = directory.with_name(directory.name + '.old')
         if old.exists():

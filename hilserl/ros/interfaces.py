@@ -89,7 +89,8 @@ def teleop_interface(device: str = 'sim') -> NodeInterface:
                Topics.JOINT_STATES, Topics.SIM_CUBE_POSE, Topics.POLICY_ACTION)
     return NodeInterface(
         publish=(Topics.HUMAN_ACTION, Topics.INTERVENTION, Topics.EPISODE_LABEL),
-        subscribe=watched if device == 'sim' else ())
+        subscribe=watched if device == 'sim' else (),
+        call=('torque',))  # the t key re-arms the driver, as `hilserl torque on`
 
 
 def classifier_interface() -> NodeInterface:
