@@ -66,11 +66,11 @@ class ClassifierNode(Node):
             view = image_to_array(msg)
             if view.shape[2] != 3:
                 raise ConversionError(f'expected an rgb image, got {msg.encoding}')
-        except ConversionError as exc:
+            prob, success = self.detector.update([view])
+        except (ConversionError, ValueError) as exc:  # ValueError: not the classifier's size
             self.bad_frames += 1
             self.get_logger().warning(f'frame ignored: {exc}', throttle_duration_sec=2.0)
             return
-        prob, success = self.detector.update([view])
         self.prob_pub.publish(Float32(data=prob))
         self.success_pub.publish(Bool(data=success))
 

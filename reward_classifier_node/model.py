@@ -89,7 +89,14 @@ class RewardClassifier(nn.Module):
 @torch.inference_mode()
 def success_probabilities(model: RewardClassifier, *views) -> torch.Tensor:
     """The one inference path (the node's frames, training's validation, the evaluation of
-    recorded episodes): (N, H, W, 3) uint8 arrays, one per view -> (N,) success probabilities."""
+    recorded episodes): (N, H, W, 3) uint8 arrays, one per view -> (N,) success probabilities.
+    Frames of another size than the classifier was trained on are refused (ValueError)."""
+    trained = tuple(model.config.image_hw_px)
+    for view in views:
+        if tuple(view.shape[1:3]) != trained:
+            raise ValueError(f'frames of {view.shape[1]}x{view.shape[2]} px, but the classifier '
+                             f'was trained on {trained[0]}x{trained[1]}: train it on episodes '
+                             'recorded with this image.resize_hw_px')
     tensors = [torch.from_numpy(v).permute(0, 3, 1, 2) for v in views]
     return torch.sigmoid(model(*tensors))
 
