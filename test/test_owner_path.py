@@ -210,9 +210,9 @@ def test_an_so101_from_the_box_to_a_trained_policy(owner):
     write_camera_video(video, W, H)
     robot = (ROOT / 'config' / 'so101_follower.yaml').read_text()
     for key, value in (('port', owner.arms['follower'].port), ('device', video),
-                       ('width_px', W), ('height_px', H), ('on_exit', 'hold')):
+                       ('width_px', W), ('height_px', H)):
         robot = edit(robot, key, value)
-    robot = edit(robot, 'baudrate', '1000000\n    bus_timeout_ms: 300.0')
+    robot = robot.replace('    baudrate:', '    bus_timeout_ms: 300.0\n    baudrate:', 1)
     robot += ('\n/**/teleop:\n  ros__parameters:\n'
               f'    leader_port: {owner.arms["leader"].port}\n'
               f'    leader_calibration_file: {leader_json}\n    leader_bus_timeout_ms: 300.0\n')
