@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import (Callable, Dict, Iterable, List, NamedTuple, Optional, Protocol, Tuple,
@@ -55,8 +56,6 @@ class ActorSettings:
     num_episodes: int = param(0, 'stop after this many episodes (0: never)',
                               int_range=(0, 1_000_000))
     output_dir: str = param('outputs/eval', 'where eval writes eval_summary.json')
-    reset_timeout_s: float = param(15.0, 'give up on a reset after this long and retry (s)',
-                                   float_range=(1.0, 120.0))
     sim_clock: bool = param(False, 'act once per observation tick and echo its stamp (the '
                             'simulation driver owns time)')
     wait_for_teleop: bool = param(False, 'sim_clock: act on a tick only with the teleop answer '
@@ -75,10 +74,6 @@ class ActorSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f'{name}={value!r}: must be an integer >= 0')
-        if not (isinstance(self.reset_timeout_s, (int, float)) and
-                math.isfinite(self.reset_timeout_s) and self.reset_timeout_s > 0):
-            raise ValueError(f'reset_timeout_s={self.reset_timeout_s!r}: must be a finite '
-                             'number > 0')
 
     @property
     def waits_for_learner(self) -> bool:
@@ -229,6 +224,7 @@ class ActorCore:
                          'weights_rejected': 0, 'reset_failures': 0, 'human_actions_used': 0,
                          'human_actions_missing': 0, 'unanswered_proposals': 0,
                          'teleop_resubscribed': 0, 'partial_reader_matches': 0, 'pauses': 0}
+        self.weights_rejected_reasons: Counter = Counter()
         self.stale_reason = ''
         self.done_since_s: Optional[float] = None  # wall time the last episode ended
         self.episodes_done = 0
@@ -314,9 +310,12 @@ class ActorCore:
         self.weights_step = int(step)
         self.counters['weights_loaded'] += 1
 
-    def on_weights_rejected(self, error: Exception, *, monotonic_s: float) -> List[Output]:
+    def on_weights_rejected(self, error: Exception, *, monotonic_s: float,
+                            reason: str = 'invalid') -> List[Output]:
+        """Weights not applied (the policy keeps the ones it has): counted, by `reason`."""
         self._enter(monotonic_s)
         self.counters['weights_rejected'] += 1
+        self.weights_rejected_reasons[reason] += 1
         self._log_throttled('weights rejected', 'error', f'policy weights rejected: {error}')
         return self._take()
 
@@ -374,7 +373,9 @@ class ActorCore:
         values = {k: str(v) for k, v in self.counters.items()}
         values.update(phase=self.phase, episode=str(self.runner.episode_index),
                       clock='simulated' if self.settings.sim_clock else 'wall',
-                      weights_step=str(self.weights_step), last_stale=self.stale_reason,
+                      weights_step=str(self.weights_step),
+                      weights_rejected_reasons=json.dumps(dict(self.weights_rejected_reasons)),
+                      last_stale=self.stale_reason,
                       act_latency=act_latency)
         self.stale_reason = ''
         return DiagnosticEntry('sac_actor', level, f'{self.phase}', values)
@@ -499,7 +500,7 @@ class ActorCore:
                 self._set_phase('settling')
                 if self._arm_home():  # a simulated reset: home with its answer
                     self.home_since_s = self._now_s()
-            elif waited_s > self.settings.reset_timeout_s:
+            elif waited_s > self.cfg.task.reset_timeout_s:
                 self.counters['reset_failures'] += 1
                 self._log('error', 'reset timed out; retrying')
                 self._set_phase('need_reset')
@@ -532,6 +533,16 @@ class ActorCore:
                     self._log('info', f'episode {self.runner.episode_index} goes on: the '
                               'driver is ready again')
             return True
+        if self.label in ('failure', 'rerecord'):
+            # the person gave up on the paused episode: it ends now, without another step
+            label, self.label = self.label, None
+            self._publish_event(self.runner.stats.event('label', label=label))
+            self._publish_event(self.runner.end_by_label(label))
+            self.paused = False
+            self._log('info', f'episode {self.runner.episode_index} ended by the {label} key '
+                      'while paused')
+            self._episode_ended()
+            return False
         if not self.paused:
             self.paused = True
             self.counters['pauses'] += 1
@@ -539,7 +550,7 @@ class ActorCore:
                 'episode paused', 'warning', f'episode {self.runner.episode_index} paused at '
                 f'step {self.runner.stats.steps}: the driver is not ready (its log says why: a '
                 'lock-out, an e-stop or a bus that stopped answering); after a lock-out, once '
-                'the servo has cooled: hilserl torque on')
+                'the servo has cooled: hilserl torque on (or the t key); j or u ends it')
         self.stale_reason = 'episode paused: the driver is not ready'
         return False
 
@@ -557,10 +568,10 @@ class ActorCore:
         the arm home at once."""
         if not self._arm_home(settling_s):
             self.home_since_s = None
-            if settling_s > self.settings.reset_timeout_s:
+            if settling_s > self.cfg.task.reset_timeout_s:
                 self.counters['reset_failures'] += 1
                 self._log('error', f'the arm did not reach home within '
-                          f'{self.settings.reset_timeout_s:g} s of the reset; resetting again')
+                          f'{self.cfg.task.reset_timeout_s:g} s of the reset; resetting again')
                 self._set_phase('need_reset')
             else:
                 self.stale_reason = 'waiting for the arm to reach home'
@@ -702,10 +713,11 @@ class ActorCore:
 
     def _episode_ended(self) -> None:
         stats = self.runner.stats
+        human_share = stats.interventions / stats.steps if stats.steps else 0.0
         self._log('info', f'episode {stats.episode} ended: {stats.outcome.upper()}, '
                   f'{stats.steps} steps, return {stats.episode_return:.2f}, '
-                  f'{stats.interventions} intervention steps (policy weights step '
-                  f'{self.weights_step})')
+                  f'{stats.interventions} intervention steps ({human_share:.0%} human; policy '
+                  f'weights step {self.weights_step})')
         if self.evaluation is not None:
             self.evaluation.add(stats)
         if self.settings.mode == 'record' and stats.outcome == 'rerecord':

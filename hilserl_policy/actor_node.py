@@ -33,8 +33,10 @@ from std_msgs.msg import Bool, Float32, Float32MultiArray, String, UInt8MultiArr
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.ros.node import (declare, declare_config, diagnostic_array, marker, qos_profile,
+from hilserl.ros.node import (TrustedSubscription, declare, declare_config,
+                              declare_trusted_publishers, diagnostic_array, marker, qos_profile,
                               spin_node)
+from hilserl.messages.diagnostics import ForeignTally
 from hilserl.configuration.config import load_train_config
 from hilserl.messages.conventions import JOINT_NAMES, ActionSource, Frames, Topics
 from hilserl.messages.conversions import (ConversionError, action_to_msg, image_to_array,
@@ -44,7 +46,7 @@ from hilserl_policy.actor_core import (ActorCore, ActorSettings, CallReset, Log,
                                        PublishAction, PublishEvent, PublishProposal,
                                        PublishReward, PublishStatus, PublishTransition,
                                        ResubscribeTeleop, WriterMatch)
-from hilserl_policy.transport import decode_weights
+from hilserl_policy.transport import WeightsGate, WeightsRefused
 
 # key: no success topic, the human's success key (teleop/episode_label) is the only success
 SUCCESS_TOPICS = {'sim': Topics.SIM_SUCCESS, 'classifier': Topics.SUCCESS, 'key': None}
@@ -67,6 +69,7 @@ class ActorNode(Node):
         self.learner_node_name = declare(self, 'learner_node_name', 'sac_learner',
                                          'train: episodes start once this node subscribes to '
                                          'the transitions', read_only=True)
+        trusted_publishers = declare_trusted_publishers(self, Topics.POLICY_WEIGHTS)
         episodes_run_dir = declare(self, 'run_dir', '', 'episode numbering continues after '
                                    'the episodes under <run_dir>/episodes (empty: from 0)',
                                    read_only=True)
@@ -128,9 +131,13 @@ class ActorNode(Node):
             self.create_subscription(Bool, success_topic,
                                      lambda msg: self.core.on_success(msg.data),
                                      qos_profile(success_topic))
+        self.foreign = ForeignTally()
         if self.mode == 'train':
-            self.create_subscription(UInt8MultiArray, Topics.POLICY_WEIGHTS, self._on_weights,
-                                     qos_profile(Topics.POLICY_WEIGHTS))
+            self.weights_gate = WeightsGate(self.agent.policy_state(), self.backbone_digest
+                                            if self.cfg.policy.freeze_encoder else None)
+            TrustedSubscription(self, UInt8MultiArray, Topics.POLICY_WEIGHTS, self._on_weights,
+                                qos_profile(Topics.POLICY_WEIGHTS), trusted_publishers,
+                                self.foreign)
         self.transition_pub = None
         if self.settings.streams_transitions:
             self.transition_pub = self.create_publisher(UInt8MultiArray, Topics.TRANSITIONS,
@@ -206,16 +213,14 @@ class ActorNode(Node):
 
     def _on_weights(self, msg: UInt8MultiArray):
         try:
-            state, meta = decode_weights(bytes(msg.data))
-            frozen_digest = meta.get('backbone_digest')
-            if frozen_digest and frozen_digest != self.backbone_digest:
-                raise ValueError('the learner\'s frozen image encoder differs from this actor\'s '
-                                 '(same seed and pretrained_encoder_path on both?)')
-            self.agent.load_policy_state(state)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            self._run(self.core.on_weights_rejected(exc, monotonic_s=time.monotonic()))
+            state, step = self.weights_gate.check(bytes(msg.data))
+        except WeightsRefused as exc:
+            self._run(self.core.on_weights_rejected(exc, monotonic_s=time.monotonic(),
+                                                    reason=exc.reason))
             return
-        self.core.on_weights_loaded(int(meta.get('step', -1)))
+        self.agent.load_policy_state(state)  # checked: every tensor fits
+        self.weights_gate.applied(step)
+        self.core.on_weights_loaded(step)
 
     def _wall_tick(self):
         self._run(self.core.tick(now_ns=self._clock_ns(), monotonic_s=time.monotonic()))
@@ -311,6 +316,7 @@ class ActorNode(Node):
     def _publish_diagnostics(self):
         self._run(self.core.check_progress(monotonic_s=time.monotonic()))
         entry = self.core.diagnostics(self.act_latency_summary())
+        entry.values.update(self.foreign.values())
         self.diag_pub.publish(diagnostic_array([entry], self.get_clock().now().to_msg()))
 
     def close(self):

@@ -132,6 +132,19 @@ class EpisodeRunner:
             open_gripper_successes=0 if task.classifier_requires_gripper_closed else None)
         return self.stats.event('start')
 
+    def end_by_label(self, label: str) -> str:
+        """End the running episode by the person's failure or re-record key where no step can be
+        taken (the arm is locked out): its open step is dropped, as the arm never completed it.
+        Returns the `end` event."""
+        stats = self.stats
+        if stats is None or stats.outcome != 'running' or label not in ('failure', 'rerecord'):
+            raise RuntimeError(f'end_by_label({label!r}) needs a running episode and failure '
+                               'or rerecord')
+        stats.success = False
+        stats.outcome = label
+        self._pending = None
+        return stats.event('end')
+
     def step(self, image: np.ndarray, state: np.ndarray, success: bool,
              human_action: Optional[np.ndarray], intervention: bool,
              label: Optional[str] = None,

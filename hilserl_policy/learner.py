@@ -22,6 +22,7 @@ from hilserl.configuration.run_dir import remove_stale_checkpoints
 from hilserl.data.transition import Transition
 from hilserl_policy.checkpoint import (build_agent, latest_checkpoint, prune_checkpoints,
                                        resume, save_checkpoint)
+from hilserl_policy.metrics import TrainingMetrics
 from hilserl_policy.replay_buffer import ReplayBuffer, sample_mixed
 
 EPISODE_KEYS = ('episode', 'success', 'steps', 'return', 'interventions', 'outcome', 'robot')
@@ -128,54 +129,11 @@ class MetricsLog:
             csv.DictWriter(f, self.fields).writerow(row)
 
 
-class TensorBoardLog:
-    """Scalars for `tensorboard --logdir RUN_DIR`: the training metrics by optimisation step
-    (train/...) and each episode's outcome by episode number (episode/...), beside metrics.csv.
-    Without the tensorboard package only metrics.csv is written (`unavailable` says why)."""
-
-    def __init__(self, log_dir, utd_ratio: int):
-        self.utd_ratio = utd_ratio
-        self.unavailable = ''
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:  # a distro install without `pip install tensorboard`
-            self.writer, self.unavailable = None, str(exc)
-            return
-        self.writer = SummaryWriter(str(log_dir), flush_secs=10)
-
-    def train(self, metrics: Dict[str, float]) -> None:
-        if self.writer is None:
-            return
-        step, wall = int(metrics.get('step', 0)), metrics.get('wall_time')
-        for key, value in metrics.items():
-            if key not in ('step', 'wall_time') and isinstance(value, (int, float)) and \
-                    np.isfinite(value):
-                self.writer.add_scalar(f'train/{key}', value, step, walltime=wall)
-        if metrics.get('step_time_s'):
-            self.writer.add_scalar('train/critic_updates_per_s',
-                                   self.utd_ratio / metrics['step_time_s'], step, walltime=wall)
-
-    def episode(self, number: int, episode: dict, recent: List[dict]) -> None:
-        if self.writer is None:
-            return
-        steps = max(int(episode.get('steps', 0)), 1)
-        values = {'success': float(bool(episode.get('success'))),
-                  'return': float(episode.get('return', 0.0)),
-                  'steps': float(episode.get('steps', 0)),
-                  'intervention_rate': float(episode.get('interventions', 0)) / steps,
-                  'success_rate_last_10': float(np.mean([bool(e.get('success'))
-                                                         for e in recent]))}
-        for key, value in values.items():
-            self.writer.add_scalar(f'episode/{key}', value, number)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 class Learner:
     def __init__(self, cfg: TrainConfig, run_dir, resume_from_latest: bool = True,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, wandb: bool = False):
+        """`wandb`: the metrics also go to a Weights & Biases run (offline unless WANDB_MODE
+        says otherwise) under run_dir/wandb; raises OptionalPackageMissing without the package."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         # this configuration's device, also on resume (a checkpoint may have been written on
@@ -205,7 +163,8 @@ class Learner:
                                                     image_shape, s, a, featurizer, image_dir)
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.metrics_log = MetricsLog(self.run_dir / 'metrics.csv')
-        self.tensorboard = TensorBoardLog(self.run_dir / 'tensorboard', cfg.algorithm.utd_ratio)
+        self.training_metrics = TrainingMetrics.for_run(self.run_dir, cfg.algorithm.utd_ratio,
+                                                        wandb, cfg.to_dict())
         self.lock = threading.Lock()  # agent parameters: update vs. weight export/checkpoint
         self.last_metrics: Dict[str, float] = {}
         self._update_times = []
@@ -352,7 +311,8 @@ class Learner:
 
     def record_episode(self, event: dict) -> None:
         self.episodes.append({k: event[k] for k in EPISODE_KEYS if k in event})
-        self.tensorboard.episode(len(self.episodes) - 1, self.episodes[-1], self.episodes[-10:])
+        self.training_metrics.episode(len(self.episodes) - 1, self.episodes[-1],
+                                      self.episodes[-10:])
 
     def episode_counts(self) -> Tuple[int, int]:
         """(episodes, successful episodes) over the whole run, resumes included."""
@@ -384,7 +344,7 @@ class Learner:
                        offline_size=len(self.offline), wall_time=time.time())
         self.last_metrics = metrics
         self.metrics_log.write(metrics)
-        self.tensorboard.train(metrics)
+        self.training_metrics.train(metrics)
         if self.agent.step % self.cfg.learner.checkpoint_every_steps == 0:
             self.checkpoint()
         else:

@@ -7,10 +7,12 @@ anything with its counters and methods) the buffers and training.
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Optional, Tuple
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from hilserl.messages.conversions import event_from_json
 from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
-from hilserl.data.transition import MissingPreviousImage, TransitionDecoder
+from hilserl.data.transition import InvalidTransition, MissingPreviousImage, TransitionDecoder
 
 
 def arm_prefix(robot: str) -> str:
@@ -36,26 +38,61 @@ class WeightPushSchedule:
         self.pushed_step, self.pushed_at_s = step, now_s
 
 
+def checked_end_event(text: str) -> Optional[dict]:
+    """An actor's `end` event (episode/events JSON) with the fields the learner keeps, of the
+    types the actor writes; None for any other event; ValueError for anything malformed (any
+    participant can publish on the topic)."""
+    event = event_from_json(text)
+    if event is None:
+        raise ValueError('not a JSON object')
+    if event.get('event') != 'end':
+        return None
+    for key in ('episode', 'steps', 'interventions'):
+        value = event.get(key, 0)
+        if key != 'interventions' and key not in event or type(value) is not int or value < 0:
+            raise ValueError(f'end event {key} {event.get(key, "missing")!r}: not an integer '
+                             '>= 0')
+    value = event.get('return', 0.0)
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f'end event return {value!r}: not a finite number')
+    if type(event.get('success', False)) is not bool or \
+            not isinstance(event.get('outcome', ''), str):
+        raise ValueError('end event success is not a boolean or outcome not a string')
+    return event
+
+
 class LearnerCore:
     """The node feeds the messages of each arm (`robot`: its namespace, '' for one arm) and the
     time; it publishes and logs what comes back."""
 
-    def __init__(self, learner, weight_push_period_s: float):
+    def __init__(self, learner, weight_push_period_s: float,
+                 expected: Optional[Tuple[Sequence[int], int, int]] = None):
+        """`expected`: (image shape, state dim, action dim) every transition is checked
+        against as it arrives (its decoder's `expected`); the buffers check again."""
         self.learner = learner
         self.weights = WeightPushSchedule(weight_push_period_s)
-        # one per arm: each image arrives once, in the transition it starts
-        self.decoders: Dict[str, TransitionDecoder] = {}
+        # one per arm and publisher: each image arrives once, in the transition it starts, and
+        # no other publisher's message can stand in for a stream's previous step
+        self.decoders: Dict[Tuple[str, bytes], TransitionDecoder] = {}
+        self.expected = expected
         self.error: Optional[str] = None   # why ingestion or training stopped
+        self.bad_events = 0  # episode/events messages that were not an actor's event
 
     # --- the executor thread: decode and queue, nothing that waits -----------------------------
-    def on_transition(self, data: bytes, robot: str = '') -> Optional[str]:
-        """A transitions message of arm `robot`, queued for storing; a warning to log, if any."""
-        decoder = self.decoders.setdefault(robot, TransitionDecoder())
+    def on_transition(self, data: bytes, robot: str = '', publisher: bytes = b'') -> Optional[str]:
+        """A transitions message of arm `robot` from `publisher` (its GID, where known),
+        checked (shapes, finite values) and queued for storing; a warning to log, if any."""
+        decoder = self.decoders.get((robot, publisher))
+        if decoder is None:
+            decoder = self.decoders[robot, publisher] = TransitionDecoder(self.expected)
         try:
             transition, header = decoder.decode(data)
         except MissingPreviousImage as exc:
             episode, step = exc.position[:2]
             self.learner.reject(f'image: {exc}', episode, step, robot)
+            return f'transition dropped: {exc}'
+        except InvalidTransition as exc:  # the message names the field
+            self.learner.reject(str(exc))
             return f'transition dropped: {exc}'
         except ValueError as exc:
             self.learner.reject(f'undecodable: {exc}')
@@ -71,10 +108,11 @@ class LearnerCore:
         """An episode/events message of arm `robot`: an `end` is counted and checked against
         the transitions that arrived; a warning to log, if any."""
         try:
-            event = json.loads(text)
-        except json.JSONDecodeError:
-            return None
-        if event.get('event') != 'end':
+            event = checked_end_event(text)
+        except ValueError as exc:
+            self.bad_events += 1
+            return f'episode event ignored: {exc}'
+        if event is None:
             return None
         missing = self.learner.episode_ended(event, robot)
         if missing:
@@ -122,6 +160,7 @@ class LearnerCore:
                   **{k: str(v) for k, v in c.items()},
                   'queued': str(learner.pending),
                   'drop_reasons': json.dumps(dict(learner.drop_reasons)),
+                  'bad_events': str(self.bad_events),
                   'out_of_order': str(sum(sequence.out_of_order
                                           for sequence in learner.sequences.values())),
                   'episodes': str(episodes), 'successes': str(successes),

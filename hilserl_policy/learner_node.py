@@ -28,7 +28,10 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 
-from hilserl.ros.node import declare, diagnostic_array, qos_profile, spin_node
+from hilserl.common.optional_packages import OptionalPackageMissing
+from hilserl.ros.node import (TrustedSubscription, declare, declare_trusted_publishers,
+                              diagnostic_array, qos_profile, spin_node)
+from hilserl.messages.diagnostics import ForeignTally
 from hilserl.configuration.config import load_train_config
 from hilserl.messages.conventions import Topics
 from hilserl.configuration.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
@@ -56,9 +59,14 @@ class LearnerNode(Node):
                          'the arms whose actors feed this learner: their namespaces relative to '
                          "the learner's (transitions and episode/events under each); [''] = one "
                          "arm in the learner's own namespace", read_only=True)
+        trusted_publishers = declare_trusted_publishers(
+            self, f'{Topics.TRANSITIONS} and {Topics.EPISODE_EVENTS}')
         num_threads = declare(self, 'num_threads', 0, 'torch CPU threads for training; 0: auto, '
                               'every core but one (max(1, os.cpu_count() - 1))',
                               int_range=(0, 256), read_only=True)
+        wandb = declare(self, 'wandb', False, 'also log the metrics to a Weights & Biases run '
+                        'under run_dir/wandb (offline unless WANDB_MODE says otherwise; needs '
+                        'the wandb package)', read_only=True)
         self.cfg = load_train_config(config_file or None)
         try:  # before resuming: a run continues only with the configuration it started with
             record_run_config(self.run_dir, self.cfg)
@@ -69,14 +77,17 @@ class LearnerNode(Node):
         torch.set_num_threads(torch_threads(num_threads))
         from hilserl.configuration.pretrained import PretrainedWeightsMissing
         try:
-            self.learner = Learner(self.cfg, self.run_dir, device=device)
+            self.learner = Learner(self.cfg, self.run_dir, device=device, wandb=wandb)
             self.learner.log = self.get_logger().info
-        except PretrainedWeightsMissing as exc:  # one line, not a traceback
+        except (PretrainedWeightsMissing, OptionalPackageMissing) as exc:  # one line, no traceback
             self.get_logger().fatal(str(exc))
             raise SystemExit(2) from None
-        if self.learner.tensorboard.unavailable:
-            self.get_logger().info('no TensorBoard event files (metrics.csv only): '
-                                   f'{self.learner.tensorboard.unavailable}')
+        metrics = self.learner.training_metrics
+        if metrics.unavailable:
+            self.get_logger().info(f'no TensorBoard event files: {metrics.unavailable}')
+        if metrics.wandb_location is not None:
+            self.get_logger().info(f'W&B run in {metrics.wandb_location} (upload an offline '
+                                   'run with `wandb sync DIR`)')
         if self.learner.resumed_from is not None:
             episodes, successes = self.learner.episode_counts()
             self.get_logger().info(f'resumed from {self.learner.resumed_from} (step '
@@ -101,7 +112,9 @@ class LearnerNode(Node):
             self.get_logger().info(f'offline buffer: {added} demo transitions from {demo_dir}'
                                    + (f' ({len(unreadable)} unreadable episodes skipped)'
                                       if unreadable else ''))
-        self.core = LearnerCore(self.learner, self.cfg.learner.weight_push_period_s)
+        buffer = self.learner.online
+        self.core = LearnerCore(self.learner, self.cfg.learner.weight_push_period_s,
+                                (buffer.image_shape, buffer.state_dim, buffer.action_dim))
         self.stop = threading.Event()
 
         self.weights_pub = self.create_publisher(UInt8MultiArray, Topics.POLICY_WEIGHTS,
@@ -111,15 +124,18 @@ class LearnerNode(Node):
         self._progress_lock = threading.Lock()  # published by the ingest and update threads
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
                                               qos_profile(Topics.DIAGNOSTICS))
+        # the actors' topics: anyone on the domain can publish there
+        self.foreign = ForeignTally()
         for robot in dict.fromkeys(r.strip('/') for r in robots):
-            self.create_subscription(
-                UInt8MultiArray, '/'.join(filter(None, (robot, Topics.TRANSITIONS))),
-                lambda msg, robot=robot: self._on_transition(msg, robot),
-                qos_profile(Topics.TRANSITIONS))
-            self.create_subscription(
-                String, '/'.join(filter(None, (robot, Topics.EPISODE_EVENTS))),
+            TrustedSubscription(
+                self, UInt8MultiArray, '/'.join(filter(None, (robot, Topics.TRANSITIONS))),
+                lambda msg, publisher, robot=robot: self._on_transition(msg, robot, publisher),
+                qos_profile(Topics.TRANSITIONS), trusted_publishers, self.foreign,
+                with_publisher=True)
+            TrustedSubscription(
+                self, String, '/'.join(filter(None, (robot, Topics.EPISODE_EVENTS))),
                 lambda msg, robot=robot: self._on_event(msg, robot),
-                qos_profile(Topics.EPISODE_EVENTS))
+                qos_profile(Topics.EPISODE_EVENTS), trusted_publishers, self.foreign)
         # wall clock: a person reads it, while simulated time may crawl behind a busy learner
         self.create_timer(self.summary_period_s, self._summary,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -136,15 +152,15 @@ class LearnerNode(Node):
                                f'torch threads')
 
     # --- executor thread: decode and queue, nothing that waits ---------------------------------
-    def _on_transition(self, msg: UInt8MultiArray, robot: str = ''):
-        warning = self.core.on_transition(bytes(msg.data), robot)
+    def _on_transition(self, msg: UInt8MultiArray, robot: str = '', publisher: bytes = b''):
+        warning = self.core.on_transition(bytes(msg.data), robot, publisher)
         if warning:
-            self.get_logger().warning(warning)
+            self.get_logger().warning(warning, throttle_duration_sec=1.0)
 
     def _on_event(self, msg: String, robot: str = ''):
         warning = self.core.on_event(msg.data, robot)
         if warning:
-            self.get_logger().warning(warning)
+            self.get_logger().warning(warning, throttle_duration_sec=1.0)
 
     # --- worker threads ------------------------------------------------------------------------
     def _ingest_loop(self):
@@ -199,6 +215,7 @@ class LearnerNode(Node):
 
     def _summary(self):
         line, entry = self.core.summary(disk_usage_bytes(self.run_dir))
+        entry.values.update(self.foreign.values())
         self.get_logger().info(line)
         self.diag_pub.publish(diagnostic_array([entry], self.get_clock().now().to_msg()))
 
@@ -214,7 +231,7 @@ class LearnerNode(Node):
         path = self.learner.maybe_checkpoint(now_s=float('inf'))
         if path is not None:
             print(f'[sac_learner] final checkpoint {path}', flush=True)  # context may be gone
-        self.learner.tensorboard.close()
+        self.learner.training_metrics.close()
 
 
 def main(args=None):

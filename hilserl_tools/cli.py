@@ -3,10 +3,11 @@
   hilserl train                 simulated HIL-SERL: driver, camera, simulated human, actor,
                                 learner, recorder (each its own process, as `ros2 launch` would)
   hilserl eval --checkpoint D   deterministic policy for N episodes; prints the success table
+                                (--video: one MP4 an episode; each episode's positions are kept)
   hilserl record                demonstrations / classifier data as episode bags (the same
                                 graph, the simulated human or, --teleop keyboard|gamepad|leader,
                                 a person acting on every step and labelling by key)
-  hilserl replay BAG            republish a bag with its original timing
+  hilserl replay BAG            republish a bag with its original timing (--video: an MP4)
   hilserl bag-info BAG|DIR      topics, counts, duration and metadata; a folder: one line an
                                 episode (outcome, steps, return, human steps)
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
@@ -22,6 +23,7 @@
   hilserl eval-classifier       per-episode table: first predicted vs labelled success
   hilserl export-lerobot RUN OUT   episodes as a LeRobot v3.0 dataset (video or images)
   hilserl config                validate a training config and print it resolved
+  hilserl plot RUN              PNG curves of a run and its eval's success map
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from hilserl.common.optional_packages import OptionalPackageMissing
 from hilserl.configuration.config import ConfigError, load_train_config
+from hilserl.ros.domains import MAX_DOMAIN_ID, DomainBusy, claim_domain
 
 # '[robot_0/sac_actor] ...': the arm's namespace (several arms number their episodes alike)
 _EPISODE_END = re.compile(r'^\[(?:([^\]/]+)/)?[^\]]*\].*episode (\d+) ended')
@@ -90,6 +94,12 @@ def _add_graph_arguments(parser, mode: str) -> None:
         elif mode == 'eval' and name == 'run_dir':
             parser.add_argument(flag, default='', help='the eval goes under RUN_DIR/eval '
                                 '(default: the run directory of --checkpoint)')
+        elif name == 'wandb':
+            parser.add_argument(flag, action='store_true', help=description if mode == 'train'
+                                else 'also log the evaluation (each episode, the totals and '
+                                'the episode videos under RUN_DIR/eval) to a Weights & Biases '
+                                'run under RUN_DIR/eval/wandb, offline unless WANDB_MODE says '
+                                'otherwise')
         elif mode == 'eval' and name == 'config':
             parser.add_argument(flag, default=default, help="training YAML (empty: the "
                                 "checkpoint's own pretrained_model/config.json)")
@@ -102,8 +112,14 @@ def _add_graph_arguments(parser, mode: str) -> None:
             parser.add_argument(flag, default=default, help=description)
     parser.add_argument('--max-minutes', type=_positive, default=None,
                         help='stop the whole graph after this long')
-    parser.add_argument('--domain-id', type=_whole(0, 232), default=None,
-                        help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
+    parser.add_argument('--domain-id', type=_whole(0, MAX_DOMAIN_ID), default=None,
+                        help='ROS domain for the graph (default: ROS_DOMAIN_ID if set, else '
+                        'a domain no other graph on this machine uses, printed at start)')
+    if mode == 'eval':
+        parser.add_argument('--video', action='store_true',
+                            help='one MP4 per episode in RUN_DIR/eval/videos: gripper camera and '
+                                 'policy view side by side, step, action, classifier p, result '
+                                 '(the bags then hold the full camera frame too)')
     if mode == 'train':
         parser.add_argument('--demos', type=_whole(0), default=10,
                             help='sim: record this many scripted-expert demos into '
@@ -119,6 +135,7 @@ def _graph_args(args, mode: str):
               if hasattr(args, name)}
     values['record'] = args.record == 'true'
     values['rviz'] = args.rviz == 'true'
+    values['record_camera'] = bool(getattr(args, 'video', False))
     return GraphArgs(mode=mode, **values)
 
 
@@ -126,6 +143,9 @@ def _run_graph(args, mode: str) -> int:
     """Everything that can be refused is checked here, before any node (or demo) starts."""
     import dataclasses
     graph_args = _graph_args(args, mode)
+    if graph_args.wandb and (mode == 'eval' or graph_args.part != 'robot'):
+        from hilserl.common.optional_packages import require_wandb
+        require_wandb('--wandb')
     if mode == 'eval':
         graph_args, cfg = _eval_config(graph_args)
     else:
@@ -264,25 +284,45 @@ def _start_graph(graph_args, cfg, args, echo=None) -> int:
                 seen.add((match.group(1), int(match.group(2))))
 
     env = {**os.environ, **graph_args.environment()}  # --discovery decides over the shell's
-    graph = ProcessGraph(nodes, run_dir / 'params' / mode, graph_args.namespace, env=env,
-                         output=output, domain_id=args.domain_id)
-    output(f'hilserl {mode}: {", ".join(n.label for n in nodes)} (backend '
-           f'{graph_args.backend}, run {run_dir}); Ctrl-C stops')
-    started = time.monotonic()
-    graph.start()
-    timeout = args.max_minutes * 60 if args.max_minutes else None
-    # the run ends with the actors' last episodes; a learner alone runs until stopped
-    enders = [n.label for n in nodes if n.name == 'sac_actor'] or [nodes[0].label]
-    reason = graph.wait(lambda g: all(label in g.exited() for label in enders), timeout)
-    if reason == 'done' and graph_args.record:
-        # The actor's last `end` event may still be in flight to the recorder: let it close
-        # that bag with its outcome rather than as `interrupted`.
-        graph.wait(lambda g: len(bags_closed) >= len(episodes_ended), _BAG_CLOSE_WAIT_S)
-    codes = graph.stop()
+    # a domain of its own: another graph on this machine would drive and record this one's
+    domain = claim_domain(_requested_domain(args), namespace=graph_args.namespace,
+                          part=graph_args.part, run_dir=str(run_dir), mode=mode)
+    try:
+        print(f'hilserl {mode}: {domain.announce()}', flush=True)
+        graph = ProcessGraph(nodes, run_dir / 'params' / mode, graph_args.namespace, env=env,
+                             output=output, domain_id=domain.domain_id)
+        output(f'hilserl {mode}: {", ".join(n.label for n in nodes)} (backend '
+               f'{graph_args.backend}, run {run_dir}); Ctrl-C stops')
+        started = time.monotonic()
+        graph.start()
+        timeout = args.max_minutes * 60 if args.max_minutes else None
+        # the run ends with the actors' last episodes; a learner alone runs until stopped
+        enders = [n.label for n in nodes if n.name == 'sac_actor'] or [nodes[0].label]
+        reason = graph.wait(lambda g: all(label in g.exited() for label in enders), timeout)
+        if reason == 'done' and graph_args.record:
+            # The actor's last `end` event may still be in flight to the recorder: let it close
+            # that bag with its outcome rather than as `interrupted`.
+            graph.wait(lambda g: len(bags_closed) >= len(episodes_ended), _BAG_CLOSE_WAIT_S)
+        codes = graph.stop()
+    finally:
+        domain.close()
     output(f'hilserl {mode}: stopped ({reason}) after {time.monotonic() - started:.0f} s; '
            f'exit codes {codes}')
     failed = {n: c for n, c in codes.items() if c not in (0, None, -2)}
     return 1 if failed or reason.startswith('node exited') else 0
+
+
+def _requested_domain(args) -> Optional[int]:
+    """--domain-id, else the shell's ROS_DOMAIN_ID, else None (a free one is chosen)."""
+    if getattr(args, 'domain_id', None) is not None:
+        return args.domain_id
+    text = os.environ.get('ROS_DOMAIN_ID', '').strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) > MAX_DOMAIN_ID:
+        raise ConfigError(f'ROS_DOMAIN_ID={text!r} is not a domain id (0..{MAX_DOMAIN_ID}); '
+                          f'unset it to get a free one')
+    return int(text)
 
 
 def _cmd_train(args) -> int:
@@ -290,7 +330,70 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    return _run_graph(args, 'eval')
+    """The eval graph, then from this eval's episode bags: each episode's positions (cube,
+    gripper start; on a real arm the gripper at the success key) into eval_summary.json, and
+    with --video one MP4 per episode; with --wandb all of it as a W&B run."""
+    from hilserl.data.bags import complete_episodes
+    if args.video and args.record != 'true':
+        raise ValueError('--video is made from the episode bags: leave --record true')
+    eval_dir = Path(args.run_dir) / 'eval'
+    before = {path for path, _ in complete_episodes(eval_dir / 'episodes')}
+    started = time.time()
+    code = _run_graph(args, 'eval')
+    episodes = sorted(path for path, _ in complete_episodes(eval_dir / 'episodes')
+                      if path not in before)
+    videos = _eval_videos(episodes, eval_dir / 'videos') if args.video else {}
+    _add_eval_positions(eval_dir / 'eval_summary.json', started, episodes, videos)
+    if args.wandb:
+        _log_eval_to_wandb(eval_dir / 'eval_summary.json', started)
+    return code
+
+
+def _eval_videos(episodes, out_dir: Path) -> dict:
+    """episode dir -> its MP4 (one that cannot be made is said in one line and skipped)."""
+    from hilserl.data.episode_video import write_episode_video
+    videos = {}
+    for path in episodes:
+        try:
+            video, frames = write_episode_video(path, out_dir / f'{path.name}.mp4')
+        except (OSError, ValueError) as exc:
+            print(f'hilserl eval: no video of {path.name}: {exc}', file=sys.stderr, flush=True)
+            continue
+        videos[path] = video
+        print(f'hilserl eval: video {video} ({frames} frames)', flush=True)
+    return videos
+
+
+def _add_eval_positions(summary_path: Path, started: float, episodes, videos: dict) -> None:
+    """This eval's summary (the actor wrote it when its last episode ended; an eval stopped
+    early has none) gets each episode's positions, bag and video."""
+    from hilserl.data.bags import write_json_atomic
+    from hilserl.data.episode_positions import add_positions
+    if not episodes or not summary_path.is_file() or summary_path.stat().st_mtime < started:
+        return
+    summary = json.loads(summary_path.read_text())
+    rows = summary.get('rows', [])
+    added = add_positions(rows, episodes, warn=lambda text: print(
+        f'hilserl eval: {text}', file=sys.stderr, flush=True))
+    for row in rows:
+        video = videos.get(Path(row.get('bag', '')))
+        if video is not None:
+            row['video'] = str(video)
+    write_json_atomic(summary_path, summary)
+    print(f'hilserl eval: positions of {added} of {len(rows)} episodes in {summary_path} '
+          f'(hilserl plot {summary_path.parent.parent} maps them)', flush=True)
+
+
+def _log_eval_to_wandb(summary_path: Path, started: float) -> None:
+    """--wandb: this eval's summary (each episode, the totals, each episode's video) as a W&B
+    run beside it."""
+    from hilserl_policy.metrics import log_evaluation
+    if not summary_path.is_file() or summary_path.stat().st_mtime < started:
+        print(f'hilserl eval: no new {summary_path}: nothing logged to W&B', file=sys.stderr)
+        return
+    location, videos = log_evaluation(summary_path.parent, json.loads(summary_path.read_text()))
+    print(f'hilserl eval: W&B run in {location} ({videos} episode videos; upload an offline '
+          'run with `wandb sync DIR`)', flush=True)
 
 
 # --- bags --------------------------------------------------------------------------------------
@@ -366,12 +469,29 @@ def _cmd_calibrate(args) -> int:
 
 
 def _cmd_torque(args) -> int:
-    if args.domain_id is not None:
-        os.environ['ROS_DOMAIN_ID'] = str(args.domain_id)
+    domain = _requested_domain(args)
+    if domain is None:
+        domain = _running_graph_domain(args.namespace)
+    os.environ['ROS_DOMAIN_ID'] = str(domain)
     from hilserl_tools.torque_node import call_torque
     success, message = call_torque(args.state == 'on', args.namespace, args.timeout_s)
     print(message, file=sys.stdout if success else sys.stderr)
     return 0 if success else 2
+
+
+def _running_graph_domain(namespace: str) -> int:
+    """The domain of the one hilserl graph running here with this namespace."""
+    from hilserl.ros.domains import running_graphs
+    graphs = [g for g in running_graphs() if g.part in ('all', 'robot')
+              and g.namespace.strip('/') == namespace.strip('/')]
+    if len(graphs) == 1:
+        return graphs[0].domain_id
+    if not graphs:
+        raise ConfigError('no hilserl graph with an arm is running on this machine'
+                          + (f' in namespace {namespace}' if namespace else '')
+                          + '; pass --domain-id for a graph elsewhere')
+    raise ConfigError('several graphs run here: ' + '; '.join(
+        f'{g.describe()} on domain {g.domain_id}' for g in graphs) + '; pass --domain-id')
 
 
 def _cmd_fetch_encoder(args) -> int:
@@ -409,6 +529,15 @@ def _repair_before_start(graph_args) -> None:
 
 
 def _cmd_replay(args) -> int:
+    if args.video is not None:  # a file, not a graph: no ROS needed
+        from hilserl.data.episode_video import write_episode_video
+        episode = Path(args.bag)
+        if episode.name == 'bag' and (episode / 'metadata.yaml').is_file():
+            episode = episode.parent
+        video, frames = write_episode_video(episode, args.video or episode / 'episode.mp4',
+                                            fps=args.fps)
+        print(f'{video}: {frames} frames')
+        return 0
     from hilserl_tools.bag_replay_node import main as replay_main
     ros_args = ['--ros-args', '-p', f'bag:={Path(args.bag).resolve()}', '-p',
                 f'rate:={args.rate}', '-p', f'loop:={"true" if args.loop else "false"}']
@@ -505,8 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='--teleop sim: behaviour weights: expert, noisy, random')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--config', default=None, help='training YAML (task, image crop)')
-    p.add_argument('--domain-id', type=_whole(0, 232), default=None,
-                   help='ROS_DOMAIN_ID for the graph (isolates concurrent runs)')
+    p.add_argument('--domain-id', type=_whole(0, MAX_DOMAIN_ID), default=None,
+                   help='ROS domain for the graph (default: ROS_DOMAIN_ID if set, else a '
+                   'domain no other graph on this machine uses, printed at start)')
     p.add_argument('--namespace', default='', help='namespace for every node and topic')
     p.add_argument('--max-minutes', type=_positive, default=None,
                    help='stop the whole graph after this long')
@@ -580,8 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('state', choices=('on', 'off'))
     p.add_argument('--namespace', default='', help='the arm\'s namespace (namespace:= / '
                    '--namespace of the graph)')
-    p.add_argument('--domain-id', type=_whole(0, 232), default=None,
-                   help='the graph\'s ROS_DOMAIN_ID')
+    p.add_argument('--domain-id', type=_whole(0, MAX_DOMAIN_ID), default=None,
+                   help='the graph\'s ROS domain (default: ROS_DOMAIN_ID if set, else the '
+                   'one hilserl graph running on this machine)')
     p.add_argument('--timeout-s', type=_positive, default=20.0,
                    help='wait this long for the driver')
     p.set_defaults(func=_cmd_torque)
@@ -599,6 +730,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('bag', help='episode directory or its bag/ folder')
     p.add_argument('--rate', type=_positive, default=1.0, help='speed factor')
     p.add_argument('--loop', action='store_true')
+    p.add_argument('--video', nargs='?', const='', default=None, metavar='MP4',
+                   help='write the episode as a video instead (default EPISODE/episode.mp4): '
+                        'camera and policy view, step, action, classifier p, result')
+    p.add_argument('--fps', type=_whole(1, 120), default=None,
+                   help='--video: frames per second (default: the episode\'s control rate)')
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser('bag-info', help='summarise an episode bag, or tabulate the episodes of a '
@@ -675,7 +811,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, OSError) as exc:  # missing files, read-only run dirs
+    except (ConfigError, DomainBusy, ValueError, OSError, OptionalPackageMissing) as exc:
+        # missing files, read-only dirs, an option whose package is not installed
         print(f'hilserl {args.command}: {exc}', file=sys.stderr)
         return 2
 

@@ -15,13 +15,18 @@ from std_msgs.msg import Bool, String
 
 from hilserl.data.bag_repair import repair_killed_episodes
 from hilserl.data.bags import EPISODE_TOPICS, message_stamp_ns
-from hilserl.ros.node import declare, message_class, qos_profile, spin_node
+from hilserl.ros.node import (TrustedSubscription, declare, declare_trusted_publishers,
+                              message_class, qos_profile, spin_node)
+from hilserl.messages.diagnostics import ForeignTally
 from hilserl.messages.conventions import TOPIC_QOS, Qos, Topics
 from hilserl.data.recording import EpisodeRecorder
 
 
 # Messages a reader keeps per reliable topic while busy (~49 MB at most of 128x128 images).
 RECORDER_DEPTH = 1000
+# The 640x480 camera frames (~0.9 MB each: ~55 MB at most) asked for reliably (the camera
+# offers them so): frames that wait while a chunk is compressed stay in the eval videos.
+RECORDER_FRAME_DEPTH = 60
 # Published in every mode by the camera, the driver and the actor.
 REQUIRED_TOPICS = (Topics.IMAGE_CROP, Topics.JOINT_STATES, Topics.EE_ACTION)
 
@@ -45,6 +50,7 @@ class RecorderNode(Node):
             'publisher matched here before episode_recorder/ready (the graph lists what its '
             'nodes publish: a message published before matching is not in the bag)',
             read_only=True))
+        trusted_publishers = declare_trusted_publishers(self, Topics.EPISODE_EVENTS)
         topics = dict(EPISODE_TOPICS)
         if record_raw:
             topics[Topics.IMAGE_RAW] = 'sensor_msgs/msg/Image'
@@ -65,8 +71,12 @@ class RecorderNode(Node):
         self.topic_types = dict(topics)
         # events first: when an episode's start and its first messages are ready together, the
         # executor serves subscriptions in creation order
-        self.subscriptions_by_topic = {Topics.EPISODE_EVENTS: self.create_subscription(
-            String, Topics.EPISODE_EVENTS, self._on_event, qos_profile(Topics.EPISODE_EVENTS))}
+        # an episode's bag opens and closes on the actor's events: only its (anyone on the
+        # domain can publish on the topic)
+        self.foreign = ForeignTally()
+        self.subscriptions_by_topic = {Topics.EPISODE_EVENTS: TrustedSubscription(
+            self, String, Topics.EPISODE_EVENTS, self._on_event,
+            qos_profile(Topics.EPISODE_EVENTS), trusted_publishers, self.foreign).subscription}
         for topic, type_name in topics.items():
             if topic == Topics.EPISODE_EVENTS:
                 continue
@@ -104,7 +114,9 @@ class RecorderNode(Node):
         spec = TOPIC_QOS.get(topic, Qos.STATE)
         # A deep reader queue: while this node opens a bag (the first one takes a second on a
         # loaded machine) the simulated clock may run many ticks ahead, and a keep-last queue
-        # of 10 would lose the oldest of them from the bag. (Best-effort raw frames may drop.)
+        # of 10 would lose the oldest of them from the bag.
+        if topic == Topics.IMAGE_RAW:
+            return qos_profile(dataclasses.replace(Qos.OFFERED_FRAME, depth=RECORDER_FRAME_DEPTH))
         if not spec.reliable:
             return qos_profile(spec)
         return qos_profile(dataclasses.replace(spec, depth=max(spec.depth, RECORDER_DEPTH)))

@@ -2,7 +2,10 @@
 
 Subscribes  gripper_cam/image_crop (sensor_msgs/Image).
 Publishes   reward_classifier/probability (Float32), reward_classifier/success (Bool, after
-            `debounce_frames` consecutive frames at or above `threshold`), diagnostics.
+            `debounce_frames` consecutive frames at or above `threshold`), diagnostics
+            (reward_classifier; reward_classifier/lighting: WARN while the images have stayed
+            outside the brightness/contrast the classifier was trained on for
+            `lighting_drift_s`, by the images' stamps; the first such drift is also logged).
 `threshold` can be changed at runtime (validated to lie in (0, 1)). The reward is not made here:
 the actor's RewardTracker (hilserl/learning/task.py) turns success into reward and episode ends.
 """
@@ -17,10 +20,11 @@ from std_msgs.msg import Bool, Float32
 
 from hilserl.ros.node import declare, diagnostic_array, qos_profile, spin_node
 from hilserl.messages.conventions import Topics
-from hilserl.messages.conversions import ConversionError, image_to_array
+from hilserl.messages.conversions import ConversionError, image_to_array, stamp_to_seconds
 from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
 from reward_classifier_node.inference import SuccessDetector
-from reward_classifier_node.model import load_classifier
+from reward_classifier_node.lighting import drift_tracker, unchecked_entry
+from reward_classifier_node.model import check_frame_size, load_classifier
 
 
 class ClassifierNode(Node):
@@ -32,6 +36,10 @@ class ClassifierNode(Node):
                             "checkpoint's validated threshold", float_range=(0.0, 1.0))
         debounce = declare(self, 'debounce_frames', 3, 'consecutive frames above threshold '
                            'before success is reported', int_range=(1, 100), read_only=True)
+        drift_s = declare(self, 'lighting_drift_s', 5.0, 'seconds the camera images must stay '
+                          'outside the brightness/contrast range the classifier was trained on '
+                          '(lighting.json beside the model) before a diagnostic warning; 0 turns '
+                          'the check off', float_range=(0.0, 3600.0), read_only=True)
         if not model_dir:
             raise ValueError('reward_classifier needs model_dir (train one with '
                              '`hilserl train-classifier`)')
@@ -40,6 +48,9 @@ class ClassifierNode(Node):
         model, saved_threshold, _ = load_classifier(model_dir)
         self.detector = SuccessDetector(model, threshold or saved_threshold, debounce)
         self.bad_frames = 0
+        self.lighting, self.lighting_off = drift_tracker(model_dir, drift_s)
+        if self.lighting_off:
+            self.get_logger().info(f'lighting drift check off: {self.lighting_off}')
         self.add_on_set_parameters_callback(self._on_parameters)
         self.prob_pub = self.create_publisher(Float32, Topics.SUCCESS_PROBABILITY,
                                               qos_profile(Topics.SUCCESS_PROBABILITY))
@@ -66,11 +77,20 @@ class ClassifierNode(Node):
             view = image_to_array(msg)
             if view.shape[2] != 3:
                 raise ConversionError(f'expected an rgb image, got {msg.encoding}')
-            prob, success = self.detector.update([view])
+            check_frame_size(self.detector.model, view.shape[:2])
         except (ConversionError, ValueError) as exc:  # ValueError: not the classifier's size
             self.bad_frames += 1
             self.get_logger().warning(f'frame ignored: {exc}', throttle_duration_sec=2.0)
             return
+        if self.lighting is not None:
+            stamp_s = stamp_to_seconds(msg.header.stamp) or \
+                self.get_clock().now().nanoseconds * 1e-9  # an unstamped image: arrival time
+            drift = self.lighting.update(view, stamp_s)
+            if drift.log_line:
+                self.get_logger().warning(drift.log_line)
+            if drift.changed:
+                self._publish_diagnostics()
+        prob, success = self.detector.update([view])
         self.prob_pub.publish(Float32(data=prob))
         self.success_pub.publish(Bool(data=success))
 
@@ -80,8 +100,10 @@ class ClassifierNode(Node):
                   'latency_p50_ms': f'{p50:.2f}' if p50 else '',
                   'latency_p99_ms': f'{p99:.2f}' if p99 else ''}
         level = WARN if self.bad_frames else OK
+        lighting = (self.lighting.entry() if self.lighting is not None
+                    else unchecked_entry(self.lighting_off))
         self.diag_pub.publish(diagnostic_array(
-            [DiagnosticEntry('reward_classifier', level, 'running', values)],
+            [DiagnosticEntry('reward_classifier', level, 'running', values), lighting],
             self.get_clock().now().to_msg()))
 
 

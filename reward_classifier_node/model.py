@@ -11,7 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -86,22 +86,29 @@ class RewardClassifier(nn.Module):
         return self.head(torch.cat(feats, dim=1)).squeeze(1)
 
 
+def check_frame_size(model: RewardClassifier, height_width) -> None:
+    """ValueError (one line) for frames of another size than the classifier was trained on."""
+    trained = tuple(model.config.image_hw_px)
+    if tuple(height_width) != trained:
+        raise ValueError(f'frames of {height_width[0]}x{height_width[1]} px, but the classifier '
+                         f'was trained on {trained[0]}x{trained[1]}: train it on episodes '
+                         'recorded with this image.resize_hw_px')
+
+
 @torch.inference_mode()
 def success_probabilities(model: RewardClassifier, *views) -> torch.Tensor:
     """The one inference path (the node's frames, training's validation, the evaluation of
     recorded episodes): (N, H, W, 3) uint8 arrays, one per view -> (N,) success probabilities.
     Frames of another size than the classifier was trained on are refused (ValueError)."""
-    trained = tuple(model.config.image_hw_px)
     for view in views:
-        if tuple(view.shape[1:3]) != trained:
-            raise ValueError(f'frames of {view.shape[1]}x{view.shape[2]} px, but the classifier '
-                             f'was trained on {trained[0]}x{trained[1]}: train it on episodes '
-                             'recorded with this image.resize_hw_px')
+        check_frame_size(model, view.shape[1:3])
     tensors = [torch.from_numpy(v).permute(0, 3, 1, 2) for v in views]
     return torch.sigmoid(model(*tensors))
 
 
-def save_classifier(model: RewardClassifier, directory, threshold: float, metrics: dict) -> Path:
+def save_classifier(model: RewardClassifier, directory, threshold: float, metrics: dict,
+                    files: Optional[Dict[str, dict]] = None) -> Path:
+    """`files`: more JSON files beside the weights (name -> content), in the same rename."""
     from safetensors.torch import save_file
     directory = Path(directory)
     tmp = directory.with_name(directory.name + '.tmp')
@@ -115,6 +122,8 @@ def save_classifier(model: RewardClassifier, directory, threshold: float, metric
     config = dataclasses.asdict(model.config)
     (tmp / 'config.json').write_text(json.dumps(
         {'classifier': config, 'threshold': threshold, 'metrics': metrics}, indent=2))
+    for name, content in (files or {}).items():
+        (tmp / name).write_text(json.dumps(content, indent=2))
     if directory.exists():
         old = directory.with_name(directory.name + '.old')
         if old.exists():

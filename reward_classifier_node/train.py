@@ -20,6 +20,8 @@ from hilserl.data.bags import labelled_frames, list_episodes, read_episode
 from hilserl.common.progress import progress_bar
 from hilserl.messages.conventions import Topics
 from hilserl.learning.augment import random_shift
+from reward_classifier_node.lighting import (AUGMENTATION_JITTER, LIGHTING_FILE, LightingRange,
+                                             lighting_json)
 from reward_classifier_node.model import (ClassifierConfig, RewardClassifier, save_classifier,
                                           success_probabilities)
 
@@ -102,9 +104,10 @@ def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch
     """uint8 (B, 3, H, W) -> float: random shift by up to `pad` px, brightness/contrast jitter."""
     x = random_shift(images, pad, generator).float()
     b = x.shape[0]
-    brightness = 1 + (torch.rand(b, 1, 1, 1, generator=generator) - 0.5) * 0.4
+    jitter = 2 * AUGMENTATION_JITTER
+    brightness = 1 + (torch.rand(b, 1, 1, 1, generator=generator) - 0.5) * jitter
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = 1 + (torch.rand(b, 1, 1, 1, generator=generator) - 0.5) * 0.4
+    contrast = 1 + (torch.rand(b, 1, 1, 1, generator=generator) - 0.5) * jitter
     return ((x - mean) * contrast + mean * brightness).clamp(0, 255)
 
 
@@ -195,6 +198,9 @@ def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = Cla
              f'({int(y_val.sum())} positive)')
     model = RewardClassifier(model_cfg)
     progress(model.load_report)
+    # what the drift check of the classifier node compares the live images with
+    lighting = LightingRange.from_images(x_train)
+    progress(f'lighting of the training images (with margin): {lighting.describe()}')
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     pos_weight = torch.tensor(n_neg / n_pos)  # class imbalance
@@ -230,7 +236,7 @@ def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = Cla
             save_classifier(model, Path(output_dir), threshold, {
                 'validation': best, 'train_episodes': [e.name for e in train_eps],
                 'validation_episodes': [e.name for e in val_eps],
-                'training_config': cfg.__dict__})
+                'training_config': cfg.__dict__}, files={LIGHTING_FILE: lighting_json(lighting)})
         if elapsed > cfg.max_minutes * 60:
             progress(f'stopping: time budget of {cfg.max_minutes} min reached')
             break

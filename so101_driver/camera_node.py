@@ -1,7 +1,8 @@
 """gripper_camera node: the gripper camera (OpenCV device, or MuJoCo render in simulation).
 
-Publishes gripper_cam/image_raw (full frame, rgb8, sensor-data QoS, stamped at capture),
-gripper_cam/image_crop (policy view: crop [top, left, height, width] then resize) and diagnostics.
+Publishes gripper_cam/image_raw (full frame, rgb8, stamped at capture; offered reliably, read
+best effort except by the recorder), gripper_cam/image_crop (policy view: crop [top, left,
+height, width] then resize) and diagnostics.
 Blank, frozen and failed frames are never published; the device is reopened with backoff.
 In simulation it renders the published state (joint_states + sim/cube_pose) once both of a tick
 have arrived, stamped with that state's (simulated) time, at most `fps` frames per simulated
@@ -20,7 +21,7 @@ from sensor_msgs.msg import Image, JointState
 from hilserl.ros.node import declare, declare_config, diagnostic_array, qos_profile, spin_node
 from hilserl.robot.camera import CameraConfig, CameraSupervisor, OpenCVSource
 from hilserl.configuration.config import ImageConfig
-from hilserl.messages.conventions import JOINT_NAMES, Frames, Topics
+from hilserl.messages.conventions import JOINT_NAMES, Frames, Qos, Topics
 from hilserl.messages.conversions import (ConversionError, array_to_image, joint_state_to_arrays,
                                           stamp_to_nanoseconds)
 from hilserl.messages.diagnostics import DiagnosticEntry
@@ -78,7 +79,9 @@ class CameraNode(Node):
         else:
             raise ValueError(f"backend={backend!r}: must be 'opencv' or 'sim'")
         self.supervisor = CameraSupervisor(self.source, self.cam_cfg)
-        self.raw_pub = self.create_publisher(Image, Topics.IMAGE_RAW, qos_profile(Topics.IMAGE_RAW))
+        # offered reliably: best-effort readers (RViz) as before, the recorder gets every frame
+        self.raw_pub = self.create_publisher(Image, Topics.IMAGE_RAW,
+                                             qos_profile(Qos.OFFERED_FRAME))
         self.crop_pub = self.create_publisher(Image, Topics.IMAGE_CROP,
                                               qos_profile(Topics.IMAGE_CROP))
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,

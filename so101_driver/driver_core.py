@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hilserl.messages.conventions import JOINT_NAMES
+from hilserl.messages.conversions import ACTION_BOUND_TOLERANCE
 from hilserl.robot.kinematics import SO101Kinematics
 from hilserl.configuration.parameters import param
 from so101_driver.backend import ArmBackend, BackendError, JointReading
@@ -43,6 +44,12 @@ class DriverConfig:
     random_ee_range_xy_m: float = param(TASK_DEFAULTS.random_ee_range_xy_m,
                                         '+- range of the reset randomisation (m)',
                                         float_range=(0.0, 0.1))
+    # Reads that fail in a row (each after the bus's own retries) before the driver says not
+    # ready: one lost reply on a noisy bus must not pause the episode or restart the person's
+    # re-place count-down; at the 100 Hz tick, 5 is 50 ms of holding without a reading.
+    read_failures_before_not_ready: int = param(
+        5, 'failed reads in a row before driver/ready goes false (the episode pauses)',
+        int_range=(1, 100))
     temperature_warn_c: float = 60.0
     temperature_error_c: float = 75.0
     # Exit (DriverCore.shutdown): folded, TCP ~4 cm above the base plate, gripper closed.
@@ -61,6 +68,10 @@ class DriverConfig:
         if not 0 <= self.random_ee_range_xy_m <= 0.1:
             raise ValueError(f'random_ee_range_xy_m={self.random_ee_range_xy_m}: must be in '
                              '[0, 0.1] m')
+        if not (isinstance(self.read_failures_before_not_ready, int)
+                and self.read_failures_before_not_ready >= 1):
+            raise ValueError(f'read_failures_before_not_ready='
+                             f'{self.read_failures_before_not_ready!r}: must be an integer >= 1')
         if self.temperature_warn_c >= self.temperature_error_c:
             raise ValueError('temperature_warn_c must be below temperature_error_c')
         _check_pose('rest_pose_rad', self.rest_pose_rad)
@@ -151,6 +162,8 @@ class DriverCore:
                                 f'got {action.size}')
         if not np.all(np.isfinite(action)):
             return self._reject(f'EE action has non-finite values {action.tolist()}')
+        if np.any(np.abs(action) > 1.0 + ACTION_BOUND_TOLERANCE):
+            return self._reject(f'EE action {action.tolist()} leaves [-1, 1]')
         busy = self._ready_for_commands()
         if busy:
             return self._reject(busy)
@@ -321,10 +334,11 @@ class DriverCore:
 
     @property
     def ready(self) -> bool:
-        """Accepting commands: a fresh reading, torque held by every servo, no e-stop/reset."""
+        """Accepting commands: a reading that is not failing for long, torque held by every
+        servo, no e-stop/reset."""
         return self.mode in ('idle', 'ee', 'joint') and self.reading is not None and \
-            self.consecutive_read_failures == 0 and not self.torque_lost and \
-            self.backend.torque_enabled
+            self.consecutive_read_failures < self.cfg.read_failures_before_not_ready and \
+            not self.torque_lost and self.backend.torque_enabled
 
     # --- diagnostics ------------------------------------------------------------------------
     def diagnostics(self, health=None, bus_stats=None) -> List[DiagnosticEntry]:

@@ -37,8 +37,10 @@ from std_msgs.msg import Bool, Float32MultiArray, Float64MultiArray, Int64MultiA
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from hilserl.ros.node import (NodeStartError, declare, declare_config, diagnostic_array, marker,
-                              pose_stamped, qos_profile, spin_node)
+from hilserl.ros.node import (NodeStartError, TrustedSubscription, declare, declare_config,
+                              declare_trusted_publishers, diagnostic_array, marker, pose_stamped,
+                              qos_profile, spin_node)
+from hilserl.messages.diagnostics import ForeignTally
 from hilserl.messages.conventions import JOINT_NAMES, Frames, Topics
 from hilserl.messages.conversions import (ConversionError, action_stamp_ns, arrays_to_joint_state,
                                           joint_state_to_arrays, nanoseconds_to_stamp,
@@ -96,6 +98,8 @@ class DriverNode(Node):
             raise ValueError(f'on_exit={self.on_exit!r} with backend=external: must be hold (the '
                              'controller stack owns torque, and its joint states stop arriving '
                              'once this node stops)')
+        trusted_publishers = declare_trusted_publishers(self, f'{Topics.EE_ACTION} and '
+                                                        f'{Topics.JOINT_COMMAND}')
         sim_clock = declare(self, 'sim_clock', True, 'sim: the driver owns simulated time '
                             '(/clock, lock-step with the actor); false: wall-clock ticks',
                             read_only=True)
@@ -115,6 +119,16 @@ class DriverNode(Node):
         else:
             raise ValueError(f"backend={backend_name!r}: must be 'sim', 'hardware' or 'external'")
         self.core = DriverCore(backend, self.config, self.kin, seed=seed)
+        try:
+            self._start(backend_name, sim_clock, health_period_s, seed, trusted_publishers)
+        except BaseException:
+            # Ctrl-C (or an error) after the arm came up, before the node spins: spin_node
+            # never gets this node to close, so leave the arm as on_exit says here
+            self.close()
+            raise
+
+    def _start(self, backend_name, sim_clock, health_period_s, seed, trusted_publishers):
+        """Publishers, services and timers of an arm that is up."""
         self.rng = np.random.default_rng(seed)
         if self.sim is not None:
             self._sim_reset()
@@ -135,10 +149,14 @@ class DriverNode(Node):
                                                      qos_profile(Topics.SIM_GRASPED))
             self.success_pub = self.create_publisher(Bool, Topics.SIM_SUCCESS,
                                                      qos_profile(Topics.SIM_SUCCESS))
-        self.create_subscription(Float32MultiArray, Topics.EE_ACTION, self._on_action,
-                                 qos_profile(Topics.EE_ACTION))
-        self.create_subscription(Float64MultiArray, Topics.JOINT_COMMAND, self._on_joint_command,
-                                 qos_profile(Topics.JOINT_COMMAND))
+        # commands move the arm: in a graph only its actor may send them (any participant on
+        # the domain can publish)
+        self.foreign = ForeignTally()
+        for msg_type, topic, callback in (
+                (Float32MultiArray, Topics.EE_ACTION, self._on_action),
+                (Float64MultiArray, Topics.JOINT_COMMAND, self._on_joint_command)):
+            TrustedSubscription(self, msg_type, topic, callback, qos_profile(topic),
+                                trusted_publishers, self.foreign)
         self.create_service(Trigger, 'reset', self._on_reset)
         self.create_service(SetBool, 'torque', self._on_torque)
         self.create_service(SetBool, 'estop', self._on_estop)
@@ -283,7 +301,7 @@ class DriverNode(Node):
     # --- simulated clock ----------------------------------------------------------------------
     def _offer_action(self, msg: Float32MultiArray) -> None:
         try:
-            action = validated_action(msg.data, 4)
+            action = validated_action(msg.data, 4, bound=1.0)
             stamp_ns = action_stamp_ns(msg)
         except ConversionError as exc:
             self.core.counters['rejected_commands'] += 1
@@ -387,6 +405,7 @@ class DriverNode(Node):
             except BackendError as exc:
                 self.core.last_error = str(exc)
         entries = self.core.diagnostics(health, self.bus.stats if self.bus else None)
+        entries[0].values.update(self.foreign.values())
         if self.lock_step is not None:
             entries[0].values.update({f'sim_{k}': str(v)
                                       for k, v in self.lock_step.counters.items()})

@@ -72,6 +72,11 @@ class BusStats:
     last_error: str = ''
     last_fault: Optional[BusFault] = None
     recent_faults: Deque[BusFault] = field(default_factory=lambda: collections.deque(maxlen=100))
+    # Status packets that answered no request of this attempt (a late reply of an attempt that
+    # gave up, or another servo's), skipped: (packet index, servo id, parameter bytes)
+    late_replies_skipped: int = 0
+    recent_late_replies: Deque[Tuple[int, int, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=100))
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,8 @@ class FeetechBus:
         self.backoff_s = backoff_s
         self._timeout_ms = timeout_ms
         self.reopen_interval_s = reopen_interval_s
-        self.stats = BusStats(recent_faults=collections.deque(maxlen=fault_log_size))
+        self.stats = BusStats(recent_faults=collections.deque(maxlen=fault_log_size),
+                              recent_late_replies=collections.deque(maxlen=fault_log_size))
         self._lock = threading.Lock()
         self._port = None
         self._packet = None
@@ -319,6 +325,7 @@ class FeetechBus:
             rx, comm = ph.rxPacket(self._port)
             complete = len(rx) >= 6 and rx[0] == rx[1] == 0xFF and len(rx) >= rx[3] + 4
             if comm == scs.COMM_RX_CORRUPT and complete and rx[2] != servo_id:
+                self._skipped(rx)
                 continue  # a damaged packet of another servo (a late reply): not ours
             if comm != scs.COMM_SUCCESS:
                 if wrong_length is not None:
@@ -331,6 +338,11 @@ class FeetechBus:
                 return bytes(rx[5:5 + n_params]), rx[4]
             if rx[2] == servo_id:
                 wrong_length = rx[3] - 2
+            self._skipped(rx)
+
+    def _skipped(self, rx) -> None:
+        self.stats.late_replies_skipped += 1
+        self.stats.recent_late_replies.append((self.packets_sent - 1, rx[2], max(rx[3] - 2, 0)))
 
     def _transfer(self, servo_id: int, instruction: int, params, n_reply: int
                   ) -> Tuple[bytes, int]:

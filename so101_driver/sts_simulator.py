@@ -24,6 +24,7 @@ What setting a servo up needs, as an STS3215 does it:
 """
 from __future__ import annotations
 
+import collections
 import fcntl
 import os
 import pty
@@ -34,7 +35,7 @@ import termios
 import threading
 import time
 import tty
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from so101_driver import sts_protocol as sts
 
@@ -202,6 +203,10 @@ class SimulatedBus:
         # 0-based indices of the instruction packets whose replies were faulted (what
         # FeetechBus.BusFault.packet_index counts on the other end).
         self.faulted_packets: List[int] = []
+        # the last instruction packets: (index, seconds since start, servo id, instruction,
+        # reply bytes, replies faulted), to tell what a bus saw when a count went wrong
+        self._packet_log: Deque[tuple] = collections.deque(maxlen=5000)
+        self._started_s = time.monotonic()
         self._frame_index = -1
         self._out = bytearray()
         self._physics_dt = 1.0 / physics_rate_hz
@@ -402,9 +407,20 @@ class SimulatedBus:
             return
         # All replies to one instruction leave in one write, back to back as on a real bus.
         self._out = bytearray()
+        faulted_before = self.replies_faulted
         self._answer(frame)
         if self._out:
             os.write(self._master, bytes(self._out))
+        with self._lock:
+            self._packet_log.append((self._frame_index,
+                                     round(time.monotonic() - self._started_s, 4), frame[2],
+                                     frame[4], bytes(self._out).hex(),
+                                     self.replies_faulted - faulted_before))
+
+    def packet_log_around(self, index: int, span: int) -> List[tuple]:
+        """What the simulator received and answered for packets index - span .. index + span."""
+        with self._lock:
+            return [entry for entry in self._packet_log if abs(entry[0] - index) <= span]
 
     def _answer(self, frame: bytes):
         servo_id, instruction, params = frame[2], frame[4], frame[5:-1]

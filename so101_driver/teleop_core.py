@@ -5,12 +5,12 @@ converts messages and publishes what this returns.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from hilserl.messages.conversions import event_from_json
 from hilserl.robot.expert import ScriptedExpert
 from hilserl.robot.kinematics import SO101Kinematics
 from hilserl.robot.teleop import (LABEL_SUCCESS, GamepadTeleop, KeyboardTeleop, LeaderArmTeleop,
@@ -47,6 +47,7 @@ class TeleopMessages:
     action: Optional[np.ndarray] = None   # None: the label alone
     intervention: bool = False
     stamp_ns: Optional[int] = None        # the action's tick; None: the node's clock when sent
+    torque_on: bool = False               # the person asked to re-arm (the driver's torque service)
 
 
 class DeviceTeleop:
@@ -67,8 +68,8 @@ class DeviceTeleop:
     def keyboard_step(self, now_s: float) -> TeleopMessages:
         out = self.keyboard.output(now_s)
         if self.config.labels_only:
-            return TeleopMessages(label=out.label)
-        return TeleopMessages(out.label, out.action, out.intervention)
+            return TeleopMessages(label=out.label, torque_on=out.torque_on)
+        return TeleopMessages(out.label, out.action, out.intervention, torque_on=out.torque_on)
 
     def gamepad_step(self, axes: Sequence[float], buttons: Sequence[int]) -> TeleopMessages:
         out = self.gamepad.output(axes, buttons)
@@ -80,7 +81,7 @@ class DeviceTeleop:
         `read_leader_rad` raises passes through; the keys of this step are spent by then."""
         keys = self.keyboard.output(now_s)
         out = self.leader.output(read_leader_rad(), keys.intervention)
-        return TeleopMessages(keys.label, out.action, out.intervention)
+        return TeleopMessages(keys.label, out.action, out.intervention, torque_on=keys.torque_on)
 
 
 class SimHumanAnswers:
@@ -109,11 +110,8 @@ class SimHumanAnswers:
 
     def on_event(self, text: str) -> Optional[str]:
         """An episode/events message; at a start, what to log (the episode's behaviour)."""
-        try:
-            event = json.loads(text)
-        except (json.JSONDecodeError, TypeError):
-            return None
-        if not (isinstance(event, dict) and event.get('event') == 'start'):
+        event = event_from_json(text)
+        if event is None or event.get('event') != 'start':
             return None
         behaviour = self.human.start_episode()
         self.success_pressed = False

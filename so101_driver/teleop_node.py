@@ -26,6 +26,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Bool, Float32MultiArray, String
+from std_srvs.srv import SetBool
 
 from hilserl.ros.node import declare, qos_profile, spin_node
 from hilserl.configuration.config import ActionConfig, TaskConfig
@@ -145,6 +146,8 @@ class TeleopNode(Node):
                                                       qos_profile(Topics.INTERVENTION))
         self.label_pub = self.create_publisher(String, Topics.EPISODE_LABEL,
                                                qos_profile(Topics.EPISODE_LABEL))
+        # the t key: the driver's torque service, as `hilserl torque on` calls it
+        self.torque_client = self.create_client(SetBool, 'torque')
         if self.config.publishes_at_control_rate:
             self.create_timer(1.0 / rate_hz, self._tick)
         self.get_logger().info(f'teleop up: device={self.device}, {rate_hz:g} Hz')
@@ -174,6 +177,10 @@ class TeleopNode(Node):
 
     def _on_cube(self, msg):
         p = msg.pose.position
+        if not np.all(np.isfinite([p.x, p.y, p.z])):
+            self.get_logger().warning(f'ignoring cube pose: non-finite position '
+                                      f'{[p.x, p.y, p.z]}', throttle_duration_sec=5.0)
+            return
         self._publish(self.sim_human.on_cube(np.array([p.x, p.y, p.z]),
                                              stamp_to_nanoseconds(msg.header.stamp),
                                              self._now_ns()))
@@ -201,13 +208,21 @@ class TeleopNode(Node):
     def _publish(self, out: Optional[TeleopMessages]) -> None:
         if out is None:
             return
+        if out.torque_on:
+            self._ask_torque_on()
         if out.label:  # before the action: the actor reads the label with the tick's action
             self.label_pub.publish(String(data=out.label))
         if out.action is None:
             return
         stamp_ns = out.stamp_ns if out.stamp_ns is not None else self._now_ns()
+        try:
+            joy = human_to_joy(out.action, out.intervention, stamp_ns)
+        except ConversionError as exc:  # what it was told of the world was not (a stranger's)
+            self.get_logger().warning(f'no human action for this tick: {exc}',
+                                      throttle_duration_sec=5.0)
+            return
         self.intervention_pub.publish(Bool(data=bool(out.intervention)))
-        self.action_pub.publish(human_to_joy(out.action, out.intervention, stamp_ns))
+        self.action_pub.publish(joy)
 
     def _tick(self):
         now = time.monotonic()
@@ -228,6 +243,23 @@ class TeleopNode(Node):
                                         throttle_duration_sec=2.0)
                 return
         self._publish(out)
+
+    def _ask_torque_on(self) -> None:
+        if not self.torque_client.service_is_ready():
+            self.get_logger().warning('t: the driver\'s torque service is not up; nothing done')
+            return
+        self.get_logger().info('t: asking the driver for torque on')
+        future = self.torque_client.call_async(SetBool.Request(data=True))
+
+        def answered(done):
+            response = done.result()
+            if response is None:
+                self.get_logger().error('t: the torque request failed')
+            elif response.success:
+                self.get_logger().info(f't: {response.message}')
+            else:  # a servo still hot is named; the lock-out goes on
+                self.get_logger().warning(f't: refused: {response.message}')
+        future.add_done_callback(answered)
 
     def close(self):
         if self.keys is not None:

@@ -58,8 +58,7 @@ def ros_context():
     """An isolated rclpy Context on its own domain id; shut down after the test."""
     rclpy = pytest.importorskip('rclpy')
     context = rclpy.Context()
-    _next_domain[0] = 40 + (_next_domain[0] - 39) % 100
-    rclpy.init(context=context, domain_id=_next_domain[0])
+    rclpy.init(context=context, domain_id=free_domain_id())
     try:
         yield context
     finally:
@@ -67,8 +66,14 @@ def ros_context():
 
 
 def free_domain_id() -> int:
-    """A ROS domain id of its own for a graph a test starts (processes, not a Context)."""
-    _next_domain[0] = 40 + (_next_domain[0] - 39) % 100
+    """A ROS domain id of its own for a graph a test starts: the next in 40..139 where no
+    participant and no hilserl graph is (another test session may run beside this one)."""
+    from hilserl.ros.domains import domains_with_participants, running_graphs
+    busy = domains_with_participants() | {g.domain_id for g in running_graphs()}
+    for _ in range(100):
+        _next_domain[0] = 40 + (_next_domain[0] - 39) % 100
+        if _next_domain[0] not in busy:
+            break
     return _next_domain[0]
 
 

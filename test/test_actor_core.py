@@ -1,6 +1,7 @@
 """The actor's decisions without ROS (hilserl_policy.actor_core): every phase transition, the
 simulated clock's tick answering, the human handover, post roll, the end of the run and the
 refusals. Time is given, never read: nothing here depends on the wall clock."""
+import dataclasses
 import json
 
 import numpy as np
@@ -57,12 +58,14 @@ class FakeGraph:
 class Rig:
     """A core with its clocks: `now_ns` (the node's clock) and `monotonic_s` (wall)."""
 
-    def __init__(self, policy=fixed_policy, **settings):
+    def __init__(self, policy=fixed_policy, reset_timeout_s=None, **settings):
         self.graph = FakeGraph()
         self.now_ns = 100 * S
         self.monotonic_s = 1000.0
         self.tick_ns = 0  # the simulated clock's last tick
-        self.core = ActorCore(ActorSettings(**settings), CFG, self.graph, policy=policy,
+        cfg = CFG if reset_timeout_s is None else dataclasses.replace(
+            CFG, task=dataclasses.replace(CFG.task, reset_timeout_s=reset_timeout_s))
+        self.core = ActorCore(ActorSettings(**settings), cfg, self.graph, policy=policy,
                               weights_step=42)
 
     def advance(self, seconds):
@@ -141,8 +144,6 @@ def test_settings_refuse_a_bad_mode_and_bad_values():
         ActorSettings(num_episodes=-1)
     with pytest.raises(ValueError, match='record_steps_after_success'):
         ActorSettings(record_steps_after_success=1.5)
-    with pytest.raises(ValueError, match='reset_timeout_s'):
-        ActorSettings(reset_timeout_s=float('inf'))
     with pytest.raises(ValueError, match='needs a policy'):
         ActorCore(ActorSettings(mode='eval'), CFG, FakeGraph(), policy=None)
     assert ActorSettings(mode='train').waits_for_learner
@@ -214,8 +215,8 @@ def test_the_replace_time_starts_when_the_arm_is_home_and_is_counted_down():
     person's re-place time (task.reset_delay_s) starts then, not at the answer."""
     rig = Rig(mode='eval', reset_timeout_s=5.0)
     cfg = TrainConfig(image=ImageConfig(resize_hw_px=(8, 8)),
-                      task=TaskConfig(episode_time_s=0.5, reset_delay_s=2.0))
-    rig.core = ActorCore(ActorSettings(mode='eval', reset_timeout_s=5.0), cfg, rig.graph,
+                      task=TaskConfig(episode_time_s=0.5, reset_delay_s=2.0, reset_timeout_s=5.0))
+    rig.core = ActorCore(ActorSettings(mode='eval'), cfg, rig.graph,
                          policy=fixed_policy)
     rig.core.on_driver_ready(True)             # ready before the reset (the last episode)
     rig.tick()
@@ -439,7 +440,7 @@ def test_the_episode_ends_at_its_time_limit():
     (end,) = events(outputs)
     assert end['outcome'] == 'timeout' and end['steps'] == 5 and end['transitions'] == 0
     assert logs(outputs, 'info') == ['episode 0 ended: TIMEOUT, 5 steps, return -0.25, 0 '
-                                     'intervention steps (policy weights step 42)']
+                                     'intervention steps (0% human; policy weights step 42)']
     assert rig.core.phase == 'need_reset' and rig.core.episodes_done == 1
     only(rig.tick(), CallReset)  # and the next episode is on its way
 
@@ -461,6 +462,8 @@ def test_record_success_rolls_on_with_the_human_before_the_episode_events():
     (end,) = events(outputs)
     assert end['event'] == 'end' and end['outcome'] == 'success' and end['transitions'] == 1
     assert rig.core.phase == 'need_reset'
+    # the log says how much of the episode the human drove: all of it, recording
+    assert '1 intervention steps (100% human;' in logs(outputs, 'info')[0]
     # without post roll the episode ends at once
     rig = Rig(mode='record', policy=None, record_steps_after_success=0)
     rig.start_episode()
@@ -694,3 +697,36 @@ def test_a_running_episode_pauses_while_the_driver_is_not_ready():
     outputs = rig.tick()
     assert logs(outputs, 'info') == ['episode 0 goes on: the driver is ready again']
     assert of(outputs, PublishTransition) and rig.core.runner.stats.steps == steps + 1
+
+
+@pytest.mark.parametrize('label', ['failure', 'rerecord'])
+def test_a_failure_or_rerecord_key_ends_a_paused_episode(label):
+    """Locked out mid-episode, the person gives up on it: the key ends the episode at once,
+    with that outcome and no further step or transition, and the graph moves on to a reset."""
+    rig = Rig(mode='record')
+    rig.start_episode()
+    rig.tick()
+    steps = rig.core.runner.stats.steps
+    rig.core.on_driver_ready(False)
+    rig.tick()
+    rig.core.on_label(label, monotonic_s=rig.monotonic_s)
+    outputs = rig.tick()
+    assert not of(outputs, PublishTransition)
+    assert [e['event'] for e in events(outputs)] == ['label', 'end']
+    assert events(outputs)[-1]['outcome'] == label and not events(outputs)[-1]['success']
+    assert f'episode 0 ended by the {label} key while paused' in logs(outputs, 'info')
+    assert rig.core.runner.stats.steps == steps and rig.core.phase == 'need_reset'
+
+
+def test_a_success_key_waits_for_the_paused_episode_to_go_on():
+    """Success is judged on the arm's next step: a paused episode keeps the key until then."""
+    rig = Rig(mode='record')
+    rig.start_episode()
+    rig.tick()
+    rig.core.on_driver_ready(False)
+    rig.tick()
+    rig.core.on_label('success', monotonic_s=rig.monotonic_s)
+    assert not events(rig.tick())
+    rig.core.on_driver_ready(True)
+    assert [e.get('label') for e in events(rig.tick())] == ['success']
+    assert rig.core.runner.stats.outcome == 'success'

@@ -89,6 +89,7 @@ def test_gripper_range_mismatch_with_tanh_is_refused(tmp_path):
      r'task\.min_steps_before_success=95.*never end'),
     ({'task': {'eval_random_ee_reset': 1}}, 'true or false'),
     ({'task': {'reset_delay_s': -1}}, r'task\.reset_delay_s=-1'),
+    ({'task': {'reset_timeout_s': float('inf')}}, r'task\.reset_timeout_s=inf'),
     ({'learner': {'keep_last_checkpoints': -1}}, r'learner\.keep_last_checkpoints=-1'),
 ])
 def test_bad_values_name_field_and_value(overrides, match):

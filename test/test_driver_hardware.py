@@ -123,7 +123,8 @@ def test_estop_holds_and_refuses_until_cleared(rig):
     assert core.ee_action([1, 0, 0, 0], clock[0])[0]
 
 
-@pytest.mark.parametrize('bad', [[0, 0, float('nan'), 0], [0, 0, 0], [float('inf')] * 4])
+@pytest.mark.parametrize('bad', [[0, 0, float('nan'), 0], [0, 0, 0], [float('inf')] * 4,
+                                 [0, 0, 1.5, 0], [0, -50.0, 0, 0]])
 def test_invalid_commands_are_counted_never_executed(rig, bad):
     sim, bus, backend, core = rig
     clock = [0.0]
@@ -140,7 +141,11 @@ def test_silent_servo_holds_and_reports_then_recovers(rig):
     clock = [0.0]
     run(core, 0.05, clock)
     sim.silence(3)
-    run(core, 0.02, clock)  # each failed read waits out 4 timeouts
+    run(core, 0.01, clock)  # each failed read waits out 4 timeouts
+    # one lost reading is a blip: the episode goes on (it would pause while not ready)
+    assert core.consecutive_read_failures == 1 and core.ready
+    for _ in range(core.cfg.read_failures_before_not_ready - 1):
+        run(core, 0.01, clock)
     assert core.counters['read_failures'] >= 1 and not core.ready
     entry = core.diagnostics(bus_stats=bus.stats)[0]
     assert entry.level == ERROR and 'not answering' in entry.message

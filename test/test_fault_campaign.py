@@ -198,6 +198,14 @@ def run_case(mode: str, rate: float, seconds: float) -> dict:
             'replies_faulted': rig.sim.replies_faulted, 'faults': stats.faults,
             'faults_logged': len(stats.recent_faults),
             'missed': uncounted(faulted, [f.packet_index for f in stats.recent_faults])[:20],
+            # where a fault went uncounted: what the bus saw around it (faults, late replies)
+            'around_missed': [{
+                'faults': [(f.packet_index, f.kind, f.servo_id) for f in stats.recent_faults
+                           if abs(f.packet_index - p) <= LATE_REPLY_PACKETS],
+                'late_replies_skipped': [r for r in stats.recent_late_replies
+                                         if abs(r[0] - p) <= LATE_REPLY_PACKETS],
+                'sim': rig.sim.packet_log_around(p, LATE_REPLY_PACKETS)}
+                for p in uncounted(faulted, [f.packet_index for f in stats.recent_faults])[:5]],
             'faulted': len(faulted),
             'servos_without_goals': [i for i in limits if not goals.get(i)],
             'goals_outside': {str(i): [g for g in goals.get(i, [])
@@ -248,7 +256,8 @@ def test_driver_survives_faults_and_recovers(campaign_results, mode, rate):
     print(summary)
     assert result['replies_faulted'] > 0, summary
     assert result['faults'] == result['faults_logged'], 'fault log overflowed'
-    assert not result['missed'], f'{summary}: faults not counted at packets {result["missed"]}'
+    assert not result['missed'], (f'{summary}: faults not counted at packets '
+                                  f'{result["missed"]}; around them: {result["around_missed"]}')
     assert result['faults'] >= result['faulted']
     assert not result['servos_without_goals'], \
         f'servos {result["servos_without_goals"]} never received a goal'

@@ -89,7 +89,7 @@ def test_transitions_are_queued_per_arm():
         assert c.on_transition(encoders[robot].encode(transition(i), 0, step), robot) is None
     assert learner.submitted == [(0.0, 0, 1, ''), (1.0, 0, 1, 'robot_1'), (2.0, 0, 2, ''),
                                  (3.0, 0, 2, 'robot_1')]
-    assert set(c.decoders) == {'', 'robot_1'} and learner.counts['missing'] == 0
+    assert set(c.decoders) == {('', b''), ('robot_1', b'')} and learner.counts['missing'] == 0
 
 
 def test_a_gap_is_named_with_the_arm_episode_and_step():
@@ -131,9 +131,13 @@ def test_episode_ends_are_checked_and_other_events_ignored():
     encoder = TransitionEncoder()
     for step in (1, 2):
         c.on_transition(encoder.encode(transition(step), 3, step), 'robot_1')
-    for text in ('not json', json.dumps({'event': 'start', 'episode': 3})):
-        assert c.on_event(text, 'robot_1') is None
-    assert learner.ended == []
+    assert c.on_event(json.dumps({'event': 'start', 'episode': 3}), 'robot_1') is None
+    # anyone can publish on the topic: what is not an actor's event is counted, never kept
+    for text in ('not json', '[1]', json.dumps({'event': 'end', 'episode': 'x', 'steps': 2}),
+                 json.dumps({'event': 'end', 'episode': 3}),
+                 json.dumps({'event': 'end', 'episode': 3, 'steps': 2, 'return': 'NaN'})):
+        assert c.on_event(text, 'robot_1').startswith('episode event ignored: ')
+    assert learner.ended == [] and c.bad_events == 5
     assert c.on_event(json.dumps({'event': 'end', 'episode': 3, 'steps': 2}), 'robot_1') is None
     c.on_transition(TransitionEncoder().encode(transition(9), 4, 1), 'robot_1')
     c.on_transition(TransitionEncoder().encode(transition(10), 5, 1), 'robot_1')
@@ -181,6 +185,7 @@ def test_summary_line_and_diagnostics_while_training():
     assert (entry.name, entry.level, entry.message) == ('sac_learner', OK, 'training')
     assert entry.values == {'step': '42', 'error': '', 'received': '10', 'stored': '10',
                             'dropped': '0', 'missing': '0', 'queued': '0', 'drop_reasons': '{}',
+                            'bad_events': '0',
                             'out_of_order': '0', 'episodes': '4', 'successes': '3',
                             'critic_updates_per_s': '12.346'}
     learner.last_metrics = {'critic_loss': 0.12345, 'alpha': 0.012345}

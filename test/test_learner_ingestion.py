@@ -193,8 +193,8 @@ def test_learner_node_stores_every_transition_in_order_while_it_trains(ros_conte
 
 def test_episodes_go_to_tensorboard_by_episode_number(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from hilserl_policy.learner import TensorBoardLog
-    log = TensorBoardLog(tmp_path, utd_ratio=2)
+    from hilserl_policy.metrics import TensorBoardSink, TrainingMetrics
+    log = TrainingMetrics([TensorBoardSink(tmp_path)], utd_ratio=2)
     episodes = [{'success': True, 'return': 9.4, 'steps': 13, 'interventions': 13},
                 {'success': False, 'return': -3.0, 'steps': 60, 'interventions': 15}]
     for number, episode in enumerate(episodes):

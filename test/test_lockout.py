@@ -1,7 +1,9 @@
 """A lock-out on a real arm (the pty STS3215 simulator): a servo overheats and lets go, the
 driver says so once with what to do, the actor pauses the episode (ROS-free: test_actor_core),
-and `hilserl torque on` re-arms once the servo has cooled; refused, naming the servo, before."""
+and `hilserl torque on` (or the keyboard teleop's `t` key) re-arms once the servo has cooled;
+refused, naming the servo, before."""
 import os
+import pty
 import queue
 import signal
 import subprocess
@@ -38,6 +40,62 @@ def wait_for(lines, text, seen, timeout_s=120.0):
         if text in line:
             return line
     pytest.fail(f'{text!r} never came:\n' + '\n'.join(seen[-30:]))
+
+
+def _start(cmd, env, **kwargs):
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kwargs)
+    lines = queue.Queue()
+    threading.Thread(target=read_lines, args=(proc.stdout, lines), daemon=True).start()
+    return proc, lines
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_the_t_key_re_arms_after_cooling(tmp_path):
+    """The person at the keyboard teleop presses `t`: refused while the servo is hot (the
+    servo named in the teleop's log), torque on once it has cooled."""
+    cal = default_calibration()
+    home = np.append(TOP_DOWN_SEED_RAD, 0.7)
+    sim = SimulatedBus(positions={cal[n].id: rad_to_ticks(n, home[k], cal[n])
+                                  for k, n in enumerate(JOINT_NAMES)}, calibration=cal)
+    save_calibration(cal, tmp_path / 'cal.json')
+    env = {**os.environ, 'ROS_DOMAIN_ID': str(free_domain_id()), 'PYTHONUNBUFFERED': '1'}
+    driver, driver_lines = _start(
+        [sys.executable, '-m', 'so101_driver.driver_node', '--ros-args',
+         '-p', 'backend:=hardware', '-p', f'port:={sim.port}', '-p', 'bus_timeout_ms:=300.0',
+         '-p', f'calibration_file:={tmp_path / "cal.json"}', '-p', 'health_period_s:=0.2'], env)
+    keyboard, terminal = pty.openpty()   # the person's terminal
+    teleop, teleop_lines = _start([sys.executable, '-m', 'so101_driver.teleop_node',
+                                   '--ros-args', '-p', 'device:=keyboard'], env, stdin=terminal)
+    seen = []
+    try:
+        wait_for(driver_lines, 'so101_driver up', seen)
+        wait_for(teleop_lines, 'teleop up', seen)
+        sim.set_temperature(2, 80)
+        wait_for(driver_lines, 'arm locked out', seen)
+        deadline = time.monotonic() + 120
+        line = ''
+        while 'refused' not in line and time.monotonic() < deadline:
+            os.write(keyboard, b't')  # the torque service may not be discovered yet
+            line = wait_for(teleop_lines, 't: ', seen)
+        assert 'refused' in line and 'shoulder_lift (id 2)' in line, seen[-10:]
+        sim.set_temperature(2, 35)
+        os.write(keyboard, b't')
+        line = wait_for(teleop_lines, 't: torque on', seen)
+        wait_for(driver_lines, 'lock-out over', seen)
+    finally:
+        _stop(teleop)
+        _stop(driver)
+        os.close(keyboard)
+        os.close(terminal)
+        sim.close()
 
 
 def test_a_lock_out_is_said_once_and_torque_on_re_arms_after_cooling(tmp_path, capsys):

@@ -37,6 +37,26 @@ def _start_recording(run_dir, own_session: bool = False):
     pytest.fail('the record graph did not start an episode within 120 s')
 
 
+def _describe(pids) -> str:
+    """What a process left running is doing (for a failure message): its command, each thread's
+    state and wait channel, and its signal masks (is the parent-death SIGINT pending, ignored?)."""
+    lines = []
+    for pid in pids:
+        try:
+            lines.append(f'{pid}: ' + open(f'/proc/{pid}/cmdline').read().replace('\0', ' ')[:160])
+            lines += ['  ' + line for line in open(f'/proc/{pid}/status').read().splitlines()
+                      if line.startswith(('State', 'PPid', 'SigPnd', 'ShdPnd', 'SigBlk', 'SigIgn',
+                                          'SigCgt'))]
+            for task in sorted(os.listdir(f'/proc/{pid}/task')):
+                comm = open(f'/proc/{pid}/task/{task}/comm').read().strip()
+                state = open(f'/proc/{pid}/task/{task}/stat').read().rsplit(')', 1)[1].split()[0]
+                wchan = open(f'/proc/{pid}/task/{task}/wchan').read()
+                lines.append(f'  thread {task} {comm}: {state} {wchan}')
+        except OSError as exc:
+            lines.append(f'  {exc}')
+    return '\n'.join(lines)
+
+
 def _wait_gone(marker: str, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while _node_pids(marker) and time.monotonic() < deadline:
@@ -51,7 +71,7 @@ def test_nodes_die_with_a_killed_hilserl(tmp_path):
     assert len(_node_pids(marker)) == 5
     proc.kill()
     proc.wait()
-    assert _wait_gone(marker), 'orphaned nodes kept running'
+    assert _wait_gone(marker), f'orphaned nodes kept running:\n{_describe(_node_pids(marker))}'
 
 
 def test_sighup_stops_the_graph_and_closes_the_open_bag(tmp_path):

@@ -42,6 +42,15 @@ def test_labels_only_keyboard_publishes_no_action():
     assert devices.keyboard_step(0.1) == TeleopMessages()   # nothing to publish
 
 
+@pytest.mark.parametrize('labels_only', [False, True])
+def test_the_t_key_asks_for_torque_once(labels_only):
+    """t re-arms after a lock-out, beside a leader arm too (labels only): asked once per press."""
+    devices = DeviceTeleop(TeleopConfig('keyboard', labels_only=labels_only))
+    devices.feed_keys('t', now_s=0.0)
+    assert devices.keyboard_step(0.0).torque_on
+    assert not devices.keyboard_step(0.1).torque_on
+
+
 def test_gamepad_step_passes_the_pad_through():
     devices = DeviceTeleop(TeleopConfig('gamepad'))
     out = devices.gamepad_step([0.0, -1.0, 0.0, 0.0, 0.0], [1, 1, 0, 0, 1, 0])

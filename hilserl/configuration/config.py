@@ -193,6 +193,9 @@ class TaskConfig:
     # Wait after the arm is home before an episode starts (s): on the arm, the human's time to
     # re-place the cube (the seed's reset delay); the graph passes it to the actor.
     reset_delay_s: float = 0.5
+    # A reset (lift, then home) not home within this long is asked again (s). The arm's path
+    # home at the driver's reset speed fits well inside; a jammed arm does not.
+    reset_timeout_s: float = 15.0
     workspace_min_m: Tuple[float, float, float] = (0.10, -0.15, 0.01)
     workspace_max_m: Tuple[float, float, float] = (0.35, 0.15, 0.25)
     lift_height_m: float = 0.03           # success: cube this far above the table while grasped
@@ -245,6 +248,9 @@ class TaskConfig:
         _finite('task.reset_delay_s', self.reset_delay_s)
         _require(0 <= self.reset_delay_s <= 60, 'task.reset_delay_s', self.reset_delay_s,
                  'must be in [0, 60] s')
+        _finite('task.reset_timeout_s', self.reset_timeout_s)
+        _require(1 <= self.reset_timeout_s <= 300, 'task.reset_timeout_s', self.reset_timeout_s,
+                 'must be in [1, 300] s')
         _positive('task.lift_height_m', self.lift_height_m)
         _finite('task.success_reward', self.success_reward)
         _finite('task.step_penalty', self.step_penalty)

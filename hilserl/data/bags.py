@@ -346,12 +346,15 @@ def layout_stamp_ns(cdr) -> Optional[int]:
 
 
 def message_stamp_ns(type_name: str, cdr) -> Optional[int]:
-    """The time a serialized message says it belongs to (header stamp, or a layout stamp)."""
+    """The time a serialized message says it belongs to (header stamp, or a layout stamp);
+    None where it says none, or one no bag can hold (negative, or past 2**63 ns: any
+    participant can publish on a recorded topic)."""
+    stamp = None
     if type_name in HEADER_FIRST_TYPES:
-        return header_stamp_ns(cdr)
-    if type_name in MULTIARRAY_TYPES:
-        return layout_stamp_ns(cdr)
-    return None
+        stamp = header_stamp_ns(cdr)
+    elif type_name in MULTIARRAY_TYPES:
+        stamp = layout_stamp_ns(cdr)
+    return stamp if stamp is not None and 0 <= stamp < 2 ** 63 else None
 
 
 def complete_episodes(root) -> List[Tuple[Path, dict]]:

@@ -30,6 +30,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from hilserl.data.video import VideoError, encode_mp4
+
 CODEBASE_VERSION = 'v3.0'
 ROBOT_TYPE = 'so101'
 DEFAULT_TASK = 'Pick up the cube and lift it'
@@ -185,25 +187,13 @@ def _encode_video(path: Path, frames: Iterator[np.ndarray], fps: int, height: in
                   ) -> dict:
     """Frames (H, W, 3) RGB into one MP4, frame i at time i / fps; the video info LeRobot keeps
     in info.json."""
-    import av
-    codec = next((c for c in VIDEO_CODECS if c in av.codecs_available), None)
-    if codec is None:
-        raise DatasetError(f'this PyAV has none of the video encoders {list(VIDEO_CODECS)}; '
-                           f'export with --images')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault('SVT_LOG', '1')  # SVT-AV1: errors only, not its banner
-    with av.open(str(path), 'w') as container:
-        stream = container.add_stream(codec, rate=fps, options=VIDEO_OPTIONS[codec])
-        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return {'video.height': height, 'video.width': width,
-            'video.codec': stream.codec_context.codec.canonical_name, 'video.pix_fmt': 'yuv420p',
-            'video.is_depth_map': False, 'video.fps': fps, 'video.channels': 3,
-            'has_audio': False}
+    try:
+        codec = encode_mp4(path, frames, fps, height, width, VIDEO_CODECS, VIDEO_OPTIONS)
+    except VideoError as exc:
+        raise DatasetError(f'{exc}; export with --images') from None
+    return {'video.height': height, 'video.width': width, 'video.codec': codec,
+            'video.pix_fmt': 'yuv420p', 'video.is_depth_map': False, 'video.fps': fps,
+            'video.channels': 3, 'has_audio': False}
 
 
 def _fixed_list(values: np.ndarray, pa_type):

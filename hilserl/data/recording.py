@@ -19,7 +19,6 @@ per topic in turn, so the next `start` can come before the last ticks of the epi
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Callable, Dict, List, Optional
 
 from hilserl.data.bags import EPISODE_TOPICS, EpisodeWriter
 from hilserl.messages.conventions import Topics
+from hilserl.messages.conversions import event_from_json
 
 
 SIM_PREROLL_WINDOW_NS = 10_000_000_000
@@ -98,12 +98,11 @@ class EpisodeRecorder:
         return path
 
     def on_event(self, text: str, now_ns: int) -> None:
-        try:
-            event = json.loads(text)
-        except json.JSONDecodeError:
-            self.dropped += 1
+        event = event_from_json(text)
+        kind = None if event is None else event.get('event')
+        if event is None or kind == 'start' and type(event.get('episode', 0)) is not int:
+            self.dropped += 1  # not an actor's event
             return
-        kind = event.get('event')
         if self.sim_clock and isinstance(event.get('stamp_ns'), int):
             now_ns = event['stamp_ns']
         if kind == 'start':

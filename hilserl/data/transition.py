@@ -12,9 +12,10 @@ episode, and any whose image differs, carry both. A message decodes alone with
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,12 +44,20 @@ class Transition:
                                   ('action', self.action, action_dim)):
             if np.shape(value) != (size,):
                 raise ValueError(f'{name} has shape {np.shape(value)}, expected ({size},)')
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f'{name} is not finite: {value}')
-        if not np.isfinite(self.reward):
-            raise ValueError(f'reward is not finite: {self.reward}')
+            if not _finite_as_float32(value):
+                raise ValueError(f'{name} is not finite (as float32, as stored): {value}')
+        if not _finite_as_float32(self.reward):
+            raise ValueError(f'reward is not finite (as float32, as stored): {self.reward}')
         if np.any(np.abs(self.action) > 1.0 + 1e-6):
             raise ValueError(f'action {self.action} leaves [-1, 1]')
+
+
+def _finite_as_float32(value) -> bool:
+    """Finite, and still finite once stored as float32 (1e300 is not)."""
+    value = np.asarray(value)
+    if value.dtype.kind not in 'biuf':
+        return False
+    return bool(np.all(np.isfinite(value)) and np.all(np.abs(value) <= np.finfo(np.float32).max))
 
 
 _MAGIC = b'HTR1'
@@ -96,19 +105,34 @@ class MissingPreviousImage(ValueError):
         self.position = (episode, step, next_image)
 
 
+class InvalidTransition(ValueError):
+    """A transition that decoded but does not fit (`Transition.validate`): shapes, dtypes,
+    non-finite values, an action outside [-1, 1]. The message starts with the field's name."""
+
+
 class TransitionDecoder:
     """One stream's decoder: fills in an image left out from the previous step's next image.
-    A transition whose previous step did not arrive cannot be completed: ValueError."""
+    A transition whose previous step did not arrive cannot be completed: ValueError.
+    `expected` (image shape, state dim, action dim): each transition must also pass
+    `Transition.validate` (InvalidTransition otherwise), and one that does not is never taken as the
+    stream's previous step."""
 
-    def __init__(self):
+    def __init__(self, expected: Optional[Tuple[Sequence[int], int, int]] = None):
         self._previous: Optional[Tuple[int, int, np.ndarray]] = None
+        self.expected = expected
 
     def decode(self, data) -> Tuple[Transition, dict]:
         try:
             t, header = _decode(data, self._previous)
         except MissingPreviousImage as exc:
-            self._previous = exc.position  # the next step can still be completed
+            if self.expected is None or _fits(exc.position[2], self.expected[0]):
+                self._previous = exc.position  # the next step can still be completed
             raise
+        if self.expected is not None:
+            try:
+                t.validate(*self.expected)
+            except ValueError as exc:
+                raise InvalidTransition(str(exc)) from None
         episode, step = int(header.get('episode', -1)), int(header.get('step', -1))
         if episode >= 0:  # one without its place in an episode leaves the stream as it was
             self._previous = (episode, step, t.next_image)
@@ -121,18 +145,60 @@ def decode_transition(data) -> Tuple[Transition, dict]:
     return _decode(data, None)
 
 
+def _fits(image: np.ndarray, image_shape) -> bool:
+    return image.shape == tuple(image_shape) and image.dtype == np.uint8
+
+
+# What a header may hold (anyone on the domain can publish on `transitions`): numbers only,
+# arrays of at most 3 dimensions, flags as booleans, positions as integers.
+_ARRAY_KINDS = 'biuf'
+_MAX_NDIM = 3
+_FLAGS = ('terminated', 'truncated', 'intervention')
+_POSITION_LIMIT = 2 ** 62
+
+
+def _checked_header(header) -> dict:
+    if not isinstance(header, dict):
+        raise ValueError('malformed transition: header is not a JSON object')
+    shapes, dtypes = header.get('shapes'), header.get('dtypes')
+    if not isinstance(shapes, list) or not isinstance(dtypes, list) or \
+            len(shapes) != len(dtypes) or len(shapes) > len(_ARRAYS):
+        raise ValueError('malformed transition: shapes and dtypes must be lists of one length')
+    for shape in shapes:
+        if not isinstance(shape, list) or len(shape) > _MAX_NDIM or not all(
+                type(d) is int and 0 <= d < _POSITION_LIMIT for d in shape):
+            raise ValueError(f'malformed transition: array shape {shape!r}')
+    for dtype in dtypes:
+        if not isinstance(dtype, str) or len(dtype) > 8:
+            raise ValueError(f'malformed transition: array dtype {dtype!r}')
+    reward = header.get('reward')
+    if type(reward) not in (int, float):
+        raise ValueError(f'malformed transition: reward {reward!r} is not a number')
+    for flag in _FLAGS:
+        if type(header.get(flag)) is not bool:
+            raise ValueError(f'malformed transition: {flag} {header.get(flag)!r} is not a '
+                             'boolean')
+    for name in ('episode', 'step'):
+        value = header.get(name, -1)
+        if type(value) is not int or not -1 <= value < _POSITION_LIMIT:
+            raise ValueError(f'malformed transition: {name} {value!r} is not an integer >= -1')
+    return header
+
+
 def _decode(data, previous) -> Tuple[Transition, dict]:
     data = memoryview(bytes(data))
     if len(data) < 8 or bytes(data[:4]) != _MAGIC:
         raise ValueError('not a hilserl transition (bad magic)')
     (n,) = struct.unpack('<I', data[4:8])
     try:
-        header = json.loads(bytes(data[8:8 + n]))
+        header = _checked_header(json.loads(bytes(data[8:8 + n])))
         offset = 8 + n
         arrays = []
         for shape, dtype in zip(header['shapes'], header['dtypes']):
             dt = np.dtype(dtype)
-            size = int(np.prod(shape)) * dt.itemsize
+            if dt.kind not in _ARRAY_KINDS or dt.itemsize > 8:
+                raise ValueError(f'malformed transition: array dtype {dtype!r} is not numeric')
+            size = math.prod(shape) * dt.itemsize
             if offset + size > len(data):
                 raise ValueError('truncated transition payload')
             # a copy: the message buffer is read-only and short-lived
@@ -153,6 +219,6 @@ def _decode(data, previous) -> Tuple[Transition, dict]:
         t = Transition(reward=float(header['reward']), terminated=bool(header['terminated']),
                        truncated=bool(header['truncated']),
                        intervention=bool(header['intervention']), **values)
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f'malformed transition: {exc}') from None
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f'malformed transition: {type(exc).__name__}: {exc}') from None
     return t, header

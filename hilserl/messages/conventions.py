@@ -80,6 +80,10 @@ class Qos:
     EVENT = QosSpec(reliable=True, depth=100)
     TRANSITIONS = QosSpec(reliable=True, depth=1000)
     LATCHED = QosSpec(reliable=True, depth=1, transient_local=True)
+    # What the camera offers for its full frame: readers take it best effort (SENSOR_DATA), a
+    # reliable writer serves them as before and also a reader that must have every frame (the
+    # recorder, for eval videos; best effort lost half of the 0.9 MB frames there).
+    OFFERED_FRAME = QosSpec(reliable=True, depth=5)
 
 
 TOPIC_QOS = {

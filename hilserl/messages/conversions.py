@@ -5,6 +5,7 @@ serves live nodes and recorded bags. Writers import the message module lazily (n
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -163,12 +164,29 @@ def action_from_msg(msg, action_dim: int) -> np.ndarray:
     return validated_action(msg.data, action_dim)
 
 
-def validated_action(values, action_dim: int) -> np.ndarray:
+def event_from_json(text) -> Optional[dict]:
+    """An episode/events message (JSON) as a dict; None for anything that is not a JSON object
+    (any participant on the domain can publish on the topic)."""
+    try:
+        event = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
+# float32 rounding of a value in [-1, 1] stays inside this
+ACTION_BOUND_TOLERANCE = 1e-6
+
+
+def validated_action(values, action_dim: int, bound: Optional[float] = None) -> np.ndarray:
+    """`action_dim` finite values; with `bound`, each within [-bound, bound] as well."""
     action = np.asarray(values, dtype=np.float64)
     if action.shape != (action_dim,):
         raise ConversionError(f'action has {action.size} values, expected {action_dim}')
     if not np.all(np.isfinite(action)):
         raise ConversionError(f'action has non-finite values: {action.tolist()}')
+    if bound is not None and np.any(np.abs(action) > bound + ACTION_BOUND_TOLERANCE):
+        raise ConversionError(f'action {action.tolist()} leaves [-{bound:g}, {bound:g}]')
     return action
 
 

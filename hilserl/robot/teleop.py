@@ -29,6 +29,7 @@ class TeleopOutput:
     action: np.ndarray            # (4,) float32 in [-1, 1]
     intervention: bool
     label: Optional[str] = None   # one-shot episode label
+    torque_on: bool = False       # one-shot: re-arm the arm after a lock-out
 
 
 KEY_AXES: Dict[str, Tuple[int, float]] = {
@@ -38,8 +39,10 @@ KEY_AXES: Dict[str, Tuple[int, float]] = {
 KEY_LABELS = {'k': LABEL_SUCCESS, 'j': LABEL_FAILURE, 'esc': LABEL_FAILURE,
               'u': LABEL_RERECORD, 'left': LABEL_RERECORD}
 TOGGLE_KEYS = {' ', 'i'}
+TORQUE_ON_KEY = 't'   # after a lock-out, once the servo has cooled (as `hilserl torque on`)
 KEY_HELP = ('w/s +x/-x, a/d +y/-y, r/f +z/-z, q/e close/open gripper, space or i toggle '
-            'intervention, k success, j or Esc failure, u or Left re-record')
+            'intervention, k success, j or Esc failure, u or Left re-record, t torque on '
+            'after a lock-out')
 ESCAPE_SEQUENCES = {'\x1b[D': 'left', '\x1b[C': 'right', '\x1b[A': 'up', '\x1b[B': 'down',
                     '\x1b': 'esc'}
 
@@ -66,10 +69,13 @@ class KeyboardTeleop:
         self.intervention = False
         self._last_seen: Dict[str, float] = {}
         self._pending_label: Optional[str] = None
+        self._torque_on = False
 
     def feed(self, key: str, now_s: float) -> None:
         if key in TOGGLE_KEYS:
             self.intervention = not self.intervention
+        elif key == TORQUE_ON_KEY:
+            self._torque_on = True
         elif key in KEY_LABELS:
             self._pending_label = KEY_LABELS[key]
             self.intervention = False  # an ended episode hands control back
@@ -83,7 +89,8 @@ class KeyboardTeleop:
                 axis, sign = KEY_AXES[key]
                 action[axis] += sign
         label, self._pending_label = self._pending_label, None
-        return TeleopOutput(np.clip(action, -1, 1), self.intervention, label)
+        torque_on, self._torque_on = self._torque_on, False
+        return TeleopOutput(np.clip(action, -1, 1), self.intervention, label, torque_on)
 
 
 @dataclass(frozen=True)

@@ -75,11 +75,18 @@ LAUNCH_ARGUMENTS: Tuple[Tuple[str, str, str], ...] = (
                                'and learner on different machines; ROS_STATIC_PEERS is honoured)'),
     ('part', 'all', 'train: the nodes that run here: all, robot (everything but the learner: '
                     'the robot\'s computer) or learner (the learner alone: a GPU machine)'),
+    ('wandb', 'false', 'train: the learner also logs its metrics to a Weights & Biases run under '
+                       'run_dir/wandb, offline unless WANDB_MODE says otherwise (needs the '
+                       'wandb package; `hilserl eval --wandb` logs an evaluation)'),
     ('robots', '1', 'train, sim: this many simulated arms, each (driver, camera, teleop, actor, '
                     'recorder) in its namespace robot_0 ... robot_{N-1} with its own episodes and '
                     'bags under run_dir/robot_i, feeding one learner'),
 )
 ROBOT_NAMESPACE = 'robot_{}'
+# The nodes that publish the graph's commands, weights and experience: the only ones the
+# driver, actor and learner accept them from (`trusted_publishers`; anyone on the domain can
+# publish on a topic)
+ACTOR, LEARNER = 'sac_actor', 'sac_learner'
 
 
 @dataclass(frozen=True)
@@ -104,8 +111,10 @@ class GraphArgs:
     discovery: str = 'localhost'
     part: str = 'all'
     robots: int = 1
+    wandb: bool = False
     behaviour_mix: str = 'expert:1'   # record: the simulated human's per-episode behaviours
     seed_offset: int = 0              # added to the config's seed (resets, behaviours)
+    record_camera: bool = False       # the bags also hold the full camera frame (eval videos)
 
     def __post_init__(self):
         checks = [(self.mode in MODES, 'mode', f'one of {MODES}'),
@@ -270,10 +279,10 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
         nodes += _robot_nodes(args, cfg, run_dir / namespace if several else run_dir,
                               seed + 100 * index, namespace, shared)
     if args.mode == 'train':
-        nodes.append(NodeSpec('sac_learner', 'hilserl_policy.learner_node', {
+        nodes.append(NodeSpec(LEARNER, 'hilserl_policy.learner_node', {
             'config_file': config_file, 'run_dir': str(run_dir),
             'demo_dir': str(Path(args.demo_dir).resolve()) if args.demo_dir else '',
-            'device': args.device,
+            'device': args.device, 'trusted_publishers': [ACTOR], 'wandb': bool(args.wandb),
             'robot_namespaces': [ROBOT_NAMESPACE.format(i) for i in range(args.robots)]
             if several else ['']}))
     if args.backend == 'sim':
@@ -306,7 +315,7 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
         # the seed evaluates from the home pose: task.eval_random_ee_reset
         'random_ee_reset': task.eval_random_ee_reset if eval_mode else task.random_ee_reset,
         'random_ee_range_xy_m': task.random_ee_range_xy_m,
-        'seed': seed}
+        'seed': seed, 'trusted_publishers': [ACTOR]}
     # the graph's backend wins over a robot file's (its parameters come after the file's)
     driver['backend'] = args.backend
     if args.driver == 'external':  # EE control here, the joints behind the user's controller
@@ -344,7 +353,7 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
             # actor's RewardTracker (task.success_frames_to_end): the node reports every frame.
             'threshold': task.classifier_threshold or 0.0, 'debounce_frames': 1}, **arm))
     episodes_dir = run_dir / 'eval' if eval_mode else run_dir
-    nodes.append(NodeSpec('sac_actor', 'hilserl_policy.actor_node', {
+    nodes.append(NodeSpec(ACTOR, 'hilserl_policy.actor_node', {
         'config_file': config_file, 'mode': args.mode,
         'checkpoint': str(Path(args.checkpoint).resolve()) if args.checkpoint else '',
         'success_source': args.success_source,
@@ -353,11 +362,13 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
         'run_dir': str(episodes_dir),
         'sim_clock': sim_clock, 'wait_for_teleop': sim_clock and teleop == 'sim',
         'wait_for_recorder': bool(args.record),
+        'trusted_publishers': [LEARNER],
         'device': 'cpu'},
         **arm, remappings=tuple(r for r in shared if r[0] == Topics.POLICY_WEIGHTS)))
     if args.record:
         nodes.append(NodeSpec('episode_recorder', 'hilserl_tools.recorder_node', {
             'run_dir': str(episodes_dir), 'config_digest': cfg.digest(),
-            'sim_clock': sim_clock,
-            'required_topics': recorded_publishers(args.mode, args.backend, teleop)}, **arm))
+            'sim_clock': sim_clock, 'record_raw_image': bool(args.record_camera),
+            'required_topics': recorded_publishers(args.mode, args.backend, teleop),
+            'trusted_publishers': [ACTOR]}, **arm))
     return nodes

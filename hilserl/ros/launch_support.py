@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import List
 
+from hilserl.common.optional_packages import require_wandb
 from hilserl.configuration.config import load_train_config
 from hilserl.ros.graph import (LAUNCH_ARGUMENTS, ROBOT_NAMESPACE, GraphArgs, NodeSpec, build_graph,
                                keyboard_teleop_command, node_namespace, node_remappings,
@@ -19,7 +20,7 @@ def graph_args_from_context(context) -> GraphArgs:
     mode = LaunchConfiguration('mode').perform(context)
     values = {name: LaunchConfiguration(name).perform(context)
               for name, _, _ in LAUNCH_ARGUMENTS}
-    for flag in ('record', 'rviz'):
+    for flag in ('record', 'rviz', 'wandb'):
         values[flag] = values[flag].lower() in ('true', '1', 'yes')
     for number in ('num_episodes', 'robots'):
         values[number] = int(values[number])
@@ -43,6 +44,8 @@ def graph_actions(context) -> List:
     cfg = load_train_config(args.config_path())
     if args.mode == 'train':  # before any node starts: the encoder weights are here
         check_encoder_weights(cfg.policy)
+        if args.wandb and args.part != 'robot':
+            require_wandb('wandb:=true')
     actions = [SetEnvironmentVariable(k, v) for k, v in args.environment().items()]
     actions += [LogInfo(msg=line) for line in robot_file_disagreements(args)]
     actors = []

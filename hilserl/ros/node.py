@@ -3,6 +3,7 @@
 that cannot start)."""
 from __future__ import annotations
 
+import collections
 import io
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 import rclpy
+import rclpy.clock
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -45,6 +47,10 @@ def describe(description: str, *, float_range: Optional[Sequence[float]] = None,
     return descriptor
 
 
+ORPHAN_POLL_S = 0.5          # how often a node checks that its parent is still there
+ORPHAN_EXTRA_GRACE_S = 10.0  # beyond the node's own close time, before an orphan exits hard
+
+
 class NodeStartError(RuntimeError):
     """A node that cannot start for a reason the user can act on (a bus that does not answer,
     a missing file): spin_node prints it in one line and exits 1, without a traceback."""
@@ -69,25 +75,30 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
             raise KeyboardInterrupt
 
     _init_without_signal_handlers(args)
+    built = []  # the node, once built: the orphan watchdog reads its close_timeout_s
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, 'SIGHUP', None)):
             if sig is not None:
                 signal.signal(sig, request_stop)
-        _stop_when_the_parent_dies(stop_requested)
+        _stop_when_the_parent_dies(stop_requested, built)
     node = None
     try:
         try:
             node = node_factory()
+            built.append(node)
         except NodeStartError as exc:
             print(f'cannot start: {exc}', file=sys.stderr, flush=True)
             return 1
+        _guard_sim_clock(node)
         executor = executor or SingleThreadedExecutor()
         executor.add_node(node)
         spinning[0] = True
+        namesakes = _NamesakeWatch(node)
         # a node that sets `finished` (e.g. the actor after its last eval episode) ends the process
         while rclpy.ok() and not stop_requested.is_set() and \
                 not getattr(node, 'finished', False):
             executor.spin_once(timeout_sec=0.1)
+            namesakes.poll()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001
@@ -122,6 +133,60 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
     return 0
 
 
+class _NamesakeWatch:
+    """Warns once when another node with this node's full name is on the domain: a second
+    graph started on the same domain (two `ros2 launch` in two terminals), whose driver, actor
+    and recorder would take this graph's messages as their own. Checked a few times while
+    discovery settles, then never again (it costs a graph query)."""
+
+    CHECK_AFTER_S = (3.0, 10.0, 30.0)
+
+    def __init__(self, node):
+        self._node = node
+        self._started = time.monotonic()
+        self._checks = list(self.CHECK_AFTER_S)
+
+    def poll(self) -> None:
+        if not self._checks or time.monotonic() - self._started < self._checks[0]:
+            return
+        self._checks.pop(0)
+        try:
+            peers = self._node.get_node_names_and_namespaces()
+        except Exception:  # noqa: BLE001 - a graph query racing shutdown: nothing to warn about
+            return
+        name, namespace = self._node.get_name(), self._node.get_namespace()
+        if sum(1 for peer in peers if tuple(peer) == (name, namespace)) > 1:
+            self._checks.clear()
+            full = f'{namespace.rstrip("/")}/{name}'
+            self._node.get_logger().warning(
+                f'another node named {full} is on ROS domain {os.environ.get("ROS_DOMAIN_ID", "0")}'
+                f': another graph runs there, and the two would exchange actions, episodes and '
+                f'weights. Stop it, or start this graph on a domain of its own (ROS_DOMAIN_ID=N '
+                f'ros2 launch ..., or `hilserl` without --domain-id: it picks a free one)')
+
+
+def _guard_sim_clock(node) -> None:
+    """With use_sim_time, rclpy's own /clock subscription raises on a time it cannot hold
+    (negative seconds), and the node would die of it: any participant on the domain can publish
+    on /clock. Such messages are dropped and counted (`node.bad_clock_messages`)."""
+    source = getattr(node, '_time_source', None)
+    subscription = getattr(source, '_clock_sub', None)
+    if subscription is None:  # wall clock (or an rclpy that keeps it elsewhere)
+        return
+    node.bad_clock_messages = 0
+    forward = source.clock_callback
+
+    def checked(msg) -> None:
+        if msg.clock.sec < 0:
+            node.bad_clock_messages += 1
+            node.get_logger().warning(f'/clock message with negative time ignored '
+                                      f'({node.bad_clock_messages} so far)',
+                                      throttle_duration_sec=5.0)
+            return
+        forward(msg)
+    subscription.callback = checked
+
+
 class _Unbreakable(io.TextIOBase):
     """A text stream whose writes never raise: output nobody can read any more is dropped."""
 
@@ -147,19 +212,38 @@ class _Unbreakable(io.TextIOBase):
         return False
 
 
-def _stop_when_the_parent_dies(stop_requested: threading.Event) -> None:
+def _stop_when_the_parent_dies(stop_requested: threading.Event, built: list) -> None:
     """Linux: SIGINT when the process that started this node (ros2 launch, `hilserl`) dies,
     however it dies (SIGKILL, or a launch that exits on SIGTERM or SIGHUP without waiting for
-    its nodes): an orphaned driver would hold the arm under torque with nobody watching."""
+    its nodes): an orphaned driver would hold the arm under torque with nobody watching.
+    A watchdog thread also sees the parent go (the signal is bound to the thread that forked
+    us, and a stop can hang in a callback that never returns): it asks for the stop and, if
+    the process is still there after the node's close time, prints every stack and exits."""
     parent = os.getppid()
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGINT))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the request took hold
-        stop_requested.set()
+        pass
+    threading.Thread(target=_orphan_watchdog, args=(parent, stop_requested, built),
+                     name='orphan-watchdog', daemon=True).start()
+
+
+def _orphan_watchdog(parent: int, stop_requested: threading.Event, built: list) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_S)
+    stop_requested.set()
+    close_s = getattr(built[0], 'close_timeout_s', 20.0) if built else 20.0
+    time.sleep(close_s + ORPHAN_EXTRA_GRACE_S)
+    import faulthandler
+    try:
+        print(f'parent {parent} is gone and the node did not stop within '
+              f'{close_s + ORPHAN_EXTRA_GRACE_S:.0f} s: exiting', file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(all_threads=True)
+    except (OSError, ValueError):
+        pass
+    os._exit(1)
 
 
 def _init_without_signal_handlers(args) -> None:
@@ -242,3 +326,109 @@ def message_class(type_name: str):
     import importlib
     package, _, name = type_name.split('/')
     return getattr(importlib.import_module(f'{package}.msg'), name)
+
+
+# rmw's name for a publisher whose node it has not learnt yet (discovery of node names lags
+# behind that of the publisher: its first messages can arrive before)
+_UNKNOWN_NODE = '_NODE_NAME_UNKNOWN_'
+
+
+def _gid_key(gid) -> bytes:
+    """A publisher's GID as bytes, without the padding some rmw versions add."""
+    return bytes(gid).rstrip(b'\0')
+
+
+class TrustedSubscription:
+    """A subscription that hands `callback` only the messages of publishers in the nodes named
+    `trusted` (node names, any namespace; empty: every publisher): any participant on the
+    domain can publish on any topic. Others are refused and counted in `tally`. A publisher is
+    known by the GID each message carries (rclpy's MessageInfo) and the graph's endpoint list;
+    messages whose publisher's node is not known yet are held, in order, until it is (at most
+    `UNKNOWN_GRACE_S`, then refused). An rclpy without publisher GIDs accepts every message.
+    `with_publisher`: `callback(msg, publisher GID bytes)` (b'' where unknown), so that a
+    stream can be kept apart per publisher."""
+
+    UNKNOWN_GRACE_S = 5.0
+    MAX_HELD = 1000          # a flood from an unknown publisher cannot grow memory
+    REFRESH_PERIOD_S = 0.05  # graph queries are not free: a flood does not repeat them
+
+    def __init__(self, node, msg_type, topic: str, callback, qos, trusted: Sequence[str],
+                 tally, with_publisher: bool = False):
+        self.node = node
+        self.callback = callback if with_publisher else (lambda msg, _publisher: callback(msg))
+        self.trusted = frozenset(name for name in trusted if name)
+        self.tally = tally
+        self.topic = topic
+        self._names = {}   # GID bytes -> node name
+        self._held = {}    # GID bytes -> deque of (message, wall time it arrived)
+        self._refreshed_s = -1.0
+        self.subscription = node.create_subscription(
+            msg_type, topic, self._on_message if self.trusted or with_publisher else callback,
+            qos)
+        if self.trusted:
+            node.create_timer(0.1, self._release,
+                              clock=rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME))
+
+    def _on_message(self, msg, info) -> None:
+        gid = info.get('publisher_gid') if isinstance(info, dict) else None
+        if gid is None or not self.trusted:  # this rclpy does not say who published, or
+            self.callback(msg, b'' if gid is None else _gid_key(gid['data']))  # anyone may
+            return
+        key = _gid_key(gid['data'])
+        name = self._names.get(key)
+        if name is not None and key not in self._held:
+            self._deliver(key, name, msg)
+            return
+        if sum(map(len, self._held.values())) >= self.MAX_HELD:
+            self._refuse(_UNKNOWN_NODE)  # a flood of unknown origin: the newest goes
+        else:
+            self._held.setdefault(key, collections.deque()).append((msg, time.monotonic()))
+        self._release()
+
+    def _deliver(self, key: bytes, name: str, msg) -> None:
+        if name in self.trusted:
+            self.callback(msg, key)
+        else:
+            self._refuse(name)
+
+    def _refresh_names(self, now_s: float) -> None:
+        if now_s - self._refreshed_s < self.REFRESH_PERIOD_S:
+            return
+        self._refreshed_s = now_s
+        for info in self.node.get_publishers_info_by_topic(self.subscription.topic_name):
+            if info.node_name != _UNKNOWN_NODE:
+                self._names[_gid_key(info.endpoint_gid)] = info.node_name
+
+    def _release(self) -> None:
+        """Deliver or refuse the held messages, each publisher's in arrival order, once its
+        node is known (or refuse them after UNKNOWN_GRACE_S)."""
+        if not self._held:
+            return
+        now_s = time.monotonic()
+        self._refresh_names(now_s)
+        for key in list(self._held):
+            held, name = self._held[key], self._names.get(key)
+            while held and (name is not None or now_s - held[0][1] >= self.UNKNOWN_GRACE_S):
+                self._deliver(key, name or _UNKNOWN_NODE, held.popleft()[0])
+            if not held:
+                del self._held[key]
+
+    def _refuse(self, name: str) -> None:
+        self.tally.count(self.topic, name)
+        self.node.get_logger().warning(
+            f'{self.topic}: message from node {name!r} refused (trusted_publishers: '
+            f'{sorted(self.trusted)}); {self.tally.total} foreign messages so far',
+            throttle_duration_sec=5.0)
+
+
+TRUSTED_PUBLISHERS_DESCRIPTION = (
+    'node names whose messages on {} are accepted (any namespace); others are refused and '
+    'counted in diagnostics (foreign_messages). Empty: every publisher (the graph names its own '
+    'nodes)')
+
+
+def declare_trusted_publishers(node, topics: str) -> list:
+    """The `trusted_publishers` parameter of a node that guards `topics` (words for the
+    description)."""
+    return list(declare(node, 'trusted_publishers', [''],
+                        TRUSTED_PUBLISHERS_DESCRIPTION.format(topics), read_only=True))
