@@ -98,6 +98,9 @@ def _add_graph_arguments(parser, mode: str) -> None:
             default, description = 'none', description + ' (eval default: none)'
         if name in ('record', 'rviz'):
             parser.add_argument(flag, default=default, choices=('true', 'false'), help=description)
+        elif mode == 'eval' and name == 'run_dir':
+            parser.add_argument(flag, default='', help='the eval goes under RUN_DIR/eval '
+                                '(default: the run directory of --checkpoint)')
         elif name == 'wandb':
             parser.add_argument(flag, action='store_true', help=description if mode == 'train'
                                 else 'also log the evaluation (each episode, the totals and '
@@ -250,8 +253,12 @@ def _eval_config(graph_args):
     The checkpoint must exist and its config load (one-line error otherwise)."""
     import dataclasses
 
-    from hilserl.configuration.run_dir import config_differences, load_checkpoint_config
+    from hilserl.configuration.run_dir import (checkpoint_run_dir, config_differences,
+                                               load_checkpoint_config)
     checkpoint_cfg, config_path = load_checkpoint_config(graph_args.checkpoint)
+    if not graph_args.run_dir:  # the checkpoint's run, not another run's eval folder
+        graph_args = dataclasses.replace(graph_args, run_dir=str(checkpoint_run_dir(
+            config_path.parent)))
     if not graph_args.config:
         return dataclasses.replace(graph_args, config=str(config_path)), checkpoint_cfg
     cfg = load_train_config(graph_args.config)

@@ -65,7 +65,8 @@ def run_setup_motors(port: str, leader: bool = False, baudrate: int = 1_000_000,
                 break
         out(f'{len(done)} servos set up at {baudrate} baud: '
             + ', '.join(f'{j} = id {servo_id(j)}' for j in done)
-            + f'. Chain them and check with: hilserl setup-motors --port {port} --check')
+            + f'. Chain them and check with: hilserl setup-motors --port {port}'
+            + (' --leader' if leader else '') + ' --check')
         return 0
     finally:
         bus.close()

@@ -25,7 +25,7 @@ from hilserl.messages.conversions import ConversionError, image_to_array, stamp_
 from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
 from reward_classifier_node.inference import SuccessDetector
 from reward_classifier_node.lighting import drift_tracker, unchecked_entry
-from reward_classifier_node.model import load_classifier
+from reward_classifier_node.model import check_frame_size, load_classifier
 
 
 class ClassifierNode(Node):
@@ -79,7 +79,8 @@ class ClassifierNode(Node):
             view = image_to_array(msg)
             if view.shape[2] != 3:
                 raise ConversionError(f'expected an rgb image, got {msg.encoding}')
-        except ConversionError as exc:
+            check_frame_size(self.detector.model, view.shape[:2])
+        except (ConversionError, ValueError) as exc:  # ValueError: not the classifier's size
             self.bad_frames += 1
             self.get_logger().warning(f'frame ignored: {exc}', throttle_duration_sec=2.0)
             return

@@ -86,10 +86,22 @@ class RewardClassifier(nn.Module):
         return self.head(torch.cat(feats, dim=1)).squeeze(1)
 
 
+def check_frame_size(model: RewardClassifier, height_width) -> None:
+    """ValueError (one line) for frames of another size than the classifier was trained on."""
+    trained = tuple(model.config.image_hw_px)
+    if tuple(height_width) != trained:
+        raise ValueError(f'frames of {height_width[0]}x{height_width[1]} px, but the classifier '
+                         f'was trained on {trained[0]}x{trained[1]}: train it on episodes '
+                         'recorded with this image.resize_hw_px')
+
+
 @torch.inference_mode()
 def success_probabilities(model: RewardClassifier, *views) -> torch.Tensor:
     """The one inference path (the node's frames, training's validation, the evaluation of
-    recorded episodes): (N, H, W, 3) uint8 arrays, one per view -> (N,) success probabilities."""
+    recorded episodes): (N, H, W, 3) uint8 arrays, one per view -> (N,) success probabilities.
+    Frames of another size than the classifier was trained on are refused (ValueError)."""
+    for view in views:
+        check_frame_size(model, view.shape[1:3])
     tensors = [torch.from_numpy(v).permute(0, 3, 1, 2) for v in views]
     return torch.sigmoid(model(*tensors))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -153,6 +153,20 @@ def better_epoch(metrics: Dict, best: Dict) -> bool:
     return key(metrics) > key(best)
 
 
+def _frame_size(model_cfg: ClassifierConfig, episodes: List[EpisodeFrames]) -> ClassifierConfig:
+    """The classifier sees frames at the size they were recorded (the policy's view,
+    image.resize_hw_px of the config that recorded them); episodes of several sizes are
+    refused."""
+    sizes = sorted({tuple(e.images.shape[1:3]) for e in episodes})
+    if len(sizes) > 1:
+        raise ValueError('the episodes hold frames of several sizes (' + ', '.join(
+            f'{h}x{w}' for h, w in sizes) + ' px): train on episodes recorded with one '
+            'image.resize_hw_px')
+    if sizes and sizes[0] != tuple(model_cfg.image_hw_px):
+        model_cfg = replace(model_cfg, image_hw_px=sizes[0])
+    return model_cfg
+
+
 def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = ClassifierConfig(),
                      cfg: TrainClassifierConfig = TrainClassifierConfig(),
                      progress: Callable[[str], None] = print,
@@ -167,6 +181,7 @@ def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = Cla
     if rerecorded:
         progress(f'left out {len(rerecorded)} episodes marked re-record: '
                  f'{", ".join(rerecorded)}')
+    model_cfg = _frame_size(model_cfg, episodes)
     train_eps, val_eps = split_by_episode(episodes, cfg.val_fraction, cfg.seed)
     if not val_eps or not train_eps:
         raise ValueError(f'need at least 2 episodes to split by episode, got {len(episodes)}')

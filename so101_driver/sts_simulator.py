@@ -299,6 +299,9 @@ class SimulatedBus:
             if servo.get('torque_enable'):
                 raise RuntimeError(f'servo {servo_id} holds torque: it cannot be moved by hand')
             servo.actual_ticks = float(position_ticks)
+            # the encoder reads the new position at once, not at the next motor tick: a read
+            # that comes before that tick must not see where the joint was
+            servo._update_present(0.0, 0.0)
 
     # --- lifecycle --------------------------------------------------------------------------
     def close(self):

@@ -68,3 +68,31 @@ def test_an_epoch_that_finds_successes_beats_a_more_accurate_blind_one():
     seeing = {'recall': 0.4, 'accuracy': 0.90}
     assert train.better_epoch(seeing, blind) and not train.better_epoch(blind, seeing)
     assert train.better_epoch({'recall': 0.5, 'accuracy': 0.96}, seeing)
+
+
+def test_the_classifier_takes_the_size_of_its_frames_and_refuses_another(tmp_path):
+    """Bags recorded with image.resize_hw_px 48x48 train a 48x48 classifier whatever the
+    default; frames of another size are refused in one line (the node counts them as bad
+    frames), and so are episodes of mixed sizes."""
+    import pytest
+
+    from reward_classifier_node.model import success_probabilities
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    episodes = [EpisodeFrames(f'episode_{i:06d}', rng.integers(0, 255, (6, 48, 48, 3), np.uint8),
+                              labels.copy() if i % 2 else np.zeros(6, int)) for i in range(4)]
+    train_classifier(None, tmp_path / 'clf', ClassifierConfig(hidden_dim=8),
+                     TrainClassifierConfig(epochs=1, val_fraction=0.5), progress=lambda _: None,
+                     episodes=episodes)
+    model, _, _ = load_classifier(tmp_path / 'clf')
+    assert tuple(model.config.image_hw_px) == (48, 48)
+    assert success_probabilities(model, episodes[0].images).shape == (6,)
+    with pytest.raises(ValueError, match=r'frames of 64x64 px, but the classifier was trained '
+                                         r'on 48x48') as refused:
+        success_probabilities(model, np.zeros((1, 64, 64, 3), np.uint8))
+    assert '\n' not in str(refused.value)
+    mixed = episodes + [EpisodeFrames('episode_000009', np.zeros((6, 32, 32, 3), np.uint8),
+                                      labels.copy())]
+    with pytest.raises(ValueError, match=r'several sizes \(32x32, 48x48 px\)'):
+        train_classifier(None, tmp_path / 'mixed', ClassifierConfig(hidden_dim=8),
+                         TrainClassifierConfig(epochs=1), episodes=mixed)

@@ -5,12 +5,9 @@ person's key presses typed into the terminal (a pty) that the keyboard teleop re
 records must feed the learner (demo transitions) and `hilserl train-classifier` (key labels)."""
 import os
 import pty
-import queue
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +25,7 @@ from hilserl.messages.conventions import JOINT_NAMES  # noqa: E402
 from so101_driver.calibration import default_calibration, rad_to_ticks, save_calibration  # noqa: E402,E501
 from so101_driver.ee_control import TOP_DOWN_SEED_RAD  # noqa: E402
 from so101_driver.sts_simulator import SimulatedBus  # noqa: E402
+from terminal_session import Lines, play_episodes, write_camera_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H = 160, 120
@@ -39,23 +37,12 @@ SCRIPT = ((0, (('w', 1.0), ('r', 0.6)), 'k', 'SUCCESS'),   # forward, up: succes
           (2, (('q', 0.6), ('r', 0.6)), 'k', 'SUCCESS'))   # close the gripper, up: success
 
 
-def write_camera_video(path: Path, frames: int = 400) -> None:
-    """A textured scene that changes every frame (never blank, never frozen)."""
-    rng = np.random.default_rng(0)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 15, (W, H))
-    assert writer.isOpened()
-    for _ in range(frames):
-        coarse = rng.integers(0, 256, (H // 8, W // 8, 3), np.uint8)
-        writer.write(np.kron(coarse, np.ones((8, 8, 1), np.uint8)))
-    writer.release()
-
-
 def robot_config(tmp: Path, port: str) -> Path:
     """config/so101_follower.yaml as an owner edits it: their port, calibration and camera."""
     calibration = tmp / 'follower.json'
     save_calibration(default_calibration(), calibration)
     video = tmp / 'camera.avi'
-    write_camera_video(video)
+    write_camera_video(video, W, H)
     data = yaml.safe_load((ROOT / 'config' / 'so101_follower.yaml').read_text())
     driver = data['/**/so101_driver']['ros__parameters']
     driver.update(port=port, calibration_file=str(calibration), on_exit='hold',
@@ -65,41 +52,6 @@ def robot_config(tmp: Path, port: str) -> Path:
     path = tmp / 'follower.yaml'
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-class Lines:
-    """The command's output, line by line, from a reader thread."""
-
-    def __init__(self, stream):
-        self.queue, self.seen = queue.Queue(), []
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream):
-        for line in stream:
-            self.queue.put(line.rstrip())
-        self.queue.put(None)
-
-    def wait_for(self, pattern: str, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                line = self.queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            self.seen.append(line)
-            if re.search(pattern, line):
-                return line
-        raise AssertionError(f'no {pattern!r} in the output:\n' + '\n'.join(self.seen[-40:]))
-
-
-def hold(terminal_fd: int, key: str, seconds: float) -> None:
-    """A held key, as a terminal delivers it: the character repeated."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        os.write(terminal_fd, key.encode())
-        time.sleep(0.04)
 
 
 @pytest.fixture(scope='module')
@@ -142,15 +94,8 @@ def drive(arm, args, script, last_line: str, teleop: str = 'keyboard', robot=Non
     lines = Lines(proc.stdout)
     try:
         lines.wait_for(r'keys: w/s', STARTUP_S)  # the teleop reads this terminal
-        for episode, held, label, outcome in script:
-            lines.wait_for(f'episode {episode} started: go', STARTUP_S if episode == 0
-                           else EPISODE_S)
-            if hands is not None:
-                hands(episode)
-            for key, seconds in held:
-                hold(master, key, seconds)
-            os.write(master, label.encode())
-            lines.wait_for(f'episode {episode} ended: {outcome}', EPISODE_S)
+        play_episodes(lines, lambda text: os.write(master, text.encode()), script, STARTUP_S,
+                      EPISODE_S, hands)
         lines.wait_for(last_line, EPISODE_S)
         assert proc.wait(timeout=EPISODE_S) == 0, '\n'.join(lines.seen[-40:])
     finally:

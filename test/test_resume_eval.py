@@ -142,6 +142,13 @@ def test_eval_uses_the_checkpoint_config_and_checks_it_before_any_node(tmp_path,
     graph_args, graph_cfg = started[0][0], started[0][1]
     assert graph_cfg == cfg and graph_args.teleop == 'none'
     assert graph_args.config == str(checkpoint / 'pretrained_model' / 'config.json')
+    assert graph_args.run_dir == str(tmp_path / 'run')
+    # without --run-dir the eval goes with the checkpoint's run, whichever form names it
+    for named in (checkpoint, checkpoint / 'pretrained_model', tmp_path / 'run',
+                  tmp_path / 'run' / 'checkpoints' / 'last'):
+        started.clear()
+        assert cli.main(['eval', '--checkpoint', str(named)]) == 0
+        assert started[0][0].run_dir == str(tmp_path / 'run'), named
     # a missing checkpoint: one line, exit 2, nothing started
     started.clear()
     assert cli.main(['eval', '--checkpoint', str(tmp_path / 'missing')]) == 2

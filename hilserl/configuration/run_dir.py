@@ -187,6 +187,15 @@ def checkpoint_model_dir(path) -> Path:
                             f'and model.safetensors){listing}')
 
 
+def checkpoint_run_dir(model_dir, default='outputs/run') -> Path:
+    """The run directory a checkpoint's pretrained_model folder lies in
+    (RUN/checkpoints/NNNNNN/pretrained_model); `default` for a folder outside a run."""
+    model_dir = Path(model_dir)
+    if model_dir.parent.parent.name == 'checkpoints':
+        return model_dir.parent.parent.parent
+    return Path(default)
+
+
 def _checkpoints_near(path: Path, shown: int = 5) -> List[str]:
     """The complete checkpoints of the run `path` lies in (or names), newest last, for an error
     message: the last `shown` and `.../checkpoints/last`."""
