@@ -34,7 +34,8 @@ from hilserl.ros.node import (TrustedSubscription, declare, declare_trusted_publ
 from hilserl.messages.diagnostics import ForeignTally
 from hilserl.configuration.config import load_train_config
 from hilserl.messages.conventions import Topics
-from hilserl.configuration.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
+from hilserl.configuration.run_dir import (LegacyCheckpoint, RunConfigMismatch, disk_usage_bytes,
+                                           record_run_config)
 from hilserl_policy.learner import Learner, torch_threads
 from hilserl_policy.learner_core import LearnerCore
 from hilserl_policy.transport import encode_weights
@@ -79,7 +80,8 @@ class LearnerNode(Node):
         try:
             self.learner = Learner(self.cfg, self.run_dir, device=device, wandb=wandb)
             self.learner.log = self.get_logger().info
-        except (PretrainedWeightsMissing, OptionalPackageMissing) as exc:  # one line, no traceback
+        except (PretrainedWeightsMissing, OptionalPackageMissing,
+                LegacyCheckpoint) as exc:  # one line, no traceback
             self.get_logger().fatal(str(exc))
             raise SystemExit(2) from None
         metrics = self.learner.training_metrics
