@@ -30,7 +30,7 @@ from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 
 from hilserl.common.optional_packages import OptionalPackageMissing
 from hilserl.ros.node import (TrustedSubscription, declare, declare_trusted_publishers,
-                              diagnostic_array, qos_profile, spin_node)
+                              diagnostic_array, hold_run_lock, qos_profile, spin_node)
 from hilserl.messages.diagnostics import ForeignTally
 from hilserl.configuration.config import load_train_config
 from hilserl.messages.conventions import Topics
@@ -69,10 +69,12 @@ class LearnerNode(Node):
                         'under run_dir/wandb (offline unless WANDB_MODE says otherwise; needs '
                         'the wandb package)', read_only=True)
         self.cfg = load_train_config(config_file or None)
+        self.run_lock = hold_run_lock(self, self.run_dir)  # before anything is read or written
         try:  # before resuming: a run continues only with the configuration it started with
             record_run_config(self.run_dir, self.cfg)
         except RunConfigMismatch as exc:
             self.get_logger().fatal(str(exc))
+            self.run_lock.release()
             raise SystemExit(2) from None
         import torch
         torch.set_num_threads(torch_threads(num_threads))
@@ -83,6 +85,7 @@ class LearnerNode(Node):
         except (PretrainedWeightsMissing, OptionalPackageMissing,
                 LegacyCheckpoint) as exc:  # one line, no traceback
             self.get_logger().fatal(str(exc))
+            self.run_lock.release()
             raise SystemExit(2) from None
         metrics = self.learner.training_metrics
         if metrics.unavailable:
@@ -234,6 +237,7 @@ class LearnerNode(Node):
         if path is not None:
             print(f'[sac_learner] final checkpoint {path}', flush=True)  # context may be gone
         self.learner.training_metrics.close()
+        self.run_lock.release()
 
 
 def main(args=None):

@@ -264,6 +264,20 @@ def _eval_config(graph_args):
 
 
 def _start_graph(graph_args, cfg, args, echo=None) -> int:
+    """Run the graph, holding its run directory's lock from before anything there is touched
+    until its last node has stopped (the nodes share it under the graph's token)."""
+    import dataclasses
+
+    from hilserl.common.run_lock import acquire_run_lock, new_graph_token
+    token = new_graph_token()
+    with acquire_run_lock(graph_args.written_dir(), token) as lock:
+        if lock.taken_over is not None:
+            print(f'hilserl: {lock.takeover_line()}', flush=True)
+        return _run_locked_graph(dataclasses.replace(graph_args, run_lock=token), cfg, args,
+                                 echo)
+
+
+def _run_locked_graph(graph_args, cfg, args, echo=None) -> int:
     from hilserl.ros.graph import build_graph
     from hilserl_tools.process_graph import ProcessGraph
     mode, run_dir = graph_args.mode, Path(graph_args.run_dir)

@@ -6,6 +6,8 @@ its checkpoints and its episode numbering.
   <run_dir>/checkpoints/NNNNNN/        pretrained_model/config.json + weights, training_state/
   <run_dir>/checkpoints/last           name of the newest complete checkpoint
   <run_dir>/episodes/episode_NNNNNN/   one bag per episode (`_K` suffix only on a clash)
+  <run_dir>/run.lock                   held by the one graph writing here
+                                       (hilserl.common.run_lock)
 
 The learner node and `hilserl train` both call `check_run_config` before anything starts, so a
 changed YAML cannot silently continue a run it does not describe.
