@@ -35,8 +35,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from hilserl.ros.interfaces import actor_interface
 from hilserl.ros.node import (TrustedSubscription, check_interface, declare, declare_config,
-                              declare_trusted_publishers, diagnostic_array, marker, qos_profile,
-                              spin_node)
+                              declare_trusted_publishers, diagnostic_array, hold_run_lock, marker,
+                              qos_profile, spin_node)
 from hilserl.messages.diagnostics import ForeignTally
 from hilserl.configuration.config import load_train_config
 from hilserl.messages.conventions import JOINT_NAMES, SUCCESS_TOPICS, ActionSource, Frames, Topics
@@ -72,6 +72,8 @@ class ActorNode(Node):
                                    'the episodes under <run_dir>/episodes (empty: from 0)',
                                    read_only=True)
         self.settings = ActorSettings(**settings_values)  # refuses a bad mode
+        # eval_summary.json and the episode numbering: the graph's run directory
+        self.run_lock = hold_run_lock(self, episodes_run_dir)
         if success_source not in SUCCESS_TOPICS:
             raise ValueError(f'success_source={success_source!r}: one of {list(SUCCESS_TOPICS)}')
         self.mode = self.settings.mode
@@ -322,6 +324,8 @@ class ActorNode(Node):
         summary = self.act_latency_summary()
         if summary:  # the logger's context may be gone at exit
             print(f'policy act latency: {summary}', flush=True)
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     @property
     def finished(self) -> bool:

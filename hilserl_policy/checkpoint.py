@@ -1,7 +1,8 @@
 """Checkpoints: checkpoints/<step:06d>/pretrained_model (config.json + model.safetensors: the
 policy's state dict, all an actor loads) and checkpoints/<step:06d>/training_state (the
-algorithm's critics, targets and temperature in algorithm.safetensors; optimisers, step, RNG,
-replay buffers).
+algorithm's critics, targets and temperature in algorithm.safetensors; optimisers and RNG as
+safetensors + JSON (`training_state.py`), step, replay buffers). Nothing in a checkpoint is a
+pickle: loading one never runs code from the file.
 
 Written into `<step>.tmp` and renamed, then `checkpoints/last` is replaced atomically: a crash at
 any moment leaves the previous checkpoint intact and `latest_checkpoint()` never sees a partial
@@ -22,16 +23,15 @@ import shutil
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
-import torch
-
 from hilserl.configuration.config import TrainConfig
 from hilserl.configuration.run_dir import (  # noqa: F401 - re-exported
-    complete_checkpoints, latest_checkpoint)
+    LEGACY_OPTIMIZERS_FILE, complete_checkpoints, latest_checkpoint, legacy_checkpoint_error)
 from hilserl.robot.observation import state_bounds
 from hilserl_policy.policy import (  # noqa: F401 - load_pretrained re-exported
     build_policy, load_pretrained, load_strict, read_pretrained, split_old_layout)
 from hilserl_policy.replay_buffer import ReplayBuffer, segment_files
 from hilserl_policy.sac import SAC
+from hilserl_policy.training_state import load_training_state, save_training_state
 
 
 def build_agent(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
@@ -63,12 +63,7 @@ def save_checkpoint(run_dir, agent: SAC, cfg: TrainConfig, online: Optional[Repl
               str(model_dir / 'model.safetensors'))
     save_file({k: v.detach().cpu().contiguous() for k, v in agent.algorithm_state().items()},
               str(state_dir / 'algorithm.safetensors'))
-    torch.save({'critic_opt': agent.critic_opt.state_dict(),
-                'actor_opt': agent.actor_opt.state_dict(),
-                'temperature_opt': agent.temperature_opt.state_dict(),
-                'grasp_opt': agent.grasp_opt.state_dict() if agent.grasp_opt else None,
-                'generator': agent.generator.get_state(),
-                'rng': agent.rng.bit_generator.state}, state_dir / 'optimizers.pt')
+    save_training_state(state_dir, _optimizers(agent), agent.generator, agent.rng)
     (state_dir / 'state.json').write_text(json.dumps({'step': agent.step, **(extra or {})}))
     for name, buffer in (('online', online), ('offline', offline)):
         if buffer is not None:  # only the transitions added since the previous checkpoint
@@ -80,6 +75,13 @@ def save_checkpoint(run_dir, agent: SAC, cfg: TrainConfig, online: Optional[Repl
     marker.write_text(final.name)
     os.replace(marker, root / 'last')
     return final
+
+
+def _optimizers(agent: SAC) -> dict:
+    """The agent's optimizers by the name their state is saved under (grasp: None without a
+    grasp critic)."""
+    return {'critic_opt': agent.critic_opt, 'actor_opt': agent.actor_opt,
+            'temperature_opt': agent.temperature_opt, 'grasp_opt': agent.grasp_opt}
 
 
 def prune_checkpoints(run_dir, keep_last: int, protect: Iterable = (),
@@ -117,6 +119,8 @@ def resume(checkpoint_dir, device: Optional[str] = None, image_dir=None
     `image_dir`: keep the buffers' images in a file there (see replay.ImageStore)."""
     from safetensors.torch import load_file
     checkpoint_dir = Path(checkpoint_dir)
+    if (checkpoint_dir / 'training_state' / LEGACY_OPTIMIZERS_FILE).is_file():
+        raise legacy_checkpoint_error(checkpoint_dir)  # before building anything
     model_dir, meta, cfg = read_pretrained(checkpoint_dir / 'pretrained_model')
     agent = build_agent(cfg, meta['image_shape'][1:], device, weights_from_checkpoint=True)
     weights_path = model_dir / 'model.safetensors'
@@ -129,14 +133,7 @@ def resume(checkpoint_dir, device: Optional[str] = None, image_dir=None
     algorithm.update(algorithm_state)
     load_strict(agent, algorithm, state_dir / 'algorithm.safetensors')
     agent.step = int(meta['step'])
-    opt = torch.load(state_dir / 'optimizers.pt', weights_only=False)
-    agent.critic_opt.load_state_dict(opt['critic_opt'])
-    agent.actor_opt.load_state_dict(opt['actor_opt'])
-    agent.temperature_opt.load_state_dict(opt['temperature_opt'])
-    if agent.grasp_opt is not None and opt['grasp_opt'] is not None:
-        agent.grasp_opt.load_state_dict(opt['grasp_opt'])
-    agent.generator.set_state(opt['generator'])
-    agent.rng.bit_generator.state = opt['rng']
+    load_training_state(state_dir, _optimizers(agent), agent.generator, agent.rng)
     state = json.loads((state_dir / 'state.json').read_text())
     buffers = []
     for name, capacity in (('online', cfg.replay.online_buffer_capacity),

@@ -31,12 +31,13 @@ from std_msgs.msg import Int64MultiArray, String, UInt8MultiArray
 from hilserl.common.optional_packages import OptionalPackageMissing
 from hilserl.ros.interfaces import learner_interface, robot_topic
 from hilserl.ros.node import (TrustedSubscription, check_interface, declare,
-                              declare_trusted_publishers, diagnostic_array, qos_profile,
-                              spin_node)
+                              declare_trusted_publishers, diagnostic_array, hold_run_lock,
+                              qos_profile, spin_node)
 from hilserl.messages.diagnostics import ForeignTally
 from hilserl.configuration.config import load_train_config
 from hilserl.messages.conventions import Topics
-from hilserl.configuration.run_dir import RunConfigMismatch, disk_usage_bytes, record_run_config
+from hilserl.configuration.run_dir import (LegacyCheckpoint, RunConfigMismatch, disk_usage_bytes,
+                                           record_run_config)
 from hilserl_policy.learner import Learner, torch_threads
 from hilserl_policy.learner_core import LearnerCore
 from hilserl_policy.transport import encode_weights
@@ -70,10 +71,12 @@ class LearnerNode(Node):
                         'under run_dir/wandb (offline unless WANDB_MODE says otherwise; needs '
                         'the wandb package)', read_only=True)
         self.cfg = load_train_config(config_file or None)
+        self.run_lock = hold_run_lock(self, self.run_dir)  # before anything is read or written
         try:  # before resuming: a run continues only with the configuration it started with
             record_run_config(self.run_dir, self.cfg)
         except RunConfigMismatch as exc:
             self.get_logger().fatal(str(exc))
+            self.run_lock.release()
             raise SystemExit(2) from None
         import torch
         torch.set_num_threads(torch_threads(num_threads))
@@ -81,8 +84,10 @@ class LearnerNode(Node):
         try:
             self.learner = Learner(self.cfg, self.run_dir, device=device, wandb=wandb)
             self.learner.log = self.get_logger().info
-        except (PretrainedWeightsMissing, OptionalPackageMissing) as exc:  # one line, no traceback
+        except (PretrainedWeightsMissing, OptionalPackageMissing,
+                LegacyCheckpoint) as exc:  # one line, no traceback
             self.get_logger().fatal(str(exc))
+            self.run_lock.release()
             raise SystemExit(2) from None
         metrics = self.learner.training_metrics
         if metrics.unavailable:
@@ -235,6 +240,7 @@ class LearnerNode(Node):
         if path is not None:
             print(f'[sac_learner] final checkpoint {path}', flush=True)  # context may be gone
         self.learner.training_metrics.close()
+        self.run_lock.release()
 
 
 def main(args=None):

@@ -305,17 +305,17 @@ class ReplayBuffer:
         segments = manifest['segments']
         breaks: Dict[int, np.ndarray] = {}
         for seg in segments:
-            with np.load(segment_dir / seg['file']) as data:
+            with np.load(segment_dir / seg['file'], allow_pickle=False) as data:
                 breaks.update((i, image) for i, image in zip(
                     data['next_break_index'].tolist(), data['next_break_image']) if i >= oldest)
         if segments:
-            with np.load(segment_dir / segments[-1]['file']) as data:
+            with np.load(segment_dir / segments[-1]['file'], allow_pickle=False) as data:
                 breaks.setdefault(total - 1, data['tail_next_image'])
 
         def rows():  # (global index, small arrays, row, image) of every stored transition
             for seg in segments:
                 path = segment_dir / seg['file']
-                with np.load(path) as data:
+                with np.load(path, allow_pickle=False) as data:
                     small = {k: data[k] for k in KEYS if k in data.files}
                 images = _read_images(path)
                 next(images)  # the shape
@@ -359,7 +359,7 @@ class ReplayBuffer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f'replay buffer file {path} does not exist')
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             small = {k: data[k] for k in data.files if k not in ('image', 'next_image')}
             if 'next_image' in data.files:  # format 1: every next image stored
                 next_images = data['next_image']
@@ -430,7 +430,9 @@ def _read_images(path) -> Iterator:
         version = np.lib.format.read_magic(f)
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
-        shape, _, _ = read_header(f)
+        shape, _, dtype = read_header(f)
+        if dtype != np.uint8:  # never an object (pickled) array: its bytes are not read as one
+            raise IOError(f'{path}: image.npy holds {dtype}, not uint8 images')
         yield tuple(shape)
         item_bytes = int(np.prod(shape[1:]))
         for _ in range(shape[0]):

@@ -11,6 +11,8 @@
   hilserl bag-info BAG|DIR      topics, counts, duration and metadata; a folder: one line an
                                 episode (outcome, steps, return, human steps)
   hilserl bag-repair PATH       make the bags a killed recorder left readable again
+  hilserl convert-checkpoint P  a run's (or one checkpoint's) old pickled optimiser and RNG
+                                state as safetensors + JSON, once, without running its code
   hilserl fetch-encoder [REPO]  pretrained encoder weights into the Hugging Face cache (online)
   hilserl setup-motors --port P each servo's id (1..6) and baud rate, one servo connected at a
                                 time, read back at the new id and rate (--check: the chained arm)
@@ -162,9 +164,11 @@ def _run_graph(args, mode: str) -> int:
         graph_args, cfg = _eval_config(graph_args)
     else:
         from hilserl.configuration.pretrained import check_encoder_weights
-        from hilserl.configuration.run_dir import check_run_config
+        from hilserl.configuration.run_dir import (check_latest_checkpoint_format,
+                                                   check_run_config)
         cfg = load_train_config(graph_args.config_path())
         check_run_config(graph_args.run_dir, cfg)
+        check_latest_checkpoint_format(graph_args.run_dir)  # a resume loads no pickle
         check_encoder_weights(cfg.policy)  # learner and actor load it: on this machine?
     run_dir = Path(graph_args.run_dir)
     if mode == 'train' and args.demo_dataset:
@@ -272,6 +276,20 @@ def _eval_config(graph_args):
 
 
 def _start_graph(graph_args, cfg, args, echo=None) -> int:
+    """Run the graph, holding its run directory's lock from before anything there is touched
+    until its last node has stopped (the nodes share it under the graph's token)."""
+    import dataclasses
+
+    from hilserl.common.run_lock import acquire_run_lock, new_graph_token
+    token = new_graph_token()
+    with acquire_run_lock(graph_args.written_dir(), token) as lock:
+        if lock.taken_over is not None:
+            print(f'hilserl: {lock.takeover_line()}', flush=True)
+        return _run_locked_graph(dataclasses.replace(graph_args, run_lock=token), cfg, args,
+                                 echo)
+
+
+def _run_locked_graph(graph_args, cfg, args, echo=None) -> int:
     from hilserl.ros.graph import build_graph
     from hilserl_tools.process_graph import ProcessGraph
     mode, run_dir = graph_args.mode, Path(graph_args.run_dir)
@@ -546,6 +564,17 @@ def _cmd_bag_repair(args) -> int:
     return 1 if any(r.status == 'failed' for r in results) else 0
 
 
+def _cmd_convert_checkpoint(args) -> int:
+    """One line per checkpoint converted; 0 also when nothing needed converting."""
+    from hilserl_policy.training_state import convert_checkpoint
+    converted = convert_checkpoint(args.path)
+    for checkpoint in converted:
+        print(f'{checkpoint}: training state converted to safetensors + JSON')
+    if not converted:
+        print(f'{args.path}: no checkpoint in the old format (nothing to convert)')
+    return 0
+
+
 def _repair_before_start(graph_args) -> None:
     """Episode bags a killed recorder left where this graph records, or in the demos it trains
     from, are repaired before any node starts (the recorder node does the same on its own)."""
@@ -788,6 +817,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--keep-original', action='store_true',
                    help='keep the cut-off files in <episode>/bag.truncated/')
     p.set_defaults(func=_cmd_bag_repair)
+
+    p = sub.add_parser('convert-checkpoint', help='rewrite the old pickled optimiser and RNG '
+                       'state (training_state/optimizers.pt) as safetensors + JSON, once')
+    p.add_argument('path', help='a run directory (all its checkpoints) or one checkpoint')
+    p.set_defaults(func=_cmd_convert_checkpoint)
 
     p = sub.add_parser('train-classifier', help='train the success classifier from bags')
     p.add_argument('--episodes', default='', help='directory holding episode bags')

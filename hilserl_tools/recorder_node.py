@@ -17,7 +17,8 @@ from hilserl.data.bag_repair import repair_killed_episodes
 from hilserl.data.bags import EPISODE_TOPICS, message_stamp_ns
 from hilserl.ros.interfaces import recorder_interface
 from hilserl.ros.node import (TrustedSubscription, check_interface, declare,
-                              declare_trusted_publishers, message_class, qos_profile, spin_node)
+                              declare_trusted_publishers, hold_run_lock, message_class,
+                              qos_profile, spin_node)
 from hilserl.messages.diagnostics import ForeignTally
 from hilserl.messages.conventions import TOPIC_QOS, Qos, Topics
 from hilserl.data.recording import EpisodeRecorder
@@ -63,6 +64,7 @@ class RecorderNode(Node):
             except ImportError:
                 self.get_logger().warning('tf2_msgs is not installed: tf is not recorded '
                                           '(tcp_pose and joint_states are)')
+        self.run_lock = hold_run_lock(self, run_dir)  # before repairing or writing a bag
         self.recorder = EpisodeRecorder(run_dir, topics, compress=compress,
                                         extra_metadata={'config_digest': config_digest},
                                         log=self.get_logger().info, sim_clock=sim_clock)
@@ -152,6 +154,7 @@ class RecorderNode(Node):
         # after Ctrl-C the context is gone: log to the console only, not to /rosout
         self.recorder.log = lambda text: print(f'[episode_recorder] {text}', flush=True)
         self.recorder.finish()
+        self.run_lock.release()
 
 
 def main(args=None):

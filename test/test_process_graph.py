@@ -74,6 +74,29 @@ def test_nodes_die_with_a_killed_hilserl(tmp_path):
     assert _wait_gone(marker), f'orphaned nodes kept running:\n{_describe(_node_pids(marker))}'
 
 
+def test_a_second_graph_on_a_run_directory_is_refused_and_a_killed_graphs_nodes_let_go(
+        tmp_path, capsys):
+    from hilserl_tools import cli
+    run_dir = tmp_path / 'busy'
+    proc = _start_recording(run_dir)
+    try:
+        assert cli.main(['record', '--episodes', '1', '--output', str(run_dir)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count('\n') == 0 and f'PID {proc.pid} ' in err and str(run_dir) in err, err
+        # a node started on its own there (as under ros2 launch) is refused as well
+        alone = subprocess.run(
+            [sys.executable, '-m', 'hilserl_tools.recorder_node', '--ros-args', '-p',
+             f'run_dir:={run_dir}'], capture_output=True, text=True, timeout=120,
+            env={**os.environ, 'ROS_DOMAIN_ID': str(free_domain_id())})
+        assert alone.returncode == 1 and f'PID {proc.pid} ' in alone.stderr, alone.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _wait_gone(str(run_dir / 'params'))
+    # the nodes closed as on Ctrl-C and let go: the next graph finds a clean end, no stale lock
+    assert (run_dir / 'run.lock').read_text() == ''
+
+
 def test_sighup_stops_the_graph_and_closes_the_open_bag(tmp_path):
     run_dir = tmp_path / 'hangup'
     proc = _start_recording(run_dir)

@@ -322,8 +322,9 @@ def test_launch_leaves_the_keyboard_to_keyboard_teleop(arm):
                                               LAUNCH_ARGUMENTS})
         context.launch_configurations.update(mode='record', backend='hardware', teleop=teleop,
                                              success_source='key', config=str(arm.config),
-                                             robot_config=str(arm.robot), namespace='arm1')
-        made = graph_actions(context)
+                                             robot_config=str(arm.robot), namespace='arm1',
+                                             run_dir=str(arm.config.parent / 'run'))
+        made = graph_actions(context)  # (it checks the run directory's lock: not the default)
         return ([a.node_executable for a in made if hasattr(a, 'node_executable')],
                 [a.msg for a in made if isinstance(a, launch.actions.LogInfo)])
 

@@ -6,6 +6,8 @@ its checkpoints and its episode numbering.
   <run_dir>/checkpoints/NNNNNN/        pretrained_model/config.json + weights, training_state/
   <run_dir>/checkpoints/last           name of the newest complete checkpoint
   <run_dir>/episodes/episode_NNNNNN/   one bag per episode (`_K` suffix only on a clash)
+  <run_dir>/run.lock                   held by the one graph writing here
+                                       (hilserl.common.run_lock)
 
 The learner node and `hilserl train` both call `check_run_config` before anything starts, so a
 changed YAML cannot silently continue a run it does not describe.
@@ -34,6 +36,15 @@ _EPISODE_DIR = re.compile(r'^episode_(\d+)(?:_\d+)?$')
 
 class RunConfigMismatch(ConfigError):
     """The run directory was started with another configuration."""
+
+
+# Checkpoints written before the optimiser and RNG state became safetensors + JSON kept them in
+# this pickle; it is never loaded as such (`hilserl convert-checkpoint` rewrites it once).
+LEGACY_OPTIMIZERS_FILE = 'optimizers.pt'
+
+
+class LegacyCheckpoint(ValueError):
+    """A checkpoint still in the old pickled format, or one that cannot be converted."""
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -133,6 +144,25 @@ def complete_checkpoints(run_dir) -> List[Path]:
     root = Path(run_dir) / 'checkpoints'
     return sorted(p for p in root.glob('[0-9]*') if p.is_dir() and not p.name.endswith('.tmp')
                   and (p / 'pretrained_model' / 'model.safetensors').is_file())
+
+
+def legacy_checkpoint_error(checkpoint) -> LegacyCheckpoint:
+    """The one-line refusal of a checkpoint whose training state is still the old pickle."""
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == 'checkpoints' else checkpoint
+    return LegacyCheckpoint(
+        f'checkpoint {checkpoint} keeps its optimiser and RNG state in the old pickle format '
+        f'(training_state/{LEGACY_OPTIMIZERS_FILE}), which is never loaded as it is: convert the '
+        f'run once with `hilserl convert-checkpoint {run_dir}`')
+
+
+def check_latest_checkpoint_format(run_dir) -> None:
+    """Refuse (LegacyCheckpoint) a run whose newest checkpoint, the one a resume loads, still
+    has the old pickled training state: before any node starts."""
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None and \
+            (checkpoint / 'training_state' / LEGACY_OPTIMIZERS_FILE).is_file():
+        raise legacy_checkpoint_error(checkpoint)
 
 
 def disk_usage_bytes(path) -> int:

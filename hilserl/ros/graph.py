@@ -18,6 +18,7 @@ from hilserl.configuration.config import TrainConfig, load_train_config
 from hilserl.configuration.yaml_edit import node_sections
 from hilserl.messages.conventions import Topics
 from hilserl.common.paths import share_path
+from hilserl.common.run_lock import new_graph_token
 
 MODES = ('train', 'eval', 'record')
 BACKENDS = ('sim', 'hardware')
@@ -120,6 +121,9 @@ class GraphArgs:
     behaviour_mix: str = 'expert:1'   # record: the simulated human's per-episode behaviours
     seed_offset: int = 0              # added to the config's seed (resets, behaviours)
     record_camera: bool = False       # the bags also hold the full camera frame (eval videos)
+    # the graph's token (hilserl.common.run_lock): its nodes share the run directory's lock
+    # with whoever holds it under this token (`hilserl`); empty: build_graph makes one
+    run_lock: str = ''
 
     def __post_init__(self):
         checks = [(self.mode in MODES, 'mode', f'one of {MODES}'),
@@ -182,6 +186,11 @@ class GraphArgs:
             return {}
         return {'ROS_SECURITY_KEYSTORE': str(Path(self.keystore).resolve()),
                 'ROS_SECURITY_ENABLE': 'true', 'ROS_SECURITY_STRATEGY': 'Enforce'}
+
+    def written_dir(self) -> Path:
+        """The directory the graph writes, whose lock it holds: an eval writes only under
+        <run_dir>/eval, so a run can be evaluated while it trains."""
+        return Path(self.run_dir) / 'eval' if self.mode == 'eval' else Path(self.run_dir)
 
     def robot_config_path(self) -> Path:
         if self.robot_config:
@@ -294,6 +303,8 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
     and the learner, on the wall clock, takes every arm's transitions and episode events."""
     cfg = cfg or load_train_config(args.config_path())
     run_dir = Path(args.run_dir).resolve()
+    # every node that writes the run directory holds its lock under this one token
+    lock = {'run_lock': args.run_lock or new_graph_token()}
     config_file = str(args.config_path().resolve())
     seed = cfg.seed + args.seed_offset + {'train': 0, 'eval': 1000, 'record': 2000}[args.mode]
     several = args.robots > 1
@@ -305,14 +316,14 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
                        for topic in (Topics.POLICY_WEIGHTS, Topics.LEARNER_PROGRESS)
                        if several)
         nodes += _robot_nodes(args, cfg, run_dir / namespace if several else run_dir,
-                              seed + 100 * index, namespace, shared)
+                              seed + 100 * index, namespace, shared, lock)
     if args.mode == 'train':
         nodes.append(NodeSpec(LEARNER, 'hilserl_policy.learner_node', {
             'config_file': config_file, 'run_dir': str(run_dir),
             'demo_dir': str(Path(args.demo_dir).resolve()) if args.demo_dir else '',
             'device': args.device, 'trusted_publishers': [ACTOR], 'wandb': bool(args.wandb),
             'robot_namespaces': [ROBOT_NAMESPACE.format(i) for i in range(args.robots)]
-            if several else ['']}))
+            if several else [''], **lock}))
     if args.backend == 'sim':
         for node in nodes:
             # several arms run several simulated clocks: the learner keeps the wall clock
@@ -324,7 +335,7 @@ def build_graph(args: GraphArgs, cfg: Optional[TrainConfig] = None) -> List[Node
 
 
 def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, namespace: str,
-                 shared: Tuple[Tuple[str, str], ...]) -> List[NodeSpec]:
+                 shared: Tuple[Tuple[str, str], ...], lock: Dict[str, str]) -> List[NodeSpec]:
     """One arm: driver, camera, teleop, (classifier), actor and recorder."""
     config_file = str(args.config_path().resolve())
     robot_file = str(args.robot_config_path().resolve())
@@ -392,12 +403,12 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
         'sim_clock': sim_clock, 'wait_for_teleop': sim_clock and teleop == 'sim',
         'wait_for_recorder': bool(args.record),
         'trusted_publishers': [LEARNER],
-        'device': 'cpu'},
+        'device': 'cpu', **lock},
         **arm, remappings=tuple(r for r in shared if r[0] == Topics.POLICY_WEIGHTS)))
     if args.record:
         nodes.append(NodeSpec('episode_recorder', 'hilserl_tools.recorder_node', {
             'run_dir': str(episodes_dir), 'config_digest': cfg.digest(),
             'sim_clock': sim_clock, 'record_raw_image': bool(args.record_camera),
             'required_topics': recorded_publishers(args.mode, args.backend, teleop),
-            'trusted_publishers': [ACTOR]}, **arm))
+            'trusted_publishers': [ACTOR], **lock}, **arm))
     return nodes

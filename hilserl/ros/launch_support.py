@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import List
 
 from hilserl.common.optional_packages import require_wandb
+from hilserl.common.run_lock import check_run_lock
 from hilserl.configuration.config import load_train_config
 from hilserl.ros.graph import (LAUNCH_ARGUMENTS, ROBOT_NAMESPACE, GraphArgs, NodeSpec, build_graph,
                                keyboard_teleop_command, node_enclave, node_namespace,
@@ -47,6 +48,9 @@ def graph_actions(context) -> List:
         check_encoder_weights(cfg.policy)
         if args.wandb and args.part != 'robot':
             require_wandb('wandb:=true')
+    # another graph on this run directory: refused before any node starts (the nodes that
+    # write it hold the lock; this process only looks)
+    check_run_lock(args.written_dir())
     actions = [SetEnvironmentVariable(k, v) for k, v in args.environment().items()]
     actions += [LogInfo(msg=line) for line in robot_file_disagreements(args)]
     actors = []

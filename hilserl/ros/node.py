@@ -305,6 +305,27 @@ def declare_config(node, cls, read_only: bool = True) -> dict:
     return values
 
 
+def hold_run_lock(node, directory):
+    """Declare `run_lock` and hold `directory`'s lock as one of the graph's nodes for the life
+    of the process (hilserl.common.run_lock): before the node writes anything there. Another
+    graph's lock is a NodeStartError (one line naming its PID); a stale one is taken over and
+    the node says so. Returns the RunLock (the node releases it when it closes); None for an
+    empty `directory` (a node that writes none)."""
+    from hilserl.common.run_lock import RunDirInUse, acquire_run_lock
+    graph = declare(node, 'run_lock', '', 'the graph this node belongs to (set by the graph): '
+                    'its nodes share the lock of the run directory they write; empty: a graph '
+                    'of this node alone', read_only=True)
+    if not directory:
+        return None
+    try:
+        lock = acquire_run_lock(directory, graph or None)
+    except RunDirInUse as exc:
+        raise NodeStartError(str(exc)) from None
+    if lock.taken_over is not None:
+        node.get_logger().warning(lock.takeover_line())
+    return lock
+
+
 def diagnostic_array(entries, stamp, hardware_id: str = ''):
     """hilserl DiagnosticEntry list -> diagnostic_msgs/DiagnosticArray."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
