@@ -51,7 +51,7 @@ def test_a_crop_is_written_into_the_config_with_its_comments_and_the_view_saved(
     robot, config = camera
     assert cli.main(['crop', '--robot-config', str(robot), '--config', str(config),
                      '--crop', '40,120,400,400']) == 0
-    assert load_train_config(config).image.crop_tlhw_px == (40, 120, 400, 400)
+    assert load_train_config(config).image.camera('gripper').crop_tlhw_px == (40, 120, 400, 400)
     line = next(x for x in config.read_text().splitlines() if 'crop_tlhw_px' in x)
     assert line.startswith('  crop_tlhw_px: [40, 120, 400, 400]') and '# crop [top, left' in line
     view = cv2.imread(str(config.with_name('train_policy_view.png')))

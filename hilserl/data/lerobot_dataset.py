@@ -513,8 +513,9 @@ def _frame_mapper(ds: DatasetInfo, cfg) -> Callable[[np.ndarray], np.ndarray]:
     target = tuple(cfg.image.resize_hw_px)
     if (h, w) == target:
         return lambda frame: frame
-    top, left, ch, cw = cfg.image.crop_tlhw_px
-    cam_h, cam_w = cfg.image.height_px, cfg.image.width_px
+    camera = cfg.image.cameras[0]  # read_dataset takes one camera
+    top, left, ch, cw = camera.crop_tlhw_px
+    cam_h, cam_w = camera.height_px, camera.width_px
     if abs(h / w - cam_h / cam_w) > 0.01:
         raise DatasetError(
             f'{ds.image_key} frames are {w}x{h}; hilserl needs {target[1]}x{target[0]} or a '
@@ -577,6 +578,10 @@ def read_dataset(root, cfg, camera: Optional[str] = None, need_state: bool = Tru
     """A LeRobot v3.0 dataset as episodes in hilserl's terms (state, EE-delta action, policy
     view). `need_state` False (classifier frames) asks only for a camera and next.reward.
     One-line DatasetError naming what is missing when the dataset cannot be mapped."""
+    if len(cfg.image.cameras) > 1:
+        raise DatasetError(f'reading {root}: LeRobot datasets are read into a configuration '
+                           f'with one camera; this one has {list(cfg.image.camera_names)} '
+                           '(image.cameras)')
     ds = open_dataset(root, camera)
     features = ds.features
     if ds.image_key is None:
