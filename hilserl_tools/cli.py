@@ -557,9 +557,11 @@ def _cmd_replay(args) -> int:
 def _cmd_train_classifier(args) -> int:
     from reward_classifier_node.model import ClassifierConfig
     from reward_classifier_node.train import TrainClassifierConfig, train_classifier
+    # every camera of the training config (default: the gripper camera alone)
     model_cfg = ClassifierConfig(encoder=args.encoder,
                                  freeze_encoder=bool(args.pretrained_encoder),
-                                 pretrained_encoder_path=args.pretrained_encoder or None)
+                                 pretrained_encoder_path=args.pretrained_encoder or None,
+                                 cameras=load_train_config(args.config).image.camera_names)
     cfg = TrainClassifierConfig(epochs=args.epochs, label_source=args.label_source,
                                 frames_before_label=args.frames_before_label,
                                 target_fpr=args.target_fpr, max_minutes=args.max_minutes,
@@ -766,7 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--camera', default=None,
                    help='--dataset: its camera (default: gripper, wrist or the only one)')
     p.add_argument('--config', default=None,
-                   help='--dataset: training YAML whose image crop/resize makes the view')
+                   help='training YAML: its image.cameras are the views the classifier takes '
+                        '(default: the gripper camera); --dataset: its crop/resize makes the '
+                        'view')
     p.add_argument('--output', default='outputs/classifier', help='checkpoint directory')
     p.add_argument('--encoder', default='small_conv', choices=('small_conv', 'resnet10'))
     p.add_argument('--pretrained-encoder', default='',

@@ -215,3 +215,40 @@ def test_an_eval_config_with_other_cameras_is_refused(two_camera_run, tmp_path, 
                      str(latest_checkpoint(run)), '--run-dir', str(tmp_path / 'eval')]) == 2
     err = capsys.readouterr().err.strip()
     assert '\n' not in err and 'image.cameras' in err, err
+
+
+def test_the_classifier_takes_every_camera_of_one_tick(two_camera_run, tmp_path):
+    """Classifier frames from the two-camera bags join both views of a tick; the model encodes
+    each camera's view and keeps its cameras through a save; the node's aligner makes one
+    frame per tick whatever order the views arrive in."""
+    from reward_classifier_node.inference import ViewAligner
+    from reward_classifier_node.model import (ClassifierConfig, RewardClassifier,
+                                              load_classifier, save_classifier)
+    from reward_classifier_node.train import load_frames, predict_proba
+    _, run = two_camera_run
+    episodes = load_frames(run / 'episodes', 'ground_truth', cameras=('gripper', 'front'))
+    assert len(episodes) == 2
+    gripper_only = load_frames(run / 'episodes', 'ground_truth')
+    for both, one in zip(episodes, gripper_only):
+        assert both.images.shape[1:] == (48, 48, 6) and len(both.images) >= 0.9 * len(one.images)
+        assert np.array_equal(both.images[..., :3], one.images[-len(both.images):])
+        assert not np.array_equal(both.images[..., :3], both.images[..., 3:])
+    model = RewardClassifier(ClassifierConfig(cameras=('gripper', 'front'), image_hw_px=(48, 48),
+                                              hidden_dim=8))
+    probs = predict_proba(model, episodes[0].images)
+    assert probs.shape == (len(episodes[0].images),)
+    with pytest.raises(ValueError, match='expected 2 views, got 1'):
+        model(torch.zeros(1, 3, 48, 48))
+    save_classifier(model, tmp_path / 'clf', 0.5, {})
+    loaded, _, _ = load_classifier(tmp_path / 'clf')
+    assert loaded.config.cameras == ('gripper', 'front')
+    assert np.allclose(predict_proba(loaded, episodes[0].images), probs, atol=1e-6)
+
+    aligner = ViewAligner(('gripper', 'front'))
+    g, f = np.zeros((2, 2, 3), np.uint8), np.ones((2, 2, 3), np.uint8)
+    assert aligner.add('front', 100, f) is None       # the tick's front view first
+    assert [v[0, 0, 0] for v in aligner.add('gripper', 100, g)] == [0, 1]
+    assert aligner.add('gripper', 200, g) is None     # its front view not yet here
+    assert aligner.add('front', 200, f) is not None
+    assert aligner.add('front', 300, f) is None       # no new gripper view: no frame
+    assert [len(ViewAligner(('gripper',)).add('gripper', 5, g))] == [1]

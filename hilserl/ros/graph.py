@@ -361,7 +361,8 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
             'model_dir': str(Path(args.classifier_model).resolve()),
             # 0: the checkpoint's own threshold. Consecutive positives are counted once, by the
             # actor's RewardTracker (task.success_frames_to_end): the node reports every frame.
-            'threshold': task.classifier_threshold or 0.0, 'debounce_frames': 1}, **arm))
+            'threshold': task.classifier_threshold or 0.0, 'debounce_frames': 1,
+            'camera_names': list(cfg.image.camera_names)}, **arm))
     episodes_dir = run_dir / 'eval' if eval_mode else run_dir
     nodes.append(NodeSpec(ACTOR, 'hilserl_policy.actor_node', {
         'config_file': config_file, 'mode': args.mode,
