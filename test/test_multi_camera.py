@@ -252,3 +252,45 @@ def test_the_classifier_takes_every_camera_of_one_tick(two_camera_run, tmp_path)
     assert aligner.add('front', 200, f) is not None
     assert aligner.add('front', 300, f) is None       # no new gripper view: no frame
     assert [len(ViewAligner(('gripper',)).add('gripper', 5, g))] == [1]
+
+
+def test_lerobot_rows_keep_each_cameras_newest_frame_and_give_the_stack_back():
+    """An episode of two cameras and two stacked frames: each row keeps every camera's newest
+    frame, and the transitions come back stacked camera-major as the actor stacked them."""
+    from hilserl.data.lerobot_dataset import episode_from_transitions, transitions_from_episode
+    from hilserl.data.transition import Transition
+    rng = np.random.default_rng(0)
+    ticks = [rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8) for _ in range(5)]  # (V, 3)
+
+    def stacked(t):  # the actor's stacking: each camera's two frames, camera-major
+        return np.stack([ticks[max(t - 1, 0)], ticks[t]], 1).reshape(12, 8, 8)
+    transitions = [Transition(stacked(t), np.zeros(2, np.float32), np.zeros(4, np.float32), 0.0,
+                              stacked(t + 1), np.zeros(2, np.float32), False, t == 3, False)
+                   for t in range(4)]
+    episode = episode_from_transitions(transitions, cameras=('gripper', 'front'))
+    assert episode.image.shape == (4, 8, 8, 6)
+    assert np.array_equal(episode.image[2][..., 3:], ticks[2][1].transpose(1, 2, 0))
+    for before, after in zip(transitions, transitions_from_episode(episode, n_obs_steps=2)):
+        assert np.array_equal(before.image, after.image)
+        assert np.array_equal(before.next_image, after.next_image)
+
+
+def test_a_two_camera_run_exports_both_cameras_to_lerobot(two_camera_run, tmp_path):
+    from hilserl.data.bags import list_episodes, read_episode
+    from hilserl.data import lerobot_dataset as lrd
+    _, run = two_camera_run
+    root, episodes = lrd.export_lerobot(run, tmp_path / 'dataset', video=False)
+    features = json.loads((root / lrd.INFO_PATH).read_text())['features']
+    assert features['observation.images.gripper']['shape'] == [48, 48, 3]
+    assert features['observation.images.front']['shape'] == [48, 48, 3]
+    one_camera = load_train_config(None, {'image': {'resize_hw_px': [48, 48]}})
+    front_views = {_views_by_stamp(read_episode(path), FRONT_VIEW)[stamp].tobytes()
+                   for path in list_episodes(run / 'episodes')
+                   for stamp in _views_by_stamp(read_episode(path), FRONT_VIEW)}
+    read_back = lrd.labelled_frames(root, one_camera, camera='front')
+    assert len(read_back) == 2
+    for _, images, _ in read_back:
+        for image in images:
+            assert image.transpose(2, 0, 1).tobytes() in front_views
+    with pytest.raises(lrd.DatasetError, match=r"one camera; this one has \['gripper', 'front'\]"):
+        lrd.labelled_frames(root, load_train_config(None, TWO_CAMERAS))
