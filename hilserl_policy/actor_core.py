@@ -20,7 +20,7 @@ from typing import (Callable, Dict, Iterable, List, NamedTuple, Optional, Protoc
 
 import numpy as np
 
-from hilserl.configuration.config import TrainConfig
+from hilserl.configuration.config import DEFAULT_CAMERA, TrainConfig
 from hilserl.messages.conventions import ActionSource, Topics
 from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
 from hilserl.configuration.parameters import param
@@ -210,7 +210,7 @@ class ActorCore:
         self.human: Optional[tuple] = None
         self.human_used_ns = -1
         self.label: Optional[str] = None
-        self.image_stamp_ns: Optional[int] = None
+        self.image_stamps_ns: Dict[str, int] = {}  # by camera: its newest view's stamp
         self.joints_stamp_ns: Optional[int] = None
         self.tick_ns: Optional[int] = None   # sim_clock: the tick being answered
         self.proposal: Optional[tuple] = None  # (image, state, policy action) of that tick
@@ -236,16 +236,16 @@ class ActorCore:
 
     # --- inputs ---------------------------------------------------------------------------
     def on_image(self, image_hwc: np.ndarray, stamp_ns: int, *, now_ns: int,
-                 monotonic_s: float) -> List[Output]:
-        """The policy view (HWC uint8) and its header stamp; with sim_clock it may complete a
-        tick and answer it."""
+                 monotonic_s: float, camera: str = DEFAULT_CAMERA) -> List[Output]:
+        """A camera's policy view (HWC uint8) and its header stamp; with sim_clock it may
+        complete a tick (every camera's view and the joint state of one stamp) and answer it."""
         self._enter(monotonic_s, now_ns)
         try:
-            self.assembler.set_image(image_hwc, self._stamp_s(stamp_ns))
+            self.assembler.set_image(image_hwc, self._stamp_s(stamp_ns), camera)
         except ValueError as exc:
             self._ignored('image', exc)
             return self._take()
-        self.image_stamp_ns = stamp_ns
+        self.image_stamps_ns[camera] = stamp_ns
         self._on_observation()
         return self._take()
 
@@ -347,7 +347,7 @@ class ActorCore:
     def _waiting_for(self) -> str:
         if self.settings.sim_clock and self.tick_ns is None:
             return 'the first observation tick (image and joint state of one stamp) from the ' \
-                'driver and the camera'
+                f'driver and the camera{"s" if len(self.assembler.cameras) > 1 else ""}'
         if self.phase == 'need_reset':
             if self.settings.waits_for_learner and not self.graph.learner_listening():
                 return 'the learner (sac_learner) to subscribe to the transitions'
@@ -436,11 +436,13 @@ class ActorCore:
 
     # --- control loop ---------------------------------------------------------------------
     def _on_observation(self) -> None:
-        """sim_clock: a tick's image and joint state have both arrived: answer it once."""
+        """sim_clock: a tick's images (one per camera) and joint state have all arrived: answer
+        it once."""
         if not self.settings.sim_clock or self.done_since_s is not None:
             return
-        stamp_ns = self.image_stamp_ns
-        if stamp_ns is None or stamp_ns != self.joints_stamp_ns or \
+        stamp_ns = self.joints_stamp_ns
+        if stamp_ns is None or any(self.image_stamps_ns.get(camera) != stamp_ns
+                                   for camera in self.assembler.cameras) or \
                 (self.tick_ns is not None and stamp_ns <= self.tick_ns):
             return
         self.tick_ns = stamp_ns

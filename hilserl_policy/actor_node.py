@@ -4,7 +4,8 @@ hilserl_policy.episode.EpisodeRunner, the only code that decides steps, rewards,
 and episode ends), for training, evaluation and demo recording alike: this node converts
 messages, feeds them to the core with the time, and carries out what the core returns.
 
-Subscribes  gripper_cam/image_crop, joint_states, teleop/action (sensor_msgs/Joy),
+Subscribes  <name>_cam/image_crop of every camera (image.cameras), joint_states,
+            teleop/action (sensor_msgs/Joy),
             teleop/episode_label, the success topic (sim/success or reward_classifier/success),
             policy_weights (latched, from the learner).
 Publishes   policy/action (the policy's proposal), action (what the driver executes: the human's
@@ -38,8 +39,9 @@ from hilserl.ros.node import (TrustedSubscription, check_interface, declare, dec
                               declare_trusted_publishers, diagnostic_array, hold_run_lock, marker,
                               qos_profile, spin_node)
 from hilserl.messages.diagnostics import ForeignTally
-from hilserl.configuration.config import load_train_config
-from hilserl.messages.conventions import JOINT_NAMES, SUCCESS_TOPICS, ActionSource, Frames, Topics
+from hilserl.configuration.config import check_same_cameras, load_train_config
+from hilserl.messages.conventions import (JOINT_NAMES, SUCCESS_TOPICS, ActionSource, Frames,
+                                          Topics, camera_topics)
 from hilserl.messages.conversions import (ConversionError, action_to_msg, image_to_array,
                                           joint_state_to_arrays, joy_to_human, stamp_dimension,
                                           stamp_to_nanoseconds)
@@ -86,7 +88,8 @@ class ActorNode(Node):
             # the policy alone: critics, targets and optimisers are the learner's
             from hilserl_policy.policy import build_policy, load_pretrained
             if checkpoint:
-                self.agent, _ = load_pretrained(checkpoint, device)
+                self.agent, checkpoint_cfg = load_pretrained(checkpoint, device)
+                check_same_cameras(checkpoint_cfg.image.camera_names, self.cfg, checkpoint)
                 self.get_logger().info(f'policy from {checkpoint} (step {self.agent.step})')
             elif self.mode == 'eval':
                 raise ValueError('mode=eval needs the checkpoint parameter')
@@ -113,8 +116,11 @@ class ActorNode(Node):
                            ResubscribeTeleop: self._resubscribe_human, Log: self._log,
                            Print: self._print}
 
-        self.create_subscription(Image, Topics.IMAGE_CROP, self._on_image,
-                                 qos_profile(Topics.IMAGE_CROP))
+        for camera in self.cfg.image.camera_names:  # every camera's view, each tick
+            view_topic = camera_topics(camera)[1]
+            self.create_subscription(Image, view_topic,
+                                     lambda msg, camera=camera: self._on_image(msg, camera),
+                                     qos_profile(view_topic))
         self.create_subscription(JointState, Topics.JOINT_STATES, self._on_joints,
                                  qos_profile(Topics.JOINT_STATES))
         self.human_sub = self._subscribe_human()
@@ -164,7 +170,8 @@ class ActorNode(Node):
             f'sac_actor up: mode={self.mode}, {self.cfg.task.control_rate_hz:g} Hz, success '
             f'from {success_topic or "the success key"}, '
             f'{self.cfg.task.max_episode_steps} steps per episode')
-        check_interface(self, actor_interface(self.mode, success_source))
+        check_interface(self, actor_interface(self.mode, success_source,
+                                              self.cfg.image.camera_names))
 
     # --- time and the core's outputs ------------------------------------------------------------
     def _clock_ns(self) -> int:
@@ -178,14 +185,15 @@ class ActorNode(Node):
     def _bad(self, what: str, exc: Exception) -> None:
         self._run(self.core.on_bad_message(what, exc, monotonic_s=time.monotonic()))
 
-    def _on_image(self, msg: Image):
+    def _on_image(self, msg: Image, camera: str):
         try:
             image = np.array(image_to_array(msg))
         except ConversionError as exc:
             self._bad('image', exc)
             return
         self._run(self.core.on_image(image, stamp_to_nanoseconds(msg.header.stamp),
-                                     now_ns=self._clock_ns(), monotonic_s=time.monotonic()))
+                                     now_ns=self._clock_ns(), monotonic_s=time.monotonic(),
+                                     camera=camera))
 
     def _on_joints(self, msg: JointState):
         try:

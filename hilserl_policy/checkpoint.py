@@ -41,7 +41,8 @@ def build_agent(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
     return SAC(cfg.policy, cfg.algorithm, cfg.image_shape(image_hw), cfg.observation.state_dim,
                cfg.action.dim, discrete_gripper=cfg.action.gripper_mode == 'discrete',
                device=device or cfg.learner.device, seed=cfg.seed,
-               weights_from_checkpoint=weights_from_checkpoint, state_bounds=state_bounds(cfg))
+               weights_from_checkpoint=weights_from_checkpoint, state_bounds=state_bounds(cfg),
+               cameras=len(cfg.image.cameras))
 
 
 def save_checkpoint(run_dir, agent: SAC, cfg: TrainConfig, online: Optional[ReplayBuffer] = None,

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from hilserl.configuration.config import TrainConfig
+from hilserl.configuration.config import DEFAULT_CAMERA, TrainConfig
 from hilserl.robot.kinematics import SO101Kinematics
 from hilserl.robot.observation import build_state
 from hilserl.learning.task import RewardTracker
@@ -24,24 +24,31 @@ class StaleObservation(Exception):
 
 
 class ObservationAssembler:
-    """Latest policy view + joint state -> (stacked CHW uint8 image, state), or StaleObservation."""
+    """Latest policy view of each camera + joint state -> (stacked CHW uint8 image, state), or
+    StaleObservation. The image stacks the cameras camera-major (image.cameras order), each
+    camera's frames oldest first: (3 x n_obs_steps x cameras, H, W)."""
 
     def __init__(self, cfg: TrainConfig, kinematics: Optional[SO101Kinematics] = None):
         self.cfg = cfg
         self.kin = kinematics or SO101Kinematics()
-        self.image: Optional[np.ndarray] = None
-        self.image_stamp_s = -np.inf
+        self.cameras = cfg.image.camera_names
+        self.images: Dict[str, np.ndarray] = {}
+        self.image_stamps_s: Dict[str, float] = {}
         self.joints: Optional[Tuple[np.ndarray, np.ndarray]] = None
         self.joints_stamp_s = -np.inf
+        # per tick: (cameras, 3, H, W)
         self.frames: Deque[np.ndarray] = deque(maxlen=cfg.observation.n_obs_steps)
 
-    def set_image(self, image_hwc: np.ndarray, stamp_s: float) -> None:
+    def set_image(self, image_hwc: np.ndarray, stamp_s: float,
+                  camera: str = DEFAULT_CAMERA) -> None:
+        if camera not in self.cameras:
+            raise ValueError(f'camera {camera!r} is not one of image.cameras {list(self.cameras)}')
         expected = (*self.cfg.image.resize_hw_px, 3)
         if image_hwc.shape != expected or image_hwc.dtype != np.uint8:
             raise ValueError(f'policy image is {image_hwc.shape} {image_hwc.dtype}, expected '
                              f'{expected} uint8 (check the camera crop/resize parameters)')
-        self.image = image_hwc
-        self.image_stamp_s = stamp_s
+        self.images[camera] = image_hwc
+        self.image_stamps_s[camera] = stamp_s
 
     def set_joints(self, position_rad, velocity_rad_s, stamp_s: float) -> None:
         self.joints = (np.asarray(position_rad, np.float64), np.asarray(velocity_rad_s,
@@ -51,21 +58,31 @@ class ObservationAssembler:
     def reset(self) -> None:
         self.frames.clear()
 
+    def _image_name(self, camera: str) -> str:
+        return 'image' if len(self.cameras) == 1 else f'{camera} image'
+
     def observe(self, now_s: float) -> Tuple[np.ndarray, np.ndarray]:
         limit = self.cfg.observation.max_staleness_s
-        if self.image is None or self.joints is None:
-            raise StaleObservation('waiting for the first image and joint state')
-        for name, stamp in (('image', self.image_stamp_s), ('joint_states', self.joints_stamp_s)):
+        missing = [c for c in self.cameras if c not in self.images]
+        if missing or self.joints is None:
+            waiting = missing or list(self.cameras)
+            what = 'image' if len(self.cameras) == 1 else \
+                f'image of camera{"s" if len(waiting) > 1 else ""} {", ".join(waiting)}'
+            raise StaleObservation(f'waiting for the first {what} and joint state')
+        stamps = [(self._image_name(c), self.image_stamps_s[c]) for c in self.cameras]
+        for name, stamp in stamps + [('joint_states', self.joints_stamp_s)]:
             age = now_s - stamp
             if age > limit:
                 raise StaleObservation(f'{name} is {age:.2f} s old (limit {limit} s)')
         state = build_state(self.cfg.observation.state_features, self.joints[0], self.joints[1],
                             self.kin)
-        frame = np.ascontiguousarray(self.image.transpose(2, 0, 1))
+        frame = np.stack([self.images[c].transpose(2, 0, 1) for c in self.cameras])
         self.frames.append(frame)
         while len(self.frames) < self.frames.maxlen:  # episode start: repeat the first frame
             self.frames.appendleft(frame)
-        return np.concatenate(list(self.frames), axis=0), state
+        # (frames, cameras, 3, H, W) -> camera-major channels
+        stacked = np.stack(list(self.frames), axis=1)
+        return np.ascontiguousarray(stacked.reshape(-1, *stacked.shape[3:])), state
 
 
 @dataclass

@@ -18,7 +18,8 @@ from hilserl.configuration.pretrained import frozen_without_weights_message
 
 
 class Backbone(nn.Module):
-    """uint8 images (B, 3 * n_frames, H, W) -> feature maps (B, n_frames, C, h, w)."""
+    """uint8 images (B, 3 * n_frames, H, W) -> feature maps (B, n_frames, C, h, w). Every
+    3-channel frame, of every camera, is one image through the same network in one batch."""
 
     def __init__(self, name: str, image_hw: Tuple[int, int], frozen: bool,
                  pretrained_path=None, weights_from_checkpoint: bool = False):
@@ -80,17 +81,24 @@ class MinMaxStateNorm(nn.Module):
 
 
 class ObservationEncoder(nn.Module):
-    """Feature maps + state -> latent: spatial embedding -> Linear -> LN -> tanh per image,
-    [min-max normalisation ->] Linear -> LN -> tanh for the state; concatenated."""
+    """Feature maps + state -> latent: spatial embedding (its own per camera) of every frame of
+    every camera, joined -> Linear -> LN -> tanh; [min-max normalisation ->] Linear -> LN ->
+    tanh for the state; concatenated."""
 
     def __init__(self, fmap_shape, n_frames: int, state_dim: int, latent_dim: int,
-                 spatial_features: int = 8, state_bounds=None):
-        """`state_bounds`: (min, max) per state value for observation.state_normalisation
-        min_max; None: the raw state (the state dict has no normaliser then, as before)."""
+                 spatial_features: int = 8, state_bounds=None, cameras: int = 1):
+        """`n_frames`: feature maps per observation, all cameras' (stacked frames x cameras,
+        camera-major). `state_bounds`: (min, max) per state value for
+        observation.state_normalisation min_max; None: the raw state (the state dict has no
+        normaliser then, as before)."""
         super().__init__()
+        if n_frames % cameras:
+            raise ValueError(f'{n_frames} frames do not split into {cameras} cameras')
+        self.cameras = cameras
         self.state_norm = MinMaxStateNorm(*state_bounds) if state_bounds is not None else None
         channels, h, w = fmap_shape
-        self.spatial = SpatialEmbedding(channels, h, w, spatial_features)
+        # one kernel per channel of each camera (one camera: the layout before cameras)
+        self.spatial = SpatialEmbedding(channels * cameras, h, w, spatial_features)
         self.image_proj = nn.Sequential(
             nn.Linear(channels * spatial_features * n_frames, latent_dim),
             nn.LayerNorm(latent_dim), nn.Tanh())
@@ -99,8 +107,12 @@ class ObservationEncoder(nn.Module):
         self.out_dim = 2 * latent_dim
 
     def forward(self, fmaps: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        b, frames = fmaps.shape[:2]
-        spatial = self.spatial(fmaps.flatten(0, 1).float()).reshape(b, -1)
+        b, total = fmaps.shape[:2]
+        c, h, w = fmaps.shape[2:]
+        # (B, cameras x frames, C, h, w) camera-major -> (B x frames, cameras x C, h, w): each
+        # camera's channels meet their own spatial kernels
+        per_tick = fmaps.reshape(b, self.cameras, total // self.cameras, c, h, w).transpose(1, 2)
+        spatial = self.spatial(per_tick.reshape(-1, self.cameras * c, h, w).float()).reshape(b, -1)
         if self.state_norm is not None:
             state = self.state_norm(state)
         return torch.cat([self.image_proj(spatial), self.state_proj(state)], dim=-1)

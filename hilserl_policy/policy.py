@@ -37,11 +37,12 @@ def resolve_device(name: str) -> torch.device:
 class Policy(nn.Module):
     def __init__(self, cfg: PolicyConfig, image_shape, state_dim: int, action_dim: int,
                  discrete_gripper: bool = False, device: str = 'cpu', seed: int = 0,
-                 weights_from_checkpoint: bool = False, state_bounds=None):
+                 weights_from_checkpoint: bool = False, state_bounds=None, cameras: int = 1):
         """`weights_from_checkpoint`: a checkpoint's state is loaded right after (its frozen
         encoder included), so the pretrained encoder directory is not read. `state_bounds`:
         (min, max) per state value to map the state to [-1, 1] before the state encoder
-        (`hilserl.robot.observation.state_bounds`); None: the raw state."""
+        (`hilserl.robot.observation.state_bounds`); None: the raw state. `cameras`: the
+        image's channels hold this many cameras' views, camera-major (image.cameras)."""
         super().__init__()
         self.cfg = cfg
         self.image_shape = tuple(image_shape)
@@ -54,7 +55,8 @@ class Policy(nn.Module):
         self.backbone = Backbone(cfg.encoder, (h, w), cfg.freeze_encoder,
                                  cfg.pretrained_encoder_path, weights_from_checkpoint)
         self.encoder = ObservationEncoder(self.backbone.fmap_shape, channels // 3, state_dim,
-                                          cfg.latent_dim, state_bounds=state_bounds)
+                                          cfg.latent_dim, state_bounds=state_bounds,
+                                          cameras=cameras)
         self.actor = TanhGaussianActor(self.encoder.out_dim, self.continuous_dim,
                                        cfg.hidden_dims, cfg.log_std_min, cfg.log_std_max)
         self.grasp_critic = (GraspCritic(self.encoder.out_dim, cfg.hidden_dims)
@@ -237,7 +239,7 @@ def build_policy(cfg: TrainConfig, image_hw=None, device: Optional[str] = None,
                   cfg.action.dim, discrete_gripper=cfg.action.gripper_mode == 'discrete',
                   device=device or cfg.learner.device, seed=cfg.seed,
                   weights_from_checkpoint=weights_from_checkpoint,
-                  state_bounds=state_bounds(cfg))
+                  state_bounds=state_bounds(cfg), cameras=len(cfg.image.cameras))
 
 
 def read_pretrained(model_dir) -> Tuple[Path, dict, TrainConfig]:

@@ -31,14 +31,14 @@ class SAC(nn.Module):
     def __init__(self, policy_cfg: PolicyConfig, cfg: AlgorithmConfig, image_shape,
                  state_dim: int, action_dim: int, discrete_gripper: bool = False,
                  device: str = 'cpu', seed: int = 0, weights_from_checkpoint: bool = False,
-                 state_bounds=None):
+                 state_bounds=None, cameras: int = 1):
         """`cfg`: the algorithm's settings; the rest are the arguments of the `Policy` it
         trains (built first, from the same seed, so an actor's `build_policy` starts from the
         same weights)."""
         super().__init__()
         self.cfg = cfg
         self.policy = Policy(policy_cfg, image_shape, state_dim, action_dim, discrete_gripper,
-                             'cpu', seed, weights_from_checkpoint, state_bounds)
+                             'cpu', seed, weights_from_checkpoint, state_bounds, cameras)
         self.image_shape = self.policy.image_shape
         self.state_dim, self.action_dim = state_dim, action_dim
         self.discrete_gripper = discrete_gripper

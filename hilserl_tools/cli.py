@@ -471,12 +471,20 @@ def _cmd_bag_info(args) -> int:
     return 0
 
 
+def _camera_name(text: str) -> str:
+    from hilserl.configuration.config import CAMERA_NAME_PATTERN
+    if not CAMERA_NAME_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(f'{text!r}: a camera name of image.cameras (lower case '
+                                         'letters, digits and _: gripper, front)')
+    return text
+
+
 def _cmd_crop(args) -> int:
     from hilserl.common.paths import share_path
     from hilserl_tools.crop import run_crop
     config = args.config or str(share_path('config', 'train.yaml'))
     return run_crop(args.robot_config, config, args.crop, args.device,
-                    gui=True if args.gui else None)
+                    gui=True if args.gui else None, camera=args.camera)
 
 
 def _cmd_find_workspace(args) -> int:
@@ -611,9 +619,11 @@ def _cmd_replay(args) -> int:
 def _cmd_train_classifier(args) -> int:
     from reward_classifier_node.model import ClassifierConfig
     from reward_classifier_node.train import TrainClassifierConfig, train_classifier
+    # every camera of the training config (default: the gripper camera alone)
     model_cfg = ClassifierConfig(encoder=args.encoder,
                                  freeze_encoder=bool(args.pretrained_encoder),
-                                 pretrained_encoder_path=args.pretrained_encoder or None)
+                                 pretrained_encoder_path=args.pretrained_encoder or None,
+                                 cameras=load_train_config(args.config).image.camera_names)
     cfg = TrainClassifierConfig(epochs=args.epochs, label_source=args.label_source,
                                 frames_before_label=args.frames_before_label,
                                 target_fpr=args.target_fpr, max_minutes=args.max_minutes,
@@ -740,10 +750,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('crop', help='choose the policy crop on one camera frame and write it '
                        'into the training config (a window with a display, else a PNG + --crop)')
     p.add_argument('--robot-config', required=True,
-                   help='robot parameters YAML: the camera is its /**/gripper_camera section')
+                   help='robot parameters YAML: the camera is its /**/<camera>_camera section '
+                        '(gripper_camera)')
     p.add_argument('--config', default='',
-                   help='training YAML to write image.crop_tlhw_px into (default: '
-                        'config/train.yaml, the real arm\'s)')
+                   help='training YAML to write image.crop_tlhw_px (or the camera\'s entry of '
+                        'image.cameras) into (default: config/train.yaml, the real arm\'s)')
+    p.add_argument('--camera', default='gripper', type=_camera_name,
+                   help='which camera of image.cameras (default gripper)')
     p.add_argument('--crop', default=None, metavar='TOP,LEFT,HEIGHT,WIDTH',
                    help='the crop in px (no window); without it and without a display a PNG of '
                         'the frame with a grid is written to choose from')
@@ -830,7 +843,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--camera', default=None,
                    help='--dataset: its camera (default: gripper, wrist or the only one)')
     p.add_argument('--config', default=None,
-                   help='--dataset: training YAML whose image crop/resize makes the view')
+                   help='training YAML: its image.cameras are the views the classifier takes '
+                        '(default: the gripper camera); --dataset: its crop/resize makes the '
+                        'view')
     p.add_argument('--output', default='outputs/classifier', help='checkpoint directory')
     p.add_argument('--encoder', default='small_conv', choices=('small_conv', 'resnet10'))
     p.add_argument('--pretrained-encoder', default='',

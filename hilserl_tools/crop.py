@@ -1,7 +1,9 @@
 """`hilserl crop`: choose the policy's crop on one camera frame and write it into the training
 config. With a display, drag the crop in an OpenCV window; without one (over SSH), a PNG of the
 frame with a labelled grid and the current crop comes out, and `--crop top,left,height,width`
-sets it. Either way the policy's view (crop + resize) is saved beside the config."""
+sets it. Either way the policy's view (crop + resize) is saved beside the config. `--camera
+NAME` chooses the camera of image.cameras (default gripper): its robot-file section is
+/**/NAME_camera, its crop the one of image.cameras written."""
 from __future__ import annotations
 
 import os
@@ -11,8 +13,10 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from hilserl.configuration.config import ConfigError, ImageConfig, load_train_config
+from hilserl.configuration.config import (DEFAULT_CAMERA, CameraView, ConfigError,
+                                          load_train_config)
 from hilserl.configuration.yaml_edit import node_parameters, set_values
+from hilserl.messages.conventions import camera_node_name
 from hilserl.learning.image_ops import crop_resize
 from hilserl.robot.camera import CameraConfig, CameraSupervisor, OpenCVSource
 
@@ -30,11 +34,13 @@ def parse_crop(text: str) -> Tuple[int, int, int, int]:
     return values
 
 
-def camera_config(robot_config: str, device: str = '') -> CameraConfig:
-    """The gripper camera's settings from the robot file (its /**/gripper_camera section)."""
-    params = node_parameters(robot_config, 'gripper_camera')
+def camera_config(robot_config: str, device: str = '',
+                  camera: str = DEFAULT_CAMERA) -> CameraConfig:
+    """A camera's settings from the robot file (its /**/<camera>_camera section)."""
+    node = camera_node_name(camera)
+    params = node_parameters(robot_config, node)
     if params.get('backend', 'opencv') == 'sim' and not device:
-        raise ValueError(f'{robot_config}: its gripper_camera is simulated (backend: sim); the '
+        raise ValueError(f'{robot_config}: its {node} is simulated (backend: sim); the '
                          'crop is chosen on a real camera (a robot file with backend: opencv, '
                          'or --device)')
     fields = {k: params[k] for k in ('device', 'width_px', 'height_px', 'fps', 'fourcc')
@@ -106,42 +112,66 @@ def grid_picture(frame_rgb: np.ndarray, crop: Sequence[int]) -> np.ndarray:
 
 
 def run_crop(robot_config: str, config: str, crop: Optional[str] = None, device: str = '',
-             gui: Optional[bool] = None, out=print, source=None) -> int:
+             gui: Optional[bool] = None, out=print, source=None,
+             camera: str = DEFAULT_CAMERA) -> int:
     """The command. Returns 0 when the crop was written, 1 when it only wrote the grid picture
     (rerun with --crop), 2 (raised as an error) for what cannot be done."""
     import cv2
     cfg_path = Path(config)
     train_cfg = load_train_config(cfg_path)   # refuse a broken config before the camera
-    cam = camera_config(robot_config, device)
+    try:
+        current = train_cfg.image.camera(camera).crop_tlhw_px
+    except ConfigError as exc:
+        raise ValueError(f'--camera {camera}: {exc} in {cfg_path}; add it there (name, '
+                         'width_px, height_px, crop_tlhw_px) first') from None
+    cam = camera_config(robot_config, device, camera)
     frame = grab_frame(cam, source=source)
     height, width = frame.shape[:2]
-    picture_path = cfg_path.with_name(cfg_path.stem + '_crop_frame.png')
+    prefix = '' if camera == DEFAULT_CAMERA else f'{camera}_'
+    picture_path = cfg_path.with_name(cfg_path.stem + f'_{prefix}crop_frame.png')
     if crop is not None:
         chosen = parse_crop(crop)
     elif gui is False or (gui is None and not display_available()):
-        cv2.imwrite(str(picture_path), grid_picture(frame, train_cfg.image.crop_tlhw_px))
+        cv2.imwrite(str(picture_path), grid_picture(frame, current))
         out(f'no display: the frame with a {GRID_PX} px grid and the current crop '
-            f'{list(train_cfg.image.crop_tlhw_px)} is in {picture_path}; rerun with '
-            '--crop top,left,height,width')
+            f'{list(current)} is in {picture_path}; rerun with --crop top,left,height,width')
         return 1
     elif not display_available():
         raise OSError('no display: --gui needs a display ($DISPLAY) and an OpenCV with windows; '
                       'leave out --gui to choose the crop from a PNG')
     else:
-        chosen = select_in_window(frame, train_cfg.image.crop_tlhw_px)
+        chosen = select_in_window(frame, current)
     try:  # the same rule the config applies on load, against this camera's frame size
-        ImageConfig(width_px=width, height_px=height, crop_tlhw_px=chosen,
-                    resize_hw_px=train_cfg.image.resize_hw_px)
+        view_cfg = CameraView(name=camera, width_px=width, height_px=height,
+                              crop_tlhw_px=chosen)
     except ConfigError as exc:
         raise ValueError(f'crop {list(chosen)} does not fit the camera\'s {width}x{height} '
                          f'frame ({exc})') from None
-    set_values(cfg_path, {'image.width_px': width, 'image.height_px': height,
-                          'image.crop_tlhw_px': list(chosen)})
+    field = _write_crop(cfg_path, train_cfg, view_cfg)
     load_train_config(cfg_path)
     view = crop_resize(frame, chosen, train_cfg.image.resize_hw_px)
-    view_path = cfg_path.with_name(cfg_path.stem + '_policy_view.png')
+    view_path = cfg_path.with_name(cfg_path.stem + f'_{prefix}policy_view.png')
     cv2.imwrite(str(view_path), np.ascontiguousarray(view[:, :, ::-1]))
     cv2.imwrite(str(picture_path), grid_picture(frame, chosen))
     out(f'crop {list(chosen)} of the {width}x{height} frame written to {cfg_path} '
-        f'(image.crop_tlhw_px); the policy\'s view is {view_path}')
+        f'({field}); the policy\'s view is {view_path}')
     return 0
+
+
+def _write_crop(cfg_path: Path, train_cfg, view_cfg: CameraView) -> str:
+    """Write one camera's frame size and crop into the config file, in the form it has: the
+    flat image.crop_tlhw_px of a file without image.cameras (the gripper camera), else the
+    image.cameras list with that camera's entry replaced. Returns the field written."""
+    import yaml
+    image = (yaml.safe_load(cfg_path.read_text()) or {}).get('image') or {}
+    if 'cameras' not in image and view_cfg.name == DEFAULT_CAMERA:
+        set_values(cfg_path, {'image.width_px': view_cfg.width_px,
+                              'image.height_px': view_cfg.height_px,
+                              'image.crop_tlhw_px': list(view_cfg.crop_tlhw_px)})
+        return 'image.crop_tlhw_px'
+    cameras = [{'name': c.name, 'width_px': c.width_px, 'height_px': c.height_px,
+                'crop_tlhw_px': list(c.crop_tlhw_px)}
+               for c in (view_cfg if c.name == view_cfg.name else c
+                         for c in train_cfg.image.cameras)]
+    set_values(cfg_path, {'image.cameras': cameras})
+    return f'image.cameras[{view_cfg.name}].crop_tlhw_px'

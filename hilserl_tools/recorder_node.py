@@ -2,7 +2,8 @@
 <run_dir>/episodes/episode_NNNNNN/bag, with episode.json beside it.
 
 Subscribes (raw CDR, so bytes go to disk untouched) to every topic in
-hilserl.data.bags.EPISODE_TOPICS and episode/events; optionally gripper_cam/image_raw (large).
+hilserl.data.bags.EPISODE_TOPICS, every camera's policy view (`camera_view_topics`) and
+episode/events; optionally gripper_cam/image_raw (large).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from hilserl.ros.node import (TrustedSubscription, check_interface, declare,
                               declare_trusted_publishers, hold_run_lock, message_class,
                               qos_profile, spin_node)
 from hilserl.messages.diagnostics import ForeignTally
-from hilserl.messages.conventions import TOPIC_QOS, Qos, Topics
+from hilserl.messages.conventions import TOPIC_QOS, Qos, Topics, is_camera_view, qos_for
 from hilserl.data.recording import EpisodeRecorder
 
 
@@ -53,7 +54,10 @@ class RecorderNode(Node):
             'nodes publish: a message published before matching is not in the bag)',
             read_only=True))
         trusted_publishers = declare_trusted_publishers(self, Topics.EPISODE_EVENTS)
+        views = declare(self, 'camera_view_topics', [Topics.IMAGE_CROP], 'the policy view topic '
+                        'of every camera (image.cameras), each recorded', read_only=True)
         topics = dict(EPISODE_TOPICS)
+        topics.update({topic: 'sensor_msgs/msg/Image' for topic in views})
         if record_raw:
             topics[Topics.IMAGE_RAW] = 'sensor_msgs/msg/Image'
         if record_tf:
@@ -93,7 +97,7 @@ class RecorderNode(Node):
         self.ready = False
         self.create_timer(0.1, self._poll, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f'episode_recorder up: {len(topics)} topics -> {run_dir}/episodes')
-        check_interface(self, recorder_interface(record_raw, 'tf' in topics))
+        check_interface(self, recorder_interface(record_raw, 'tf' in topics, views))
 
     def _repair_killed_episodes(self):
         """Bags a killed recorder left on this run dir are made readable before recording."""
@@ -115,7 +119,7 @@ class RecorderNode(Node):
     def _qos(topic: str):
         if topic == 'tf_static':  # latched by robot_state_publisher
             return qos_profile(Qos.LATCHED)
-        spec = TOPIC_QOS.get(topic, Qos.STATE)
+        spec = qos_for(topic) if is_camera_view(topic) else TOPIC_QOS.get(topic, Qos.STATE)
         # A deep reader queue: while this node opens a bag (the first one takes a second on a
         # loaded machine) the simulated clock may run many ticks ahead, and a keep-last queue
         # of 10 would lose the oldest of them from the bag.

@@ -1,6 +1,7 @@
-"""reward_classifier node: success probability from the policy view.
+"""reward_classifier node: success probability from the policy views.
 
-Subscribes  gripper_cam/image_crop (sensor_msgs/Image).
+Subscribes  <name>_cam/image_crop of each camera the classifier was trained on (sensor_msgs/
+            Image; gripper_cam/image_crop for the gripper camera alone).
 Publishes   reward_classifier/probability (Float32), reward_classifier/success (Bool, after
             `debounce_frames` consecutive frames at or above `threshold`), diagnostics
             (reward_classifier; reward_classifier/lighting: WARN while the images have stayed
@@ -20,10 +21,11 @@ from std_msgs.msg import Bool, Float32
 
 from hilserl.ros.interfaces import classifier_interface
 from hilserl.ros.node import check_interface, declare, diagnostic_array, qos_profile, spin_node
-from hilserl.messages.conventions import Topics
-from hilserl.messages.conversions import ConversionError, image_to_array, stamp_to_seconds
+from hilserl.messages.conventions import Topics, camera_topics
+from hilserl.messages.conversions import (ConversionError, image_to_array, stamp_to_nanoseconds,
+                                          stamp_to_seconds)
 from hilserl.messages.diagnostics import OK, WARN, DiagnosticEntry
-from reward_classifier_node.inference import SuccessDetector
+from reward_classifier_node.inference import SuccessDetector, ViewAligner
 from reward_classifier_node.lighting import drift_tracker, unchecked_entry
 from reward_classifier_node.model import check_frame_size, load_classifier
 
@@ -41,12 +43,21 @@ class ClassifierNode(Node):
                           'outside the brightness/contrast range the classifier was trained on '
                           '(lighting.json beside the model) before a diagnostic warning; 0 turns '
                           'the check off', float_range=(0.0, 3600.0), read_only=True)
+        graph_cameras = declare(self, 'camera_names', ['gripper'], 'the graph\'s cameras '
+                                '(image.cameras): the classifier must have been trained on them',
+                                read_only=True)
         if not model_dir:
             raise ValueError('reward_classifier needs model_dir (train one with '
                              '`hilserl train-classifier`)')
         import torch
         torch.set_num_threads(1)
         model, saved_threshold, _ = load_classifier(model_dir)
+        cameras = model.config.cameras
+        if list(cameras) != list(graph_cameras):
+            raise ValueError(f'classifier {model_dir} was trained with cameras {list(cameras)} '
+                             f'but the graph has {list(graph_cameras)} (image.cameras); train '
+                             'it with the same cameras (hilserl train-classifier --config)')
+        self.aligner = ViewAligner(cameras)
         self.detector = SuccessDetector(model, threshold or saved_threshold, debounce)
         self.bad_frames = 0
         self.lighting, self.lighting_off = drift_tracker(model_dir, drift_s)
@@ -58,12 +69,15 @@ class ClassifierNode(Node):
         self.success_pub = self.create_publisher(Bool, Topics.SUCCESS, qos_profile(Topics.SUCCESS))
         self.diag_pub = self.create_publisher(DiagnosticArray, Topics.DIAGNOSTICS,
                                               qos_profile(Topics.DIAGNOSTICS))
-        self.create_subscription(Image, Topics.IMAGE_CROP, self._on_image,
-                                 qos_profile(Topics.IMAGE_CROP))
+        for camera in cameras:
+            topic = camera_topics(camera)[1]
+            self.create_subscription(Image, topic,
+                                     lambda msg, camera=camera: self._on_image(msg, camera),
+                                     qos_profile(topic))
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(f'reward_classifier up: {model_dir}, threshold '
                                f'{self.detector.threshold:.3f}, debounce {debounce}')
-        check_interface(self, classifier_interface())
+        check_interface(self, classifier_interface(cameras))
 
     def _on_parameters(self, params):
         for p in params:
@@ -74,7 +88,7 @@ class ClassifierNode(Node):
                     return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
-    def _on_image(self, msg: Image):
+    def _on_image(self, msg: Image, camera: str):
         try:
             view = image_to_array(msg)
             if view.shape[2] != 3:
@@ -84,7 +98,8 @@ class ClassifierNode(Node):
             self.bad_frames += 1
             self.get_logger().warning(f'frame ignored: {exc}', throttle_duration_sec=2.0)
             return
-        if self.lighting is not None:
+        if self.lighting is not None and camera == self.aligner.cameras[0]:
+            # the lighting range is the first camera's (the one it was measured on)
             stamp_s = stamp_to_seconds(msg.header.stamp) or \
                 self.get_clock().now().nanoseconds * 1e-9  # an unstamped image: arrival time
             drift = self.lighting.update(view, stamp_s)
@@ -92,7 +107,10 @@ class ClassifierNode(Node):
                 self.get_logger().warning(drift.log_line)
             if drift.changed:
                 self._publish_diagnostics()
-        prob, success = self.detector.update([view])
+        views = self.aligner.add(camera, stamp_to_nanoseconds(msg.header.stamp), view)
+        if views is None:  # the other cameras' views of this frame are on their way
+            return
+        prob, success = self.detector.update(views)
         self.prob_pub.publish(Float32(data=prob))
         self.success_pub.publish(Bool(data=success))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,3 +46,26 @@ class SuccessDetector:
         if not self.latencies_s:
             return None
         return float(np.quantile(np.array(self.latencies_s), quantile) * 1000)
+
+
+class ViewAligner:
+    """One frame of views per first-camera view: the first camera's (image.cameras order) sets
+    the frame's stamp, and the frame is complete once every other camera has a view at least
+    that new (its view of the same tick on the simulated clock, at most a frame later on
+    cameras that tick apart). One camera: every view is a frame."""
+
+    def __init__(self, cameras: Sequence[str]):
+        self.cameras = tuple(cameras)
+        self.latest: Dict[str, Tuple[int, np.ndarray]] = {}
+        self.pending_ns: Optional[int] = None
+
+    def add(self, camera: str, stamp_ns: int, view: np.ndarray) -> Optional[List[np.ndarray]]:
+        """A camera's view; returns every camera's view (in order) when a frame is complete."""
+        self.latest[camera] = (stamp_ns, view)
+        if camera == self.cameras[0]:
+            self.pending_ns = stamp_ns
+        if self.pending_ns is None or any(
+                c not in self.latest or self.latest[c][0] < self.pending_ns for c in self.cameras):
+            return None
+        self.pending_ns = None
+        return [self.latest[c][1] for c in self.cameras]

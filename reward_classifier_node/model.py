@@ -1,4 +1,5 @@
-"""Success classifier: image encoder + small MLP head -> success logit, one or more views.
+"""Success classifier: image encoder + small MLP head -> success logit, one view per camera
+(image.cameras: each camera's policy view through the same encoder, features joined).
 
 Checkpoints are directories: config.json (ClassifierConfig, threshold, metrics) and
 model.safetensors, written to a temporary directory and renamed into place (atomic).
@@ -29,7 +30,9 @@ class ClassifierConfig:
     # local Hugging Face cache
     pretrained_encoder_path: Optional[str] = None
     image_hw_px: Tuple[int, int] = (128, 128)
-    num_views: int = 1                       # camera views, each encoded by the shared encoder
+    # the cameras whose views it takes, in this order (image.cameras' names), each encoded by
+    # the shared encoder
+    cameras: Tuple[str, ...] = ('gripper',)
     hidden_dim: int = 256
     dropout: float = 0.1
     spatial_features: int = 8
@@ -37,14 +40,18 @@ class ClassifierConfig:
     def __post_init__(self):
         if self.encoder not in ('small_conv', 'resnet10'):
             raise ValueError(f"encoder={self.encoder!r}: 'small_conv' or 'resnet10'")
-        if self.num_views < 1:
-            raise ValueError(f'num_views={self.num_views}: must be >= 1')
+        if len(self.cameras) < 1 or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f'cameras={list(self.cameras)}: needs one or more, each once')
         if not 0 <= self.dropout < 1:
             raise ValueError(f'dropout={self.dropout}: must be in [0, 1)')
         if self.freeze_encoder and not self.pretrained_encoder_path:
             raise ValueError(frozen_without_weights_message('classifier'))
         if self.pretrained_encoder_path and self.encoder != 'resnet10':
             raise ValueError('pretrained_encoder_path is for the resnet10 encoder')
+
+    @property
+    def num_views(self) -> int:
+        return len(self.cameras)
 
 
 class RewardClassifier(nn.Module):
@@ -78,7 +85,10 @@ class RewardClassifier(nn.Module):
         return self
 
     def forward(self, *views: torch.Tensor) -> torch.Tensor:
-        """views: (B, 3, H, W) uint8 or float 0..255, one tensor per view -> (B,) logits."""
+        """views: (B, 3, H, W) uint8 or float 0..255, one tensor per camera, or one (B, 3 x
+        cameras, H, W) tensor of them all (camera-major) -> (B,) logits."""
+        if len(views) == 1 and views[0].shape[1] == 3 * self.config.num_views:
+            views = views[0].split(3, dim=1)
         if len(views) != self.config.num_views:
             raise ValueError(f'expected {self.config.num_views} views, got {len(views)}')
         feats = [self.embed(self.encoder(network_input(self.encoder, self.normalize, v)))
@@ -98,8 +108,9 @@ def check_frame_size(model: RewardClassifier, height_width) -> None:
 @torch.inference_mode()
 def success_probabilities(model: RewardClassifier, *views) -> torch.Tensor:
     """The one inference path (the node's frames, training's validation, the evaluation of
-    recorded episodes): (N, H, W, 3) uint8 arrays, one per view -> (N,) success probabilities.
-    Frames of another size than the classifier was trained on are refused (ValueError)."""
+    recorded episodes): (N, H, W, 3) uint8 arrays, one per camera (or one (N, H, W, 3 x
+    cameras) array of them all) -> (N,) success probabilities. Frames of another size than the
+    classifier was trained on are refused (ValueError)."""
     for view in views:
         check_frame_size(model, view.shape[1:3])
     tensors = [torch.from_numpy(v).permute(0, 3, 1, 2) for v in views]
@@ -145,6 +156,11 @@ def load_classifier(directory) -> Tuple[RewardClassifier, float, dict]:
     data = json.loads(config_path.read_text())
     fields = data['classifier']
     fields['image_hw_px'] = tuple(fields['image_hw_px'])
+    # written before `cameras`: the gripper camera's view alone
+    if fields.pop('num_views', 1) != 1 and 'cameras' not in fields:
+        raise ValueError(f'{config_path}: a classifier of several views without camera names; '
+                         'train it again')
+    fields['cameras'] = tuple(fields.get('cameras', ('gripper',)))
     model = RewardClassifier(ClassifierConfig(**fields), weights_from_checkpoint=True)
     model.load_state_dict(load_file(str(directory / 'model.safetensors')))
     model.eval()

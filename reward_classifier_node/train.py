@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hilserl.data.bags import labelled_frames, list_episodes, read_episode
+from hilserl.data.bags import image_msg_to_array, labelled_frames, list_episodes, read_episode
 from hilserl.common.progress import progress_bar
-from hilserl.messages.conventions import Topics
+from hilserl.messages.conventions import Topics, camera_topics
 from hilserl.learning.augment import random_shift
 from reward_classifier_node.lighting import (AUGMENTATION_JITTER, LIGHTING_FILE, LightingRange,
                                              lighting_json)
@@ -56,31 +56,56 @@ class TrainClassifierConfig:
 @dataclass
 class EpisodeFrames:
     name: str
-    images: np.ndarray    # (N, H, W, 3) uint8
+    images: np.ndarray    # (N, H, W, 3 x cameras) uint8, camera-major
     labels: np.ndarray    # (N,) int
 
 
 def load_frames(root, label_source: str = 'key', frames_before_label: int = 0,
-                topic: str = Topics.IMAGE_CROP, rerecorded: Optional[List[str]] = None
-                ) -> List[EpisodeFrames]:
+                topic: str = Topics.IMAGE_CROP, rerecorded: Optional[List[str]] = None,
+                cameras: Sequence[str] = ()) -> List[EpisodeFrames]:
     """Labelled frames of every episode under `root`. Episodes the person marked re-record
     (`u`) are left out, their names appended to `rerecorded` when a list is given: the person
-    said they went wrong, so their labels are not to be trusted."""
+    said they went wrong, so their labels are not to be trusted. `cameras` (image.cameras'
+    names): each frame is every camera's view (camera-major channels), labelled by the first
+    camera's; `topic` alone without them."""
+    topics = [camera_topics(name)[1] for name in cameras] or [topic]
     episodes = []
     paths = list_episodes(root)
     for path in progress_bar(paths, len(paths), 'reading episode bags', 'episode'):
-        data = read_episode(path, [topic, Topics.EPISODE_LABEL, Topics.EPISODE_EVENTS,
+        data = read_episode(path, [*topics, Topics.EPISODE_LABEL, Topics.EPISODE_EVENTS,
                                    Topics.SIM_SUCCESS])
         if data.metadata.get('outcome') == 'rerecord':
             if rerecorded is not None:
                 rerecorded.append(path.name)
             continue
-        images, labels, _ = labelled_frames(data, topic, label_source, frames_before_label)
+        images, labels, stamps = labelled_frames(data, topics[0], label_source,
+                                                 frames_before_label)
+        if len(topics) > 1:
+            images, labels = with_other_views(data, topics[1:], images, labels, stamps)
         if len(images):
             episodes.append(EpisodeFrames(path.name, images, labels))
     if not episodes:
-        raise FileNotFoundError(f'no episodes with {topic} frames under {root}')
+        raise FileNotFoundError(f'no episodes with {" and ".join(topics)} frames under {root}')
     return episodes
+
+
+def with_other_views(episode, topics: Sequence[str], images: np.ndarray, labels: np.ndarray,
+                     stamps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The first camera's frames (N, H, W, 3) with each other camera's newest view at or
+    before their stamps (the same tick on the simulated clock) joined on the channel axis:
+    (M, H, W, 3 x cameras) and their labels; frames before another camera's first are left
+    out."""
+    keep = np.ones(len(stamps), bool)
+    views = [images]
+    for topic in topics:
+        frames = sorted(episode.messages.get(topic, []), key=lambda item: item[0])
+        other_stamps = np.array([stamp for stamp, _ in frames], np.int64)
+        index = np.searchsorted(other_stamps, stamps, side='right') - 1
+        keep &= index >= 0
+        decoded = [image_msg_to_array(msg) for _, msg in frames]
+        views.append(np.stack([decoded[i] if i >= 0 else np.zeros_like(images[0])
+                               for i in index]) if len(stamps) else images)
+    return np.concatenate(views, axis=-1)[keep], labels[keep]
 
 
 def split_by_episode(episodes: Sequence[EpisodeFrames], val_fraction: float, seed: int
@@ -177,7 +202,7 @@ def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = Cla
     rerecorded: List[str] = []
     episodes = episodes if episodes is not None else \
         load_frames(episode_root, cfg.label_source, cfg.frames_before_label,
-                    rerecorded=rerecorded)
+                    rerecorded=rerecorded, cameras=model_cfg.cameras)
     if rerecorded:
         progress(f'left out {len(rerecorded)} episodes marked re-record: '
                  f'{", ".join(rerecorded)}')
@@ -199,7 +224,7 @@ def train_classifier(episode_root, output_dir, model_cfg: ClassifierConfig = Cla
     model = RewardClassifier(model_cfg)
     progress(model.load_report)
     # what the drift check of the classifier node compares the live images with
-    lighting = LightingRange.from_images(x_train)
+    lighting = LightingRange.from_images(x_train[..., :3])  # the first camera's (the node's)
     progress(f'lighting of the training images (with margin): {lighting.describe()}')
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

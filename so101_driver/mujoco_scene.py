@@ -1,4 +1,4 @@
-"""Generate the MuJoCo scene (SO-101 + table + cube + gripper camera) from the URDF.
+"""Generate the MuJoCo scene (SO-101 + table + cube + gripper and front cameras) from the URDF.
 
 Bodies, joints, inertials and collision geometry all come from `urdf/so101.urdf`, so the
 simulated arm and `hilserl.robot.kinematics` cannot disagree. Actuators mimic STS3215 position
@@ -16,6 +16,12 @@ import numpy as np
 from hilserl.robot.kinematics import default_urdf_path, matrix_to_quaternion_xyzw, rpy_to_matrix
 
 CAMERA_NAME = 'gripper_cam'
+# A fixed camera in front of the arm, looking down at the table where the cube is (MuJoCo
+# cameras look along their -z: x to the image's right, y up): the second view of
+# image.cameras (name front) in simulation.
+FRONT_CAMERA_NAME = 'front_cam'
+FRONT_CAMERA_POS_M = (0.45, 0.0, 0.2)
+FRONT_CAMERA_XYAXES = (0.0, 1.0, 0.0, -0.17, 0.0, 0.23)
 TCP_SITE = 'gripper_frame_link'
 CUBE_BODY = 'cube'
 
@@ -179,6 +185,8 @@ def build_mjcf(config: Optional[SceneConfig] = None, urdf_path=None) -> str:
                           quat=_fmt(_quat_wxyz(rot @ flip)), fovy=f'{cfg.camera_fovy_deg:g}')
 
     add_body(world, 'base_link', np.zeros(3), np.eye(3))
+    ET.SubElement(world, 'camera', name=FRONT_CAMERA_NAME, pos=_fmt(FRONT_CAMERA_POS_M),
+                  xyaxes=_fmt(FRONT_CAMERA_XYAXES), fovy=f'{cfg.camera_fovy_deg:g}')
 
     half = cfg.cube_size_m / 2
     cube = ET.SubElement(world, 'body', name=CUBE_BODY, pos=f'0.25 0 {half:.6g}')

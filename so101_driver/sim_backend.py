@@ -113,6 +113,15 @@ class SimBackend(ArmBackend):
         self._mj.mj_kinematics(self.model, d)
         self._mj.mj_camlight(self.model, d)  # camera poses follow the bodies
 
+    def scene_camera(self, name: str) -> str:
+        """The scene camera of image.cameras' camera `name` (gripper -> gripper_cam, front ->
+        front_cam); ValueError naming the scene's cameras when it has none of that name."""
+        cameras = [self.model.camera(i).name for i in range(self.model.ncam)]
+        if f'{name}_cam' not in cameras:
+            raise ValueError(f'camera {name!r} is not in the simulated scene, which has '
+                             f'{[c.removesuffix("_cam") for c in cameras]}')
+        return f'{name}_cam'
+
     def render(self, camera: str = CAMERA_NAME) -> np.ndarray:
         """(480, 640, 3) uint8 RGB image from a scene camera."""
         if self._renderer is None:

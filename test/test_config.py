@@ -15,7 +15,9 @@ def test_shipped_train_yaml_is_the_seed_configuration():
     cfg = load_train_config(CONFIG_DIR / 'train.yaml')
     assert cfg.action.names == ('dx', 'dy', 'dz', 'gripper')
     assert cfg.action.low == (-1.0,) * 4 and cfg.action.high == (1.0,) * 4
-    assert cfg.image.crop_tlhw_px == (0, 80, 480, 480) and cfg.image.resize_hw_px == (128, 128)
+    assert cfg.image.camera_names == ('gripper',)  # the flat image fields: the one camera
+    assert cfg.image.cameras[0].crop_tlhw_px == (0, 80, 480, 480)
+    assert cfg.image.resize_hw_px == (128, 128)
     assert cfg.observation.state_dim == 18 and cfg.observation.n_obs_steps == 1
     assert cfg.algorithm.utd_ratio == 20 and cfg.algorithm.discount == 0.97
     assert cfg.algorithm.temperature_init == 0.01 and cfg.algorithm.augmentation_pad == 4

@@ -51,7 +51,7 @@ def test_a_crop_is_written_into_the_config_with_its_comments_and_the_view_saved(
     robot, config = camera
     assert cli.main(['crop', '--robot-config', str(robot), '--config', str(config),
                      '--crop', '40,120,400,400']) == 0
-    assert load_train_config(config).image.crop_tlhw_px == (40, 120, 400, 400)
+    assert load_train_config(config).image.camera('gripper').crop_tlhw_px == (40, 120, 400, 400)
     line = next(x for x in config.read_text().splitlines() if 'crop_tlhw_px' in x)
     assert line.startswith('  crop_tlhw_px: [40, 120, 400, 400]') and '# crop [top, left' in line
     view = cv2.imread(str(config.with_name('train_policy_view.png')))
@@ -95,3 +95,27 @@ def test_yaml_values_are_set_in_place_added_or_appended_and_read_back(tmp_path):
     assert node_parameters(robot, 'gripper_camera') == {'device': '/dev/video2'}
     assert node_parameters(robot, 'so101_driver') == {'port': '/dev/ttyUSB0'}
     assert node_parameters(robot, 'teleop') == {}
+
+
+def test_camera_chooses_the_robot_file_section_and_the_entry_of_image_cameras(camera, capsys):
+    """--camera front: the frame from /**/front_camera, the crop into image.cameras' front
+    entry (a block-style list rewritten), the gripper camera's untouched."""
+    robot, config = camera
+    robot.write_text(robot.read_text() + robot.read_text().replace('gripper_camera',
+                                                                   'front_camera'))
+    config.write_text('image:  # two cameras\n  cameras:\n'
+                      '    - {name: gripper, crop_tlhw_px: [0, 80, 480, 480]}\n'
+                      '    - name: front\n      crop_tlhw_px: [0, 0, 480, 640]\n'
+                      '  resize_hw_px: [64, 64]\n\ntask:\n  episode_time_s: 5.0\n')
+    assert cli.main(['crop', '--robot-config', str(robot), '--config', str(config),
+                     '--camera', 'front', '--crop', '40,120,400,400']) == 0
+    cfg = load_train_config(config)
+    assert cfg.image.camera('front').crop_tlhw_px == (40, 120, 400, 400)
+    assert cfg.image.camera('gripper').crop_tlhw_px == (0, 80, 480, 480)
+    assert cfg.image.resize_hw_px == (64, 64) and cfg.task.episode_time_s == 5.0
+    assert cv2.imread(str(config.with_name('train_front_policy_view.png'))).shape == (64, 64, 3)
+    assert 'image.cameras[front].crop_tlhw_px' in capsys.readouterr().out
+    assert cli.main(['crop', '--robot-config', str(robot), '--config', str(config),
+                     '--camera', 'side', '--crop', '0,0,10,10']) == 2
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and "camera 'side' is not configured" in err, err

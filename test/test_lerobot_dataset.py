@@ -172,7 +172,8 @@ def test_foreign_dataset_maps_frames_and_refuses_demos(tmp_path):
         list(lrd.read_transitions(root, cfg))
     frames = lrd.labelled_frames(root, cfg)  # the classifier needs frames and rewards only
     assert [labels.tolist() for _, _, labels in frames] == [[0, 0, 0, 0, 1], [0] * 5]
-    expected = crop_resize(episodes[0].image[2], cfg.image.crop_tlhw_px, cfg.image.resize_hw_px)
+    expected = crop_resize(episodes[0].image[2], cfg.image.cameras[0].crop_tlhw_px,
+                           cfg.image.resize_hw_px)
     assert np.array_equal(frames[0][1][2], expected)  # the camera's crop + resize
 
 

@@ -8,7 +8,8 @@ rclpy = pytest.importorskip('rclpy')
 from rclpy.parameter import Parameter  # noqa: E402
 
 from hilserl.robot.camera import CameraConfig  # noqa: E402
-from hilserl.configuration.config import ActionConfig, ImageConfig, TaskConfig  # noqa: E402
+from hilserl.configuration.config import (ActionConfig, CameraView, ImageConfig,  # noqa: E402
+                                          TaskConfig)
 from hilserl.configuration.parameters import parameter_fields  # noqa: E402
 from hilserl.robot.sim_clock import SimClockConfig  # noqa: E402
 from so101_driver.driver_core import DriverConfig  # noqa: E402
@@ -49,12 +50,12 @@ def test_driver_and_camera_parameters_are_their_config_fields(ros_context):
         Parameter('device', value='none')])
     try:
         assert _check_declared_from(driver, (EEControlConfig, DriverConfig, SimClockConfig)) > 10
-        assert _check_declared_from(camera, (CameraConfig, ImageConfig)) == 11
+        assert _check_declared_from(camera, (CameraConfig, CameraView, ImageConfig)) == 11
         # the task's values: the training config's defaults, not copies of them
         assert list(driver.get_parameter('workspace_min_m').value) == \
             list(TaskConfig().workspace_min_m)
         assert list(camera.get_parameter('crop_tlhw_px').value) == \
-            list(ImageConfig().crop_tlhw_px)
+            list(CameraView().crop_tlhw_px)
         assert teleop.get_parameter('control_rate_hz').value == TaskConfig().control_rate_hz
         assert list(teleop.get_parameter('ee_step_m').value) == \
             list(ActionConfig().ee_step_m)

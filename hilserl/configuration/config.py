@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,29 +84,94 @@ class ActionConfig:
         return len(self.names)
 
 
+# Camera names become node names and topic prefixes (<name>_camera, <name>_cam/image_crop)
+CAMERA_NAME_PATTERN = re.compile(r'^[a-z][a-z0-9_]{0,31}$')
+# The flat image fields of configurations written before image.cameras: the one camera,
+# named this (its node gripper_camera, its topics gripper_cam/*, as before).
+DEFAULT_CAMERA = 'gripper'
+_FLAT_CAMERA_KEYS = ('width_px', 'height_px', 'crop_tlhw_px')
+
+
 @dataclass(frozen=True)
-class ImageConfig:
-    """Camera frame and the policy view: crop [top, left, height, width] then resize."""
+class CameraView:
+    """One camera: its name, frame size and the crop [top, left, height, width] of its view."""
+    name: str = DEFAULT_CAMERA
     width_px: int = 640
     height_px: int = 480
-    # also the gripper camera node's parameters (param: one default, one description)
+    # also the camera node's parameter (param: one default, one description)
     crop_tlhw_px: Tuple[int, int, int, int] = param(
         (0, 80, 480, 480), 'policy crop [top, left, height, width] (px)')
+
+    def __post_init__(self):
+        where = f'image.cameras[{self.name}]'  # errors name the camera: image.cameras[front]
+        _require(isinstance(self.name, str) and bool(CAMERA_NAME_PATTERN.match(self.name)),
+                 f'{where}.name', self.name,
+                 'must be lower case letters, digits and _ (a node and topic name: gripper, '
+                 'front)')
+        _require(self.width_px > 0 and self.height_px > 0, f'{where}.width_px/height_px',
+                 (self.width_px, self.height_px), 'must be positive')
+        _require(len(self.crop_tlhw_px) == 4, f'{where}.crop_tlhw_px', self.crop_tlhw_px,
+                 'needs [top, left, height, width]')
+        top, left, h, w = self.crop_tlhw_px
+        _require(top >= 0 and left >= 0 and h > 0 and w > 0, f'{where}.crop_tlhw_px',
+                 self.crop_tlhw_px, 'top/left must be >= 0 and height/width > 0')
+        _require(top + h <= self.height_px and left + w <= self.width_px,
+                 f'{where}.crop_tlhw_px', self.crop_tlhw_px,
+                 f'crop leaves the {self.width_px}x{self.height_px} frame')
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The cameras (each its frame and crop) and the policy view every crop is resized to.
+    The observation image stacks the cameras' views on the channel axis, camera-major."""
+    cameras: Tuple[CameraView, ...] = (CameraView(),)
+    # also the camera nodes' parameter (param: one default, one description)
     resize_hw_px: Tuple[int, int] = param((128, 128), 'policy view [height, width] (px)')
 
     def __post_init__(self):
-        _require(self.width_px > 0 and self.height_px > 0, 'image.width_px/height_px',
-                 (self.width_px, self.height_px), 'must be positive')
-        _require(len(self.crop_tlhw_px) == 4, 'image.crop_tlhw_px', self.crop_tlhw_px,
-                 'needs [top, left, height, width]')
-        top, left, h, w = self.crop_tlhw_px
-        _require(top >= 0 and left >= 0 and h > 0 and w > 0, 'image.crop_tlhw_px',
-                 self.crop_tlhw_px, 'top/left must be >= 0 and height/width > 0')
-        _require(top + h <= self.height_px and left + w <= self.width_px, 'image.crop_tlhw_px',
-                 self.crop_tlhw_px,
-                 f'crop leaves the {self.width_px}x{self.height_px} frame')
+        _require(len(self.cameras) >= 1, 'image.cameras', self.cameras,
+                 'needs at least one camera')
+        names = self.camera_names
+        _require(len(set(names)) == len(names), 'image.cameras', list(names),
+                 'camera names must be unique')
         _require(len(self.resize_hw_px) == 2 and all(v > 0 for v in self.resize_hw_px),
                  'image.resize_hw_px', self.resize_hw_px, 'needs two positive sizes')
+
+    @property
+    def camera_names(self) -> Tuple[str, ...]:
+        return tuple(camera.name for camera in self.cameras)
+
+    def camera(self, name: str) -> CameraView:
+        """The camera called `name`; ConfigError naming the configured ones otherwise."""
+        for camera in self.cameras:
+            if camera.name == name:
+                return camera
+        raise ConfigError(f'camera {name!r} is not configured; image.cameras has '
+                          f'{list(self.camera_names)}')
+
+
+def flat_image_section(data: dict, path: str = 'image') -> dict:
+    """An image section written before image.cameras (width_px, height_px, crop_tlhw_px at its
+    top, as in config/train.yaml and older checkpoints): those keys become the one camera,
+    `gripper`. Both forms at once is an error naming them."""
+    flat = {k: data[k] for k in _FLAT_CAMERA_KEYS if k in data}
+    if not flat:
+        return data
+    if 'cameras' in data:
+        raise ConfigError(f'{path}.{next(iter(flat))} and {path}.cameras are both given; set '
+                          f'the camera\'s frame and crop inside {path}.cameras')
+    rest = {k: v for k, v in data.items() if k not in flat}
+    return {**rest, 'cameras': [{'name': DEFAULT_CAMERA, **flat}]}
+
+
+def check_same_cameras(trained_with, cfg: 'TrainConfig', source) -> None:
+    """A model (policy checkpoint, classifier) trained on the cameras `trained_with` (names, in
+    order) fits only a graph with those cameras: ConfigError in one line otherwise."""
+    running = cfg.image.camera_names
+    if tuple(trained_with) != tuple(running):
+        raise ConfigError(f'{source} was trained with cameras {list(trained_with)} but this '
+                          f'graph\'s configuration has {list(running)} (image.cameras); run it '
+                          'with the cameras it was trained with')
 
 
 STATE_FEATURE_DIMS = {'joint_pos': 6, 'joint_vel': 6, 'ee_xyz': 3, 'ee_euler': 3,
@@ -480,10 +546,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def image_shape(self, image_hw=None) -> Tuple[int, int, int]:
-        """(C, H, W) of an observation image: 3 channels per stacked frame at the policy view's
-        size (or `image_hw`, e.g. a checkpoint's)."""
+        """(C, H, W) of an observation image: 3 channels per stacked frame per camera (camera-
+        major) at the policy view's size (or `image_hw`, e.g. a checkpoint's)."""
         height, width = tuple(image_hw or self.image.resize_hw_px)
-        return (3 * self.observation.n_obs_steps, height, width)
+        return (3 * self.observation.n_obs_steps * len(self.image.cameras), height, width)
 
     def digest(self) -> str:
         """Short stable hash of the configuration (stored in episode metadata). Prefixed so that it
@@ -538,6 +604,8 @@ def from_dict(cls, data, path: str = ''):
         raise ConfigError(f'{path or cls.__name__}={data!r}: must be a mapping')
     if cls is TrainConfig and 'sac' in data:
         data = split_sac_section(data)
+    if cls is ImageConfig:
+        data = flat_image_section(data, path or 'image')
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields)

@@ -41,12 +41,26 @@ def set_value(text: str, section: str, key: str, value, comment: Optional[str] =
                 line += f'  # {comment}'
             elif old_comment:  # the comment stays in its column where it can
                 line = line.ljust(len(lines[i]) - len(old_comment) - 1) + ' ' + old_comment
-            lines[i] = line
+            # an old value in block style (a list or mapping on the lines below) goes too
+            below = i + 1
+            while below < end and _continues(lines[below], len(indent)):
+                below += 1
+            while below > i + 1 and not lines[below - 1].strip():  # keep blank lines after it
+                below -= 1
+            lines[i:below] = [line]
             return '\n'.join(lines) + '\n'
     indent = next((re.match(r'^(\s+)', lines[i]).group(1) for i in range(start + 1, end)
                    if lines[i].strip() and not lines[i].lstrip().startswith('#')), '  ')
     lines.insert(start + 1, f'{indent}{key}: {new_value}' + (f'  # {comment}' if comment else ''))
     return '\n'.join(lines) + '\n'
+
+
+def _continues(line: str, key_indent: int) -> bool:
+    """`line` belongs to the block-style value of a key indented `key_indent`."""
+    if not line.strip():
+        return True
+    indent = len(line) - len(line.lstrip())
+    return indent > key_indent or (indent == key_indent and line.lstrip().startswith('- '))
 
 
 def set_values(path, values: dict, comment: Optional[str] = None) -> Path:

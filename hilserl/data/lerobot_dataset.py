@@ -11,6 +11,7 @@ Layout written by `export_lerobot` (one chunk, one file each; LeRobot's path tem
     data/chunk-000/file-000.parquet     one row per transition (images embedded as PNG when
                                         exported as images)
     videos/observation.images.gripper/chunk-000/file-000.mp4   every episode's frames in a row
+                                        (one such video per camera: observation.images.<name>)
 
 One row per transition: the observation before the step (state, newest camera frame), the
 executed action, and `next.*` for what followed (LeRobot's convention). The observation after an
@@ -39,6 +40,7 @@ DEFAULT_TASK = 'Pick up the cube and lift it'
 STATE = 'observation.state'
 ACTION = 'action'
 IMAGE = 'observation.images.gripper'
+IMAGE_PREFIX = 'observation.images.'   # + the camera's name (image.cameras)
 REWARD = 'next.reward'
 DONE = 'next.done'
 TRUNCATED = 'next.truncated'
@@ -69,6 +71,12 @@ VIDEO_OPTIONS = {'libsvtav1': {'g': '2', 'crf': '23', 'preset': '10'},
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 
 
+def final_image_column(camera: str) -> str:
+    """The episodes table's column of a camera's last observation: the gripper camera's under
+    its name from before several cameras, another's beside it (.<name>)."""
+    return FINAL_IMAGE if camera == 'gripper' else f'{FINAL_IMAGE}.{camera}'
+
+
 class DatasetError(ValueError):
     """A dataset (or a source of one) that cannot be written or read; the message says why."""
 
@@ -91,27 +99,37 @@ class DatasetEpisode:
     """One episode's rows (N of them) and what hilserl keeps beside them."""
     state: np.ndarray                       # (N, S) float32
     action: np.ndarray                      # (N, A) float32
-    image: np.ndarray                       # (N, H, W, 3) uint8, the newest camera frame
+    image: np.ndarray                       # (N, H, W, 3 x cameras) uint8, each camera's
+    #                                         newest frame, camera-major
     reward: np.ndarray                      # (N,) float32
     terminated: np.ndarray                  # (N,) bool
     truncated: np.ndarray                   # (N,) bool
     intervention: np.ndarray                # (N,) bool
     final_state: Optional[np.ndarray] = None    # (S,) the observation after the last step
-    final_image: Optional[np.ndarray] = None    # (H, W, 3)
+    final_image: Optional[np.ndarray] = None    # (H, W, 3 x cameras)
     name: str = ''
     success: bool = False
     extra: Dict[str, object] = field(default_factory=dict)
+    cameras: Tuple[str, ...] = ('gripper',)  # image.cameras' names, the image's order
 
     def __len__(self) -> int:
         return len(self.action)
 
 
-def episode_from_transitions(transitions, name: str = '', success: bool = False
-                             ) -> DatasetEpisode:
-    """Rows from an episode's transitions; images are (C, H, W) with C = 3 * stacked frames:
-    the newest frame (the last 3 channels) is kept."""
-    def newest(image):
-        return np.ascontiguousarray(np.asarray(image, np.uint8)[-3:].transpose(1, 2, 0))
+def episode_from_transitions(transitions, name: str = '', success: bool = False,
+                             cameras: Sequence[str] = ('gripper',)) -> DatasetEpisode:
+    """Rows from an episode's transitions; images are (C, H, W) with C = 3 x stacked frames x
+    cameras (camera-major): each camera's newest frame is kept."""
+    views = len(cameras)
+    channels = np.shape(transitions[0].image)[0]
+    if channels % (3 * views):
+        raise DatasetError(f'episode {name}: {channels} image channels do not hold the '
+                           f'{views} cameras {list(cameras)} of its configuration')
+
+    def newest(image):  # (V x F x 3, H, W) -> (H, W, V x 3) of each camera's last frame
+        image = np.asarray(image, np.uint8)
+        per_camera = image.reshape(views, -1, 3, *image.shape[1:])[:, -1]
+        return np.ascontiguousarray(per_camera.reshape(-1, *image.shape[1:]).transpose(1, 2, 0))
     last = transitions[-1]
     return DatasetEpisode(
         state=np.stack([t.state for t in transitions]).astype(np.float32),
@@ -122,23 +140,28 @@ def episode_from_transitions(transitions, name: str = '', success: bool = False
         truncated=np.array([t.truncated for t in transitions], bool),
         intervention=np.array([t.intervention for t in transitions], bool),
         final_state=np.asarray(last.next_state, np.float32), final_image=newest(last.next_image),
-        name=name, success=success)
+        name=name, success=success, cameras=tuple(cameras))
 
 
 def transitions_from_episode(episode: DatasetEpisode, n_obs_steps: int = 1) -> Iterator:
-    """Transitions of one episode; `n_obs_steps` frames stacked on the channel axis, the
-    episode's first frame repeated before it (as the actor stacks them)."""
+    """Transitions of one episode; `n_obs_steps` frames stacked on the channel axis (each
+    camera's, camera-major), the episode's first frame repeated before it (as the actor
+    stacks them)."""
     from hilserl.data.transition import Transition
     n = len(episode)
-    frames = [f.transpose(2, 0, 1) for f in episode.image]
-    frames.append(episode.final_image.transpose(2, 0, 1) if episode.final_image is not None
+    views = episode.image.shape[-1] // 3
+
+    def per_camera(frame):  # (H, W, V x 3) -> (V, 3, H, W)
+        return frame.transpose(2, 0, 1).reshape(views, 3, *frame.shape[:2])
+    frames = [per_camera(f) for f in episode.image]
+    frames.append(per_camera(episode.final_image) if episode.final_image is not None
                   else frames[-1])
     states = list(episode.state) + [episode.final_state if episode.final_state is not None
                                     else episode.state[-1]]
 
     def stacked(t):
-        return np.ascontiguousarray(np.concatenate(
-            [frames[max(i, 0)] for i in range(t - n_obs_steps + 1, t + 1)], axis=0))
+        ticks = np.stack([frames[max(i, 0)] for i in range(t - n_obs_steps + 1, t + 1)], 1)
+        return np.ascontiguousarray(ticks.reshape(-1, *ticks.shape[3:]))
     for t in range(n):
         yield Transition(image=stacked(t), state=np.asarray(states[t], np.float32),
                          action=np.asarray(episode.action[t], np.float32),
@@ -240,11 +263,17 @@ def write_dataset(out_dir, episodes: Sequence[DatasetEpisode], fps: int, video: 
     first = episodes[0]
     height, width = first.image.shape[1:3]
     state_dim, action_dim = first.state.shape[1], first.action.shape[1]
+    # one image feature per camera, each its slice of the episodes' camera-major channels
+    image_keys = [IMAGE_PREFIX + name for name in first.cameras]
     for e in episodes:
-        if e.image.shape[1:] != (height, width, 3) or e.state.shape[1] != state_dim or \
+        if e.image.shape[1:] != (height, width, 3 * len(image_keys)) or \
+                e.cameras != first.cameras or e.state.shape[1] != state_dim or \
                 e.action.shape[1] != action_dim or len(e) == 0:
             raise DatasetError(f'episode {e.name or "?"} differs in image, state or action '
                                f'shape from the first (or is empty)')
+
+    def camera_images(images, index):
+        return images[..., 3 * index:3 * index + 3]
     names = list(state_value_names or [])
     if len(names) != state_dim:
         names = [f'state_{i}' for i in range(state_dim)]
@@ -253,8 +282,8 @@ def write_dataset(out_dir, episodes: Sequence[DatasetEpisode], fps: int, video: 
         ACTION: {'dtype': 'float32', 'shape': [action_dim],
                  'names': ['delta_x', 'delta_y', 'delta_z', 'gripper'][:action_dim]
                  if action_dim == 4 else [f'action_{i}' for i in range(action_dim)]},
-        IMAGE: {'dtype': 'video' if video else 'image', 'shape': [height, width, 3],
-                'names': ['height', 'width', 'channels']},
+        **{key: {'dtype': 'video' if video else 'image', 'shape': [height, width, 3],
+                 'names': ['height', 'width', 'channels']} for key in image_keys},
         REWARD: {'dtype': 'float32', 'shape': [1], 'names': None},
         DONE: {'dtype': 'bool', 'shape': [1], 'names': None},
         TRUNCATED: {'dtype': 'bool', 'shape': [1], 'names': None},
@@ -292,8 +321,9 @@ def write_dataset(out_dir, episodes: Sequence[DatasetEpisode], fps: int, video: 
         if not video:
             progress('encoding PNG images')
             image_type = pa.struct([('bytes', pa.binary()), ('path', pa.string())])
-            arrays[IMAGE] = pa.array([{'bytes': _png(f), 'path': None}
-                                      for e in episodes for f in e.image], image_type)
+            for index, key in enumerate(image_keys):
+                arrays[key] = pa.array([{'bytes': _png(camera_images(f, index)), 'path': None}
+                                        for e in episodes for f in e.image], image_type)
         order = [k for k in features if k in arrays]
         data_path = tmp / DATA_PATH.format(chunk_index=0, file_index=0)
         data_path.parent.mkdir(parents=True)
@@ -302,18 +332,19 @@ def write_dataset(out_dir, episodes: Sequence[DatasetEpisode], fps: int, video: 
             for start, n in zip(starts, lengths):  # one row group per episode, as LeRobot
                 writer.write_table(table.slice(int(start), int(n)))
 
-        video_info = None
         if video:
             progress(f'encoding {int(lengths.sum())} frames to MP4')
-            video_info = _encode_video(
-                tmp / VIDEO_PATH.format(video_key=IMAGE, chunk_index=0, file_index=0),
-                (f for e in episodes for f in e.image), fps, height, width)
-            features[IMAGE]['info'] = video_info
+            for index, key in enumerate(image_keys):
+                features[key]['info'] = _encode_video(
+                    tmp / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0),
+                    (camera_images(f, index) for e in episodes for f in e.image), fps, height,
+                    width)
 
         # statistics: global, and per episode in the episodes table
         def stats_of(rows: slice, images: np.ndarray):
             out = {k: feature_stats(columns[k][rows]) for k in columns}
-            out[IMAGE] = feature_stats(images, image=True)
+            for index, key in enumerate(image_keys):
+                out[key] = feature_stats(camera_images(images, index), image=True)
             return out
         all_images = np.concatenate([e.image for e in episodes])
         stats = stats_of(slice(None), all_images)
@@ -328,11 +359,11 @@ def write_dataset(out_dir, episodes: Sequence[DatasetEpisode], fps: int, video: 
                                  'data/file_index': [0] * len(episodes),
                                  'dataset_from_index': starts.tolist(),
                                  'dataset_to_index': (starts + lengths).tolist()}
-        if video:
-            rows[f'videos/{IMAGE}/chunk_index'] = [0] * len(episodes)
-            rows[f'videos/{IMAGE}/file_index'] = [0] * len(episodes)
-            rows[f'videos/{IMAGE}/from_timestamp'] = (starts / fps).tolist()
-            rows[f'videos/{IMAGE}/to_timestamp'] = ((starts + lengths) / fps).tolist()
+        for key in image_keys if video else ():
+            rows[f'videos/{key}/chunk_index'] = [0] * len(episodes)
+            rows[f'videos/{key}/file_index'] = [0] * len(episodes)
+            rows[f'videos/{key}/from_timestamp'] = (starts / fps).tolist()
+            rows[f'videos/{key}/to_timestamp'] = ((starts + lengths) / fps).tolist()
         rows['meta/episodes/chunk_index'] = [0] * len(episodes)
         rows['meta/episodes/file_index'] = [0] * len(episodes)
         per_episode = [stats_of(slice(int(s), int(s + n)), e.image)
@@ -345,7 +376,9 @@ def write_dataset(out_dir, episodes: Sequence[DatasetEpisode], fps: int, video: 
         if all(e.final_state is not None and e.final_image is not None for e in episodes):
             rows[FINAL_STATE] = [np.asarray(e.final_state, np.float32).tolist()
                                  for e in episodes]
-            rows[FINAL_IMAGE] = [_png(e.final_image) for e in episodes]
+            for index, name in enumerate(first.cameras):
+                rows[final_image_column(name)] = \
+                    [_png(camera_images(e.final_image, index)) for e in episodes]
         episodes_path = tmp / EPISODES_PATH
         episodes_path.parent.mkdir(parents=True)
         pq.write_table(pa.table(rows), str(episodes_path))
@@ -379,7 +412,8 @@ def export_lerobot(source, out_dir, fps: Optional[float] = None, video: bool = T
         raise DatasetError(f'{source} does not exist')
     cfg = _run_config(source) or load_train_config(None)
     unreadable: List[Tuple[Path, str]] = []
-    episodes = [episode_from_transitions(ts, path.name, bool(meta.get('success')))
+    episodes = [episode_from_transitions(ts, path.name, bool(meta.get('success')),
+                                         cfg.image.camera_names)
                 for path, meta, ts in load_demo_episodes(source, unreadable=unreadable) if ts]
     for path, reason in unreadable:
         progress(f'skipped {path}: {reason}')
@@ -513,8 +547,9 @@ def _frame_mapper(ds: DatasetInfo, cfg) -> Callable[[np.ndarray], np.ndarray]:
     target = tuple(cfg.image.resize_hw_px)
     if (h, w) == target:
         return lambda frame: frame
-    top, left, ch, cw = cfg.image.crop_tlhw_px
-    cam_h, cam_w = cfg.image.height_px, cfg.image.width_px
+    camera = cfg.image.cameras[0]  # read_dataset takes one camera
+    top, left, ch, cw = camera.crop_tlhw_px
+    cam_h, cam_w = camera.height_px, camera.width_px
     if abs(h / w - cam_h / cam_w) > 0.01:
         raise DatasetError(
             f'{ds.image_key} frames are {w}x{h}; hilserl needs {target[1]}x{target[0]} or a '
@@ -577,6 +612,10 @@ def read_dataset(root, cfg, camera: Optional[str] = None, need_state: bool = Tru
     """A LeRobot v3.0 dataset as episodes in hilserl's terms (state, EE-delta action, policy
     view). `need_state` False (classifier frames) asks only for a camera and next.reward.
     One-line DatasetError naming what is missing when the dataset cannot be mapped."""
+    if len(cfg.image.cameras) > 1:
+        raise DatasetError(f'reading {root}: LeRobot datasets are read into a configuration '
+                           f'with one camera; this one has {list(cfg.image.camera_names)} '
+                           '(image.cameras)')
     ds = open_dataset(root, camera)
     features = ds.features
     if ds.image_key is None:
@@ -609,9 +648,10 @@ def read_dataset(root, cfg, camera: Optional[str] = None, need_state: bool = Tru
         action = _column(cols, ACTION).astype(np.float32).reshape(n, -1) if ACTION in cols \
             else np.zeros((n, 0), np.float32)
         final_state = final_image = None
-        if ep.get(FINAL_STATE) is not None and ep.get(FINAL_IMAGE) is not None:
+        final_column = final_image_column(ds.image_key.removeprefix(IMAGE_PREFIX))
+        if ep.get(FINAL_STATE) is not None and ep.get(final_column) is not None:
             final_state = np.asarray(ep[FINAL_STATE], np.float32)
-            final_image = mapper(_decode_image(ep[FINAL_IMAGE]))
+            final_image = mapper(_decode_image(ep[final_column]))
         episodes.append(DatasetEpisode(
             state=state, action=action, image=images[ep['episode_index']], reward=reward,
             terminated=done & ~truncated, truncated=truncated, intervention=intervention,

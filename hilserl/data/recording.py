@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from hilserl.data.bags import EPISODE_TOPICS, EpisodeWriter
-from hilserl.messages.conventions import Topics
+from hilserl.messages.conventions import Topics, is_camera_view
 from hilserl.messages.conversions import event_from_json
 
 
@@ -35,9 +35,14 @@ SIM_PREROLL_WINDOW_NS = 10_000_000_000
 # topics, no order between them): the newest second of ticks waits in memory until an `end`
 # says whether it belongs to the episode.
 SIM_HOLD_NS = 1_000_000_000
-# Published on every tick of the simulated clock (driver, camera): once both have passed an
+# Published on every tick of the simulated clock (driver, cameras): once all have passed an
 # ended episode's last tick, nothing more of it is on its way from them.
 EVERY_TICK_TOPICS = (Topics.JOINT_STATES, Topics.IMAGE_CROP)
+
+
+def every_tick(topic: str) -> bool:
+    """The driver's joint states and every camera's policy view."""
+    return topic in EVERY_TICK_TOPICS or is_camera_view(topic)
 
 
 @dataclass
@@ -136,7 +141,7 @@ class EpisodeRecorder:
         """`ticked`: the stamp is the message's own (header or layout: its tick); False for
         types without one (Bool, Float32, String), filed at the time they were received."""
         if self.sim_clock:
-            if ticked and topic in EVERY_TICK_TOPICS:
+            if ticked and every_tick(topic):
                 self._newest_tick_by_topic[topic] = max(
                     stamp_ns, self._newest_tick_by_topic.get(topic, stamp_ns))
             ended = next((e for e in self._ended if e.holds(stamp_ns)), None)
@@ -205,7 +210,7 @@ class EpisodeRecorder:
         if not self.sim_clock or end_ns is None:
             return False
         return any(self._newest_tick_by_topic.get(topic, end_ns) < end_ns
-                   for topic in EVERY_TICK_TOPICS if writer.counts.get(topic))
+                   for topic in writer.counts if every_tick(topic))
 
     def _due(self, writer, metadata, close_at_ns, end_ns) -> bool:
         late_ns = self.wall_clock_ns() - close_at_ns

@@ -7,6 +7,7 @@ rclpy's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple
 
 JOINT_NAMES = ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll',
                'gripper')
@@ -27,6 +28,7 @@ class Topics:
     HUMAN_ACTION = 'teleop/action'
     INTERVENTION = 'intervention'            # std_msgs/Bool
     EPISODE_LABEL = 'teleop/episode_label'   # std_msgs/String: success | failure | rerecord
+    # The gripper camera's (every camera <name> has its own: camera_topics(name))
     IMAGE_RAW = 'gripper_cam/image_raw'      # sensor_msgs/Image, full frame
     IMAGE_CROP = 'gripper_cam/image_crop'    # sensor_msgs/Image, policy view (crop + resize)
     SUCCESS_PROBABILITY = 'reward_classifier/probability'  # std_msgs/Float32
@@ -50,6 +52,25 @@ class Topics:
 # The actor's success signal by success_source; key: no topic, the human's success key
 # (teleop/episode_label) is the only success.
 SUCCESS_TOPICS = {'sim': Topics.SIM_SUCCESS, 'classifier': Topics.SUCCESS, 'key': None}
+
+
+_RAW_SUFFIX, _VIEW_SUFFIX = '_cam/image_raw', '_cam/image_crop'
+
+
+def camera_topics(name: str) -> Tuple[str, str]:
+    """(full frame, policy view) topics of the camera called `name` (image.cameras): the
+    gripper camera's are Topics.IMAGE_RAW and Topics.IMAGE_CROP."""
+    return f'{name}{_RAW_SUFFIX}', f'{name}{_VIEW_SUFFIX}'
+
+
+def camera_node_name(name: str) -> str:
+    """The node of the camera called `name` (gripper_camera, front_camera)."""
+    return f'{name}_camera'
+
+
+def is_camera_view(topic: str) -> bool:
+    """A camera's policy view topic (published once per tick on the simulated clock)."""
+    return topic.endswith(_VIEW_SUFFIX)
 
 
 class ActionSource:
@@ -122,6 +143,10 @@ TOPIC_QOS = {
 
 def qos_for(topic: str) -> QosSpec:
     """QoS class of a suite topic (KeyError names the topic if it is not one of ours)."""
+    if topic.endswith(_VIEW_SUFFIX):  # any camera's: as the gripper camera's
+        return Qos.POLICY_VIEW
+    if topic.endswith(_RAW_SUFFIX):
+        return Qos.SENSOR_DATA
     try:
         return TOPIC_QOS[topic]
     except KeyError:

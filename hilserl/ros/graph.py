@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from hilserl.configuration.config import TrainConfig, load_train_config
+from hilserl.configuration.config import DEFAULT_CAMERA, TrainConfig, load_train_config
 from hilserl.configuration.yaml_edit import node_sections
-from hilserl.messages.conventions import Topics
+from hilserl.messages.conventions import Topics, camera_node_name, camera_topics
 from hilserl.common.paths import share_path
 from hilserl.common.run_lock import new_graph_token
 
@@ -209,10 +209,11 @@ class NodeSpec:
     namespace: str = ''            # below the graph's namespace: one arm of several (robot_0)
     remappings: Tuple[Tuple[str, str], ...] = ()  # (from, to): topics shared across arms
     enclave: str = ''              # SROS2 enclave (--enclave): its keys and permissions
+    program: str = ''              # the console script when not `name` (a second camera's)
 
     @property
     def executable(self) -> str:
-        return self.name
+        return self.program or self.name
 
     @property
     def label(self) -> str:
@@ -261,11 +262,18 @@ def keyboard_teleop_command(namespace: str = '', device: str = 'keyboard',
                     + (['--ros-args'] + ros_args if ros_args else []))
 
 
-def recorded_publishers(mode: str, backend: str, teleop: str) -> List[str]:
+def camera_view_topics(cfg: TrainConfig) -> List[str]:
+    """The policy view topic of each configured camera, in image.cameras order."""
+    return [camera_topics(name)[1] for name in cfg.image.camera_names]
+
+
+def recorded_publishers(mode: str, backend: str, teleop: str,
+                        views: Sequence[str] = (Topics.IMAGE_CROP,)) -> List[str]:
     """The recorded topics the graph's own nodes publish from start-up: the recorder is ready
     (and the first episode starts) once each has a publisher matched to it. A keyboard under
-    `ros2 launch` runs in its own terminal, maybe later: not waited for."""
-    topics = [Topics.IMAGE_CROP, Topics.JOINT_STATES, Topics.TCP_POSE, Topics.EE_ACTION,
+    `ros2 launch` runs in its own terminal, maybe later: not waited for. `views`: the
+    cameras' policy view topics."""
+    topics = [*views, Topics.JOINT_STATES, Topics.TCP_POSE, Topics.EE_ACTION,
               Topics.POLICY_ACTION, Topics.EPISODE_EVENTS, Topics.REWARD]
     if mode in ('train', 'record'):
         topics.append(Topics.TRANSITIONS)
@@ -370,14 +378,16 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
             'max_real_time_factor': 1.0 if teleop in HUMAN_DEVICES else 0.0})
     nodes = [
         NodeSpec('so101_driver', 'so101_driver.driver_node', driver, (robot_file,), **arm,
-                 remappings=tuple(r for r in shared if r[0] == Topics.LEARNER_PROGRESS)),
-        NodeSpec('gripper_camera', 'so101_driver.camera_node', {
-            'crop_tlhw_px': list(cfg.image.crop_tlhw_px),
+                 remappings=tuple(r for r in shared if r[0] == Topics.LEARNER_PROGRESS))]
+    for camera in cfg.image.cameras:  # one node each; its robot-file section: /**/<name>_camera
+        nodes.append(NodeSpec(camera_node_name(camera.name), 'so101_driver.camera_node', {
+            'crop_tlhw_px': list(camera.crop_tlhw_px),
             'resize_hw_px': list(cfg.image.resize_hw_px),
+            'camera_name': camera.name,
             # a simulated arm has a simulated camera, whatever the robot file says; on
             # hardware the file names the camera's kind (opencv)
-            **({'backend': 'sim'} if sim_clock else {})}, (robot_file,), **arm),
-    ]
+            **({'backend': 'sim'} if sim_clock else {})}, (robot_file,), **arm,
+            program=camera_node_name(DEFAULT_CAMERA)))
     if teleop != 'none':
         nodes.append(NodeSpec('teleop', 'so101_driver.teleop_node', {
             'device': teleop, 'control_rate_hz': task.control_rate_hz,
@@ -391,7 +401,8 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
             'model_dir': str(Path(args.classifier_model).resolve()),
             # 0: the checkpoint's own threshold. Consecutive positives are counted once, by the
             # actor's RewardTracker (task.success_frames_to_end): the node reports every frame.
-            'threshold': task.classifier_threshold or 0.0, 'debounce_frames': 1}, **arm))
+            'threshold': task.classifier_threshold or 0.0, 'debounce_frames': 1,
+            'camera_names': list(cfg.image.camera_names)}, **arm))
     episodes_dir = run_dir / 'eval' if eval_mode else run_dir
     nodes.append(NodeSpec(ACTOR, 'hilserl_policy.actor_node', {
         'config_file': config_file, 'mode': args.mode,
@@ -409,6 +420,8 @@ def _robot_nodes(args: GraphArgs, cfg: TrainConfig, run_dir: Path, seed: int, na
         nodes.append(NodeSpec('episode_recorder', 'hilserl_tools.recorder_node', {
             'run_dir': str(episodes_dir), 'config_digest': cfg.digest(),
             'sim_clock': sim_clock, 'record_raw_image': bool(args.record_camera),
-            'required_topics': recorded_publishers(args.mode, args.backend, teleop),
+            'camera_view_topics': camera_view_topics(cfg),
+            'required_topics': recorded_publishers(args.mode, args.backend, teleop,
+                                                   camera_view_topics(cfg)),
             'trusted_publishers': [ACTOR], **lock}, **arm))
     return nodes

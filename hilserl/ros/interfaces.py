@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Sequence, Tuple
 
+from hilserl.configuration.config import DEFAULT_CAMERA
 from hilserl.data.bags import EPISODE_TOPICS
-from hilserl.messages.conventions import SUCCESS_TOPICS, Topics
+from hilserl.messages.conventions import SUCCESS_TOPICS, Topics, camera_topics
 
 CLOCK = '/clock'
 ROSOUT = '/rosout'
@@ -76,10 +77,10 @@ def driver_interface(backend: str = 'sim', sim_clock: bool = True,
     return NodeInterface(tuple(publish), tuple(subscribe), serve=DRIVER_SERVICES)
 
 
-def camera_interface(backend: str = 'sim') -> NodeInterface:
+def camera_interface(backend: str = 'sim', camera_name: str = DEFAULT_CAMERA) -> NodeInterface:
     # the simulated camera renders the driver's state
     return NodeInterface(
-        publish=(Topics.IMAGE_RAW, Topics.IMAGE_CROP, Topics.DIAGNOSTICS),
+        publish=(*camera_topics(camera_name), Topics.DIAGNOSTICS),
         subscribe=(Topics.JOINT_STATES, Topics.SIM_CUBE_POSE) if backend == 'sim' else ())
 
 
@@ -93,14 +94,16 @@ def teleop_interface(device: str = 'sim') -> NodeInterface:
         call=('torque',))  # the t key re-arms the driver, as `hilserl torque on`
 
 
-def classifier_interface() -> NodeInterface:
+def classifier_interface(camera_names: Sequence[str] = (DEFAULT_CAMERA,)) -> NodeInterface:
     return NodeInterface(
         publish=(Topics.SUCCESS_PROBABILITY, Topics.SUCCESS, Topics.DIAGNOSTICS),
-        subscribe=(Topics.IMAGE_CROP,))
+        subscribe=tuple(camera_topics(name)[1] for name in camera_names))
 
 
-def actor_interface(mode: str = 'train', success_source: str = 'sim') -> NodeInterface:
-    subscribe = [Topics.IMAGE_CROP, Topics.JOINT_STATES, Topics.HUMAN_ACTION,
+def actor_interface(mode: str = 'train', success_source: str = 'sim',
+                    camera_names: Sequence[str] = (DEFAULT_CAMERA,)) -> NodeInterface:
+    subscribe = [*(camera_topics(name)[1] for name in camera_names), Topics.JOINT_STATES,
+                 Topics.HUMAN_ACTION,
                  Topics.EPISODE_LABEL, Topics.DRIVER_READY, Topics.RECORDER_READY,
                  Topics.SUCCESS_PROBABILITY]
     if SUCCESS_TOPICS.get(success_source):
@@ -122,10 +125,12 @@ def learner_interface(robot_namespaces: Sequence[str] = ('',)) -> NodeInterface:
                         for topic in (Topics.TRANSITIONS, Topics.EPISODE_EVENTS)))
 
 
-def recorder_interface(record_raw_image: bool = False, record_tf: bool = True) -> NodeInterface:
+def recorder_interface(record_raw_image: bool = False, record_tf: bool = True,
+                       camera_view_topics: Sequence[str] = (Topics.IMAGE_CROP,)
+                       ) -> NodeInterface:
     """`record_tf`: tf and tf_static are recorded (the node records them where tf2_msgs is
     installed, as with a distro)."""
-    subscribe = dict.fromkeys((Topics.EPISODE_EVENTS, *EPISODE_TOPICS))
+    subscribe = dict.fromkeys((Topics.EPISODE_EVENTS, *EPISODE_TOPICS, *camera_view_topics))
     if record_raw_image:
         subscribe[Topics.IMAGE_RAW] = None
     if record_tf:

@@ -18,6 +18,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 from hilserl.configuration.yaml_edit import node_sections
 from hilserl.ros.graph import (GraphArgs, NodeSpec, build_graph, node_enclave, node_namespace,
                                node_remappings)
+from hilserl.configuration.config import load_train_config
 from hilserl.ros.interfaces import NODE_INTERFACES, NodeInterface, ros_node_basics
 
 POLICY_VERSION = '0.2.0'
@@ -62,9 +63,13 @@ def node_parameters(spec: NodeSpec) -> Dict[str, object]:
 def node_interface(spec: NodeSpec) -> NodeInterface:
     """What the node will publish, subscribe to, serve and call with its graph's parameters,
     the ROS basics (rosout, parameters, /clock on simulated time) included."""
-    interface = NODE_INTERFACES[spec.name]
+    interface = NODE_INTERFACES[spec.program or spec.name]  # a second camera runs the first's
     parameters = node_parameters(spec)
     wanted = inspect.signature(interface).parameters
+    if 'camera_names' in wanted and 'camera_names' not in parameters and \
+            parameters.get('config_file'):  # the actor reads its cameras from its config
+        parameters['camera_names'] = list(
+            load_train_config(parameters['config_file']).image.camera_names)
     own = interface(**{name: value for name, value in parameters.items() if name in wanted})
     return own | ros_node_basics(bool(parameters.get('use_sim_time', False)))
 
