@@ -172,7 +172,7 @@ def train(episodes: List[np.ndarray], args) -> Tuple[ResNet10, dict]:
           f'{train_frames.shape[2]}x{train_frames.shape[3]} px; {args.epochs} epochs of '
           f'batch {args.batch_size} on {torch.get_num_threads()} torch threads', flush=True)
     history = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for epoch in range(1, args.epochs + 1):
         encoder.train()
         decoder.train()
@@ -189,20 +189,23 @@ def train(episodes: List[np.ndarray], args) -> Tuple[ResNet10, dict]:
             losses.append(loss.item())
         row = {'epoch': epoch, 'train_loss': float(np.mean(losses)),
                'seconds': time.perf_counter() - started,
+               'cpu_seconds': time.process_time() - cpu_started,
                'frames_per_s': len(order) / (time.perf_counter() - epoch_start)}
         if val_frames is not None:
             row['held_out_loss'] = held_out_loss(encoder, decoder, normalizer, val_frames)
         history.append(row)
         print(f'epoch {epoch}/{args.epochs}: train loss {row["train_loss"]:.5f}' +
               (f', held-out loss {row["held_out_loss"]:.5f}' if 'held_out_loss' in row else '') +
-              f', {row["frames_per_s"]:.0f} frames/s, {row["seconds"]:.0f} s', flush=True)
+              f', {row["frames_per_s"]:.0f} frames/s, {row["seconds"]:.0f} s '
+              f'({row["cpu_seconds"]:.0f} s CPU)', flush=True)
     summary = {'frames_train': int(len(train_frames)),
                'frames_held_out': 0 if val_frames is None else int(len(val_frames)),
                'episodes': len(episodes), 'episodes_held_out': held_out,
                'image_hw': list(train_frames.shape[2:]), 'epochs': args.epochs,
                'batch_size': args.batch_size, 'lr': args.lr, 'pad': args.pad, 'seed': args.seed,
                'torch_threads': torch.get_num_threads(),
-               'seconds': time.perf_counter() - started, 'history': history}
+               'seconds': time.perf_counter() - started,
+               'cpu_seconds': time.process_time() - cpu_started, 'history': history}
     return encoder, summary
 
 

@@ -173,9 +173,10 @@ def test_seed_setup_values_states_near_success_above_states_near_failure(
               f'true {np.round(algorithm.discount ** steps, 3)}; near failure '
               f'{np.round(near_failure, 3)}, true 0')
     # the ranking
-    assert near_success.min() > near_failure.max() + 0.3, report
+    assert near_success.min() > near_failure.max() + 0.3, f'not ranked: {report}'
     # no value above the data's largest return (1): bootstrapping stops at the success step
-    assert max(near_success.max(), near_failure.max()) < 1.15, report
+    assert max(near_success.max(), near_failure.max()) < 1.15, \
+        f'values above the largest return, 1: {report}'
     # the values fall by the discount per step away from success: Q(d) = discount ** d, so each
     # Q(d) ** (1 / d) estimates the discount. Values approach their fixed point from below (a
     # step further from success per target time constant): a correct critic errs low, one
