@@ -30,9 +30,9 @@ snapshots/<revision>/), where the repo id resolves as `helper2424/resnet10` does
 script builds the SAC agent of config/train.yaml with the encoder pointed at DIR and prints the
 load report.
 
-Measured (2-vCPU KVM guest shared with other jobs, load average 10-25, torch 2 threads,
-2026-12-07): see docs/results/pretrain_encoder_2026-12-07.md for the run's data size, epochs,
-losses and time.
+Measured (docs/results/pretrain_encoder_2026-12-07.md): 80 episodes, 4,352 frames at 128x128
+(4,013 train, 339 held out), 4 epochs: 621 s of CPU on one torch thread (about 155 s per epoch
+on one of the 2 cores); held-out loss 0.00066 against 0.0054 for the mean frame.
 """
 from __future__ import annotations
 
