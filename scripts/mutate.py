@@ -1,6 +1,6 @@
 """Mutation run (mutmut 2.5.1) over the learning logic: `make mutate` (not part of `make test`).
 
-Usage: python scripts/mutate.py [--fresh] [task episode replay sac]   (default: all four)
+Usage: python scripts/mutate.py [--fresh] [task episode replay sac guard]   (default: all but guard)
 
 The working tree's files (tracked and untracked, not ignored) are copied, per module, to
 build/mutate/src_<module>, and mutmut mutates that copy: the checkout's own modules are never
@@ -12,6 +12,11 @@ Per module, the survivors' diffs go to build/mutate/<module>_survivors.txt; the 
 to build/mutate/scores.txt. The mutmut cache is kept (build/mutate/<module>.mutmut-cache), so a
 rerun tests only what was not killed before; --fresh starts from nothing.
 Score = killed (slow or timed-out kills included) / mutants tested; skipped ones do not count.
+
+`guard` (not mutmut): the learning regression guard, test/test_learning_guard.py, against the
+named breakages of GUARD_MUTATIONS (the terminal mask, the discount, the target network), each
+applied alone to its own copy of the tree (build/mutate/guard_<name>) with the guard run there;
+the unbroken copy is run first and must pass. Table: build/mutate/guard.txt.
 """
 from __future__ import annotations
 
@@ -49,6 +54,20 @@ MODULES = {
              ' or grasp or actor_loss'],
             ['SAC.critic_loss', 'SAC.grasp_critic_loss', 'SAC.actor_loss',
              'SAC.temperature_loss', 'polyak_update']),
+}
+
+GUARD_TEST = 'test/test_learning_guard.py'
+# name -> (file, the exact text, what it becomes): each text occurs once in its file
+GUARD_MUTATIONS = {
+    'terminal-mask': ('hilserl_policy/sac.py',
+                      'td_target = reward + cfg.discount * (1.0 - terminated) * next_v',
+                      'td_target = reward + cfg.discount * next_v'),
+    'discount': ('hilserl_policy/sac.py',
+                 'td_target = reward + cfg.discount * (1.0 - terminated) * next_v',
+                 'td_target = reward + (1.0 - terminated) * next_v'),
+    'target-network': ('hilserl_policy/sac.py',
+                       '            polyak_update(self.critic, self.critic_target, self.cfg.tau)\n',
+                       ''),
 }
 
 HOOK = '''import json
@@ -149,13 +168,48 @@ def run_module(name: str, fresh: bool) -> dict:
             'score': killed / tested if tested else float('nan'), 'seconds': elapsed}
 
 
+def run_guard() -> str:
+    """The learning guard on an unbroken copy, then on one copy per GUARD_MUTATIONS entry:
+    a table of (mutation, guard result, seconds, the failed assertion's first line)."""
+    rows = []
+    for name in ['none', *GUARD_MUTATIONS]:
+        src = OUT / f'guard_{name}'
+        copy_tree(src)
+        if name != 'none':
+            path, old, new = GUARD_MUTATIONS[name]
+            text = (src / path).read_text()
+            if text.count(old) != 1:
+                raise SystemExit(f'{path}: the text of mutation {name!r} occurs '
+                                 f'{text.count(old)} times, not once: update GUARD_MUTATIONS')
+            (src / path).write_text(text.replace(old, new))
+        start = time.monotonic()
+        result = subprocess.run([PY, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
+                                 GUARD_TEST], cwd=src, capture_output=True, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(src),
+                                         PYTHONDONTWRITEBYTECODE='1'))
+        failed = [line for line in result.stdout.splitlines() if line.startswith('E ')]
+        verdict = 'passes' if result.returncode == 0 else 'FAILS'
+        rows.append(f'{name:16} {verdict:7} {time.monotonic() - start:5.0f}s  '
+                    f'{failed[0][2:].strip()[:200] if failed else ""}')
+        print(rows[-1], flush=True)
+    header = f'{"mutation":16} {"guard":7} {"time":>6}  first failed assertion'
+    table = '\n'.join([header, *rows])
+    (OUT / 'guard.txt').write_text(table + '\n')
+    return table
+
+
 def main(argv) -> int:
     fresh = '--fresh' in argv
     names = [a for a in argv if a != '--fresh'] or list(MODULES)
-    unknown = [n for n in names if n not in MODULES]
+    unknown = [n for n in names if n not in MODULES and n != 'guard']
     if unknown:
-        raise SystemExit(f'unknown module(s) {unknown}; choose from {list(MODULES)}')
+        raise SystemExit(f'unknown module(s) {unknown}; choose from {[*MODULES, "guard"]}')
     OUT.mkdir(parents=True, exist_ok=True)
+    if 'guard' in names:
+        print(run_guard())
+        names = [n for n in names if n != 'guard']
+        if not names:
+            return 0
     results = [run_module(name, fresh) for name in names]
     lines = [f'{"module":28} {"killed":>6} {"tested":>6} {"skipped":>7} {"score":>7} {"time":>7}']
     for r in results:
