@@ -168,3 +168,30 @@ def test_string_parameters_that_look_like_numbers_stay_strings(tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert any('episode_recorder up' in line for line in seen), ''.join(seen)[-2000:]
+
+
+def test_a_burst_of_signals_never_deadlocks_a_node(tmp_path):
+    """A node's stop request is set from a signal handler. It was a threading.Event: a second
+    signal handled inside the first handler's set() waited on the Event's own lock for ever
+    (an orphaned driver, caught with py-spy). The window is microseconds wide, so this burst of
+    SIGINT, SIGTERM and SIGHUP is a smoke test of the lock-free StopFlag, not a reproduction."""
+    code = ('import rclpy; from hilserl.ros.node import spin_node; '
+            'print("up", flush=True); spin_node(lambda: rclpy.create_node("burst"))')
+    env = {**os.environ, 'ROS_DOMAIN_ID': str(free_domain_id()), 'PYTHONUNBUFFERED': '1'}
+    for attempt in range(3):
+        node = subprocess.Popen([sys.executable, '-c', code], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        assert node.stdout.readline().strip() == 'up'
+        time.sleep(2.0)  # spinning (a signal while still building it raises there instead)
+        for _ in range(300):
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                try:
+                    node.send_signal(sig)
+                except ProcessLookupError:
+                    break
+        try:
+            out, _ = node.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            pytest.fail(f'attempt {attempt}: the node hangs after a burst of signals')
+        assert node.returncode == 0, out[-2000:]

@@ -52,6 +52,22 @@ ORPHAN_POLL_S = 0.5          # how often a node checks that its parent is still 
 ORPHAN_EXTRA_GRACE_S = 10.0  # beyond the node's own close time, before an orphan exits hard
 
 
+class StopFlag:
+    """A stop request that a signal handler may set: one attribute assignment, no lock.
+    threading.Event.set takes a lock; a second signal arriving inside the first handler's set()
+    blocked on that lock for ever (seen: SIGINT from the parent's stop, then its death signal),
+    and so did the orphan watchdog's set() behind it."""
+
+    def __init__(self):
+        self.requested = False
+
+    def set(self) -> None:
+        self.requested = True
+
+    def is_set(self) -> bool:
+        return self.requested
+
+
 class NodeStartError(RuntimeError):
     """A node that cannot start for a reason the user can act on (a bus that does not answer,
     a missing file): spin_node prints it in one line and exits 1, without a traceback."""
@@ -95,7 +111,7 @@ def spin_node(node_factory: Callable[[], 'rclpy.node.Node'], args=None, executor
     import faulthandler
     if hasattr(signal, 'SIGUSR1'):  # `kill -USR1 PID` prints every thread's stack (a hang)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    stop_requested = threading.Event()
+    stop_requested = StopFlag()
     spinning = [False]
 
     def request_stop(signum, _frame):
@@ -241,7 +257,7 @@ class _Unbreakable(io.TextIOBase):
         return False
 
 
-def _stop_when_the_parent_dies(stop_requested: threading.Event, built: list) -> None:
+def _stop_when_the_parent_dies(stop_requested: 'StopFlag', built: list) -> None:
     """Linux: SIGINT when the process that started this node (ros2 launch, `hilserl`) dies,
     however it dies (SIGKILL, or a launch that exits on SIGTERM or SIGHUP without waiting for
     its nodes): an orphaned driver would hold the arm under torque with nobody watching.
@@ -259,7 +275,7 @@ def _stop_when_the_parent_dies(stop_requested: threading.Event, built: list) -> 
                      name='orphan-watchdog', daemon=True).start()
 
 
-def _orphan_watchdog(parent: int, stop_requested: threading.Event, built: list) -> None:
+def _orphan_watchdog(parent: int, stop_requested: 'StopFlag', built: list) -> None:
     while os.getppid() == parent:
         time.sleep(ORPHAN_POLL_S)
     stop_requested.set()
