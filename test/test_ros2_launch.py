@@ -43,11 +43,17 @@ def installed(tmp_path_factory):
     return env, work, config
 
 
+def _as_from_a_terminal():
+    """A shell in a terminal starts launch with SIGHUP at its default; a test run under nohup
+    (or a CI daemon) would pass its ignored SIGHUP on, and launch would not see the hang-up."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def launch(env, launch_file, *arguments, **popen):
     return subprocess.Popen([str(ROS2), 'launch', 'hilserl', launch_file, *arguments],
                             env={**env, 'ROS_DOMAIN_ID': str(free_domain_id())},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **popen)
+                            start_new_session=True, preexec_fn=_as_from_a_terminal, **popen)
 
 
 def finish(proc, timeout_s: float) -> str:
