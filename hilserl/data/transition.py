@@ -22,7 +22,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Transition:
-    image: np.ndarray        # (C, H, W) uint8, C = 3 * n_obs_steps
+    image: np.ndarray        # (C, H, W) uint8, C = 3 * n_obs_steps * cameras (camera-major)
     state: np.ndarray        # (D,) float32
     action: np.ndarray       # (A,) float32 in [-1, 1]: the executed action (human's if intervening)
     reward: float
