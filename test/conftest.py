@@ -136,3 +136,19 @@ def _normal_scheduling(request):
         import warnings
         warnings.warn(f'{request.node.nodeid} left the test process at scheduling policy '
                       f'{policy}, CPUs {sorted(cpus)} (reset for the next test)')
+
+
+def calibrated_arm_at_home(tmp_path):
+    """A follower on the pty STS3215 simulator at home, its servos holding the same calibration
+    as the file written beside it: (SimulatedBus, calibration file). The caller closes the bus."""
+    import numpy as np
+    from hilserl.messages.conventions import JOINT_NAMES
+    from so101_driver.calibration import default_calibration, rad_to_ticks, save_calibration
+    from so101_driver.ee_control import TOP_DOWN_SEED_RAD
+    from so101_driver.sts_simulator import SimulatedBus
+    cal = default_calibration()
+    home = np.append(TOP_DOWN_SEED_RAD, 0.7)
+    sim = SimulatedBus(positions={cal[n].id: rad_to_ticks(n, home[k], cal[n])
+                                  for k, n in enumerate(JOINT_NAMES)}, calibration=cal)
+    save_calibration(cal, tmp_path / 'cal.json')
+    return sim, tmp_path / 'cal.json'

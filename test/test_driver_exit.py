@@ -15,12 +15,10 @@ import pytest
 
 pytest.importorskip('rclpy')
 
-from conftest import free_domain_id  # noqa: E402
+from conftest import calibrated_arm_at_home, free_domain_id  # noqa: E402
 from hilserl.messages.conventions import JOINT_NAMES  # noqa: E402
-from so101_driver.calibration import default_calibration, rad_to_ticks, save_calibration  # noqa: E402,E501
+from so101_driver.calibration import default_calibration, rad_to_ticks  # noqa: E402
 from so101_driver.driver_core import DriverConfig  # noqa: E402
-from so101_driver.ee_control import TOP_DOWN_SEED_RAD  # noqa: E402
-from so101_driver.sts_simulator import SimulatedBus  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STARTUP_S = 120.0
@@ -43,14 +41,11 @@ def _torque_and_ticks(sim):
 
 @pytest.mark.parametrize('how', ['SIGINT', 'SIGTERM', 'parent SIGKILL'])  # SIGHUP: as SIGTERM
 def test_every_stop_leaves_the_arm_at_rest_with_torque_off(tmp_path, how):
-    cal = default_calibration()
-    home = np.append(TOP_DOWN_SEED_RAD, 0.7)
-    sim = SimulatedBus(positions={cal[n].id: rad_to_ticks(n, home[k], cal[n])
-                                  for k, n in enumerate(JOINT_NAMES)}, calibration=cal)
-    save_calibration(cal, tmp_path / 'cal.json')
+    sim, calibration = calibrated_arm_at_home(tmp_path)
+    cal = default_calibration()  # what the file holds
     env = {**os.environ, 'ROS_DOMAIN_ID': str(free_domain_id()), 'PYTHONUNBUFFERED': '1'}
     parent = subprocess.Popen([sys.executable, '-c', PARENT,
-                               *_driver_command(sim.port, tmp_path / 'cal.json')],
+                               *_driver_command(sim.port, calibration)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     driver_pid = int(parent.stdout.readline())

@@ -11,17 +11,12 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 pytest.importorskip('rclpy')
 
-from conftest import free_domain_id  # noqa: E402
-from hilserl.messages.conventions import JOINT_NAMES  # noqa: E402
+from conftest import calibrated_arm_at_home, free_domain_id  # noqa: E402
 from hilserl_tools import cli  # noqa: E402
-from so101_driver.calibration import default_calibration, rad_to_ticks, save_calibration  # noqa: E402,E501
-from so101_driver.ee_control import TOP_DOWN_SEED_RAD  # noqa: E402
-from so101_driver.sts_simulator import SimulatedBus  # noqa: E402
 
 
 def read_lines(stream, lines):
@@ -61,11 +56,7 @@ def _stop(proc):
 def test_the_t_key_re_arms_after_cooling(tmp_path):
     """The person at the keyboard teleop presses `t`: refused while the servo is hot (the
     servo named in the teleop's log), torque on once it has cooled."""
-    cal = default_calibration()
-    home = np.append(TOP_DOWN_SEED_RAD, 0.7)
-    sim = SimulatedBus(positions={cal[n].id: rad_to_ticks(n, home[k], cal[n])
-                                  for k, n in enumerate(JOINT_NAMES)}, calibration=cal)
-    save_calibration(cal, tmp_path / 'cal.json')
+    sim, _ = calibrated_arm_at_home(tmp_path)
     env = {**os.environ, 'ROS_DOMAIN_ID': str(free_domain_id()), 'PYTHONUNBUFFERED': '1'}
     driver, driver_lines = _start(
         [sys.executable, '-m', 'so101_driver.driver_node', '--ros-args',
@@ -99,11 +90,7 @@ def test_the_t_key_re_arms_after_cooling(tmp_path):
 
 
 def test_a_lock_out_is_said_once_and_torque_on_re_arms_after_cooling(tmp_path, capsys):
-    cal = default_calibration()
-    home = np.append(TOP_DOWN_SEED_RAD, 0.7)
-    sim = SimulatedBus(positions={cal[n].id: rad_to_ticks(n, home[k], cal[n])
-                                  for k, n in enumerate(JOINT_NAMES)}, calibration=cal)
-    save_calibration(cal, tmp_path / 'cal.json')
+    sim, _ = calibrated_arm_at_home(tmp_path)
     domain = str(free_domain_id())
     env = {**os.environ, 'ROS_DOMAIN_ID': domain, 'PYTHONUNBUFFERED': '1'}
     driver = subprocess.Popen(
